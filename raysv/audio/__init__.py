@@ -1,0 +1,1 @@
+"""Audio: decoding, crops, log-mel features and augmentation (pure functions over arrays)."""

@@ -1,0 +1,154 @@
+"""Decoding audio with soundfile: headers, whole files, segments and crops.
+
+Every failure raises :class:`~raysv.errors.AudioError` naming the file.
+Waveforms are float32 mono numpy arrays in [-1, 1] at ``TARGET_SR``.
+"""
+
+from __future__ import annotations
+
+import io as _io
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+from raysv.data import fs
+from raysv.errors import AudioError
+
+TARGET_SR = 16000
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".sph")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of one file (read without decoding samples)."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def _open(path: str):
+    """soundfile accepts a local path; other URIs are opened through pyarrow."""
+    if fs.is_local(path):
+        return fs.resolve(path)[1]
+    with fs.open_input(path) as f:
+        return _io.BytesIO(f.read())
+
+
+def info(path: str) -> AudioInfo:
+    """Read the header of ``path``. Raises AudioError if missing, unreadable or empty."""
+    try:
+        meta = sf.info(_open(path))
+    except FileNotFoundError as exc:
+        raise AudioError(path, "file does not exist") from exc
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        if fs.is_local(path) and not fs.exists(path):
+            raise AudioError(path, "file does not exist") from exc
+        raise AudioError(path, f"unreadable audio ({exc})") from exc
+    if meta.frames <= 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if meta.samplerate <= 0:
+        raise AudioError(path, f"invalid sample rate {meta.samplerate}")
+    return AudioInfo(frames=int(meta.frames), sample_rate=int(meta.samplerate), channels=int(meta.channels))
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
+    """Resample a mono float32 wave (shape ``(T,)``) with torchaudio's sinc interpolation."""
+    if orig_sr == target_sr:
+        return wave
+    import torch
+    import torchaudio.functional as AF
+
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), orig_sr, target_sr)
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def read(
+    path: str,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    target_sr: int = TARGET_SR,
+) -> np.ndarray:
+    """Decode ``path`` (optionally the segment [start_s, end_s)), mix to mono, resample.
+
+    Returns float32 array of shape ``(T,)`` at ``target_sr``. Raises AudioError
+    for missing/unreadable files, empty segments and NaN/inf samples.
+    """
+    try:
+        with sf.SoundFile(_open(path)) as f:
+            sr = f.samplerate
+            start = int(round((start_s or 0.0) * sr))
+            stop = int(round(end_s * sr)) if end_s is not None else f.frames
+            f.seek(min(start, f.frames))
+            data = f.read(max(0, stop - start), dtype="float32", always_2d=True)
+    except FileNotFoundError as exc:
+        raise AudioError(path, "file does not exist") from exc
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(path, f"unreadable audio ({exc})") from exc
+    return _finish(data, sr, path, target_sr)
+
+
+def read_crop(
+    path: str,
+    seconds: float,
+    rng: np.random.Generator | None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    target_sr: int = TARGET_SR,
+) -> np.ndarray:
+    """Decode only a crop of ``seconds`` (random offset with ``rng``, centre if None).
+
+    Reads just the needed frames from disk, so long files cost no more than
+    short ones. The result may be shorter than ``seconds`` for short files;
+    pad it with :func:`raysv.audio.features.crop`.
+    """
+    try:
+        with sf.SoundFile(_open(path)) as f:
+            sr = f.samplerate
+            seg_start = int(round((start_s or 0.0) * sr))
+            seg_stop = int(round(end_s * sr)) if end_s is not None else f.frames
+            seg_len = max(0, min(seg_stop, f.frames) - seg_start)
+            want = int(round(seconds * sr))
+            if seg_len > want:
+                off = int(rng.integers(0, seg_len - want + 1)) if rng is not None else (seg_len - want) // 2
+            else:
+                off, want = 0, seg_len
+            f.seek(seg_start + off)
+            data = f.read(want, dtype="float32", always_2d=True)
+    except FileNotFoundError as exc:
+        raise AudioError(path, "file does not exist") from exc
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(path, f"unreadable audio ({exc})") from exc
+    return _finish(data, sr, path, target_sr)
+
+
+def _finish(data: np.ndarray, sr: int, path: str, target_sr: int) -> np.ndarray:
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples in the requested range)")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(mono).all():
+        bad = int((~np.isfinite(mono)).sum())
+        raise AudioError(path, f"{bad} NaN/inf samples")
+    return resample(np.ascontiguousarray(mono, dtype=np.float32), sr, target_sr)
+
+
+def scan_samples(path: str, block: int = 1 << 16) -> None:
+    """Decode ``path`` block by block (bounded memory) and raise AudioError on NaN/inf."""
+    try:
+        with sf.SoundFile(_open(path)) as f:
+            pos = 0
+            for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+                finite = np.isfinite(chunk)
+                if not finite.all():
+                    row = int(np.argwhere(~finite)[0][0])
+                    raise AudioError(path, f"NaN/inf sample at frame {pos + row}")
+                pos += chunk.shape[0]
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(path, f"unreadable audio ({exc})") from exc
+    if pos == 0:
+        raise AudioError(path, "empty audio (0 samples)")

@@ -1,0 +1,23 @@
+"""Benchmarks: each prints figures (ratios against a baseline measured in the same run)
+and writes a JSON result. Run with ``raysv bench NAME``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+
+def run(name: str, out_dir: str, quick: bool = False) -> dict:
+    from raysv.bench import featurize, synth
+
+    fn = {"featurize": featurize.run, "synth": synth.run}[name]
+    result = fn(quick=quick)
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M")}
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}{'_quick' if quick else ''}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    result["written_to"] = path
+    return result

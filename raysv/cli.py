@@ -1,0 +1,293 @@
+"""The ``raysv`` command: thin argument parsing over library functions.
+
+Each subcommand returns a summary dict; it is printed as a short human
+summary, or as JSON with ``--json``. Bad input (a :class:`RaysvError`) prints
+one clear line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from raysv.errors import RaysvError
+
+log = logging.getLogger("raysv")
+
+
+# ---------------------------------------------------------------- synth
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="corpus folder to write")
+    p.add_argument("--config", help="YAML file with SynthConfig keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+
+
+def _synth(a: argparse.Namespace) -> dict:
+    from raysv.config import load_config
+    from raysv.synth.corpus import SynthConfig, synthesize
+
+    cfg = load_config(SynthConfig, a.config, a.overrides)
+    if os.path.isdir(a.out) and os.listdir(a.out) and not a.force:
+        raise RaysvError(f"{a.out} is not empty; pass --force to write into it")
+    return synthesize(cfg, a.out)
+
+
+def _synth_human(s: dict) -> str:
+    sp = s["speakers"]
+    return (
+        f"wrote {s['utterances']} utterances ({s['audio_hours']} h) of {sp['train']}+{sp['dev']}+{sp['test']} "
+        f"train/dev/test speakers to {s['out']}\n"
+        f"{s['dialogues']} dialogues ({s['multi_speaker_dialogues']} multi-speaker); "
+        f"trials: dev {s['trials']['dev']}, test {s['trials']['test']}; {s['seconds']}s on {s['workers']} processes"
+    )
+
+
+# ---------------------------------------------------------------- ingest
+INGEST_FORMATS = ("voxceleb", "librispeech", "kaldi", "dialogues", "trials")
+
+
+def _ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("format", choices=INGEST_FORMATS, help="layout of SOURCE")
+    p.add_argument("source", metavar="SOURCE", help="folder, Kaldi data dir, JSON-lines file or trial list (path or URI)")
+    p.add_argument("--out", required=True, help="Parquet file to write (utterances, or trials for 'trials')")
+    p.add_argument("--dialogues-out", help="for 'dialogues': where to write the dialogues table (default: <out>.dialogues.parquet)")
+    p.add_argument("--audio-root", help="for 'dialogues': folder the utterance paths are relative to (default: the file's folder)")
+    p.add_argument("--manifest", help="for 'trials': utterances manifest to resolve trial entries against")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping and reporting it")
+    p.add_argument("--deep", action="store_true", help="decode every file to catch NaN/inf samples (slower)")
+
+
+def _ingest(a: argparse.Namespace) -> dict:
+    from raysv.data import fs, ingest
+    from raysv.data.problems import Problems
+    from raysv.data.trials import parse_trials, resolve_trials
+
+    problems = Problems(strict=a.strict)
+    summary: dict = {"format": a.format, "source": a.source, "out": a.out}
+    if a.format == "trials":
+        trials = parse_trials(a.source, problems)
+        if a.manifest:
+            trials = resolve_trials(trials, fs.read_table(a.manifest, ["utt_id", "path"]), a.source, problems)
+        fs.write_table(trials, a.out)
+        summary.update(rows=trials.num_rows, target=int(sum(trials.column("label").to_pylist())))
+    else:
+        scan = {
+            "voxceleb": ingest.scan_voxceleb,
+            "librispeech": ingest.scan_librispeech,
+            "kaldi": ingest.scan_kaldi,
+        }.get(a.format)
+        cands = scan(a.source, problems) if scan else ingest.scan_dialogues(a.source, problems, a.audio_root)
+        utts = ingest.probe_rows(cands, problems, deep=a.deep)
+        if utts.num_rows == 0:
+            raise RaysvError(f"{a.source}: no usable audio found" + ("; " + "; ".join(problems.summary_lines()) if problems.items else ""))
+        if a.format == "dialogues":
+            utts, dialogues = ingest.build_dialogues(utts, problems)
+            dpath = a.dialogues_out or os.path.splitext(a.out)[0] + ".dialogues.parquet"
+            fs.write_table(dialogues, dpath)
+            summary.update(dialogues=dialogues.num_rows, dialogues_out=dpath)
+        fs.write_table(utts, a.out)
+        spk = utts.column("speaker").drop_null().unique()
+        summary.update(rows=utts.num_rows, speakers=len(spk), hours=round(sum(utts.column("duration_s").to_pylist()) / 3600, 3))
+    summary["skipped"] = problems.counts()
+    summary["problems"] = problems.summary_lines()
+    if problems.items and fs.is_local(a.out):
+        rej = os.path.splitext(a.out)[0] + ".skipped.jsonl"
+        problems.write_jsonl(rej)
+        summary["skipped_list"] = rej
+    return summary
+
+
+def _ingest_human(s: dict) -> str:
+    lines = [f"{s['format']}: wrote {s['rows']} rows to {s['out']}"]
+    if "speakers" in s:
+        lines[0] += f" ({s['speakers']} speakers, {s['hours']} h)"
+    if "dialogues" in s:
+        lines.append(f"{s['dialogues']} dialogues -> {s['dialogues_out']}")
+    lines += [f"warning: {p}" for p in s["problems"]]
+    if "skipped_list" in s:
+        lines.append(f"all skipped rows listed in {s['skipped_list']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- validate
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--utterances", required=True, help="utterances manifest (Parquet)")
+    p.add_argument("--dialogues", help="dialogues table to check against the utterances")
+    p.add_argument("--trials", action="append", default=[], help="trial list to check against the utterances (repeatable)")
+    p.add_argument("--check-audio", action="store_true", help="open every file's header")
+    p.add_argument("--deep", action="store_true", help="decode every file to catch NaN/inf samples")
+    p.add_argument("--strict", action="store_true", help="fail at the first problem")
+
+
+def _validate(a: argparse.Namespace) -> dict:
+    from raysv.data import fs, ingest
+    from raysv.data.problems import Problems
+    from raysv.data.schema import conform
+    from raysv.data.trials import parse_trials, resolve_trials
+
+    problems = Problems(strict=a.strict)
+    utts = ingest.check_utterances(fs.read_table(a.utterances), a.utterances, problems)
+    if a.check_audio or a.deep:
+        utts = ingest.check_audio(utts, problems, deep=a.deep)
+    summary: dict = {"utterances": utts.num_rows}
+    if a.dialogues:
+        dlg = conform(fs.read_table(a.dialogues), "dialogues", a.dialogues)
+        known = set(utts.column("utt_id").to_pylist())
+        for did, ids in zip(dlg.column("dialogue_id").to_pylist(), dlg.column("utt_ids").to_pylist(), strict=True):
+            usable = [u for u in ids or [] if u in known]
+            if len(usable) < 2:
+                problems.add("short_dialogue", f"{a.dialogues} dialogue {did}", f"has {len(usable)} usable utterance(s), needs at least 2")
+        summary["dialogues"] = dlg.num_rows
+    for t in a.trials:
+        summary.setdefault("trials", {})[t] = resolve_trials(parse_trials(t, problems), utts, t, problems).num_rows
+    summary["skipped"] = problems.counts()
+    summary["problems"] = problems.summary_lines()
+    summary["ok"] = not problems.items
+    return summary
+
+
+def _validate_human(s: dict) -> str:
+    head = "OK" if s["ok"] else "PROBLEMS FOUND"
+    lines = [f"{head}: {s['utterances']} valid utterances" + (f", {s['dialogues']} dialogues" if "dialogues" in s else "")]
+    lines += [f"  {p}" for p in s["problems"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- embed
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="utterances manifest (Parquet)")
+    p.add_argument("--out", required=True, help="folder for embedding shards")
+    p.add_argument("--model", default="baseline", choices=["baseline"], help="embedding model (trained encoders come with Stage I)")
+    p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--concurrency", type=int, help="embedding actors (default: one per CPU)")
+    p.add_argument("--force", action="store_true", help="recompute even if the output is complete")
+
+
+def _embed(a: argparse.Namespace) -> dict:
+    from raysv.embedding.baseline import BaselineEmbedder
+    from raysv.embedding.extract import embed_manifest
+
+    return embed_manifest(a.manifest, a.out, BaselineEmbedder, {"n_mels": a.n_mels}, concurrency=a.concurrency, force=a.force)
+
+
+def _embed_human(s: dict) -> str:
+    if s.get("skipped"):
+        return f"embeddings in {s['out']} already complete (use --force to recompute)"
+    return f"embedded {s['rows']} utterances into {s['out']} in {s['seconds']}s ({s['utts_per_s']}/s)"
+
+
+# ---------------------------------------------------------------- evaluate
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", required=True, help="trial list (VoxCeleb or Kaldi text, or Parquet)")
+    p.add_argument("--embeddings", required=True, help="embeddings Parquet file or folder of shards")
+    p.add_argument("--manifest", help="utterances manifest: trial paths are matched to its paths")
+    p.add_argument("--center", action="store_true", help="subtract the mean embedding before cosine scoring")
+    p.add_argument("--cohort", help="embeddings table used as the AS-norm cohort (turns AS-norm on)")
+    p.add_argument("--top-k", type=int, default=300, help="AS-norm: cohort scores kept per side")
+    p.add_argument("--strict", action="store_true", help="fail if any trial names an unknown file")
+
+
+def _evaluate(a: argparse.Namespace) -> dict:
+    from raysv.evaluation.evaluate import evaluate
+
+    return evaluate(a.trials, a.embeddings, a.manifest, strict=a.strict, center=a.center, cohort_uri=a.cohort, top_k=a.top_k)
+
+
+def _evaluate_human(s: dict) -> str:
+    lines = [
+        f"EER {s['eer']:.2f}%  minDCF(0.01) {s['min_dcf_0.01']:.3f}  minDCF(0.05) {s['min_dcf_0.05']:.3f}  "
+        f"({s['n_target']} target / {s['n_nontarget']} non-target trials)"
+    ]
+    lines += [f"warning: {p}" for p in s["skipped_examples"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- demo
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="corpus folder to use instead of generating one")
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--config", help="YAML file with DemoConfig keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. synth.train_speakers=80")
+
+
+def _demo(a: argparse.Namespace) -> dict:
+    from raysv.config import load_config
+    from raysv.pipeline.demo import DemoConfig, run_demo
+
+    overrides = list(a.overrides) + [f"out={a.out}"] + ([f"data={a.data}"] if a.data else [])
+    return run_demo(load_config(DemoConfig, a.config, overrides))
+
+
+def _demo_human(s: dict) -> str:
+    lines = [f"run folder: {s['out']}  ({s['seconds']}s)"]
+    for split, r in s["baseline"].items():
+        lines.append(
+            f"baseline (log-mel mean+std, cosine) {split}: EER {r['eer']:.2f}%  minDCF(0.01) {r['min_dcf_0.01']:.3f}  "
+            f"minDCF(0.05) {r['min_dcf_0.05']:.3f}  [{r['n_target']}+{r['n_nontarget']} trials]"
+        )
+    lines.append(f"MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- bench
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=["featurize", "synth"], help="benchmark to run")
+    p.add_argument("--out", default="bench/results", help="folder for the JSON result")
+    p.add_argument("--quick", action="store_true", help="a small configuration (seconds, for tests)")
+
+
+def _bench(a: argparse.Namespace) -> dict:
+    from raysv import bench
+
+    return bench.run(a.name, a.out, quick=a.quick)
+
+
+def _bench_human(s: dict) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in s.items())
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
+    "synth": ("generate a speaker corpus folder with known speakers, dialogues and trials", _synth_args, _synth, _synth_human),
+    "ingest": ("import a folder, Kaldi dir, dialogues file or trial list into Parquet", _ingest_args, _ingest, _ingest_human),
+    "validate": ("check manifests (and optionally their audio) for bad rows", _validate_args, _validate, _validate_human),
+    "embed": ("embed every utterance of a manifest with Ray Data", _embed_args, _embed, _embed_human),
+    "evaluate": ("score a trial list: EER and minDCF", _evaluate_args, _evaluate, _evaluate_human),
+    "demo": ("the end-to-end demo on a generated corpus (or --data DIR)", _demo_args, _demo, _demo_human),
+    "bench": ("run a benchmark; prints figures and writes JSON", _bench_args, _bench, _bench_human),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysv", description="Label-free speaker-recognition training on Ray.")
+    parser.add_argument("--version", action="version", version=f"raysv {__import__('raysv').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_args, _, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    _, _, run, human = COMMANDS[args.command]
+    try:
+        summary = run(args)
+    except RaysvError as exc:
+        print(f"raysv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1, default=str) if args.json else human(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

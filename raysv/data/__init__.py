@@ -1,0 +1,1 @@
+"""Manifests (Parquet tables), importers, validation and corpus folders."""

@@ -1,0 +1,116 @@
+"""URI handling: local paths and object stores (s3://, gs://, ...) via pyarrow.fs.
+
+All table I/O and directory listing goes through these helpers, so the rest of
+raysv never branches on the kind of storage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raysv.errors import ManifestError
+
+
+def is_local(uri: str) -> bool:
+    """True for plain paths and ``file://`` URIs."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path within it)`` for a path or URI."""
+    if is_local(uri):
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"{uri}: cannot open this URI: {exc}") from exc
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path components for local paths and URIs alike."""
+    if is_local(base):
+        return os.path.join(base, *parts)
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def walk_files(root: str, suffixes: tuple[str, ...]) -> Iterator[str]:
+    """Yield files under ``root`` (recursively) whose names end with one of ``suffixes``.
+
+    Local folders are walked with ``os.scandir`` (streaming, sorted per folder);
+    object stores are listed through pyarrow. Returned paths are full local
+    paths or full URIs.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    if is_local(root):
+        _, base = resolve(root)
+        if not os.path.isdir(base):
+            raise ManifestError(f"{root}: not a folder")
+        yield from _walk_local(base, suffixes)
+        return
+    fs, base = resolve(root)
+    info = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    scheme = root.split("://", 1)[0]
+    for item in sorted(info, key=lambda i: i.path):
+        if item.type == pafs.FileType.File and item.path.lower().endswith(suffixes):
+            yield f"{scheme}://{item.path}"
+
+
+def _walk_local(folder: str, suffixes: tuple[str, ...]) -> Iterator[str]:
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=True):
+            yield from _walk_local(entry.path, suffixes)
+        elif entry.name.lower().endswith(suffixes):
+            yield entry.path
+
+
+def open_input(uri: str):
+    """Open a file for binary reading (a seekable file object)."""
+    if is_local(uri):
+        return open(resolve(uri)[1], "rb")
+    fs, path = resolve(uri)
+    return fs.open_input_file(path)
+
+
+def read_text(uri: str) -> str:
+    with open_input(uri) as f:
+        return f.read().decode("utf-8")
+
+
+def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file or folder of Parquet shards; errors name the URI."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise ManifestError(f"{uri}: no such file or folder")
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"{uri}: cannot read as Parquet: {exc}") from exc
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """Write ``table`` to a Parquet file at ``uri`` atomically (tmp file + rename)."""
+    fs, path = resolve(uri)
+    parent = os.path.dirname(path) if is_local(uri) else path.rsplit("/", 1)[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, path)

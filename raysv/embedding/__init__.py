@@ -1,0 +1,1 @@
+"""Embedding extraction: callable classes for Ray Data ``map_batches``."""

@@ -1,0 +1,95 @@
+"""Driver: embed every utterance of a manifest with Ray Data and write Parquet shards.
+
+# [1] the manifest is read as a Ray Dataset (rows: utterance metadata only);
+# [2] ``map_batches`` runs a callable class, built once per actor, over a
+#     pool of ``concurrency`` actors;
+# [3] embeddings are written as Parquet shards, never gathered on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from raysv.data import fs
+from raysv.errors import ConfigError
+
+log = logging.getLogger("raysv")
+
+
+# Ray Data's file listing and read/write tasks each ask for one CPU: the
+# embedding actors must leave one free, or the pipeline waits forever.
+IO_CPUS = 1.0
+
+
+def actor_resources(concurrency: int | None, cpus_per_actor: float | None) -> tuple[int, float]:
+    """Actor count and CPUs per actor that leave room for Ray Data's I/O tasks.
+
+    Defaults: one actor per available CPU, sharing all CPUs but ``IO_CPUS``
+    (kept free for Ray Data's read/write tasks).
+    """
+    import ray
+
+    total = float(ray.available_resources().get("CPU", 1.0))
+    if concurrency is None:
+        concurrency = max(1, int(total))
+    if cpus_per_actor is None:
+        cpus_per_actor = max(0.1, (total - IO_CPUS) / concurrency)
+    if concurrency * cpus_per_actor > total - IO_CPUS + 1e-9:
+        raise ConfigError(
+            f"{concurrency} actors x {cpus_per_actor} CPUs leave no CPU for reading data "
+            f"(cluster has {total:g} CPUs); lower concurrency or num_cpus_per_actor"
+        )
+    return concurrency, cpus_per_actor
+
+
+def embed_manifest(
+    manifest: str,
+    out_dir: str,
+    embedder_cls: type,
+    embedder_kwargs: dict | None = None,
+    concurrency: int | None = None,
+    batch_size: int = 32,
+    num_cpus_per_actor: float | None = None,
+    force: bool = False,
+    on_done: Callable[[dict], None] | None = None,
+) -> dict:
+    """Embed all rows of ``manifest`` into ``out_dir`` (Parquet shards).
+
+    Skips the work if ``out_dir/_SUCCESS`` exists, unless ``force``.
+    Returns a summary with rows, seconds and utterances/s.
+    """
+    import ray.data
+
+    from raysv.runtime import ensure_ray
+
+    done_marker = os.path.join(out_dir, "_SUCCESS")
+    if not force and os.path.isfile(done_marker):
+        log.info("embeddings in %s already complete; skipping (force to redo)", out_dir)
+        return {"out": out_dir, "skipped": True}
+    ensure_ray()
+    concurrency, num_cpus_per_actor = actor_resources(concurrency, num_cpus_per_actor)
+    t0 = time.monotonic()
+    _, path = fs.resolve(manifest)
+    ds = ray.data.read_parquet(path, columns=["utt_id", "path", "start_s", "end_s"])  # [1]
+    ds = ds.map_batches(  # [2]
+        embedder_cls,
+        fn_constructor_kwargs=embedder_kwargs or {},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=num_cpus_per_actor,
+        batch_format="numpy",
+    )
+    if os.path.isdir(out_dir):
+        for name in os.listdir(out_dir):
+            os.remove(os.path.join(out_dir, name))
+    ds.write_parquet(out_dir)  # [3]
+    n = fs.read_table(out_dir, ["utt_id"]).num_rows
+    with open(done_marker, "w") as f:
+        f.write(f"{n}\n")
+    secs = time.monotonic() - t0
+    summary = {"out": out_dir, "rows": n, "seconds": round(secs, 2), "utts_per_s": round(n / max(secs, 1e-9), 1)}
+    log.info("embedded %d utterances in %.1fs (%.1f/s)", n, secs, n / max(secs, 1e-9))
+    return summary

@@ -1,0 +1,28 @@
+"""Errors that raysv raises for bad input.
+
+Every error names the offending file, row or value, so that a user can fix the
+input without reading a traceback. The CLI prints ``str(error)`` and exits 2.
+"""
+
+from __future__ import annotations
+
+
+class RaysvError(Exception):
+    """Base class for errors caused by user input or configuration."""
+
+
+class ConfigError(RaysvError):
+    """A configuration value or key is invalid (unknown key, bad type, bad range)."""
+
+
+class ManifestError(RaysvError):
+    """A manifest, dialogue file or trial list is malformed."""
+
+
+class AudioError(RaysvError):
+    """An audio file is missing, unreadable, empty, or holds non-finite samples."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

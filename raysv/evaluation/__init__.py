@@ -1,0 +1,1 @@
+"""Verification metrics (EER, minDCF), trial scoring and clustering metrics."""

@@ -1,0 +1,82 @@
+"""``raysv evaluate``: score a trial list from an embeddings table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raysv.data import fs
+from raysv.data.problems import Problems
+from raysv.data.trials import PathMatcher, parse_trials, resolve_trials
+from raysv.evaluation.metrics import verification_report
+from raysv.evaluation.scoring import as_norm, cosine_scores, embedding_matrix, l2_normalise
+
+
+def score_trials(
+    trials: pa.Table,
+    ids: list[str],
+    emb: np.ndarray,
+    center: bool = False,
+    cohort: np.ndarray | None = None,
+    top_k: int = 300,
+) -> np.ndarray:
+    """Scores ``(n_trials,)`` for resolved trials (entries are utt_ids).
+
+    ``center`` subtracts the mean embedding of the scored utterances (an
+    unsupervised mean, no labels). ``cohort`` ``(c, d)`` turns on AS-norm.
+    """
+    enroll = trials.column("enroll").to_pylist()
+    test = trials.column("test").to_pylist()
+    mean = None
+    if center:
+        index = {u: i for i, u in enumerate(ids)}
+        used = sorted({index[u] for u in (*enroll, *test) if u in index})
+        mean = emb[used].mean(axis=0)
+    scores = cosine_scores(ids, emb, enroll, test, center=mean)
+    if cohort is not None:
+        index = {u: i for i, u in enumerate(ids)}
+        x = emb - mean if mean is not None else emb
+        c = cohort - mean if mean is not None else cohort
+        scores = as_norm(scores, l2_normalise(x[[index[u] for u in enroll]]), l2_normalise(x[[index[u] for u in test]]), c, top_k)
+    return scores
+
+
+def evaluate(
+    trials_uri: str,
+    embeddings_uri: str,
+    manifest_uri: str | None = None,
+    strict: bool = False,
+    center: bool = False,
+    cohort_uri: str | None = None,
+    top_k: int = 300,
+) -> dict:
+    """Score ``trials_uri`` with embeddings; returns EER/minDCF and skipped counts.
+
+    Trial entries are matched to the manifest's paths (or to utt_ids when no
+    manifest is given). The AS-norm cohort is another embeddings table.
+    """
+    problems = Problems(strict=strict)
+    trials = parse_trials(trials_uri, problems)
+    ids, emb = embedding_matrix(fs.read_table(embeddings_uri), embeddings_uri)
+    if manifest_uri is not None:
+        trials = resolve_trials(trials, fs.read_table(manifest_uri, ["utt_id", "path"]), trials_uri, problems)
+    else:
+        emb_table = pa.table({"utt_id": ids, "path": ids})
+        trials = resolve_trials(trials, emb_table, trials_uri, problems)
+    matcher_ok = set(ids)
+    keep = [i for i, (a, b) in enumerate(zip(trials.column("enroll").to_pylist(), trials.column("test").to_pylist(), strict=True)) if a in matcher_ok and b in matcher_ok]
+    if len(keep) < trials.num_rows:
+        for i in sorted(set(range(trials.num_rows)) - set(keep))[:1000]:
+            problems.add("unknown_trial_file", f"{trials_uri} trial {i + 1}", "an utterance of this trial has no embedding")
+        trials = trials.take(keep)
+    cohort = None
+    if cohort_uri:
+        _, cohort = embedding_matrix(fs.read_table(cohort_uri), cohort_uri)
+    scores = score_trials(trials, ids, emb, center=center, cohort=cohort, top_k=top_k)
+    report = verification_report(scores, trials.column("label").to_numpy())
+    report["skipped"] = problems.counts()
+    report["skipped_examples"] = problems.summary_lines()
+    return report
+
+
+__all__ = ["evaluate", "score_trials", "PathMatcher"]

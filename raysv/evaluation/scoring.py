@@ -1,0 +1,72 @@
+"""Cosine scoring of trial lists from an embeddings table, with optional AS-norm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raysv.errors import ManifestError, RaysvError
+
+
+def embedding_matrix(table: pa.Table, source: str = "embeddings") -> tuple[list[str], np.ndarray]:
+    """``(utt_ids, matrix (n, d) float32)`` from an embeddings table."""
+    if "utt_id" not in table.column_names or "embedding" not in table.column_names:
+        raise ManifestError(f"{source}: embeddings table needs columns utt_id and embedding")
+    if table.num_rows == 0:
+        raise ManifestError(f"{source}: embeddings table is empty")
+    col = table.column("embedding").combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        mat = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    else:
+        rows = col.to_pylist()
+        dims = {len(r) for r in rows}
+        if len(dims) != 1:
+            raise ManifestError(f"{source}: embeddings have different lengths {sorted(dims)[:5]}")
+        mat = np.asarray(rows)
+    return table.column("utt_id").to_pylist(), mat.astype(np.float32)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Row-wise unit length, ``(n, d) -> (n, d)``; zero rows stay zero."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_scores(
+    ids: list[str], emb: np.ndarray, enroll: list[str], test: list[str], center: np.ndarray | None = None
+) -> np.ndarray:
+    """Cosine similarity per trial; ``center`` (d,) is subtracted first if given."""
+    index = {u: i for i, u in enumerate(ids)}
+    missing = sorted({u for u in (*enroll, *test) if u not in index})
+    if missing:
+        raise ManifestError(
+            f"{len(missing)} trial utterance(s) have no embedding, e.g. {', '.join(missing[:3])}"
+        )
+    x = emb - center if center is not None else emb
+    x = l2_normalise(x)
+    a = x[[index[u] for u in enroll]]
+    b = x[[index[u] for u in test]]
+    return np.einsum("nd,nd->n", a, b)
+
+
+def as_norm(
+    scores: np.ndarray, enroll_emb: np.ndarray, test_emb: np.ndarray, cohort: np.ndarray, top_k: int = 300
+) -> np.ndarray:
+    """Adaptive symmetric score normalisation (AS-norm1).
+
+    For each trial, the enrol and test embeddings (``(n, d)``, unit length) are
+    scored against the cohort ``(c, d)``; mean/std of the ``top_k`` highest
+    cohort scores normalise the raw score from both sides.
+    """
+    if cohort.shape[0] == 0:
+        raise RaysvError("AS-norm needs a non-empty cohort")
+    k = min(top_k, cohort.shape[0])
+    cohort = l2_normalise(cohort)
+
+    def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = x @ cohort.T
+        top = -np.partition(-s, k - 1, axis=1)[:, :k]
+        return top.mean(axis=1), top.std(axis=1) + 1e-6
+
+    me, se = stats(l2_normalise(enroll_emb))
+    mt, st = stats(l2_normalise(test_emb))
+    return 0.5 * ((scores - me) / se + (scores - mt) / st)

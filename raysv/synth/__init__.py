@@ -1,0 +1,1 @@
+"""A speaker corpus generator: source-filter speech with stable speaker identity."""

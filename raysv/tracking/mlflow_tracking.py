@@ -1,0 +1,82 @@
+"""The one module that calls MLflow.
+
+By default runs go to a local SQLite store (``sqlite:///<root>/mlflow.db``) so
+a laptop needs no server; ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) points
+at a tracking server on a cluster. Only the driver / rank 0 calls these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from raysv.config import flatten
+
+log = logging.getLogger("raysv")
+
+
+def default_tracking_uri(root: str) -> str:
+    """Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else a SQLite file under ``root``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    os.makedirs(root, exist_ok=True)
+    return f"sqlite:///{os.path.abspath(os.path.join(root, 'mlflow.db'))}"
+
+
+@contextlib.contextmanager
+def run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any] | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Open an MLflow run (nested under the active one if ``nested``); yields its run id.
+
+    ``params`` may be a nested dict (a resolved config): it is flattened to
+    dotted keys. The run ends FAILED if the body raises.
+    """
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as active:
+        if params:
+            mlflow.log_params({k: _param(v) for k, v in flatten(params).items()})
+        yield active.info.run_id
+
+
+def _param(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 500 else s[:497] + "..."
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None, prefix: str = "") -> None:
+    """Log the numeric entries of ``metrics`` (others are ignored)."""
+    import mlflow
+
+    clean = {
+        f"{prefix}{k}".replace("@", "_"): float(v)
+        for k, v in flatten(metrics).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_artifact(path: str, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(path, artifact_path=artifact_path)
+
+
+def log_dict(data: dict, name: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(data, name)

@@ -1,0 +1,105 @@
+import glob
+import os
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from raysv.config import apply_overrides, flatten, from_dict, load_config
+from raysv.errors import ConfigError
+from raysv.pipeline.demo import DemoConfig
+from raysv.synth.corpus import SynthConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Inner:
+    a: int = 1
+    b: float = 0.5
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    opt: str | None = None
+
+
+def test_nested_build_and_types():
+    cfg = from_dict(Outer, {"name": "y", "inner": {"a": 3, "b": 2}})
+    assert cfg.inner.a == 3 and isinstance(cfg.inner.b, float) and cfg.inner.b == 2.0
+    assert cfg.opt is None
+
+
+def test_unknown_key_is_named_with_its_path():
+    with pytest.raises(ConfigError, match=r"inner\.c") as exc:
+        from_dict(Outer, {"inner": {"c": 1}})
+    assert "inner.a" in str(exc.value)  # lists the valid keys
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"inner\.a: expected an integer"):
+        from_dict(Outer, {"inner": {"a": "three"}})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        from_dict(Outer, {"inner": {"a": True}})
+
+
+def test_range_checks_become_config_errors():
+    with pytest.raises(ConfigError, match="sessions_per_speaker must be >= 2"):
+        from_dict(SynthConfig, {"sessions_per_speaker": 1})
+    with pytest.raises(ConfigError, match="multi_speaker_fraction"):
+        from_dict(SynthConfig, {"multi_speaker_fraction": 1.5})
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({"inner": {"a": 1}}, ["inner.b=0.25", "name=z", "opt=null"])
+    cfg = from_dict(Outer, data)
+    assert cfg.inner.b == 0.25 and cfg.name == "z" and cfg.inner.a == 1 and cfg.opt is None
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(SynthConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: top level must be a mapping"):
+        load_config(SynthConfig, bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train_speaker: 3\n")
+    with pytest.raises(ConfigError, match="train_speaker"):
+        load_config(SynthConfig, typo)
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+# Every YAML under configs/ (recursively) must load into the config class it is for.
+CONFIG_CLASSES = {"demo": DemoConfig, "synth": SynthConfig}
+
+
+def _class_for(path: str):
+    name = os.path.basename(path)
+    for prefix, cls in CONFIG_CLASSES.items():
+        if name.startswith(prefix):
+            return cls
+    raise AssertionError(f"{path}: no config class registered for this file name")
+
+
+ALL_YAML = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+
+def test_config_folder_is_not_empty():
+    assert len(ALL_YAML) >= 3
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_file_validates(path):
+    cls = _class_for(path)
+    cfg = load_config(cls, path)
+    with open(path) as f:
+        assert yaml.safe_load(f)  # non-empty
+    assert cfg is not None
