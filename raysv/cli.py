@@ -23,7 +23,14 @@ log = logging.getLogger("raysv")
 def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="corpus folder to write")
     p.add_argument("--config", help="YAML file with SynthConfig keys")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
 
 
@@ -53,13 +60,33 @@ INGEST_FORMATS = ("voxceleb", "librispeech", "kaldi", "dialogues", "trials")
 
 def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("format", choices=INGEST_FORMATS, help="layout of SOURCE")
-    p.add_argument("source", metavar="SOURCE", help="folder, Kaldi data dir, JSON-lines file or trial list (path or URI)")
-    p.add_argument("--out", required=True, help="Parquet file to write (utterances, or trials for 'trials')")
-    p.add_argument("--dialogues-out", help="for 'dialogues': where to write the dialogues table (default: <out>.dialogues.parquet)")
-    p.add_argument("--audio-root", help="for 'dialogues': folder the utterance paths are relative to (default: the file's folder)")
-    p.add_argument("--manifest", help="for 'trials': utterances manifest to resolve trial entries against")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping and reporting it")
-    p.add_argument("--deep", action="store_true", help="decode every file to catch NaN/inf samples (slower)")
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="folder, Kaldi data dir, JSON-lines file or trial list (path or URI)",
+    )
+    p.add_argument(
+        "--out", required=True, help="Parquet file to write (utterances, or trials for 'trials')"
+    )
+    p.add_argument(
+        "--dialogues-out",
+        help="for 'dialogues': where to write the dialogues table (default: <out>.dialogues.parquet)",
+    )
+    p.add_argument(
+        "--audio-root",
+        help="for 'dialogues': folder the utterance paths are relative to (default: the file's folder)",
+    )
+    p.add_argument(
+        "--manifest", help="for 'trials': utterances manifest to resolve trial entries against"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first bad row instead of skipping and reporting it",
+    )
+    p.add_argument(
+        "--deep", action="store_true", help="decode every file to catch NaN/inf samples (slower)"
+    )
 
 
 def _ingest(a: argparse.Namespace) -> dict:
@@ -72,7 +99,9 @@ def _ingest(a: argparse.Namespace) -> dict:
     if a.format == "trials":
         trials = parse_trials(a.source, problems)
         if a.manifest:
-            trials = resolve_trials(trials, fs.read_table(a.manifest, ["utt_id", "path"]), a.source, problems)
+            trials = resolve_trials(
+                trials, fs.read_table(a.manifest, ["utt_id", "path"]), a.source, problems
+            )
         fs.write_table(trials, a.out)
         summary.update(rows=trials.num_rows, target=int(sum(trials.column("label").to_pylist())))
     else:
@@ -81,10 +110,17 @@ def _ingest(a: argparse.Namespace) -> dict:
             "librispeech": ingest.scan_librispeech,
             "kaldi": ingest.scan_kaldi,
         }.get(a.format)
-        cands = scan(a.source, problems) if scan else ingest.scan_dialogues(a.source, problems, a.audio_root)
+        cands = (
+            scan(a.source, problems)
+            if scan
+            else ingest.scan_dialogues(a.source, problems, a.audio_root)
+        )
         utts = ingest.probe_rows(cands, problems, deep=a.deep)
         if utts.num_rows == 0:
-            raise RaysvError(f"{a.source}: no usable audio found" + ("; " + "; ".join(problems.summary_lines()) if problems.items else ""))
+            raise RaysvError(
+                f"{a.source}: no usable audio found"
+                + ("; " + "; ".join(problems.summary_lines()) if problems.items else "")
+            )
         if a.format == "dialogues":
             utts, dialogues = ingest.build_dialogues(utts, problems)
             dpath = a.dialogues_out or os.path.splitext(a.out)[0] + ".dialogues.parquet"
@@ -92,7 +128,11 @@ def _ingest(a: argparse.Namespace) -> dict:
             summary.update(dialogues=dialogues.num_rows, dialogues_out=dpath)
         fs.write_table(utts, a.out)
         spk = utts.column("speaker").drop_null().unique()
-        summary.update(rows=utts.num_rows, speakers=len(spk), hours=round(sum(utts.column("duration_s").to_pylist()) / 3600, 3))
+        summary.update(
+            rows=utts.num_rows,
+            speakers=len(spk),
+            hours=round(sum(utts.column("duration_s").to_pylist()) / 3600, 3),
+        )
     summary["skipped"] = problems.counts()
     summary["problems"] = problems.summary_lines()
     if problems.items and fs.is_local(a.out):
@@ -118,7 +158,12 @@ def _ingest_human(s: dict) -> str:
 def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--utterances", required=True, help="utterances manifest (Parquet)")
     p.add_argument("--dialogues", help="dialogues table to check against the utterances")
-    p.add_argument("--trials", action="append", default=[], help="trial list to check against the utterances (repeatable)")
+    p.add_argument(
+        "--trials",
+        action="append",
+        default=[],
+        help="trial list to check against the utterances (repeatable)",
+    )
     p.add_argument("--check-audio", action="store_true", help="open every file's header")
     p.add_argument("--deep", action="store_true", help="decode every file to catch NaN/inf samples")
     p.add_argument("--strict", action="store_true", help="fail at the first problem")
@@ -138,13 +183,21 @@ def _validate(a: argparse.Namespace) -> dict:
     if a.dialogues:
         dlg = conform(fs.read_table(a.dialogues), "dialogues", a.dialogues)
         known = set(utts.column("utt_id").to_pylist())
-        for did, ids in zip(dlg.column("dialogue_id").to_pylist(), dlg.column("utt_ids").to_pylist(), strict=True):
+        for did, ids in zip(
+            dlg.column("dialogue_id").to_pylist(), dlg.column("utt_ids").to_pylist(), strict=True
+        ):
             usable = [u for u in ids or [] if u in known]
             if len(usable) < 2:
-                problems.add("short_dialogue", f"{a.dialogues} dialogue {did}", f"has {len(usable)} usable utterance(s), needs at least 2")
+                problems.add(
+                    "short_dialogue",
+                    f"{a.dialogues} dialogue {did}",
+                    f"has {len(usable)} usable utterance(s), needs at least 2",
+                )
         summary["dialogues"] = dlg.num_rows
     for t in a.trials:
-        summary.setdefault("trials", {})[t] = resolve_trials(parse_trials(t, problems), utts, t, problems).num_rows
+        summary.setdefault("trials", {})[t] = resolve_trials(
+            parse_trials(t, problems), utts, t, problems
+        ).num_rows
     summary["skipped"] = problems.counts()
     summary["problems"] = problems.summary_lines()
     summary["ok"] = not problems.items
@@ -153,7 +206,10 @@ def _validate(a: argparse.Namespace) -> dict:
 
 def _validate_human(s: dict) -> str:
     head = "OK" if s["ok"] else "PROBLEMS FOUND"
-    lines = [f"{head}: {s['utterances']} valid utterances" + (f", {s['dialogues']} dialogues" if "dialogues" in s else "")]
+    lines = [
+        f"{head}: {s['utterances']} valid utterances"
+        + (f", {s['dialogues']} dialogues" if "dialogues" in s else "")
+    ]
     lines += [f"  {p}" for p in s["problems"]]
     return "\n".join(lines)
 
@@ -162,7 +218,12 @@ def _validate_human(s: dict) -> str:
 def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="utterances manifest (Parquet)")
     p.add_argument("--out", required=True, help="folder for embedding shards")
-    p.add_argument("--model", default="baseline", choices=["baseline"], help="embedding model (trained encoders come with Stage I)")
+    p.add_argument(
+        "--model",
+        default="baseline",
+        choices=["baseline"],
+        help="embedding model (trained encoders come with Stage I)",
+    )
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--concurrency", type=int, help="embedding actors (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="recompute even if the output is complete")
@@ -172,22 +233,39 @@ def _embed(a: argparse.Namespace) -> dict:
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
 
-    return embed_manifest(a.manifest, a.out, BaselineEmbedder, {"n_mels": a.n_mels}, concurrency=a.concurrency, force=a.force)
+    return embed_manifest(
+        a.manifest,
+        a.out,
+        BaselineEmbedder,
+        {"n_mels": a.n_mels},
+        concurrency=a.concurrency,
+        force=a.force,
+    )
 
 
 def _embed_human(s: dict) -> str:
     if s.get("skipped"):
         return f"embeddings in {s['out']} already complete (use --force to recompute)"
-    return f"embedded {s['rows']} utterances into {s['out']} in {s['seconds']}s ({s['utts_per_s']}/s)"
+    return (
+        f"embedded {s['rows']} utterances into {s['out']} in {s['seconds']}s ({s['utts_per_s']}/s)"
+    )
 
 
 # ---------------------------------------------------------------- evaluate
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", required=True, help="trial list (VoxCeleb or Kaldi text, or Parquet)")
-    p.add_argument("--embeddings", required=True, help="embeddings Parquet file or folder of shards")
+    p.add_argument(
+        "--trials", required=True, help="trial list (VoxCeleb or Kaldi text, or Parquet)"
+    )
+    p.add_argument(
+        "--embeddings", required=True, help="embeddings Parquet file or folder of shards"
+    )
     p.add_argument("--manifest", help="utterances manifest: trial paths are matched to its paths")
-    p.add_argument("--center", action="store_true", help="subtract the mean embedding before cosine scoring")
-    p.add_argument("--cohort", help="embeddings table used as the AS-norm cohort (turns AS-norm on)")
+    p.add_argument(
+        "--center", action="store_true", help="subtract the mean embedding before cosine scoring"
+    )
+    p.add_argument(
+        "--cohort", help="embeddings table used as the AS-norm cohort (turns AS-norm on)"
+    )
     p.add_argument("--top-k", type=int, default=300, help="AS-norm: cohort scores kept per side")
     p.add_argument("--strict", action="store_true", help="fail if any trial names an unknown file")
 
@@ -195,7 +273,15 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 def _evaluate(a: argparse.Namespace) -> dict:
     from raysv.evaluation.evaluate import evaluate
 
-    return evaluate(a.trials, a.embeddings, a.manifest, strict=a.strict, center=a.center, cohort_uri=a.cohort, top_k=a.top_k)
+    return evaluate(
+        a.trials,
+        a.embeddings,
+        a.manifest,
+        strict=a.strict,
+        center=a.center,
+        cohort_uri=a.cohort,
+        top_k=a.top_k,
+    )
 
 
 def _evaluate_human(s: dict) -> str:
@@ -212,7 +298,14 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="corpus folder to use instead of generating one")
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--config", help="YAML file with DemoConfig keys")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. synth.train_speakers=80")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. synth.train_speakers=80",
+    )
 
 
 def _demo(a: argparse.Namespace) -> dict:
@@ -238,7 +331,9 @@ def _demo_human(s: dict) -> str:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["featurize", "synth"], help="benchmark to run")
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")
-    p.add_argument("--quick", action="store_true", help="a small configuration (seconds, for tests)")
+    p.add_argument(
+        "--quick", action="store_true", help="a small configuration (seconds, for tests)"
+    )
 
 
 def _bench(a: argparse.Namespace) -> dict:
@@ -252,19 +347,48 @@ def _bench_human(s: dict) -> str:
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
-    "synth": ("generate a speaker corpus folder with known speakers, dialogues and trials", _synth_args, _synth, _synth_human),
-    "ingest": ("import a folder, Kaldi dir, dialogues file or trial list into Parquet", _ingest_args, _ingest, _ingest_human),
-    "validate": ("check manifests (and optionally their audio) for bad rows", _validate_args, _validate, _validate_human),
-    "embed": ("embed every utterance of a manifest with Ray Data", _embed_args, _embed, _embed_human),
+    "synth": (
+        "generate a speaker corpus folder with known speakers, dialogues and trials",
+        _synth_args,
+        _synth,
+        _synth_human,
+    ),
+    "ingest": (
+        "import a folder, Kaldi dir, dialogues file or trial list into Parquet",
+        _ingest_args,
+        _ingest,
+        _ingest_human,
+    ),
+    "validate": (
+        "check manifests (and optionally their audio) for bad rows",
+        _validate_args,
+        _validate,
+        _validate_human,
+    ),
+    "embed": (
+        "embed every utterance of a manifest with Ray Data",
+        _embed_args,
+        _embed,
+        _embed_human,
+    ),
     "evaluate": ("score a trial list: EER and minDCF", _evaluate_args, _evaluate, _evaluate_human),
-    "demo": ("the end-to-end demo on a generated corpus (or --data DIR)", _demo_args, _demo, _demo_human),
+    "demo": (
+        "the end-to-end demo on a generated corpus (or --data DIR)",
+        _demo_args,
+        _demo,
+        _demo_human,
+    ),
     "bench": ("run a benchmark; prints figures and writes JSON", _bench_args, _bench, _bench_human),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raysv", description="Label-free speaker-recognition training on Ray.")
-    parser.add_argument("--version", action="version", version=f"raysv {__import__('raysv').__version__}")
+    parser = argparse.ArgumentParser(
+        prog="raysv", description="Label-free speaker-recognition training on Ray."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"raysv {__import__('raysv').__version__}"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_args, _, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -278,7 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     _, _, run, human = COMMANDS[args.command]
     try:
         summary = run(args)

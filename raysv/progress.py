@@ -13,7 +13,13 @@ class Progress:
     ``total`` may be None when unknown (a folder walk).
     """
 
-    def __init__(self, what: str, total: int | None = None, every_s: float = 2.0, logger: logging.Logger | None = None):
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        every_s: float = 2.0,
+        logger: logging.Logger | None = None,
+    ):
         self.what, self.total, self.every_s = what, total, every_s
         self.log = logger or logging.getLogger("raysv")
         self.done = 0
@@ -30,7 +36,9 @@ class Progress:
         rate = self.done / max(now - self.t0, 1e-9)
         if self.total:
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            self.log.info("%s: %d/%d (%.0f/s, ~%.0fs left)", self.what, self.done, self.total, rate, eta)
+            self.log.info(
+                "%s: %d/%d (%.0f/s, ~%.0fs left)", self.what, self.done, self.total, rate, eta
+            )
         else:
             self.log.info("%s: %d (%.0f/s)", self.what, self.done, rate)
 

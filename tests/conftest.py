@@ -11,8 +11,15 @@ import soundfile as sf
 from raysv.synth.corpus import SynthConfig, synthesize
 
 TINY = SynthConfig(
-    train_speakers=6, dev_speakers=3, test_speakers=3, utts_per_speaker=6, trials_per_split=40,
-    min_seconds=1.0, max_seconds=1.5, seed=3, workers=1,
+    train_speakers=6,
+    dev_speakers=3,
+    test_speakers=3,
+    utts_per_speaker=6,
+    trials_per_split=40,
+    min_seconds=1.0,
+    max_seconds=1.5,
+    seed=3,
+    workers=1,
 )
 
 
@@ -24,7 +31,9 @@ def tiny_corpus(tmp_path_factory) -> str:
     return out
 
 
-def write_wav(path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, seed: int = 0, data=None) -> str:
+def write_wav(
+    path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, seed: int = 0, data=None
+) -> str:
     """Write a WAV of noise (or ``data``) and return its path."""
     path = str(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -32,7 +41,9 @@ def write_wav(path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, se
         rng = np.random.default_rng(seed)
         shape = (int(seconds * sr), channels) if channels > 1 else (int(seconds * sr),)
         data = (rng.standard_normal(shape) * 0.1).astype(np.float32)
-    subtype = "FLOAT" if np.asarray(data).dtype == np.float32 and not np.isfinite(data).all() else None
+    subtype = (
+        "FLOAT" if np.asarray(data).dtype == np.float32 and not np.isfinite(data).all() else None
+    )
     sf.write(path, data, sr, subtype=subtype)
     return path
 

@@ -161,14 +161,20 @@ class Augmenter:
         if files:
             path = files[int(rng.integers(0, len(files)))]
             return crop(io.read_crop(path, n / SR, rng), n, rng)
-        maker = {"noise": synthetic_noise, "music": synthetic_music, "babble": synthetic_babble}[kind]
+        maker = {"noise": synthetic_noise, "music": synthetic_music, "babble": synthetic_babble}[
+            kind
+        ]
         return maker(n, rng)
 
     def __call__(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() >= self.cfg.prob:
             return wave
         if rng.random() < self.cfg.reverb_prob:
-            rir = io.read(self.rirs[int(rng.integers(0, len(self.rirs)))]) if self.rirs else synthetic_rir(rng)
+            rir = (
+                io.read(self.rirs[int(rng.integers(0, len(self.rirs)))])
+                if self.rirs
+                else synthetic_rir(rng)
+            )
             wave = reverberate(wave, rir)
         kind = self.KINDS[int(rng.integers(0, len(self.KINDS)))]
         lo, hi = getattr(self.cfg, f"{kind}_snr")

@@ -60,7 +60,9 @@ def fbank(
 
     min_len = int(sample_rate * frame_length_ms / 1000)
     if wave.shape[0] < min_len:
-        raise ValueError(f"wave of {wave.shape[0]} samples is shorter than one {frame_length_ms} ms frame")
+        raise ValueError(
+            f"wave of {wave.shape[0]} samples is shorter than one {frame_length_ms} ms frame"
+        )
     x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).unsqueeze(0) * 32768.0
     feats = kaldi.fbank(
         x,
@@ -77,7 +79,12 @@ def fbank(
     return feats.numpy()
 
 
-def num_frames(n_samples: int, sample_rate: int = TARGET_SR, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> int:
+def num_frames(
+    n_samples: int,
+    sample_rate: int = TARGET_SR,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+) -> int:
     """Number of fbank frames for ``n_samples`` (Kaldi ``snip_edges`` convention)."""
     win = int(sample_rate * frame_length_ms / 1000)
     hop = int(sample_rate * frame_shift_ms / 1000)

@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from raysv.data import fs
-from raysv.errors import AudioError
+from raysv.errors import AudioError, ManifestError
 
 TARGET_SR = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".sph")
@@ -36,8 +36,11 @@ def _open(path: str):
     """soundfile accepts a local path; other URIs are opened through pyarrow."""
     if fs.is_local(path):
         return fs.resolve(path)[1]
-    with fs.open_input(path) as f:
-        return _io.BytesIO(f.read())
+    try:
+        with fs.open_input(path) as f:
+            return _io.BytesIO(f.read())
+    except ManifestError as exc:
+        raise AudioError(path, "file does not exist or cannot be opened") from exc
 
 
 def info(path: str) -> AudioInfo:
@@ -54,7 +57,9 @@ def info(path: str) -> AudioInfo:
         raise AudioError(path, "empty audio (0 samples)")
     if meta.samplerate <= 0:
         raise AudioError(path, f"invalid sample rate {meta.samplerate}")
-    return AudioInfo(frames=int(meta.frames), sample_rate=int(meta.samplerate), channels=int(meta.channels))
+    return AudioInfo(
+        frames=int(meta.frames), sample_rate=int(meta.samplerate), channels=int(meta.channels)
+    )
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
@@ -115,7 +120,11 @@ def read_crop(
             seg_len = max(0, min(seg_stop, f.frames) - seg_start)
             want = int(round(seconds * sr))
             if seg_len > want:
-                off = int(rng.integers(0, seg_len - want + 1)) if rng is not None else (seg_len - want) // 2
+                off = (
+                    int(rng.integers(0, seg_len - want + 1))
+                    if rng is not None
+                    else (seg_len - want) // 2
+                )
             else:
                 off, want = 0, seg_len
             f.seek(seg_start + off)

@@ -14,7 +14,11 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
 
     fn = {"featurize": featurize.run, "synth": synth.run}[name]
     result = fn(quick=quick)
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M")}
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}{'_quick' if quick else ''}.json")
     with open(path, "w") as f:

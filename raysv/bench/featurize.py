@@ -74,7 +74,14 @@ def _child(kind: str, paths: list[str], reps: int, q) -> None:
     t0 = time.perf_counter()
     n = fn(paths, reps)
     secs = time.perf_counter() - t0
-    q.put({"utts_per_s": n / secs, "seconds": secs, "n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    q.put(
+        {
+            "utts_per_s": n / secs,
+            "seconds": secs,
+            "n": n,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
 
 
 def _measure(kind: str, paths: list[str], reps: int) -> dict:

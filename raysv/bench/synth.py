@@ -11,16 +11,28 @@ import numpy as np
 
 
 def run(quick: bool = False) -> dict:
-    from raysv.data.corpus import prepare_corpus
     from raysv.data import fs
+    from raysv.data.corpus import prepare_corpus
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.evaluation.evaluate import score_trials
     from raysv.evaluation.metrics import verification_report
     from raysv.synth.corpus import SynthConfig, synthesize
 
-    cfg = SynthConfig(train_speakers=80, dev_speakers=10, test_speakers=10, utts_per_speaker=20, trials_per_split=2000)
+    cfg = SynthConfig(
+        train_speakers=80,
+        dev_speakers=10,
+        test_speakers=10,
+        utts_per_speaker=20,
+        trials_per_split=2000,
+    )
     if quick:
-        cfg = SynthConfig(train_speakers=4, dev_speakers=3, test_speakers=3, utts_per_speaker=6, trials_per_split=60)
+        cfg = SynthConfig(
+            train_speakers=4,
+            dev_speakers=3,
+            test_speakers=3,
+            utts_per_speaker=6,
+            trials_per_split=60,
+        )
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         summary = synthesize(cfg, f"{d}/corpus")
@@ -29,7 +41,12 @@ def run(quick: bool = False) -> dict:
         utts = fs.read_table(man.utterances)
         emb = BaselineEmbedder(n_mels=40)
         t1 = time.perf_counter()
-        out = emb({c: np.asarray(utts.column(c).to_pylist(), dtype=object) for c in ("utt_id", "path", "start_s", "end_s")})
+        out = emb(
+            {
+                c: np.asarray(utts.column(c).to_pylist(), dtype=object)
+                for c in ("utt_id", "path", "start_s", "end_s")
+            }
+        )
         embed_s = time.perf_counter() - t1
         ids = list(out["utt_id"])
         res = {}

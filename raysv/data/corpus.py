@@ -32,7 +32,11 @@ class Manifests:
     trials: dict[str, str]  # split name -> trials parquet
 
     def to_dict(self) -> dict:
-        return {"utterances": self.utterances, "dialogues": self.dialogues, "trials": dict(self.trials)}
+        return {
+            "utterances": self.utterances,
+            "dialogues": self.dialogues,
+            "trials": dict(self.trials),
+        }
 
 
 def _assign_dialogues(utts: pa.Table, data_dir: str, problems: Problems) -> pa.Table:
@@ -43,16 +47,26 @@ def _assign_dialogues(utts: pa.Table, data_dir: str, problems: Problems) -> pa.T
     for cand in ingest.scan_dialogues(jsonl, problems, audio_root=data_dir):
         row = by_path.get(os.path.abspath(cand.path))
         if row is None:
-            problems.add("missing_file", cand.path, f"listed in dialogue {cand.dialogue_id} but not a usable file under wav/")
+            problems.add(
+                "missing_file",
+                cand.path,
+                f"listed in dialogue {cand.dialogue_id} but not a usable file under wav/",
+            )
             continue
         if dids[row] is not None and dids[row] != cand.dialogue_id:
-            problems.add("bad_line", cand.path, f"in two dialogues: {dids[row]} and {cand.dialogue_id}")
+            problems.add(
+                "bad_line", cand.path, f"in two dialogues: {dids[row]} and {cand.dialogue_id}"
+            )
             continue
         dids[row] = cand.dialogue_id
-    return utts.set_column(utts.schema.get_field_index("dialogue_id"), "dialogue_id", pa.array(dids, pa.string()))
+    return utts.set_column(
+        utts.schema.get_field_index("dialogue_id"), "dialogue_id", pa.array(dids, pa.string())
+    )
 
 
-def prepare_corpus(data_dir: str, out_dir: str, strict: bool = False, force: bool = False) -> tuple[Manifests, dict]:
+def prepare_corpus(
+    data_dir: str, out_dir: str, strict: bool = False, force: bool = False
+) -> tuple[Manifests, dict]:
     """Import corpus folder ``data_dir`` into manifests under ``out_dir``.
 
     Returns ``(manifests, summary)``. Reuses existing manifests unless
@@ -60,12 +74,16 @@ def prepare_corpus(data_dir: str, out_dir: str, strict: bool = False, force: boo
     """
     wav = os.path.join(data_dir, "wav")
     if not os.path.isdir(wav):
-        raise ManifestError(f"{data_dir}: not a corpus folder (expected audio under {wav}/<speaker>/<session>/)")
+        raise ManifestError(
+            f"{data_dir}: not a corpus folder (expected audio under {wav}/<speaker>/<session>/)"
+        )
     os.makedirs(out_dir, exist_ok=True)
     summary_path = os.path.join(out_dir, "summary.json")
     man = Manifests(
         utterances=os.path.join(out_dir, "utterances.parquet"),
-        dialogues=os.path.join(out_dir, "dialogues.parquet") if os.path.isfile(os.path.join(data_dir, "dialogues.jsonl")) else None,
+        dialogues=os.path.join(out_dir, "dialogues.parquet")
+        if os.path.isfile(os.path.join(data_dir, "dialogues.jsonl"))
+        else None,
         trials={
             s: os.path.join(out_dir, f"trials_{s}.parquet")
             for s in ("dev", "test")

@@ -82,11 +82,16 @@ def _walk_local(folder: str, suffixes: tuple[str, ...]) -> Iterator[str]:
 
 
 def open_input(uri: str):
-    """Open a file for binary reading (a seekable file object)."""
-    if is_local(uri):
-        return open(resolve(uri)[1], "rb")
-    fs, path = resolve(uri)
-    return fs.open_input_file(path)
+    """Open a file for binary reading (a seekable file object); ManifestError if missing."""
+    try:
+        if is_local(uri):
+            return open(resolve(uri)[1], "rb")
+        fs, path = resolve(uri)
+        return fs.open_input_file(path)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{uri}: no such file") from exc
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ManifestError(f"{uri}: cannot open ({exc})") from exc
 
 
 def read_text(uri: str) -> str:

@@ -65,7 +65,12 @@ def scan_voxceleb(root: str, problems: Problems) -> Iterator[Candidate]:
             problems.add("bad_layout", path, "expected ROOT/<speaker>/<session>/<file>.wav")
             continue
         spk, ses, name = parts
-        yield Candidate(utt_id=f"{spk}/{ses}/{_strip_ext(name)}", path=path, speaker=spk, session_id=f"{spk}/{ses}")
+        yield Candidate(
+            utt_id=f"{spk}/{ses}/{_strip_ext(name)}",
+            path=path,
+            speaker=spk,
+            session_id=f"{spk}/{ses}",
+        )
 
 
 def scan_librispeech(root: str, problems: Problems) -> Iterator[Candidate]:
@@ -86,7 +91,11 @@ def _read_kv(path: str, problems: Problems, min_fields: int) -> Iterator[tuple[i
             continue
         fields = line.split()
         if len(fields) < min_fields:
-            problems.add("bad_line", f"{path}:{lineno}", f"expected at least {min_fields} fields, got {line!r}")
+            problems.add(
+                "bad_line",
+                f"{path}:{lineno}",
+                f"expected at least {min_fields} fields, got {line!r}",
+            )
             continue
         yield lineno, fields
 
@@ -104,7 +113,11 @@ def scan_kaldi(data_dir: str, problems: Problems) -> Iterator[Candidate]:
     for lineno, fields in _read_kv(scp, problems, 2):
         rec, rest = fields[0], " ".join(fields[1:])
         if rest.endswith("|"):
-            problems.add("bad_line", f"{scp}:{lineno}", "piped commands are not supported; give plain audio paths")
+            problems.add(
+                "bad_line",
+                f"{scp}:{lineno}",
+                "piped commands are not supported; give plain audio paths",
+            )
             continue
         path = rest if (os.path.isabs(rest) or "://" in rest) else fs.join(data_dir, rest)
         recs[rec] = path
@@ -127,22 +140,30 @@ def scan_kaldi(data_dir: str, problems: Problems) -> Iterator[Candidate]:
                 problems.add("bad_line", where, f"start/end are not numbers: {fields[2:4]}")
                 continue
             if not (0 <= start < end):
-                problems.add("bad_value", where, f"segment needs 0 <= start < end, got {start} {end}")
+                problems.add(
+                    "bad_value", where, f"segment needs 0 <= start < end, got {start} {end}"
+                )
                 continue
-            yield Candidate(seg, recs[rec], utt2spk.get(seg), session_id=rec, start_s=start, end_s=end)
+            yield Candidate(
+                seg, recs[rec], utt2spk.get(seg), session_id=rec, start_s=start, end_s=end
+            )
     else:
         for rec, path in recs.items():
             yield Candidate(rec, path, utt2spk.get(rec))
 
 
-def scan_dialogues(jsonl: str, problems: Problems, audio_root: str | None = None) -> Iterator[Candidate]:
+def scan_dialogues(
+    jsonl: str, problems: Problems, audio_root: str | None = None
+) -> Iterator[Candidate]:
     """Dialogues as JSON lines: ``{"dialogue_id": ..., "utterances": [path | {path, ...}]}``.
 
     Paths are relative to ``audio_root`` (default: the JSON file's folder).
     Utterance objects may carry ``utt_id``, ``speaker`` and ``session_id``;
     the default utt_id is the relative path without extension.
     """
-    root = audio_root or (os.path.dirname(fs.resolve(jsonl)[1]) if fs.is_local(jsonl) else jsonl.rsplit("/", 1)[0])
+    root = audio_root or (
+        os.path.dirname(fs.resolve(jsonl)[1]) if fs.is_local(jsonl) else jsonl.rsplit("/", 1)[0]
+    )
     for lineno, line in enumerate(fs.read_text(jsonl).splitlines(), 1):
         if not line.strip():
             continue
@@ -152,7 +173,11 @@ def scan_dialogues(jsonl: str, problems: Problems, audio_root: str | None = None
         except json.JSONDecodeError as exc:
             problems.add("bad_line", where, f"not valid JSON ({exc.msg})")
             continue
-        if not isinstance(obj, dict) or "dialogue_id" not in obj or not isinstance(obj.get("utterances"), list):
+        if (
+            not isinstance(obj, dict)
+            or "dialogue_id" not in obj
+            or not isinstance(obj.get("utterances"), list)
+        ):
             problems.add("bad_line", where, 'expected {"dialogue_id": ..., "utterances": [...]}')
             continue
         did = str(obj["dialogue_id"])
@@ -225,7 +250,11 @@ def probe_rows(
             for cand, res in pool.map(_probe_deep if deep else _probe, batch):
                 progress.update()
                 if cand.utt_id in seen:
-                    problems.add("duplicate_utt_id", cand.path, f"utt_id {cand.utt_id!r} already used by {seen[cand.utt_id]}")
+                    problems.add(
+                        "duplicate_utt_id",
+                        cand.path,
+                        f"utt_id {cand.utt_id!r} already used by {seen[cand.utt_id]}",
+                    )
                     continue
                 if isinstance(res, AudioError):
                     problems.add(_audio_problem_kind(res), res.path, res.reason)
@@ -233,14 +262,24 @@ def probe_rows(
                 duration = res.duration_s
                 if cand.start_s is not None:
                     if cand.end_s > res.duration_s + 0.01:
-                        problems.add("bad_value", cand.path, f"segment {cand.utt_id} ends at {cand.end_s}s, after the file's end ({res.duration_s:.2f}s)")
+                        problems.add(
+                            "bad_value",
+                            cand.path,
+                            f"segment {cand.utt_id} ends at {cand.end_s}s, after the file's end ({res.duration_s:.2f}s)",
+                        )
                         continue
                     duration = cand.end_s - cand.start_s
                 seen[cand.utt_id] = cand.path
                 for name, value in (
-                    ("utt_id", cand.utt_id), ("path", cand.path), ("dialogue_id", cand.dialogue_id),
-                    ("session_id", cand.session_id), ("speaker", cand.speaker), ("duration_s", duration),
-                    ("sample_rate", res.sample_rate), ("start_s", cand.start_s), ("end_s", cand.end_s),
+                    ("utt_id", cand.utt_id),
+                    ("path", cand.path),
+                    ("dialogue_id", cand.dialogue_id),
+                    ("session_id", cand.session_id),
+                    ("speaker", cand.speaker),
+                    ("duration_s", duration),
+                    ("sample_rate", res.sample_rate),
+                    ("start_s", cand.start_s),
+                    ("end_s", cand.end_s),
                 ):
                     cols[name].append(value)
     elapsed = progress.close()
@@ -268,18 +307,30 @@ def build_dialogues(utts: pa.Table, problems: Problems) -> tuple[pa.Table, pa.Ta
     Returns ``(utterances, dialogues)``.
     """
     groups: dict[str, list[str]] = {}
-    for uid, did in zip(utts.column("utt_id").to_pylist(), utts.column("dialogue_id").to_pylist(), strict=True):
+    for uid, did in zip(
+        utts.column("utt_id").to_pylist(), utts.column("dialogue_id").to_pylist(), strict=True
+    ):
         if did is not None:
             groups.setdefault(did, []).append(uid)
     short = {d for d, ids in groups.items() if len(ids) < 2}
     for d in sorted(short):
-        problems.add("short_dialogue", f"dialogue {d}", f"has {len(groups[d])} usable utterance(s), needs at least 2")
+        problems.add(
+            "short_dialogue",
+            f"dialogue {d}",
+            f"has {len(groups[d])} usable utterance(s), needs at least 2",
+        )
     if short:
         dids = [None if d in short else d for d in utts.column("dialogue_id").to_pylist()]
-        utts = utts.set_column(utts.schema.get_field_index("dialogue_id"), "dialogue_id", pa.array(dids, pa.string()))
+        utts = utts.set_column(
+            utts.schema.get_field_index("dialogue_id"), "dialogue_id", pa.array(dids, pa.string())
+        )
     keep = [d for d in groups if d not in short]
     dialogues = pa.table(
-        {"dialogue_id": keep, "utt_ids": [groups[d] for d in keep], "num_utts": [len(groups[d]) for d in keep]},
+        {
+            "dialogue_id": keep,
+            "utt_ids": [groups[d] for d in keep],
+            "num_utts": [len(groups[d]) for d in keep],
+        },
         schema=DIALOGUES,
     )
     return utts, dialogues
@@ -323,7 +374,18 @@ def check_audio(table: pa.Table, problems: Problems, deep: bool = False) -> pa.T
     cands = [
         Candidate(u, p, s, ses, d, st, en)
         for u, p, s, ses, d, st, en in zip(
-            *(table.column(c).to_pylist() for c in ("utt_id", "path", "speaker", "session_id", "dialogue_id", "start_s", "end_s")),
+            *(
+                table.column(c).to_pylist()
+                for c in (
+                    "utt_id",
+                    "path",
+                    "speaker",
+                    "session_id",
+                    "dialogue_id",
+                    "start_s",
+                    "end_s",
+                )
+            ),
             strict=True,
         )
     ]

@@ -53,7 +53,9 @@ class Problems:
             raise KeyError(f"unknown problem kind {kind!r}")
         problem = Problem(kind, where, message)
         if self.strict:
-            raise ManifestError(f"{problem} (strict mode; rerun without --strict to skip and report bad rows)")
+            raise ManifestError(
+                f"{problem} (strict mode; rerun without --strict to skip and report bad rows)"
+            )
         self.items.append(problem)
 
     def counts(self) -> dict[str, int]:

@@ -31,14 +31,22 @@ def parse_trials(uri: str, problems: Problems) -> pa.Table:
             continue
         where = f"{uri}:{lineno}"
         if len(fields) != 3:
-            problems.add("bad_line", where, f"expected 3 fields ('1 enroll test' or 'enroll test target'), got {line!r}")
+            problems.add(
+                "bad_line",
+                where,
+                f"expected 3 fields ('1 enroll test' or 'enroll test target'), got {line!r}",
+            )
             continue
         if fields[0] in ("0", "1"):
             label, a, b = int(fields[0]), fields[1], fields[2]
         elif fields[2] in _KALDI_LABELS:
             a, b, label = fields[0], fields[1], _KALDI_LABELS[fields[2]]
         else:
-            problems.add("bad_line", where, f"no label: first field must be 0/1 or last target/nontarget, got {line!r}")
+            problems.add(
+                "bad_line",
+                where,
+                f"no label: first field must be 0/1 or last target/nontarget, got {line!r}",
+            )
             continue
         labels.append(label)
         enrolls.append(a)
@@ -77,19 +85,27 @@ class PathMatcher:
         return self._index(norm.count("/") + 1).get(norm)
 
 
-def resolve_trials(trials: pa.Table, utterances: pa.Table, source: str, problems: Problems) -> pa.Table:
+def resolve_trials(
+    trials: pa.Table, utterances: pa.Table, source: str, problems: Problems
+) -> pa.Table:
     """Replace trial entries by manifest utt_ids; report and drop unmatched trials."""
     m = PathMatcher(utterances)
     labels, enrolls, tests = [], [], []
-    for row, (lab, a, b) in enumerate(zip(*(trials.column(c).to_pylist() for c in ("label", "enroll", "test")), strict=True)):
+    for row, (lab, a, b) in enumerate(
+        zip(*(trials.column(c).to_pylist() for c in ("label", "enroll", "test")), strict=True)
+    ):
         ua, ub = m.match(a), m.match(b)
         if ua is None or ub is None:
             missing = " and ".join(x for x, u in ((a, ua), (b, ub)) if u is None)
-            problems.add("unknown_trial_file", f"{source} trial {row + 1}", f"{missing} not in the manifest")
+            problems.add(
+                "unknown_trial_file", f"{source} trial {row + 1}", f"{missing} not in the manifest"
+            )
             continue
         labels.append(lab)
         enrolls.append(ua)
         tests.append(ub)
     if not labels:
-        raise ManifestError(f"{source}: none of the {trials.num_rows} trials name files in the manifest")
+        raise ManifestError(
+            f"{source}: none of the {trials.num_rows} trials name files in the manifest"
+        )
     return pa.table({"label": labels, "enroll": enrolls, "test": tests}, schema=TRIALS)

@@ -37,7 +37,13 @@ def score_trials(
         index = {u: i for i, u in enumerate(ids)}
         x = emb - mean if mean is not None else emb
         c = cohort - mean if mean is not None else cohort
-        scores = as_norm(scores, l2_normalise(x[[index[u] for u in enroll]]), l2_normalise(x[[index[u] for u in test]]), c, top_k)
+        scores = as_norm(
+            scores,
+            l2_normalise(x[[index[u] for u in enroll]]),
+            l2_normalise(x[[index[u] for u in test]]),
+            c,
+            top_k,
+        )
     return scores
 
 
@@ -59,15 +65,27 @@ def evaluate(
     trials = parse_trials(trials_uri, problems)
     ids, emb = embedding_matrix(fs.read_table(embeddings_uri), embeddings_uri)
     if manifest_uri is not None:
-        trials = resolve_trials(trials, fs.read_table(manifest_uri, ["utt_id", "path"]), trials_uri, problems)
+        trials = resolve_trials(
+            trials, fs.read_table(manifest_uri, ["utt_id", "path"]), trials_uri, problems
+        )
     else:
         emb_table = pa.table({"utt_id": ids, "path": ids})
         trials = resolve_trials(trials, emb_table, trials_uri, problems)
     matcher_ok = set(ids)
-    keep = [i for i, (a, b) in enumerate(zip(trials.column("enroll").to_pylist(), trials.column("test").to_pylist(), strict=True)) if a in matcher_ok and b in matcher_ok]
+    keep = [
+        i
+        for i, (a, b) in enumerate(
+            zip(trials.column("enroll").to_pylist(), trials.column("test").to_pylist(), strict=True)
+        )
+        if a in matcher_ok and b in matcher_ok
+    ]
     if len(keep) < trials.num_rows:
         for i in sorted(set(range(trials.num_rows)) - set(keep))[:1000]:
-            problems.add("unknown_trial_file", f"{trials_uri} trial {i + 1}", "an utterance of this trial has no embedding")
+            problems.add(
+                "unknown_trial_file",
+                f"{trials_uri} trial {i + 1}",
+                "an utterance of this trial has no embedding",
+            )
         trials = trials.take(keep)
     cohort = None
     if cohort_uri:

@@ -19,7 +19,9 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()
     if scores.shape != labels.shape:
-        raise RaysvError(f"scores ({scores.shape[0]}) and labels ({labels.shape[0]}) differ in length")
+        raise RaysvError(
+            f"scores ({scores.shape[0]}) and labels ({labels.shape[0]}) differ in length"
+        )
     if not np.isin(labels, (0, 1)).all():
         raise RaysvError("labels must be 0 (non-target) or 1 (target)")
     n_tar = int(labels.sum())
@@ -66,7 +68,13 @@ def eer(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(p_fa[i - 1] + t * (p_fa[i] - p_fa[i - 1]))
 
 
-def min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+def min_dcf(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> float:
     """Normalised minimum detection cost (NIST SRE definition)."""
     if not 0.0 < p_target < 1.0:
         raise RaysvError(f"p_target must be in (0, 1), got {p_target}")

@@ -32,7 +32,11 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def cosine_scores(
-    ids: list[str], emb: np.ndarray, enroll: list[str], test: list[str], center: np.ndarray | None = None
+    ids: list[str],
+    emb: np.ndarray,
+    enroll: list[str],
+    test: list[str],
+    center: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cosine similarity per trial; ``center`` (d,) is subtracted first if given."""
     index = {u: i for i, u in enumerate(ids)}
@@ -49,7 +53,11 @@ def cosine_scores(
 
 
 def as_norm(
-    scores: np.ndarray, enroll_emb: np.ndarray, test_emb: np.ndarray, cohort: np.ndarray, top_k: int = 300
+    scores: np.ndarray,
+    enroll_emb: np.ndarray,
+    test_emb: np.ndarray,
+    cohort: np.ndarray,
+    top_k: int = 300,
 ) -> np.ndarray:
     """Adaptive symmetric score normalisation (AS-norm1).
 

@@ -30,7 +30,13 @@ def _small_corpus() -> SynthConfig:
     # Small enough for a 2-core laptop in well under a minute, large enough
     # for a few thousand trials: 40 training speakers with dialogues, and
     # 10 dev / 10 test speakers with 12 utterances over 3 sessions each.
-    return SynthConfig(train_speakers=40, dev_speakers=10, test_speakers=10, utts_per_speaker=12, trials_per_split=1000)
+    return SynthConfig(
+        train_speakers=40,
+        dev_speakers=10,
+        test_speakers=10,
+        utts_per_speaker=12,
+        trials_per_split=1000,
+    )
 
 
 @dataclass
@@ -84,18 +90,28 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ManifestError(f"{data}: no trials/dev.txt or trials/test.txt to evaluate on")
     log.info("[3/4] embedding utterances with the log-mel statistics baseline")
     summary["embed"] = embed_manifest(
-        manifests.utterances, os.path.join(out, "embeddings", "baseline"), BaselineEmbedder, {"n_mels": cfg.n_mels}
+        manifests.utterances,
+        os.path.join(out, "embeddings", "baseline"),
+        BaselineEmbedder,
+        {"n_mels": cfg.n_mels},
     )
     log.info("[4/4] scoring trials")
     results = {}
     for split, trials in manifests.trials.items():
-        results[split] = evaluate(trials, summary["embed"]["out"], manifests.utterances, center=True)
-    summary["baseline"] = {s: {k: v for k, v in r.items() if k != "skipped_examples"} for s, r in results.items()}
+        results[split] = evaluate(
+            trials, summary["embed"]["out"], manifests.utterances, center=True
+        )
+    summary["baseline"] = {
+        s: {k: v for k, v in r.items() if k != "skipped_examples"} for s, r in results.items()
+    }
     summary["seconds"] = round(time.monotonic() - t0, 1)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     with tracking.run(tracking_uri, cfg.experiment, "demo", params=to_dict(cfg)) as run_id:
         for split, r in results.items():
-            tracking.log_metrics({k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}, prefix=f"baseline.{split}.")
+            tracking.log_metrics(
+                {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")},
+                prefix=f"baseline.{split}.",
+            )
         tracking.log_dict(summary, "summary.json")
     summary["mlflow"] = {"tracking_uri": tracking_uri, "run_id": run_id}
     with open(os.path.join(out, "summary.json"), "w") as f:

@@ -75,18 +75,28 @@ class SynthConfig:
 
     def __post_init__(self):
         if self.train_speakers < 2:
-            raise ValueError(f"train_speakers must be >= 2 (multi-speaker dialogues need two), got {self.train_speakers}")
+            raise ValueError(
+                f"train_speakers must be >= 2 (multi-speaker dialogues need two), got {self.train_speakers}"
+            )
         for name in ("dev_speakers", "test_speakers"):
             if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be >= 2 to make non-target trials, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be >= 2 to make non-target trials, got {getattr(self, name)}"
+                )
         if self.sessions_per_speaker < 2:
             raise ValueError(f"sessions_per_speaker must be >= 2, got {self.sessions_per_speaker}")
         if not 2 <= self.min_dialogue <= self.max_dialogue:
-            raise ValueError(f"need 2 <= min_dialogue <= max_dialogue, got {self.min_dialogue}, {self.max_dialogue}")
+            raise ValueError(
+                f"need 2 <= min_dialogue <= max_dialogue, got {self.min_dialogue}, {self.max_dialogue}"
+            )
         if self.utts_per_speaker < max(2, self.min_dialogue):
-            raise ValueError(f"utts_per_speaker must be >= {max(2, self.min_dialogue)}, got {self.utts_per_speaker}")
+            raise ValueError(
+                f"utts_per_speaker must be >= {max(2, self.min_dialogue)}, got {self.utts_per_speaker}"
+            )
         if not 0.5 <= self.min_seconds <= self.max_seconds:
-            raise ValueError(f"need 0.5 <= min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}")
+            raise ValueError(
+                f"need 0.5 <= min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}"
+            )
         for name in ("multi_speaker_fraction", "cross_session_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -135,19 +145,33 @@ def plan_corpus(cfg: SynthConfig) -> _Plan:
         plan.split[int(i)] = "dev"
     for i in order[cfg.train_speakers + cfg.dev_speakers :]:
         plan.split[int(i)] = "test"
-    sessions = {s: [s * cfg.sessions_per_speaker + k for k in range(cfg.sessions_per_speaker)] for s in range(n_spk)}
+    sessions = {
+        s: [s * cfg.sessions_per_speaker + k for k in range(cfg.sessions_per_speaker)]
+        for s in range(n_spk)
+    }
     train = sorted(s for s, sp in plan.split.items() if sp == "train")
 
     def utt(spk: int, ses: int, dialogue: str | None = None) -> _Utt:
-        return _Utt(spk, ses, float(rng.uniform(cfg.min_seconds, cfg.max_seconds)), int(rng.integers(2**31)), dialogue=dialogue)
+        return _Utt(
+            spk,
+            ses,
+            float(rng.uniform(cfg.min_seconds, cfg.max_seconds)),
+            int(rng.integers(2**31)),
+            dialogue=dialogue,
+        )
 
     n_dlg = 0
     for spk in train:
         left = cfg.utts_per_speaker
         while left >= cfg.min_dialogue:
             size = int(rng.integers(cfg.min_dialogue, min(cfg.max_dialogue, left) + 1))
-            if 0 < left - size < cfg.min_dialogue:  # don't leave a remainder too short to be a dialogue
-                size = left
+            if (
+                0 < left - size < cfg.min_dialogue
+            ):  # don't leave a remainder too short to be a dialogue
+                if left <= cfg.max_dialogue:
+                    size = left
+                elif left - cfg.min_dialogue >= cfg.min_dialogue:
+                    size = left - cfg.min_dialogue
             left -= size
             did = f"dlg{n_dlg:06d}"
             n_dlg += 1
@@ -190,7 +214,9 @@ def plan_corpus(cfg: SynthConfig) -> _Plan:
 
 
 def _voices(cfg: SynthConfig) -> list:
-    return [random_voice(np.random.default_rng([cfg.seed, 2, i])) for i in range(cfg.total_speakers)]
+    return [
+        random_voice(np.random.default_rng([cfg.seed, 2, i])) for i in range(cfg.total_speakers)
+    ]
 
 
 def _channels(cfg: SynthConfig) -> list:
@@ -207,13 +233,17 @@ def _init_worker(cfg: SynthConfig, wav_root: str) -> None:
 
 def _render_one(u: _Utt) -> None:
     st = _WORKER_STATE
-    audio = render(st["voices"][u.speaker], st["channels"][u.session], u.seconds, np.random.default_rng(u.seed))
+    audio = render(
+        st["voices"][u.speaker], st["channels"][u.session], u.seconds, np.random.default_rng(u.seed)
+    )
     path = os.path.join(st["root"], u.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sf.write(path, audio, SR, subtype="PCM_16")
 
 
-def make_trials(utts: list[_Utt], n_trials: int, rng: np.random.Generator) -> list[tuple[int, str, str]]:
+def make_trials(
+    utts: list[_Utt], n_trials: int, rng: np.random.Generator
+) -> list[tuple[int, str, str]]:
     """Half target trials (same speaker, different sessions first), half non-target."""
     by_spk: dict[int, list[_Utt]] = {}
     for u in utts:
@@ -258,7 +288,9 @@ def synthesize(cfg: SynthConfig, out_dir: str) -> dict:
             _render_one(u)
             progress.update()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cfg, wav_root)) as pool:
+        with ProcessPoolExecutor(
+            workers, initializer=_init_worker, initargs=(cfg, wav_root)
+        ) as pool:
             for _ in pool.map(_render_one, plan.utts, chunksize=16):
                 progress.update()
     progress.close()
@@ -269,19 +301,30 @@ def synthesize(cfg: SynthConfig, out_dir: str) -> dict:
             if u.dialogue is not None:
                 by_dlg.setdefault(u.dialogue, []).append(f"wav/{u.name}")
         for d in plan.dialogues:
-            f.write(json.dumps({"dialogue_id": d["dialogue_id"], "utterances": by_dlg[d["dialogue_id"]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"dialogue_id": d["dialogue_id"], "utterances": by_dlg[d["dialogue_id"]]}
+                )
+                + "\n"
+            )
     os.makedirs(os.path.join(out_dir, "trials"), exist_ok=True)
     trial_counts = {}
     for split in ("dev", "test"):
         utts = [u for u in plan.utts if plan.split[u.speaker] == split]
-        trials = make_trials(utts, cfg.trials_per_split, np.random.default_rng([cfg.seed, 4, split == "test"]))
+        trials = make_trials(
+            utts, cfg.trials_per_split, np.random.default_rng([cfg.seed, 4, split == "test"])
+        )
         with open(os.path.join(out_dir, "trials", f"{split}.txt"), "w") as f:
             f.writelines(f"{lab} {a} {b}\n" for lab, a, b in trials)
         trial_counts[split] = len(trials)
     _write_meta(cfg, plan, out_dir)
     summary = {
         "out": out_dir,
-        "speakers": {"train": cfg.train_speakers, "dev": cfg.dev_speakers, "test": cfg.test_speakers},
+        "speakers": {
+            "train": cfg.train_speakers,
+            "dev": cfg.dev_speakers,
+            "test": cfg.test_speakers,
+        },
         "utterances": len(plan.utts),
         "audio_hours": round(sum(u.seconds for u in plan.utts) / 3600, 3),
         "dialogues": len(plan.dialogues),
@@ -309,6 +352,8 @@ def _write_meta(cfg: SynthConfig, plan: _Plan, out_dir: str) -> None:
         ),
         os.path.join(meta, "speakers.parquet"),
     )
-    pq.write_table(pa.Table.from_pylist(plan.dialogues), os.path.join(meta, "dialogues_truth.parquet"))
+    pq.write_table(
+        pa.Table.from_pylist(plan.dialogues), os.path.join(meta, "dialogues_truth.parquet")
+    )
     with open(os.path.join(meta, "synth.yaml"), "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -93,7 +93,8 @@ def random_channel(rng: np.random.Generator) -> Channel:
     # perfect (the corpus is worth learning on) yet far from chance.
     n_eq = int(rng.integers(1, 3))
     eq = tuple(
-        (float(rng.uniform(300, 5000)), float(rng.uniform(-6, 6)), float(rng.uniform(0.7, 2.0))) for _ in range(n_eq)
+        (float(rng.uniform(300, 5000)), float(rng.uniform(-6, 6)), float(rng.uniform(0.7, 2.0)))
+        for _ in range(n_eq)
     )
     return Channel(
         eq=eq,
@@ -186,7 +187,9 @@ def render(voice: Voice, channel: Channel, seconds: float, rng: np.random.Genera
             target = prev if prev is not None else VOWELS[4] * voice.vtl
         elif kind == "fric":
             excitation = 0.25 * noise[seg]
-            target = np.array([voice.fric_center * 0.6, voice.fric_center, voice.fric_center * 1.2, 7000.0])
+            target = np.array(
+                [voice.fric_center * 0.6, voice.fric_center, voice.fric_center * 1.2, 7000.0]
+            )
         elif kind == "nasal":
             excitation = 0.6 * voiced_src[seg] + voice.breath * aspir[seg]
             target = NASAL * voice.vtl * voice.idio[-1]
@@ -195,9 +198,13 @@ def render(voice: Voice, channel: Channel, seconds: float, rng: np.random.Genera
             target = VOWELS[v] * voice.vtl * voice.idio[v]
         start = prev if prev is not None else target
         excitation = excitation * env
-        level = {"sil": 0.005, "fric": 0.15, "nasal": 0.4, "vowel": 1.0}[kind] * (0.85 + 0.3 * rng.random())
+        level = {"sil": 0.005, "fric": 0.15, "nasal": 0.4, "vowel": 1.0}[kind] * (
+            0.85 + 0.3 * rng.random()
+        )
         for b0 in range(0, k, BLOCK):
-            frac = min(1.0, (b0 + BLOCK) / max(k * 0.4, 1))  # glide over the first 40 % of the phone
+            frac = min(
+                1.0, (b0 + BLOCK) / max(k * 0.4, 1)
+            )  # glide over the first 40 % of the phone
             formants = start + (target - start) * frac
             den = _cascade(formants, bws)
             blk = excitation[b0 : b0 + BLOCK]

@@ -35,7 +35,9 @@ def test_reverberate_keeps_length_and_power():
     assert np.allclose(augment.reverberate(w, delta), w, atol=1e-5)
 
 
-@pytest.mark.parametrize("maker", [augment.synthetic_noise, augment.synthetic_music, augment.synthetic_babble])
+@pytest.mark.parametrize(
+    "maker", [augment.synthetic_noise, augment.synthetic_music, augment.synthetic_babble]
+)
 def test_synthetic_sources(maker):
     x = maker(8000, np.random.default_rng(1))
     assert x.shape == (8000,) and x.dtype == np.float32 and np.isfinite(x).all()
@@ -54,8 +56,18 @@ def test_augmenter_synthetic_fallback_changes_audio():
 def test_augmenter_reads_musan_and_rir_folders(tmp_path):
     for sub in ("noise", "music", "speech"):
         write_wav(tmp_path / "musan" / sub / "x" / f"{sub}.wav", seconds=0.5, seed=hash(sub) % 100)
-    write_wav(tmp_path / "rirs" / "room1" / "r.wav", data=augment.synthetic_rir(np.random.default_rng(0), 0.3))
-    aug = Augmenter(AugmentConfig(prob=1.0, reverb_prob=1.0, noise_dir=str(tmp_path / "musan"), rir_dir=str(tmp_path / "rirs")))
+    write_wav(
+        tmp_path / "rirs" / "room1" / "r.wav",
+        data=augment.synthetic_rir(np.random.default_rng(0), 0.3),
+    )
+    aug = Augmenter(
+        AugmentConfig(
+            prob=1.0,
+            reverb_prob=1.0,
+            noise_dir=str(tmp_path / "musan"),
+            rir_dir=str(tmp_path / "rirs"),
+        )
+    )
     assert all(len(v) == 1 for v in aug.sources.values()) and len(aug.rirs) == 1
     w = np.sin(np.arange(16000) / 10).astype(np.float32)
     assert aug(w, np.random.default_rng(0)).shape == w.shape

@@ -31,7 +31,9 @@ def test_fbank_shape_and_mean_norm():
     assert f.shape == (features.num_frames(16000), 80) == (98, 80)
     assert np.abs(f.mean(axis=0)).max() < 1e-4
     f40 = features.fbank(w, n_mels=40, mean_norm=False)
-    assert f40.shape == (98, 40) and f40.mean() > 1.0  # raw log energies are positive at int16 scale
+    assert (
+        f40.shape == (98, 40) and f40.mean() > 1.0
+    )  # raw log energies are positive at int16 scale
     # Scale invariance after mean normalisation (Kaldi log-mel: gain is an offset).
     assert np.allclose(features.fbank(w * 3, 80), f, atol=1e-3)
     with pytest.raises(ValueError, match="shorter than one"):

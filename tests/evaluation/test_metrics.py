@@ -3,7 +3,14 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_curve
 
 from raysv.errors import RaysvError
-from raysv.evaluation.metrics import clustering_report, det_curve, eer, min_dcf, reliable_share, verification_report
+from raysv.evaluation.metrics import (
+    clustering_report,
+    det_curve,
+    eer,
+    min_dcf,
+    reliable_share,
+    verification_report,
+)
 from raysv.evaluation.scoring import as_norm, cosine_scores, l2_normalise
 
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's test command: set up, lint, then the default (non-slow) tests.
+# Extra arguments go to pytest, e.g. -m slow.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check raysv tests jobs
+.venv/bin/ruff format --check raysv tests jobs
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,137 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from raysv.cli import COMMANDS, main
+
+
+def test_top_level_help_lists_every_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "raysv.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_subcommand_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--json" in out and COMMANDS[name][0] in out
+
+
+def test_console_script_installed():
+    out = subprocess.run(["raysv", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("raysv ")
+
+
+def test_synth_ingest_evaluate_roundtrip(tmp_path, capsys):
+    corpus = tmp_path / "c"
+    args = [
+        "synth",
+        "--out",
+        str(corpus),
+        "--set",
+        "train_speakers=3",
+        "--set",
+        "dev_speakers=2",
+        "--set",
+        "test_speakers=2",
+        "--set",
+        "utts_per_speaker=4",
+        "--set",
+        "trials_per_split=12",
+        "--set",
+        "max_seconds=1.0",
+        "--set",
+        "min_seconds=0.6",
+    ]
+    assert main([*args, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["speakers"] == {"train": 3, "dev": 2, "test": 2} and s["trials"]["dev"] == 12
+    # A second synth into the same folder needs --force.
+    assert main(args) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err
+    bad = ["synth", "--out", str(tmp_path / "x"), "--set", "train_speaker=3"]
+    assert main(bad) == 2
+    assert "unknown config key(s) train_speaker" in capsys.readouterr().err
+
+    man = str(tmp_path / "u.parquet")
+    assert main(["ingest", "voxceleb", str(corpus / "wav"), "--out", man, "-q"]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "ingest",
+                "trials",
+                str(corpus / "trials" / "test.txt"),
+                "--manifest",
+                man,
+                "--out",
+                str(tmp_path / "t.parquet"),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["rows"] == 12
+    emb = str(tmp_path / "emb.parquet")
+    # Embeddings written directly (no Ray) with the baseline, then evaluated from the CLI.
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysv.embedding.baseline import BaselineEmbedder
+
+    t = pq.read_table(man)
+    batch = {
+        c: np.asarray(t.column(c).to_pylist(), dtype=object)
+        for c in ("utt_id", "path", "start_s", "end_s")
+    }
+    out = BaselineEmbedder()(batch)
+    pq.write_table(
+        pa.table({"utt_id": out["utt_id"].tolist(), "embedding": list(out["embedding"])}), emb
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--trials",
+                str(corpus / "trials" / "test.txt"),
+                "--embeddings",
+                emb,
+                "--manifest",
+                man,
+                "--json",
+            ]
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert 0 <= r["eer"] <= 100 and r["n_target"] + r["n_nontarget"] == 12
+    assert (
+        main(
+            [
+                "evaluate",
+                "--trials",
+                str(corpus / "trials" / "test.txt"),
+                "--embeddings",
+                emb,
+                "--manifest",
+                man,
+                "--center",
+                "--cohort",
+                emb,
+                "--top-k",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert "EER" in capsys.readouterr().out
+    assert main(["evaluate", "--trials", str(tmp_path / "none.txt"), "--embeddings", emb]) == 2
+    assert "none.txt" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""Tracking against a real MLflow tracking server on 127.0.0.1 (started by the test)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from raysv.tracking import mlflow_tracking as tracking
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root}/db.sqlite",
+            "--default-artifact-root",
+            str(root / "art"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError as exc:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited: {proc.stderr.read().decode()[-2000:]}"
+                ) from exc
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not come up in 90 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_runs_params_metrics_artifacts_reach_the_server(mlflow_server, tmp_path):
+    import mlflow
+
+    params = {"synth": {"train_speakers": 5}, "n_mels": 40}
+    with tracking.run(mlflow_server, "raysv-test", "parent", params=params) as parent_id:
+        tracking.log_metrics({"eer": 12.5, "nested": {"x": 1}, "label": "not a number"}, step=0)
+        with tracking.run(mlflow_server, "raysv-test", "child", nested=True) as child_id:
+            tracking.log_metrics({"eer": 10.0}, step=1)
+        f = tmp_path / "summary.json"
+        f.write_text(json.dumps({"ok": True}))
+        tracking.log_artifact(str(f))
+    client = mlflow.MlflowClient(mlflow_server)
+    parent = client.get_run(parent_id)
+    assert parent.data.params == {"synth.train_speakers": "5", "n_mels": "40"}
+    assert parent.data.metrics == {"eer": 12.5, "nested.x": 1.0}
+    child = client.get_run(child_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert [a.path for a in client.list_artifacts(parent_id)] == ["summary.json"]
+
+
+def test_failed_body_marks_the_run_failed(mlflow_server):
+    import mlflow
+
+    with (
+        pytest.raises(ZeroDivisionError),
+        tracking.run(mlflow_server, "raysv-test", "crash") as run_id,
+    ):
+        1 / 0  # noqa: B018
+    assert mlflow.MlflowClient(mlflow_server).get_run(run_id).info.status == "FAILED"
