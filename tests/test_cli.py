@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -25,7 +26,10 @@ def test_subcommand_help(name, capsys):
 
 
 def test_console_script_installed():
-    out = subprocess.run(["raysv", "--version"], capture_output=True, text=True, check=True).stdout
+    script = os.path.join(
+        os.path.dirname(sys.executable), "raysv"
+    )  # installed beside this interpreter
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("raysv ")
 
 
