@@ -1,0 +1,1 @@
+"""Training: configs, Ray Data input pipelines, worker loops (``*_worker``) and drivers."""
