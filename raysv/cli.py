@@ -327,6 +327,57 @@ def _demo_human(s: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- pretrain
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="corpus folder (wav/, dialogues.jsonl, trials/)")
+    p.add_argument(
+        "--config", help="YAML file with PretrainConfig keys (see configs/pretrain_*.yaml)"
+    )
+    p.add_argument("--out", help="run folder (default from the config: runs/pretrain)")
+    p.add_argument(
+        "--run-name", help="run name; rerunning the same name in the same folder resumes it"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.epochs=5",
+    )
+
+
+def _pretrain(a: argparse.Namespace) -> dict:
+    from raysv.config import load_config
+    from raysv.training.config import PretrainConfig
+    from raysv.training.pretrain import run_pretrain
+
+    extra = [f"data.data={a.data}"] if a.data else []
+    extra += [f"out={a.out}"] if a.out else []
+    extra += [f"run_name={a.run_name}"] if a.run_name else []
+    return run_pretrain(load_config(PretrainConfig, a.config, list(a.overrides) + extra))
+
+
+def _pretrain_human(s: dict) -> str:
+    lines = [f"run folder: {s['out']}  ({s['epochs']} epochs, {s['steps']} steps, {s['seconds']}s)"]
+    f = s["final"]
+    for split in ("dev", "test"):
+        if f"best.{split}.eer" in f:
+            lines.append(
+                f"{split}: untrained EER {f[f'untrained.{split}.eer']:.2f}% minDCF(0.01) {f[f'untrained.{split}.min_dcf_0.01']:.3f}"
+                f"  ->  best checkpoint EER {f[f'best.{split}.eer']:.2f}% minDCF(0.01) {f[f'best.{split}.min_dcf_0.01']:.3f}"
+            )
+    last = s["history"][-1] if s["history"] else {}
+    if "rejection_auc" in last:
+        lines.append(
+            f"rejection weights vs multi-speaker truth: ROC AUC {last['rejection_auc']:.3f} (last epoch)"
+        )
+    lines.append(
+        f"best model: {s['best_model']}   MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}"
+    )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["featurize", "synth"], help="benchmark to run")
@@ -372,6 +423,12 @@ COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
         _embed_human,
     ),
     "evaluate": ("score a trial list: EER and minDCF", _evaluate_args, _evaluate, _evaluate_human),
+    "pretrain": (
+        "Stage I: contrastive pretraining on dialogues (or SimCLR) with Ray Train",
+        _pretrain_args,
+        _pretrain,
+        _pretrain_human,
+    ),
     "demo": (
         "the end-to-end demo on a generated corpus (or --data DIR)",
         _demo_args,

@@ -9,6 +9,7 @@ from raysv.config import apply_overrides, flatten, from_dict, load_config
 from raysv.errors import ConfigError
 from raysv.pipeline.demo import DemoConfig
 from raysv.synth.corpus import SynthConfig
+from raysv.training.config import PretrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +79,7 @@ def test_flatten():
 
 
 # Every YAML under configs/ (recursively) must load into the config class it is for.
-CONFIG_CLASSES = {"demo": DemoConfig, "synth": SynthConfig}
+CONFIG_CLASSES = {"demo": DemoConfig, "synth": SynthConfig, "pretrain": PretrainConfig}
 
 
 def _class_for(path: str):

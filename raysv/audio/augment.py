@@ -134,6 +134,7 @@ class Augmenter:
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
         self.sources: dict[str, list[str]] = {k: [] for k in self.KINDS}
+        self._banks: dict[str, list[np.ndarray]] = {}
         self.rirs: list[str] = []
         if cfg.noise_dir:
             from raysv.data.fs import walk_files
@@ -156,25 +157,44 @@ class Augmenter:
             if not self.rirs:
                 raise ValueError(f"{cfg.rir_dir}: no audio files found for room impulse responses")
 
+    # Synthetic sources are made once per process into a small bank (clips of
+    # BANK_SECONDS, seeded) and then randomly cropped: generating babble or
+    # music per utterance would cost more than decoding the utterance itself.
+    BANK_SIZE = 16
+    BANK_SECONDS = 6.0
+
+    def _bank(self, kind: str) -> list[np.ndarray]:
+        if kind not in self._banks:
+            rng = np.random.default_rng([7, len(kind)])
+            n = int(self.BANK_SECONDS * SR)
+            if kind == "rir":
+                self._banks[kind] = [synthetic_rir(rng) for _ in range(self.BANK_SIZE)]
+            else:
+                maker = {
+                    "noise": synthetic_noise,
+                    "music": synthetic_music,
+                    "babble": synthetic_babble,
+                }
+                self._banks[kind] = [maker[kind](n, rng) for _ in range(self.BANK_SIZE)]
+        return self._banks[kind]
+
     def _source(self, kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
         files = self.sources[kind]
         if files:
             path = files[int(rng.integers(0, len(files)))]
             return crop(io.read_crop(path, n / SR, rng), n, rng)
-        maker = {"noise": synthetic_noise, "music": synthetic_music, "babble": synthetic_babble}[
-            kind
-        ]
-        return maker(n, rng)
+        bank = self._bank(kind)
+        return crop(bank[int(rng.integers(0, len(bank)))], n, rng)
 
     def __call__(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() >= self.cfg.prob:
             return wave
         if rng.random() < self.cfg.reverb_prob:
-            rir = (
-                io.read(self.rirs[int(rng.integers(0, len(self.rirs)))])
-                if self.rirs
-                else synthetic_rir(rng)
-            )
+            if self.rirs:
+                rir = io.read(self.rirs[int(rng.integers(0, len(self.rirs)))])
+            else:
+                bank = self._bank("rir")
+                rir = bank[int(rng.integers(0, len(bank)))]
             wave = reverberate(wave, rir)
         kind = self.KINDS[int(rng.integers(0, len(self.KINDS)))]
         lo, hi = getattr(self.cfg, f"{kind}_snr")

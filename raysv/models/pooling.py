@@ -38,5 +38,7 @@ class AttentiveStatsPool(nn.Module):
         )
         w = torch.softmax(self.attn(torch.cat([x, mean, std], dim=1)), dim=-1)
         mu = (x * w).sum(dim=-1)
-        sg = torch.sqrt(((x**2) * w).sum(dim=-1) - mu**2).clamp(min=1e-5)
+        sg = torch.sqrt(
+            (((x**2) * w).sum(dim=-1) - mu**2).clamp(min=1e-5)
+        )  # clamp before sqrt: no NaN
         return torch.cat([mu, sg], dim=-1)

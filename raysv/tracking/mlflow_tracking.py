@@ -35,19 +35,24 @@ def run(
     params: dict[str, Any] | None = None,
     nested: bool = False,
     tags: dict[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[str]:
     """Open an MLflow run (nested under the active one if ``nested``); yields its run id.
 
     ``params`` may be a nested dict (a resolved config): it is flattened to
-    dotted keys. The run ends FAILED if the body raises.
+    dotted keys. The run ends FAILED if the body raises. ``run_id`` reopens an
+    existing run (a resumed job keeps logging into the same run).
     """
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as active:
-        if params:
+    kwargs = (
+        {"run_id": run_id} if run_id else {"run_name": run_name, "nested": nested, "tags": tags}
+    )
+    with mlflow.start_run(**kwargs) as active:
+        if params and not run_id:
             mlflow.log_params({k: _param(v) for k, v in flatten(params).items()})
         yield active.info.run_id
 
@@ -80,3 +85,22 @@ def log_dict(data: dict, name: str) -> None:
     import mlflow
 
     mlflow.log_dict(data, name)
+
+
+def log_metrics_to(
+    tracking_uri: str, run_id: str, metrics: dict[str, Any], step: int | None = None
+) -> None:
+    """Log numeric ``metrics`` to an existing run (used by rank 0 inside Ray Train workers)."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k.replace("@", "_"), float(v), now, step or 0)
+        for k, v in flatten(metrics).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    if batch:
+        MlflowClient(tracking_uri).log_batch(run_id, metrics=batch)

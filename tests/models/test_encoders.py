@@ -44,3 +44,11 @@ def test_unknown_encoder_and_bad_kwargs():
         build_encoder("wavlm", n_mels=40)
     with pytest.raises(ConfigError, match="encoder 'lstm'"):
         build_encoder("lstm", n_mels=40, width=3)
+
+
+def test_attentive_pooling_is_finite_on_constant_input():
+    from raysv.models.pooling import AttentiveStatsPool
+
+    pool = AttentiveStatsPool(4, 8).eval()
+    y = pool(torch.ones(2, 4, 10))  # zero variance: the std must not be NaN
+    assert torch.isfinite(y).all()

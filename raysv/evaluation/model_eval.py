@@ -1,0 +1,64 @@
+"""Evaluating a torch encoder on trials in-process (dev set each epoch, final reports).
+
+Utterances are embedded whole (centre crop of at most ``max_seconds``);
+features are computed once and can be cached across epochs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raysv.audio import features, io
+from raysv.evaluation.evaluate import score_trials
+from raysv.evaluation.metrics import verification_report
+
+
+def trial_features(utts: pa.Table, n_mels: int, max_seconds: float) -> dict[str, np.ndarray]:
+    """``utt_id -> fbank (F, n_mels)`` for every row of ``utts`` (utt_id, path, start_s, end_s)."""
+    out = {}
+    for uid, path, st, en in zip(
+        *(utts.column(c).to_pylist() for c in ("utt_id", "path", "start_s", "end_s")), strict=True
+    ):
+        wave = io.read_crop(path, max_seconds, None, st, en)
+        if wave.shape[0] < 400:
+            wave = features.crop(wave, 400)
+        out[uid] = features.fbank(wave, n_mels=n_mels)
+    return out
+
+
+def embed_features(
+    model, feats: dict[str, np.ndarray], device: str = "cpu", batch: int = 32
+) -> tuple[list[str], np.ndarray]:
+    """Embed every feature matrix with ``model`` in eval mode, grouping equal lengths.
+
+    Returns ``(utt_ids, embeddings (n, D) float32)``.
+    """
+    import torch
+
+    ids = sorted(feats, key=lambda u: feats[u].shape[0])
+    out: dict[str, np.ndarray] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        i = 0
+        while i < len(ids):
+            t = feats[ids[i]].shape[0]
+            j = i
+            while j < len(ids) and j - i < batch and feats[ids[j]].shape[0] == t:
+                j += 1
+            x = torch.from_numpy(np.stack([feats[u] for u in ids[i:j]])).to(device)
+            y = model(x).float().cpu().numpy()
+            out.update(zip(ids[i:j], y, strict=True))
+            i = j
+    model.train(was_training)
+    return ids, np.stack([out[u] for u in ids])
+
+
+def evaluate_model(
+    model, trials: pa.Table, feats: dict[str, np.ndarray], device: str = "cpu"
+) -> dict:
+    """EER/minDCF of ``model`` on resolved ``trials`` (entries are utt_ids in ``feats``)."""
+    ids, emb = embed_features(model, feats, device)
+    scores = score_trials(trials, ids, emb, center=True)
+    return verification_report(scores, trials.column("label").to_numpy())

@@ -1,0 +1,210 @@
+"""Typed configuration of Stage I pretraining (``raysv pretrain``).
+
+One tree: data, model, loss (with rejection), optim, train. Unknown keys are
+errors; ranges are checked in ``__post_init__``; derived values are properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from raysv.audio.augment import AugmentConfig
+
+
+@dataclass
+class PretrainData:
+    """Where the training data is and how batches are drawn.
+
+    Args:
+        data: a corpus folder (``--data DIR``); imported into manifests under the run folder.
+        utterances / dialogues / dev_trials / test_trials: explicit manifests instead of ``data``.
+        dialogue_truth: analysis only: table with ``dialogue_id, multi_speaker`` (generated corpora
+            have one) to report how well rejection weights separate multi-speaker dialogues.
+        mode: ``dialogue`` (utterances of a dialogue are positives) or ``utterance`` (SimCLR:
+            two segments of one utterance).
+        utts_per_dialogue: M, utterances drawn per dialogue each epoch (the paper uses 2).
+        short_dialogues: dialogues with fewer than M utterances: ``repeat`` draws with replacement
+            (each draw is a different random crop), ``drop`` skips them.
+        crop_seconds: training crop length (the papers use 1.8-4 s).
+        n_mels: log-mel bins (40 or 80).
+        eval_max_seconds: evaluation embeds at most this much of each utterance (centre).
+    """
+
+    data: str | None = None
+    utterances: str | None = None
+    dialogues: str | None = None
+    dev_trials: str | None = None
+    test_trials: str | None = None
+    dialogue_truth: str | None = None
+    mode: Literal["dialogue", "utterance"] = "dialogue"
+    utts_per_dialogue: int = 2
+    short_dialogues: Literal["repeat", "drop"] = "repeat"
+    crop_seconds: float = 2.0
+    n_mels: int = 40
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3))
+    eval_max_seconds: float = 10.0
+
+    def __post_init__(self):
+        if self.utts_per_dialogue < 2:
+            raise ValueError(
+                f"utts_per_dialogue must be >= 2 (positives need a partner), got {self.utts_per_dialogue}"
+            )
+        if self.crop_seconds < 0.1:
+            raise ValueError(f"crop_seconds must be >= 0.1, got {self.crop_seconds}")
+        if self.n_mels < 8:
+            raise ValueError(f"n_mels must be >= 8, got {self.n_mels}")
+
+
+@dataclass
+class ModelSpec:
+    """Encoder by name (see ``raysv.models.ENCODERS``) and its constructor arguments."""
+
+    name: str = "ecapa"
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"channels": 64, "embed_dim": 128})
+
+
+@dataclass
+class RejectionSpec:
+    """Soft rejection of multi-speaker dialogues (see ``raysv.losses.rejection``)."""
+
+    enabled: bool = True
+    threshold: float = 0.5
+    temperature: float = 10.0
+    max_temperature: float = 20.0
+    learn_temperature: bool = True
+    normalise: bool = True
+
+    def __post_init__(self):
+        if not 0 < self.temperature < self.max_temperature:
+            raise ValueError(
+                f"need 0 < rejection.temperature < max_temperature, got {self.temperature}, {self.max_temperature}"
+            )
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(
+                f"rejection.threshold is a cosine, must be in [-1, 1], got {self.threshold}"
+            )
+
+
+@dataclass
+class LossSpec:
+    """Contrastive loss by name: ava, aproto, ge2e (dialogue mode) or ntxent (utterance mode).
+
+    ``scale``/``bias``/``learnable`` set the cosine affine map of ava/aproto/ge2e
+    (AvA with scale 1, bias 0, learnable false is the paper's eq. 4);
+    ``temperature`` is NT-Xent's (null = none, as in the LGL paper).
+    """
+
+    name: str = "ava"
+    scale: float = 10.0
+    bias: float | None = None  # None: 0 for ava, -5 for aproto/ge2e
+    learnable: bool = True
+    temperature: float | None = 0.1
+    rejection: RejectionSpec = field(default_factory=RejectionSpec)
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.name == "ntxent":
+            return {"temperature": self.temperature}
+        bias = self.bias if self.bias is not None else (0.0 if self.name == "ava" else -5.0)
+        return {"scale": self.scale, "bias": bias, "learnable": self.learnable}
+
+
+@dataclass
+class OptimSpec:
+    """Adam with step decay; the dialogue paper's schedule: 4e-4, x0.98 every 10k steps."""
+
+    lr: float = 4e-4
+    decay: float = 0.98
+    decay_every: int = 10000
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.lr <= 0 or not 0 < self.decay <= 1 or self.decay_every < 1:
+            raise ValueError(
+                f"bad optimiser settings: lr={self.lr}, decay={self.decay}, decay_every={self.decay_every}"
+            )
+
+
+@dataclass
+class TrainSpec:
+    """Distributed training settings.
+
+    Args:
+        epochs: passes over the dialogues (or utterances).
+        batch_size: GLOBAL batch: N dialogues (x M utterances) or N utterances (x 2 segments)
+            per step, summed over workers; the loss sees all of them (global negatives).
+        num_workers: Ray Train workers (DDP ranks).
+        use_gpu: one GPU per worker, NCCL; otherwise gloo on CPU.
+        cpus_per_worker: CPUs reserved per worker; default leaves one CPU for Ray Data.
+        amp: bfloat16 autocast on GPU (ignored on CPU).
+        seed: model initialisation and data order.
+        max_failures: worker-group restarts from the last checkpoint (FailureConfig).
+        num_to_keep: checkpoints kept (the best model travels inside each).
+        storage_path: where Ray Train writes checkpoints (default: <out>/ray; s3://... on clusters).
+        inject_failure_at_epoch: testing aid: raise once at the start of this epoch.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    amp: bool = True
+    seed: int = 0
+    max_failures: int = 2
+    num_to_keep: int = 2
+    storage_path: str | None = None
+    inject_failure_at_epoch: int | None = None
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.num_workers < 1:
+            raise ValueError(
+                f"epochs and num_workers must be >= 1, got {self.epochs}, {self.num_workers}"
+            )
+        if self.batch_size < 2 * self.num_workers or self.batch_size % self.num_workers:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_workers ({self.num_workers}) "
+                "with at least 2 per worker"
+            )
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.num_workers
+
+
+@dataclass
+class PretrainConfig:
+    """``raysv pretrain`` configuration (YAML + ``--set key=value`` overrides)."""
+
+    out: str = "runs/pretrain"
+    run_name: str = "pretrain"
+    data: PretrainData = field(default_factory=PretrainData)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    tracking_uri: str | None = None
+    experiment: str = "raysv-pretrain"
+
+    def __post_init__(self):
+        from raysv.losses import DIALOGUE_LOSSES, LOSSES
+
+        if self.loss.name not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss.name!r}; valid: {', '.join(LOSSES)}")
+        if self.data.mode == "dialogue" and self.loss.name not in DIALOGUE_LOSSES:
+            raise ValueError(
+                f"loss {self.loss.name!r} needs data.mode=utterance; dialogue mode takes {', '.join(DIALOGUE_LOSSES)}"
+            )
+        if self.data.mode == "utterance" and self.loss.name != "ntxent":
+            raise ValueError(
+                f"data.mode=utterance (SimCLR) takes loss ntxent, got {self.loss.name!r}"
+            )
+
+    @property
+    def rejection_active(self) -> bool:
+        return self.loss.rejection.enabled and self.data.mode == "dialogue"
+
+    @property
+    def group_size(self) -> int:
+        """Embeddings per batch item: M utterances, or 2 segments in utterance mode."""
+        return self.data.utts_per_dialogue if self.data.mode == "dialogue" else 2

@@ -1,0 +1,245 @@
+"""Stage I input: training tables (driver) and batch featurisers (Ray Data tasks).
+
+Driver side, once: :func:`dialogue_table` joins dialogues with utterance paths
+into one row per dialogue (lists of paths and segment bounds), so that
+training never groups millions of rows. :func:`utterance_table` does the same
+for utterance mode.
+
+Per epoch, in Ray Data tasks: rows are shuffled, then :func:`featurise_dialogues`
+draws M utterances of each dialogue, crops, augments and computes log-mel
+features; :func:`featurise_pairs` draws two non-overlapping segments of each
+utterance (SimCLR). Both are pure functions of a batch and a random generator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raysv.audio import features, io
+from raysv.audio.augment import AugmentConfig, Augmenter
+from raysv.errors import ManifestError
+
+SR = io.TARGET_SR
+
+
+def dialogue_table(
+    utterances: pa.Table, dialogues: pa.Table, min_utts: int, policy: str
+) -> pa.Table:
+    """One row per dialogue: ``idx, dialogue_id, paths, starts, ends`` (lists, in dialogue order).
+
+    Utterances missing from the manifest are left out; dialogues left with
+    fewer than 2 utterances are dropped, and with ``policy="drop"`` so are
+    those with fewer than ``min_utts``. Raises ManifestError if none remain.
+    """
+    flat = pa.table(
+        {
+            "row": pc.list_parent_indices(dialogues["utt_ids"]),
+            "pos": pa.array(
+                np.concatenate(
+                    [np.arange(n) for n in pc.list_value_length(dialogues["utt_ids"]).to_numpy()]
+                )
+                if dialogues.num_rows
+                else [],
+                pa.int64(),
+            ),
+            "utt_id": pc.list_flatten(dialogues["utt_ids"]),
+        }
+    )
+    meta = utterances.select(["utt_id", "path", "start_s", "end_s"])
+    joined = flat.join(meta, "utt_id", join_type="inner").sort_by(
+        [("row", "ascending"), ("pos", "ascending")]
+    )
+    grouped = joined.group_by("row", use_threads=False).aggregate(
+        [("path", "list"), ("start_s", "list"), ("end_s", "list")]
+    )
+    grouped = grouped.sort_by("row")
+    rows = grouped["row"].to_numpy()
+    out = pa.table(
+        {
+            "dialogue_id": dialogues["dialogue_id"].take(pa.array(rows)),
+            "paths": grouped["path_list"],
+            "starts": grouped["start_s_list"],
+            "ends": grouped["end_s_list"],
+        }
+    )
+    sizes = pc.list_value_length(out["paths"])
+    need = min_utts if policy == "drop" else 2
+    out = out.filter(pc.greater_equal(sizes, need))
+    if out.num_rows == 0:
+        raise ManifestError(
+            f"no dialogue has at least {need} usable utterances "
+            f"({dialogues.num_rows} dialogues; with short_dialogues=drop and M={min_utts}); "
+            "lower data.utts_per_dialogue or use short_dialogues=repeat"
+        )
+    return out.append_column("idx", pa.array(np.arange(out.num_rows), pa.int64()))
+
+
+def utterance_table(utterances: pa.Table) -> pa.Table:
+    """One row per utterance: ``idx, utt_id, path, start_s, end_s``."""
+    if utterances.num_rows == 0:
+        raise ManifestError("the utterances manifest is empty")
+    t = utterances.select(["utt_id", "path", "start_s", "end_s"])
+    return t.append_column("idx", pa.array(np.arange(t.num_rows), pa.int64()))
+
+
+_AUGMENTERS: dict[tuple, Augmenter] = {}
+
+
+def _augmenter(cfg: AugmentConfig | None) -> Augmenter | None:
+    """Per-process cache: folder listings are done once per Ray worker process."""
+    if cfg is None or cfg.prob == 0:
+        return None
+    key = tuple(sorted(cfg.__dict__.items()))
+    if key not in _AUGMENTERS:
+        _AUGMENTERS[key] = Augmenter(cfg)
+    return _AUGMENTERS[key]
+
+
+def _nan_to_none(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def _crop_features(path: str, start, end, seconds: float, rng, aug, n_mels: int) -> np.ndarray:
+    n = int(round(seconds * SR))
+    wave = features.crop(
+        io.read_crop(path, seconds, rng, _nan_to_none(start), _nan_to_none(end)), n, rng
+    )
+    if aug is not None:
+        wave = aug(wave, rng)
+    return features.fbank(wave, n_mels=n_mels)
+
+
+def featurise_dialogues(
+    batch: dict[str, np.ndarray],
+    m: int,
+    crop_seconds: float,
+    n_mels: int,
+    augment: AugmentConfig | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Dialogue rows -> ``feats (B, M, F, n_mels)`` float32 and ``idx (B,)``.
+
+    Draws M distinct utterances of each dialogue (with replacement if it has
+    fewer), a random crop of each, optional augmentation. ``seed`` None draws
+    fresh randomness (every epoch differs).
+    """
+    rng = np.random.default_rng(seed)
+    aug = _augmenter(augment)
+    out = []
+    for paths, starts, ends in zip(batch["paths"], batch["starts"], batch["ends"], strict=True):
+        k = len(paths)
+        pick = rng.choice(k, size=m, replace=k < m)
+        out.append(
+            np.stack(
+                [
+                    _crop_features(paths[j], starts[j], ends[j], crop_seconds, rng, aug, n_mels)
+                    for j in pick
+                ]
+            )
+        )
+    return {
+        "feats": np.stack(out).astype(np.float32),
+        "idx": np.asarray(batch["idx"], dtype=np.int64),
+    }
+
+
+def two_segments(
+    wave: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two random non-overlapping segments of ``n`` samples from ``wave`` ``(T,)``.
+
+    If ``T < 2n`` the wave is split in two halves at a random point and each
+    part is padded (by repetition) to ``n``: still no shared samples.
+    """
+    t = wave.shape[0]
+    if t >= 2 * n:
+        a = int(rng.integers(0, t - 2 * n + 1))
+        b = int(rng.integers(a + n, t - n + 1))
+        first, second = (a, b) if rng.random() < 0.5 else (b, a)
+        return wave[first : first + n], wave[second : second + n]
+    cut = int(rng.integers(max(1, t // 3), max(2, t - t // 3)))
+    return features.crop(wave[:cut], n, rng), features.crop(wave[cut:], n, rng)
+
+
+def featurise_pairs(
+    batch: dict[str, np.ndarray],
+    crop_seconds: float,
+    n_mels: int,
+    augment: AugmentConfig | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Utterance rows -> ``feats (B, 2, F, n_mels)``: two disjoint segments per utterance."""
+    rng = np.random.default_rng(seed)
+    aug = _augmenter(augment)
+    n = int(round(crop_seconds * SR))
+    out = []
+    for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
+        wave = io.read_crop(path, 2 * crop_seconds, rng, _nan_to_none(st), _nan_to_none(en))
+        segs = two_segments(wave, n, rng)
+        if aug is not None:
+            segs = tuple(aug(s, rng) for s in segs)
+        out.append(np.stack([features.fbank(s, n_mels=n_mels) for s in segs]))
+    return {
+        "feats": np.stack(out).astype(np.float32),
+        "idx": np.asarray(batch["idx"], dtype=np.int64),
+    }
+
+
+def write_shards(
+    table: pa.Table, folder: str, rows_per_shard: int | None = None, seed: int = 0
+) -> str:
+    """Write the training table as Parquet shards, rows shuffled once, and return ``folder``.
+
+    Many shards let Ray Data read in parallel and reorder blocks every epoch
+    without holding the table on the driver (it never reads it back).
+    """
+    import os
+
+    import pyarrow.parquet as pq
+
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+    n = table.num_rows
+    per = rows_per_shard or max(1, min(20000, -(-n // 64)))
+    order = np.random.default_rng(seed).permutation(n)
+    for k, start in enumerate(range(0, n, per)):
+        pq.write_table(
+            table.take(pa.array(order[start : start + per])),
+            os.path.join(folder, f"part-{k:05d}.parquet"),
+        )
+    return folder
+
+
+def build_dataset(
+    shards: str,
+    mode: str,
+    m: int,
+    crop_seconds: float,
+    n_mels: int,
+    augment: AugmentConfig | None,
+    batch_rows: int = 8,
+):
+    """The per-epoch Ray Dataset over training shards written by :func:`write_shards`.
+
+    # [1] metadata rows only, streamed from Parquet (the driver never holds the table);
+    #     block order is re-randomised every epoch because Ray Train re-executes the
+    #     dataset for every pass over a shard (workers add a local shuffle buffer);
+    # [2] decoding and features run in stateless tasks; audio never touches the driver.
+    """
+    import ray.data
+
+    ds = ray.data.read_parquet(shards).randomize_block_order()  # [1]
+    if mode == "dialogue":
+        fn, kwargs = (
+            featurise_dialogues,
+            {"m": m, "crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
+        )
+    else:
+        fn, kwargs = (
+            featurise_pairs,
+            {"crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
+        )
+    return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_rows, batch_format="numpy")  # [2]

@@ -1,0 +1,282 @@
+"""Driver of Stage I: prepares inputs, builds the TorchTrainer, reports the result.
+
+# [1] inputs are checked and prepared before any worker starts (clear errors);
+# [2] the dataset is a Ray Dataset of metadata rows, featurised per epoch;
+# [3] ScalingConfig / RunConfig / FailureConfig / CheckpointConfig;
+# [4] the same run name under the same storage path resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+from raysv.config import to_dict
+from raysv.data import fs, ingest
+from raysv.data.problems import Problems
+from raysv.data.trials import parse_trials, resolve_trials
+from raysv.errors import ConfigError, ManifestError
+from raysv.training import data as tdata
+from raysv.training.config import PretrainConfig
+
+log = logging.getLogger("raysv")
+
+
+def _manifests(cfg: PretrainConfig, out: str) -> dict:
+    d = cfg.data
+    if d.data is None and d.utterances is None:
+        raise ConfigError(
+            "no training data: give --data DIR (a corpus folder) or data.utterances in the config"
+        )
+    if d.data:
+        from raysv.data.corpus import prepare_corpus
+
+        man, _ = prepare_corpus(d.data, os.path.join(out, "manifests"))
+        truth = os.path.join(d.data, "meta", "dialogues_truth.parquet")
+        return {
+            "utterances": man.utterances,
+            "dialogues": man.dialogues,
+            "dev_trials": man.trials.get("dev"),
+            "test_trials": man.trials.get("test"),
+            "truth": d.dialogue_truth or (truth if os.path.isfile(truth) else None),
+        }
+    return {
+        "utterances": d.utterances,
+        "dialogues": d.dialogues,
+        "dev_trials": d.dev_trials,
+        "test_trials": d.test_trials,
+        "truth": d.dialogue_truth,
+    }
+
+
+def _trial_inputs(trials_uri: str, utts: pa.Table, folder: str, split: str) -> dict:
+    problems = Problems()
+    trials = resolve_trials(parse_trials(trials_uri, problems), utts, trials_uri, problems)
+    problems.log_summary()
+    needed = pa.array(
+        sorted(set(trials.column("enroll").to_pylist()) | set(trials.column("test").to_pylist()))
+    )
+    sub = utts.filter(pa.compute.is_in(utts["utt_id"], needed))
+    paths = {
+        "trials": os.path.join(folder, f"{split}_trials.parquet"),
+        "utts": os.path.join(folder, f"{split}_utts.parquet"),
+    }
+    pq.write_table(trials, paths["trials"])
+    pq.write_table(sub.select(["utt_id", "path", "start_s", "end_s"]), paths["utts"])
+    return paths
+
+
+def prepare_inputs(cfg: PretrainConfig) -> dict:
+    """[1] Read and check manifests, build the training table, write small eval inputs.
+
+    Returns a dict with the training ``table`` and paths of dev/test inputs.
+    Raises ManifestError/ConfigError naming the problem before Ray starts.
+    """
+    out = os.path.abspath(cfg.out)
+    folder = os.path.join(out, "inputs")
+    os.makedirs(folder, exist_ok=True)
+    man = _manifests(cfg, out)
+    problems = Problems()
+    utts = ingest.check_utterances(fs.read_table(man["utterances"]), man["utterances"], problems)
+    problems.log_summary()
+    if cfg.data.mode == "dialogue":
+        if not man["dialogues"]:
+            raise ManifestError(
+                "dialogue mode needs a dialogues table (data.dialogues, or dialogues.jsonl in the corpus folder)"
+            )
+        table = tdata.dialogue_table(
+            utts,
+            fs.read_table(man["dialogues"]),
+            cfg.data.utts_per_dialogue,
+            cfg.data.short_dialogues,
+        )
+        unit = "dialogues"
+    else:
+        table = tdata.utterance_table(utts)
+        unit = "utterances"
+    if cfg.train.batch_size > table.num_rows:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) is larger than the data ({table.num_rows} {unit})"
+        )
+    res: dict = {"table": table, "unit": unit}
+    for split in ("dev", "test"):
+        if man[f"{split}_trials"]:
+            res[split] = _trial_inputs(man[f"{split}_trials"], utts, folder, split)
+    if man["truth"] and cfg.data.mode == "dialogue":
+        t = fs.read_table(man["truth"], ["dialogue_id", "multi_speaker"])
+        lookup = dict(
+            zip(
+                t.column("dialogue_id").to_pylist(),
+                t.column("multi_speaker").to_pylist(),
+                strict=True,
+            )
+        )
+        truth = np.array(
+            [bool(lookup.get(d, False)) for d in table.column("dialogue_id").to_pylist()]
+        )
+        res["truth"] = os.path.join(folder, "truth.npy")
+        np.save(res["truth"], truth)
+    return res
+
+
+def _resources(cfg: PretrainConfig) -> tuple[dict, int]:
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1))
+    cpw = cfg.train.cpus_per_worker
+    if cpw is None:
+        # Leave one CPU for Ray Data's featurisation tasks, or the input pipeline starves.
+        cpw = (
+            max(0.25, (total - 1.0) / cfg.train.num_workers)
+            if not cfg.train.use_gpu
+            else max(1.0, (total - 1.0) / cfg.train.num_workers)
+        )
+    if cpw * cfg.train.num_workers > total - 0.5 and not cfg.train.use_gpu:
+        raise ConfigError(
+            f"{cfg.train.num_workers} workers x {cpw} CPUs leave no CPU for data loading on a {total:g}-CPU cluster; "
+            "lower train.num_workers or train.cpus_per_worker"
+        )
+    res = {"CPU": cpw}
+    if cfg.train.use_gpu:
+        res["GPU"] = 1
+    return res, max(1, int(cpw))
+
+
+def _evaluate(
+    encoder, inputs: dict, split: str, n_mels: int, max_seconds: float, cache: dict
+) -> dict:
+    from raysv.evaluation.model_eval import evaluate_model, trial_features
+
+    if split not in cache:
+        cache[split] = (
+            pq.read_table(inputs[split]["trials"]),
+            trial_features(pq.read_table(inputs[split]["utts"]), n_mels, max_seconds),
+        )
+    trials, feats = cache[split]
+    r = evaluate_model(encoder, trials, feats)
+    return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    """Run Stage I; returns the summary (also ``<out>/summary.json``)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raysv.runtime import ensure_ray
+    from raysv.tracking import mlflow_tracking as tracking
+    from raysv.training.pretrain_worker import build_modules, train_loop
+
+    t0 = time.monotonic()
+    out = os.path.abspath(cfg.out)
+    build_modules(cfg)  # unknown encoder/loss names and bad kwargs fail here, before Ray
+    inputs = prepare_inputs(cfg)  # [1]
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    ensure_ray()
+    shards = tdata.write_shards(
+        inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
+    )
+    dataset = tdata.build_dataset(  # [2]
+        shards,
+        cfg.data.mode,
+        cfg.data.utts_per_dialogue,
+        cfg.data.crop_seconds,
+        cfg.data.n_mels,
+        cfg.data.augment,
+    )
+    resources, threads = _resources(cfg)
+    tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
+    run_id_file = os.path.join(out, "mlflow_run_id")
+    previous = open(run_id_file).read().strip() if os.path.isfile(run_id_file) else None
+    with tracking.run(
+        tracking_uri, cfg.experiment, cfg.run_name, params=to_dict(cfg), run_id=previous
+    ) as run_id:
+        with open(run_id_file, "w") as f:
+            f.write(run_id)
+        run = {
+            "out": out,
+            "dev_utts": inputs.get("dev", {}).get("utts"),
+            "dev_trials": inputs.get("dev", {}).get("trials"),
+            "truth": inputs.get("truth"),
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking_uri,
+            "torch_threads": threads,
+        }
+        trainer = TorchTrainer(  # [3]
+            train_loop,
+            train_loop_config={"cfg": to_dict(cfg), "run": run},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.train.num_workers,
+                use_gpu=cfg.train.use_gpu,
+                resources_per_worker=resources,
+            ),
+            run_config=ray.train.RunConfig(
+                name=cfg.run_name,  # [4]
+                storage_path=cfg.train.storage_path or os.path.join(out, "ray"),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
+            ),
+            datasets={"train": dataset},
+        )
+        log.info(
+            "training %s on %d %s with %d worker(s) x %s",
+            cfg.model.name,
+            inputs["table"].num_rows,
+            inputs["unit"],
+            cfg.train.num_workers,
+            resources,
+        )
+        result = trainer.fit()
+        summary = _finish(cfg, inputs, result, out)
+        tracking.log_metrics({f"final.{k}": v for k, v in summary["final"].items()})
+        tracking.log_artifact(os.path.join(out, "config.yaml"))
+        tracking.log_artifact(os.path.join(out, "best_model.pt"))
+    summary.update(
+        mlflow={"tracking_uri": tracking_uri, "run_id": run_id},
+        seconds=round(time.monotonic() - t0, 1),
+        out=out,
+    )
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    return summary
+
+
+def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:
+    """Load the last checkpoint, save the best model, evaluate untrained vs best encoders."""
+    from raysv.training.pretrain_worker import build_modules
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    st = blob["state"]
+    best = st["best_model"] or blob["model"]
+    torch.save({"model": best, "config": to_dict(cfg)}, os.path.join(out, "best_model.pt"))
+    untrained, _, _ = build_modules(cfg)
+    trained, _, _ = build_modules(cfg)
+    trained.load_state_dict(best)
+    final: dict = {}
+    cache: dict = {}
+    for split in ("dev", "test"):
+        if split in inputs:
+            for name, model in (("untrained", untrained), ("best", trained)):
+                for k, v in _evaluate(
+                    model, inputs, split, cfg.data.n_mels, cfg.data.eval_max_seconds, cache
+                ).items():
+                    final[f"{name}.{split}.{k}"] = v
+    return {
+        "epochs": st["epoch"],
+        "steps": st["step"],
+        "best_dev_eer": st["best_eer"] if np.isfinite(st["best_eer"]) else None,
+        "history": st["history"],
+        "final": final,
+        "best_model": os.path.join(out, "best_model.pt"),
+    }

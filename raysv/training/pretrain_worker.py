@@ -1,0 +1,297 @@
+"""Stage I training loop: runs inside each Ray Train worker (one DDP rank).
+
+Takes a plain dict (``{"cfg": ..., "run": ...}``); nothing here builds a
+trainer. Points where Ray plugs in are numbered:
+
+# [1] ray.train.get_checkpoint(): resume after a restart or a rerun;
+# [2] ray.train.torch.prepare_model(): DDP (gloo on CPU, NCCL on GPU);
+# [3] ray.train.get_dataset_shard(): this worker's stream of batches;
+# [4] ray.train.report(): metrics every epoch, with a checkpoint from rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from raysv.config import from_dict
+from raysv.training.config import PretrainConfig
+from raysv.training.distributed import gather_no_grad, gather_with_grad, world
+
+
+@dataclass
+class State:
+    """Everything a checkpoint holds besides tensors' owners."""
+
+    epoch: int = 0  # next epoch to run
+    step: int = 0
+    best_eer: float = float("inf")
+    best_model: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def build_modules(cfg: PretrainConfig):
+    """Encoder, loss and rejection modules, identically initialised on every rank."""
+    from raysv.losses import build_loss
+    from raysv.losses.rejection import Rejection
+    from raysv.models import build_encoder
+
+    torch.manual_seed(cfg.train.seed)
+    encoder = build_encoder(cfg.model.name, cfg.data.n_mels, **cfg.model.kwargs)
+    loss = build_loss(cfg.loss.name, **cfg.loss.kwargs())
+    r = cfg.loss.rejection
+    rejection = (
+        Rejection(r.threshold, r.temperature, r.max_temperature, r.learn_temperature, r.normalise)
+        if cfg.rejection_active
+        else None
+    )
+    return encoder, loss, rejection
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _save(path: str, model, loss, rejection, opt, sched, st: State) -> None:
+    torch.save(
+        {
+            "model": _unwrap(model).state_dict(),
+            "loss": loss.state_dict(),
+            "rejection": rejection.state_dict() if rejection is not None else None,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "state": st.__dict__,
+        },
+        os.path.join(path, "state.pt"),
+    )
+
+
+def _restore(ckpt, model, loss, rejection, opt, sched) -> State:
+    with ckpt.as_directory() as d:
+        blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    _unwrap(model).load_state_dict(blob["model"])
+    loss.load_state_dict(blob["loss"])
+    if rejection is not None and blob["rejection"] is not None:
+        rejection.load_state_dict(blob["rejection"])
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    return State(**blob["state"])
+
+
+class Analysis:
+    """Rank 0's per-epoch record of rejection weights, for analysis only.
+
+    With a ground-truth table (generated corpora), reports the ROC AUC of
+    ``1 - w`` for detecting multi-speaker dialogues. Never feeds training.
+    """
+
+    def __init__(self, truth: np.ndarray | None):
+        self.truth = truth  # (n_dialogues,) bool by idx, or None
+        self.reset()
+
+    def reset(self):
+        self.idx: list[np.ndarray] = []
+        self.w: list[np.ndarray] = []
+        self.c: list[np.ndarray] = []
+
+    def add(self, idx: torch.Tensor, w: torch.Tensor, c: torch.Tensor):
+        self.idx.append(idx.cpu().numpy())
+        self.w.append(w.detach().float().cpu().numpy())
+        self.c.append(c.float().cpu().numpy())
+
+    def summary(self) -> dict:
+        if not self.w:
+            return {}
+        w, c = np.concatenate(self.w), np.concatenate(self.c)
+        out = {
+            "rej_w_mean": float(w.mean()),
+            "rej_w_std": float(w.std()),
+            "compactness_mean": float(c.mean()),
+        }
+        if self.truth is not None:
+            from sklearn.metrics import roc_auc_score
+
+            y = self.truth[np.concatenate(self.idx)]
+            if 0 < y.sum() < y.size:
+                out["rejection_auc"] = float(roc_auc_score(y, -w))
+                out["compactness_auc"] = float(roc_auc_score(y, -c))
+        return out
+
+
+def run_epoch(
+    cfg, model, loss_fn, rejection, opt, sched, shard, device, st: State, analysis: Analysis
+) -> dict:
+    """One pass over this worker's shard; returns epoch statistics (rank-local timing)."""
+    model.train()
+    g = cfg.group_size
+    amp = cfg.train.use_gpu and cfg.train.amp
+    losses, n_samples, wait, busy, skipped = [], 0, 0.0, 0.0, 0
+    analysis.reset()
+    it = shard.iter_torch_batches(
+        batch_size=cfg.train.per_worker_batch,
+        drop_last=True,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=4
+        * cfg.train.per_worker_batch,  # mixes rows across blocks each epoch
+        device=device,
+    )
+    t_mark = time.perf_counter()
+    for batch in it:
+        t_got = time.perf_counter()
+        wait += t_got - t_mark
+        feats, idx = batch["feats"], batch["idx"]  # (B, G, F, n_mels), (B,)
+        b = feats.shape[0]
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            emb = model(feats.reshape(b * g, *feats.shape[2:])).float().reshape(b, g, -1)
+        emb = gather_with_grad(emb)  # global batch: negatives from every worker
+        per = loss_fn(emb)
+        if rejection is not None:
+            loss, w, c = rejection(per, emb)
+            if world()[0] == 0:
+                analysis.add(gather_no_grad(idx), w, c)
+            else:
+                gather_no_grad(idx)
+        else:
+            loss = per.mean()
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):  # same value on every rank (global loss): all skip together
+            skipped += 1
+            if skipped > 10:
+                raise FloatingPointError(
+                    f"loss is NaN/inf in {skipped} steps of epoch {st.epoch}; lower optim.lr"
+                )
+            t_mark = time.perf_counter()
+            continue
+        loss.backward()
+        opt.step()
+        sched.step()
+        st.step += 1
+        losses.append(float(loss.detach()))
+        n_samples += b * world()[1]
+        t_mark = time.perf_counter()
+        busy += t_mark - t_got
+    if not losses:
+        raise RuntimeError(
+            "this worker received no complete batch: batch_size is larger than its data shard"
+        )
+    out = {
+        "loss": float(np.mean(losses)),
+        "steps_in_epoch": len(losses),
+        "samples_per_s": n_samples / max(wait + busy, 1e-9),
+        "data_wait_share": wait / max(wait + busy, 1e-9),
+        "step_seconds": busy / len(losses),
+        "nonfinite_steps": skipped,
+    }
+    if rejection is not None:
+        out["rej_temperature"] = float(rejection.temperature.detach())
+    return out
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train entry point: ``config = {"cfg": PretrainConfig as dict, "run": {...}}``."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    run = config["run"]
+    torch.set_num_threads(max(1, int(run.get("torch_threads", 1))))
+    rank, _ = world()
+    device = ray.train.torch.get_device()
+    encoder, loss_fn, rejection = build_modules(cfg)
+    model = ray.train.torch.prepare_model(encoder)  # [2]
+    loss_fn.to(device)
+    extra = list(loss_fn.parameters()) + (
+        list(rejection.parameters()) if rejection is not None else []
+    )
+    if rejection is not None:
+        rejection.to(device)
+    opt = torch.optim.Adam(
+        list(model.parameters()) + extra, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.StepLR(
+        opt, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay
+    )
+    st = State()
+    ckpt = ray.train.get_checkpoint()  # [1]
+    if ckpt is not None:
+        st = _restore(ckpt, model, loss_fn, rejection, opt, sched)
+    shard = ray.train.get_dataset_shard("train")  # [3]
+    dev = _load_dev(run, cfg) if rank == 0 else None
+    truth = np.load(run["truth"]) if rank == 0 and run.get("truth") else None
+    analysis = Analysis(truth)
+    while st.epoch < cfg.train.epochs:
+        _maybe_fail(cfg, st.epoch, run)
+        stats = run_epoch(cfg, model, loss_fn, rejection, opt, sched, shard, device, st, analysis)
+        metrics = {
+            "epoch": st.epoch,
+            "step": st.step,
+            "lr": sched.get_last_lr()[0],
+            **stats,
+            **analysis.summary(),
+        }
+        st.epoch += 1
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                metrics.update(_dev_metrics(model, dev, device))
+                if metrics.get("dev_eer", np.inf) < st.best_eer:
+                    st.best_eer = metrics["dev_eer"]
+                    st.best_model = {
+                        k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
+                    }
+                metrics["best_dev_eer"] = st.best_eer
+                st.history.append(metrics)
+                _save(tmp, model, loss_fn, rejection, opt, sched, st)
+                checkpoint = Checkpoint.from_directory(tmp)
+                _log(run, metrics)
+            ray.train.report(metrics, checkpoint=checkpoint)  # [4]
+
+
+def _load_dev(run: dict, cfg: PretrainConfig):
+    if not run.get("dev_utts"):
+        return None
+    import pyarrow.parquet as pq
+
+    from raysv.evaluation.model_eval import trial_features
+
+    utts = pq.read_table(run["dev_utts"])
+    trials = pq.read_table(run["dev_trials"])
+    return trials, trial_features(utts, cfg.data.n_mels, cfg.data.eval_max_seconds)
+
+
+def _dev_metrics(model, dev, device) -> dict:
+    if dev is None:
+        return {}
+    from raysv.evaluation.model_eval import evaluate_model
+
+    r = evaluate_model(_unwrap(model), dev[0], dev[1], str(device))
+    return {
+        "dev_eer": r["eer"],
+        "dev_min_dcf_0.01": r["min_dcf_0.01"],
+        "dev_min_dcf_0.05": r["min_dcf_0.05"],
+    }
+
+
+def _log(run: dict, metrics: dict) -> None:
+    if run.get("mlflow_run_id"):
+        from raysv.tracking.mlflow_tracking import log_metrics_to
+
+        log_metrics_to(
+            run["tracking_uri"], run["mlflow_run_id"], metrics, step=int(metrics["epoch"])
+        )
+
+
+def _maybe_fail(cfg: PretrainConfig, epoch: int, run: dict) -> None:
+    """Testing aid: fail once (marker file) at ``train.inject_failure_at_epoch``."""
+    if cfg.train.inject_failure_at_epoch != epoch or world()[0] != 0:
+        return
+    marker = os.path.join(run["out"], f".injected_failure_{epoch}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError(f"injected failure at epoch {epoch} (train.inject_failure_at_epoch)")

@@ -1,0 +1,122 @@
+"""Stage I inputs: training tables, featurisers, and the Ray Data stream (shards, reshuffle)."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raysv.errors import ManifestError
+from raysv.training import data as tdata
+from tests.conftest import write_wav
+
+
+@pytest.fixture
+def small_manifest(tmp_path):
+    rows = []
+    for i in range(7):
+        p = write_wav(tmp_path / f"{i}.wav", seconds=1.0 + 0.5 * i, seed=i)
+        rows.append({"utt_id": f"u{i}", "path": p, "start_s": None, "end_s": None})
+    utts = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("utt_id", pa.string()),
+                ("path", pa.string()),
+                ("start_s", pa.float64()),
+                ("end_s", pa.float64()),
+            ]
+        ),
+    )
+    dialogues = pa.table(
+        {
+            "dialogue_id": ["a", "b", "c", "d"],
+            "utt_ids": [["u2", "u0", "u1"], ["u3", "u4"], ["u5", "gone"], ["u6"]],
+        }
+    )
+    return utts, dialogues
+
+
+def test_dialogue_table_keeps_order_and_drops_unusable(small_manifest):
+    utts, dialogues = small_manifest
+    t = tdata.dialogue_table(utts, dialogues, min_utts=2, policy="repeat")
+    assert t.column("dialogue_id").to_pylist() == ["a", "b"]  # c has 1 usable utterance, d only 1
+    paths = t.column("paths").to_pylist()
+    assert [p.rsplit("/", 1)[1] for p in paths[0]] == ["2.wav", "0.wav", "1.wav"]
+    assert t.column("idx").to_pylist() == [0, 1]
+    drop = tdata.dialogue_table(utts, dialogues, min_utts=3, policy="drop")
+    assert drop.column("dialogue_id").to_pylist() == ["a"]
+    with pytest.raises(ManifestError, match="no dialogue has at least 4 usable utterances"):
+        tdata.dialogue_table(utts, dialogues, min_utts=4, policy="drop")
+
+
+def test_featurise_dialogues_shapes_and_randomness(small_manifest):
+    utts, dialogues = small_manifest
+    t = tdata.dialogue_table(utts, dialogues, 2, "repeat")
+    batch = {
+        c: np.asarray(t.column(c).to_pylist(), dtype=object) for c in ("paths", "starts", "ends")
+    }
+    batch["idx"] = t.column("idx").to_numpy()
+    out = tdata.featurise_dialogues(batch, m=3, crop_seconds=0.5, n_mels=24, seed=0)
+    assert out["feats"].shape == (2, 3, 48, 24) and out["feats"].dtype == np.float32
+    assert out["idx"].tolist() == [0, 1]
+    again = tdata.featurise_dialogues(batch, m=3, crop_seconds=0.5, n_mels=24, seed=0)
+    other = tdata.featurise_dialogues(batch, m=3, crop_seconds=0.5, n_mels=24, seed=1)
+    assert np.array_equal(out["feats"], again["feats"]) and not np.array_equal(
+        out["feats"], other["feats"]
+    )
+
+
+def test_two_segments_never_overlap():
+    rng = np.random.default_rng(0)
+    wave = np.arange(10000, dtype=np.float32)
+    for _ in range(200):
+        a, b = tdata.two_segments(wave, 3000, rng)
+        assert a.shape == b.shape == (3000,)
+        assert not set(a.tolist()) & set(b.tolist())
+    short = np.arange(4000, dtype=np.float32)  # shorter than 2 segments: split, then pad
+    for _ in range(50):
+        a, b = tdata.two_segments(short, 3000, rng)
+        assert a.shape == b.shape == (3000,) and not set(a.tolist()) & set(b.tolist())
+
+
+def test_featurise_pairs(small_manifest):
+    utts, _ = small_manifest
+    t = tdata.utterance_table(utts)
+    batch = {
+        c: np.asarray(t.column(c).to_pylist(), dtype=object) for c in ("path", "start_s", "end_s")
+    }
+    batch["idx"] = t.column("idx").to_numpy()
+    out = tdata.featurise_pairs(batch, crop_seconds=0.5, n_mels=24, seed=0)
+    assert out["feats"].shape == (7, 2, 48, 24)
+    assert not np.allclose(out["feats"][:, 0], out["feats"][:, 1])
+
+
+def test_stream_shards_and_reshuffles(small_manifest, ray_local, tmp_path):
+    utts, _ = small_manifest
+    table = tdata.utterance_table(
+        pa.concat_tables([utts] * 4).set_column(0, "utt_id", pa.array([f"x{i}" for i in range(28)]))
+    )
+    shards = tdata.write_shards(table, str(tmp_path / "shards"), rows_per_shard=3)
+    assert len(os.listdir(shards)) == 10
+    ds = tdata.build_dataset(shards, "utterance", 2, 0.3, 16, None, batch_rows=4)
+    first = [int(i) for b in ds.iter_batches(batch_size=8) for i in b["idx"]]
+    second = [int(i) for b in ds.iter_batches(batch_size=8) for i in b["idx"]]
+    assert sorted(first) == sorted(second) == list(range(28))
+    assert first != second  # a new order every epoch
+    shards = ds.streaming_split(2, equal=True)
+    import threading
+
+    seen = [[], []]
+
+    def consume(k):
+        for b in shards[k].iter_batches(batch_size=4):
+            seen[k].extend(int(i) for i in b["idx"])
+
+    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert len(seen[0]) == len(seen[1]) == 14
+    assert not set(seen[0]) & set(seen[1])

@@ -1,0 +1,172 @@
+"""``raysv pretrain`` end to end on a local Ray: learning loop, tracking, resume, failures, bad input."""
+
+import json
+import os
+
+import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raysv.cli import main
+from raysv.config import from_dict, load_config
+from raysv.errors import ConfigError, ManifestError
+from raysv.training.config import PretrainConfig
+from raysv.training.pretrain import prepare_inputs, run_pretrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMOKE = os.path.join(ROOT, "configs", "pretrain_smoke.yaml")
+
+
+def _run(capsys, *argv):
+    code = main(["pretrain", "--config", SMOKE, *argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_corpus, tmp_path_factory, ray_local):
+    out = str(tmp_path_factory.mktemp("pt") / "run")
+    return out
+
+
+def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
+    s = _run(capsys, "--data", tiny_corpus, "--out", first_run)
+    assert s["epochs"] == 2 and len(s["history"]) == 2
+    steps_per_epoch = s["history"][0]["steps_in_epoch"]
+    assert steps_per_epoch >= 1 and s["steps"] == 2 * steps_per_epoch
+    h = s["history"][-1]
+    for key in (
+        "loss",
+        "dev_eer",
+        "rej_w_mean",
+        "rej_w_std",
+        "rej_temperature",
+        "samples_per_s",
+        "data_wait_share",
+        "rejection_auc",
+    ):
+        assert key in h, key
+    assert 0 < h["rej_w_mean"] < 1 and 0 < h["rej_temperature"] < 20
+    for k in ("untrained.dev.eer", "best.dev.eer", "untrained.test.eer", "best.test.eer"):
+        assert 0 <= s["final"][k] <= 100
+    assert os.path.isfile(s["best_model"])
+    # MLflow: params, per-epoch metrics from rank 0, final metrics and artifacts from the driver.
+    client = mlflow.MlflowClient(s["mlflow"]["tracking_uri"])
+    run = client.get_run(s["mlflow"]["run_id"])
+    assert run.data.params["loss.name"] == "ava" and run.data.params["train.batch_size"] == "4"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    assert "final.best.test.eer" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "config.yaml",
+        "best_model.pt",
+    }
+
+    # A second invocation with the same run name resumes: 2 more epochs, not a fresh start.
+    r = _run(capsys, "--data", tiny_corpus, "--out", first_run, "--set", "train.epochs=4")
+    assert r["epochs"] == 4 and r["steps"] == 4 * steps_per_epoch
+    assert [e["epoch"] for e in r["history"]] == [0, 1, 2, 3]
+    assert r["history"][:2] == s["history"]  # the first part is kept as it was
+    assert r["history"][2]["step"] == 3 * steps_per_epoch  # the step counter continues
+    assert r["mlflow"]["run_id"] == s["mlflow"]["run_id"]  # and so does the MLflow run
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+
+
+def test_worker_failure_restarts_from_checkpoint(tiny_corpus, tmp_path, ray_local, capsys):
+    out = str(tmp_path / "fail")
+    s = _run(
+        capsys,
+        "--data",
+        tiny_corpus,
+        "--out",
+        out,
+        "--set",
+        "train.inject_failure_at_epoch=1",
+        "--set",
+        "loss.name=ge2e",
+    )
+    assert os.path.exists(os.path.join(out, ".injected_failure_1"))  # it did fail once
+    assert s["epochs"] == 2 and [e["epoch"] for e in s["history"]] == [0, 1]
+    assert s["steps"] == 2 * s["history"][0]["steps_in_epoch"]
+
+
+def test_simclr_mode(tiny_corpus, tmp_path, ray_local, capsys):
+    s = _run(
+        capsys,
+        "--data",
+        tiny_corpus,
+        "--out",
+        str(tmp_path / "simclr"),
+        "--set",
+        "data.mode=utterance",
+        "--set",
+        "loss.name=ntxent",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=8",
+    )
+    assert s["epochs"] == 1 and "rej_w_mean" not in s["history"][0]
+
+
+def _cfg(tmp_path, corpus, **over):
+    base = load_config(PretrainConfig, SMOKE)
+    d = {"out": str(tmp_path / "bad"), "data": {"data": corpus}}
+    for k, v in over.items():
+        d.setdefault(k, {}).update(v) if isinstance(v, dict) else d.__setitem__(k, v)
+    from raysv.config import to_dict
+
+    merged = to_dict(base)
+    for k, v in d.items():
+        if isinstance(v, dict):
+            merged[k].update(v)
+        else:
+            merged[k] = v
+    return from_dict(PretrainConfig, merged)
+
+
+def test_bad_input_fails_before_workers(tiny_corpus, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"train.batch_size \(500\) is larger than the data"):
+        prepare_inputs(_cfg(tmp_path, tiny_corpus, train={"batch_size": 500}))
+    with pytest.raises(ManifestError, match="no dialogue has at least 7 usable utterances"):
+        prepare_inputs(
+            _cfg(tmp_path, tiny_corpus, data={"utts_per_dialogue": 7, "short_dialogues": "drop"})
+        )
+    with pytest.raises(ConfigError, match="unknown encoder 'tdnn'"):
+        run_pretrain(_cfg(tmp_path, tiny_corpus, model={"name": "tdnn"}))
+    with pytest.raises(ConfigError, match="no training data"):
+        prepare_inputs(from_dict(PretrainConfig, {"out": str(tmp_path / "x")}))
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "utt_id": pa.array([], pa.string()),
+                "path": pa.array([], pa.string()),
+                "duration_s": pa.array([], pa.float64()),
+                "sample_rate": pa.array([], pa.int32()),
+            }
+        ),
+        empty,
+    )
+    with pytest.raises(ManifestError, match="manifest is empty"):
+        prepare_inputs(
+            from_dict(
+                PretrainConfig, {"out": str(tmp_path / "y"), "data": {"utterances": str(empty)}}
+            )
+        )
+    # Through the CLI: unknown loss name and unknown key are one-line errors.
+    assert (
+        main(["pretrain", "--config", SMOKE, "--data", tiny_corpus, "--set", "loss.name=triplet"])
+        == 2
+    )
+    assert "unknown loss 'triplet'" in capsys.readouterr().err
+    assert (
+        main(["pretrain", "--config", SMOKE, "--data", tiny_corpus, "--set", "train.epoch=3"]) == 2
+    )
+    assert "unknown config key(s) train.epoch" in capsys.readouterr().err
+    assert (
+        main(["pretrain", "--config", SMOKE, "--data", tiny_corpus, "--set", "data.mode=utterance"])
+        == 2
+    )
+    assert "data.mode=utterance (SimCLR) takes loss ntxent" in capsys.readouterr().err
