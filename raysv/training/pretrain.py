@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -195,7 +196,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     run_id_file = os.path.join(out, "mlflow_run_id")
-    previous = open(run_id_file).read().strip() if os.path.isfile(run_id_file) else None
+    previous = Path(run_id_file).read_text().strip() if os.path.isfile(run_id_file) else None
     with tracking.run(
         tracking_uri, cfg.experiment, cfg.run_name, params=to_dict(cfg), run_id=previous
     ) as run_id:
