@@ -253,11 +253,11 @@ def _embed_human(s: dict) -> str:
 
 # ---------------------------------------------------------------- evaluate
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", help="trial list (VoxCeleb or Kaldi text, or Parquet)")
+    p.add_argument("--embeddings", help="embeddings Parquet file or folder of shards")
     p.add_argument(
-        "--trials", required=True, help="trial list (VoxCeleb or Kaldi text, or Parquet)"
-    )
-    p.add_argument(
-        "--embeddings", required=True, help="embeddings Parquet file or folder of shards"
+        "--pseudo-labels",
+        help="pseudo-label table: report NMI/ARI/reliable share against the manifest's speakers",
     )
     p.add_argument("--manifest", help="utterances manifest: trial paths are matched to its paths")
     p.add_argument(
@@ -271,8 +271,16 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> dict:
-    from raysv.evaluation.evaluate import evaluate
+    from raysv.evaluation.evaluate import evaluate, evaluate_clusters
 
+    if a.pseudo_labels:
+        if not a.manifest:
+            raise RaysvError("--pseudo-labels needs --manifest (the speakers come from it)")
+        return {"clustering": evaluate_clusters(a.pseudo_labels, a.manifest)}
+    if not (a.trials and a.embeddings):
+        raise RaysvError(
+            "give --trials and --embeddings (verification) or --pseudo-labels and --manifest (clustering)"
+        )
     return evaluate(
         a.trials,
         a.embeddings,
@@ -285,6 +293,14 @@ def _evaluate(a: argparse.Namespace) -> dict:
 
 
 def _evaluate_human(s: dict) -> str:
+    if "clustering" in s:
+        c = s["clustering"]
+        return "\n".join(
+            f"{part}: NMI {c[part]['nmi']:.3f}  ARI {c[part]['ari']:.3f}  reliable {100 * c[part]['reliable_share']:.1f}%  "
+            f"({c[part]['n_samples']} utterances, {c[part]['n_clusters']} clusters)"
+            for part in ("all", "kept")
+            if part in c
+        )
     lines = [
         f"EER {s['eer']:.2f}%  minDCF(0.01) {s['min_dcf_0.01']:.3f}  minDCF(0.05) {s['min_dcf_0.05']:.3f}  "
         f"({s['n_target']} target / {s['n_nontarget']} non-target trials)"
@@ -380,7 +396,9 @@ def _pretrain_human(s: dict) -> str:
 
 # ---------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=["featurize", "synth"], help="benchmark to run")
+    p.add_argument(
+        "name", choices=["featurize", "synth", "pretrain", "stream"], help="benchmark to run"
+    )
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")
     p.add_argument(
         "--quick", action="store_true", help="a small configuration (seconds, for tests)"

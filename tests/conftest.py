@@ -58,3 +58,10 @@ def ray_local():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def cli_json(out: str) -> dict:
+    """The CLI's ``--json`` summary from captured stdout (Ray's raylet may print a warning line first)."""
+    import json
+
+    return json.loads(out if out.startswith("{") else out[out.index("\n{") + 1 :])

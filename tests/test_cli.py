@@ -139,3 +139,41 @@ def test_synth_ingest_evaluate_roundtrip(tmp_path, capsys):
     assert "EER" in capsys.readouterr().out
     assert main(["evaluate", "--trials", str(tmp_path / "none.txt"), "--embeddings", emb]) == 2
     assert "none.txt" in capsys.readouterr().err
+
+
+def test_evaluate_pseudo_labels(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    man = tmp_path / "u.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "utt_id": ["a", "b", "c", "d", "e"],
+                "path": ["x"] * 5,
+                "speaker": ["s1", "s1", "s2", "s2", None],
+                "duration_s": [1.0] * 5,
+                "sample_rate": [16000] * 5,
+            }
+        ),
+        man,
+    )
+    labels = tmp_path / "l.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "utt_id": ["a", "b", "c", "d", "e"],
+                "cluster": [0, 0, 1, 0, 1],
+                "distance": [0.1] * 5,
+                "kept": [True, True, True, False, True],
+                "round": [1] * 5,
+            }
+        ),
+        labels,
+    )
+    assert main(["evaluate", "--pseudo-labels", str(labels), "--manifest", str(man), "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)["clustering"]
+    assert c["all"]["reliable_share"] == 0.75 and c["kept"]["reliable_share"] == 1.0
+    assert c["kept"]["nmi"] == 1.0 and c["without_speaker_label"] == 1
+    assert main(["evaluate", "--pseudo-labels", str(labels)]) == 2
+    assert "needs --manifest" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from raysv.cli import main
+from tests.conftest import cli_json
 
 TINY_DEMO = [
     "--set",
@@ -33,7 +34,7 @@ def demo_run(tmp_path_factory, ray_local):
 
 def test_demo_runs_logs_and_resumes(demo_run, capsys):
     assert main(["demo", "--out", demo_run, *TINY_DEMO, "--json"]) == 0
-    s = json.loads(capsys.readouterr().out)
+    s = cli_json(capsys.readouterr().out)
     for split in ("dev", "test"):
         r = s["baseline"][split]
         assert 0 <= r["eer"] <= 100 and r["n_target"] > 0 and r["n_nontarget"] > 0
@@ -60,7 +61,7 @@ def test_demo_runs_logs_and_resumes(demo_run, capsys):
 
 def test_demo_on_a_user_corpus_folder(tiny_corpus, tmp_path, ray_local, capsys):
     assert main(["demo", "--data", tiny_corpus, "--out", str(tmp_path / "r"), "--json"]) == 0
-    s = json.loads(capsys.readouterr().out)
+    s = cli_json(capsys.readouterr().out)
     assert "synth" not in s and s["ingest"]["data"] == tiny_corpus
     assert s["baseline"]["dev"]["n_target"] > 0
 

@@ -86,6 +86,16 @@ def test_runs_params_metrics_artifacts_reach_the_server(mlflow_server, tmp_path)
     assert [a.path for a in client.list_artifacts(parent_id)] == ["summary.json"]
 
 
+def test_tracking_uri_does_not_leak(mlflow_server, tmp_path):
+    import os
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    with tracking.run(mlflow_server, "raysv-test", "leak-check"):
+        pass
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    assert tracking.default_tracking_uri(str(tmp_path)).startswith("sqlite:///")
+
+
 def test_failed_body_marks_the_run_failed(mlflow_server):
     import mlflow
 

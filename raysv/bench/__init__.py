@@ -10,9 +10,14 @@ import time
 
 
 def run(name: str, out_dir: str, quick: bool = False) -> dict:
-    from raysv.bench import featurize, synth
+    from raysv.bench import featurize, pretrain, stream, synth
 
-    fn = {"featurize": featurize.run, "synth": synth.run}[name]
+    fn = {
+        "featurize": featurize.run,
+        "synth": synth.run,
+        "pretrain": pretrain.run,
+        "stream": stream.run,
+    }[name]
     result = fn(quick=quick)
     result["machine"] = {
         "cpus": os.cpu_count(),

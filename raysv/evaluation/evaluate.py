@@ -98,3 +98,28 @@ def evaluate(
 
 
 __all__ = ["evaluate", "score_trials", "PathMatcher"]
+
+
+def evaluate_clusters(labels_uri: str, manifest_uri: str) -> dict:
+    """NMI, ARI and reliable-label share of a pseudo-label table against the manifest's
+    speakers (analysis only), for all utterances and for the ``kept`` ones."""
+    from raysv.data.schema import conform
+    from raysv.errors import ManifestError
+    from raysv.evaluation.metrics import clustering_report
+
+    labels = conform(fs.read_table(labels_uri), "pseudo_labels", labels_uri)
+    man = fs.read_table(manifest_uri, ["utt_id", "speaker"])
+    speaker = dict(
+        zip(man.column("utt_id").to_pylist(), man.column("speaker").to_pylist(), strict=True)
+    )
+    ids = labels.column("utt_id").to_pylist()
+    known = [i for i, u in enumerate(ids) if speaker.get(u) is not None]
+    if not known:
+        raise ManifestError(f"{manifest_uri}: no speaker labels for the utterances of {labels_uri}")
+    clusters = np.asarray(labels.column("cluster").to_pylist())[known]
+    spk = np.asarray([speaker[ids[i]] for i in known])
+    kept = np.asarray(labels.column("kept").to_pylist())[known]
+    out = {"all": clustering_report(clusters, spk), "without_speaker_label": len(ids) - len(known)}
+    if kept.any() and not kept.all():
+        out["kept"] = clustering_report(clusters[kept], spk[kept])
+    return out

@@ -46,15 +46,26 @@ def run(
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to the environment;
+    # restore it afterwards so that one run's URI never leaks into the next.
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    kwargs = (
-        {"run_id": run_id} if run_id else {"run_name": run_name, "nested": nested, "tags": tags}
-    )
-    with mlflow.start_run(**kwargs) as active:
-        if params and not run_id:
-            mlflow.log_params({k: _param(v) for k, v in flatten(params).items()})
-        yield active.info.run_id
+    try:
+        mlflow.set_experiment(experiment)
+        if run_id:
+            kwargs: dict[str, Any] = {"run_id": run_id}
+        else:
+            kwargs = {"run_name": run_name, "nested": nested, "tags": tags}
+        with mlflow.start_run(**kwargs) as active:
+            if params and not run_id:
+                mlflow.log_params({k: _param(v) for k, v in flatten(params).items()})
+            yield active.info.run_id
+    finally:
+        if not nested:
+            if saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def _param(v: Any) -> str:

@@ -1,6 +1,5 @@
 """``raysv pretrain`` end to end on a local Ray: learning loop, tracking, resume, failures, bad input."""
 
-import json
 import os
 
 import mlflow
@@ -13,6 +12,7 @@ from raysv.config import from_dict, load_config
 from raysv.errors import ConfigError, ManifestError
 from raysv.training.config import PretrainConfig
 from raysv.training.pretrain import prepare_inputs, run_pretrain
+from tests.conftest import cli_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "pretrain_smoke.yaml")
@@ -22,7 +22,7 @@ def _run(capsys, *argv):
     code = main(["pretrain", "--config", SMOKE, *argv, "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
-    return json.loads(out)
+    return cli_json(out)
 
 
 @pytest.fixture(scope="module")
