@@ -1,0 +1,1 @@
+"""Clustering embeddings into pseudo labels: sharded faiss k-means and purification."""

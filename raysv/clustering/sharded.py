@@ -1,0 +1,175 @@
+"""Sharded k-means on Ray: actors hold embedding shards; only O(k*d) reaches the driver.
+
+# [1] each actor reads its own Parquet files of embeddings (never the driver);
+# [2] per iteration the driver broadcasts centroids (k x d) and sums the actors'
+#     per-centroid sums, counts and objective shares;
+# [3] a final pass assigns cluster ids and distances, kept in the actors until
+#     purification decides what to write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raysv.clustering import kmeans
+
+log = logging.getLogger("raysv")
+
+
+class EmbeddingShard:
+    """Ray actor body: one shard of the embeddings table (utt_ids and an (n, d) matrix)."""
+
+    def __init__(self, files: list[str], normalise: bool):
+        import pyarrow.parquet as pq
+
+        from raysv.evaluation.scoring import embedding_matrix, l2_normalise
+
+        tables = [pq.read_table(f, columns=["utt_id", "embedding"]) for f in files]  # [1]
+        import pyarrow as pa
+
+        self.ids, self.x = embedding_matrix(pa.concat_tables(tables), ",".join(files))
+        if normalise:
+            self.x = l2_normalise(self.x)
+        self.labels = np.zeros(0, dtype=np.int64)
+        self.dist = np.zeros(0, dtype=np.float32)
+
+    def count(self) -> int:
+        return int(self.x.shape[0])
+
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        take = rng.choice(self.x.shape[0], size=min(n, self.x.shape[0]), replace=False)
+        return self.x[np.sort(take)]
+
+    def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """[2] ``(sums (k, d), counts (k,), objective share)`` for the given centroids."""
+        lab, dist = kmeans.assign(self.x, centroids)
+        sums, counts = kmeans.partial_stats(self.x, lab, centroids.shape[0])
+        return sums, counts, float(dist.astype(np.float64).sum())
+
+    def final_assign(self, centroids: np.ndarray) -> np.ndarray:
+        """[3] Assign and keep labels/distances; return the distances (n,) for purification."""
+        self.labels, self.dist = kmeans.assign(self.x, centroids)
+        return self.dist
+
+    def labels_table(
+        self, kept_mask: np.ndarray, new_ids: np.ndarray, round_: int, path: str
+    ) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from raysv.data.schema import PSEUDO_LABELS
+
+        table = pa.table(
+            {
+                "utt_id": self.ids,
+                "cluster": new_ids,
+                "distance": self.dist,
+                "kept": kept_mask,
+                "round": np.full(len(self.ids), round_, np.int32),
+            },
+            schema=PSEUDO_LABELS,
+        )
+        pq.write_table(table, path)
+        return table.num_rows
+
+    def raw_labels(self) -> np.ndarray:
+        return self.labels
+
+
+@dataclass
+class KMeansResult:
+    """Outcome of :func:`sharded_kmeans`. ``history``: one dict per iteration."""
+
+    centroids: np.ndarray
+    objective: float
+    iterations: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def split_files(files: list[str], shards: int) -> list[list[str]]:
+    """Round-robin the Parquet files over at most ``shards`` actors."""
+    shards = max(1, min(shards, len(files)))
+    return [files[i::shards] for i in range(shards)]
+
+
+def sharded_kmeans(
+    actors: list,
+    k: int,
+    iterations: int,
+    seed: int,
+    spherical: bool,
+    max_points_per_centroid: int = 256,
+) -> KMeansResult:
+    """Lloyd iterations over actor-held shards; init from a seeded random sample.
+
+    Per iteration the driver receives k x d sums and k counts per actor. The
+    objective is the sum of squared L2 distances to the nearest centroid
+    (faiss's definition), from the assignment step of that iteration.
+    """
+    import ray
+
+    t0 = time.monotonic()
+    sizes = ray.get([a.count.remote() for a in actors])
+    n = int(sum(sizes))
+    kmeans.check_k(k, n)
+    rng = np.random.default_rng(seed)
+    # Seeded random init: k points sampled across shards in proportion to their size.
+    per = np.bincount(
+        rng.choice(len(actors), size=k, p=np.asarray(sizes) / n), minlength=len(actors)
+    )
+    parts = ray.get(
+        [
+            a.sample.remote(int(m), seed + i)
+            for i, (a, m) in enumerate(zip(actors, per, strict=True))
+            if m > 0
+        ]
+    )
+    cent = np.concatenate(parts).astype(np.float32)
+    if spherical:
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    history = []
+    cref = None
+    obj = float("inf")
+    for it in range(iterations):
+        cref = ray.put(cent)
+        results = ray.get([a.stats.remote(cref) for a in actors])
+        sums = np.sum([r[0] for r in results], axis=0)
+        counts = np.sum([r[1] for r in results], axis=0)
+        obj = float(sum(r[2] for r in results))
+        cent, n_empty = kmeans.update(sums, counts, cent, spherical, rng)
+        nz = counts[counts > 0]
+        history.append(
+            {
+                "iteration": it,
+                "objective": obj,
+                "empty_reseeded": n_empty,
+                "imbalance": float((counts.astype(np.float64) ** 2).sum() * k / n**2),
+                "largest": int(counts.max()),
+                "smallest_nonempty": int(nz.min()) if nz.size else 0,
+            }
+        )
+        log.info(
+            "k-means iteration %d/%d: objective %.6g, %d empty re-seeded, imbalance %.3f",
+            it + 1,
+            iterations,
+            obj,
+            n_empty,
+            history[-1]["imbalance"],
+        )
+    del cref, max_points_per_centroid
+    return KMeansResult(
+        centroids=cent,
+        objective=obj,
+        iterations=iterations,
+        seconds=time.monotonic() - t0,
+        history=history,
+    )

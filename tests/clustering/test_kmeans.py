@@ -1,0 +1,101 @@
+"""Sharded k-means against faiss.Kmeans, purification, and bad k."""
+
+import os
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raysv.clustering import kmeans
+from raysv.clustering.driver import cluster
+from raysv.errors import ConfigError
+
+
+def _skewed(n=6000, d=16, k=20, seed=0):
+    """Clusters with very unequal sizes (Zipf-like weights)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)) * 4
+    w = 1.0 / np.arange(1, k + 1) ** 1.5
+    lab = rng.choice(k, size=n, p=w / w.sum())
+    return (centres[lab] + rng.standard_normal((n, d))).astype(np.float32), lab
+
+
+def _write_shards(x, folder, parts=4):
+    os.makedirs(folder, exist_ok=True)
+    ids = np.array([f"u{i:06d}" for i in range(x.shape[0])])
+    for p, idx in enumerate(np.array_split(np.arange(x.shape[0]), parts)):
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(x[idx].ravel()), x.shape[1])
+        pq.write_table(
+            pa.table({"utt_id": ids[idx], "embedding": emb}), os.path.join(folder, f"p{p}.parquet")
+        )
+    return folder
+
+
+def _objective(x, c):
+    return float(kmeans.assign(x, c)[1].astype(np.float64).sum())
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_local):
+    if skewed:
+        x, _ = _skewed()
+    else:
+        x = np.random.default_rng(1).standard_normal((6000, 16)).astype(np.float32)
+    k, it = 20, 20
+    ref = faiss.Kmeans(16, k, niter=it, seed=1, max_points_per_centroid=10**9)
+    ref.train(x)
+    ref_obj = _objective(x, ref.centroids)
+    s = cluster(
+        _write_shards(x, str(tmp_path / "emb")),
+        str(tmp_path / "out"),
+        k,
+        iterations=it,
+        seed=1,
+        shards=2,
+    )
+    ours = _objective(x, np.load(tmp_path / "out" / "_centroids.npy"))
+    assert ours <= ref_obj * 1.01, (ours, ref_obj)
+    assert s["embeddings"] == 6000 and len(s["history"]) == it
+    objs = [h["objective"] for h in s["history"]]
+    assert objs[-1] <= objs[0]
+    # Same seed, same result.
+    s2 = cluster(str(tmp_path / "emb"), str(tmp_path / "out2"), k, iterations=it, seed=1, shards=2)
+    assert s2["objective"] == pytest.approx(s["objective"], rel=1e-6)
+    t = pq.read_table(str(tmp_path / "out"))
+    assert t.num_rows == 6000 and set(t.column_names) == {
+        "utt_id",
+        "cluster",
+        "distance",
+        "kept",
+        "round",
+    }
+
+
+def test_bad_k_is_a_clear_error(tmp_path, ray_local):
+    x = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    with pytest.raises(ConfigError, match="k = 60 clusters is more than the 50 embeddings"):
+        cluster(_write_shards(x, str(tmp_path / "e"), parts=2), str(tmp_path / "o"), 60)
+    with pytest.raises(ConfigError, match="fewer than 5 embeddings per cluster"):
+        kmeans.check_k(20, 50, min_per_cluster=5)
+
+
+def test_update_reseeds_empty_clusters():
+    rng = np.random.default_rng(0)
+    sums = np.array([[10.0, 0.0], [0.0, 0.0], [3.0, 3.0]])
+    counts = np.array([10, 0, 3])
+    cent, n_empty = kmeans.update(sums, counts, np.zeros((3, 2), np.float32), False, rng)
+    assert n_empty == 1
+    assert np.allclose(cent[1], cent[0], atol=1e-3) or np.allclose(cent[1], cent[2], atol=1e-3)
+    assert not np.array_equal(cent[1], cent[0])
+
+
+def test_purify_drops_far_points_then_small_clusters():
+    clusters = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    dist = np.array([0.1, 0.2, 0.3, 9.0, 0.1, 0.2, 0.1, 0.1, 0.2])
+    kept, ids = kmeans.purify(clusters, dist, drop_fraction=1 / 9, min_size=3)
+    assert kept.tolist() == [True, True, True, False, False, False, True, True, True]
+    assert ids.tolist() == [0, 0, 0, 0, 2, 2, 1, 1, 1]  # survivors 0..1, dropped cluster after
+    with pytest.raises(ConfigError, match="drop fraction"):
+        kmeans.purify(clusters, dist, 1.0, 1)
