@@ -219,10 +219,11 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="utterances manifest (Parquet)")
     p.add_argument("--out", required=True, help="folder for embedding shards")
     p.add_argument(
-        "--model",
-        default="baseline",
-        choices=["baseline"],
-        help="embedding model (trained encoders come with Stage I)",
+        "--checkpoint",
+        help="encoder checkpoint (best_model.pt of raysv pretrain); default: the baseline",
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=10.0, help="embed at most this much of each utterance"
     )
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--concurrency", type=int, help="embedding actors (default: one per CPU)")
@@ -233,14 +234,18 @@ def _embed(a: argparse.Namespace) -> dict:
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
 
-    return embed_manifest(
-        a.manifest,
-        a.out,
-        BaselineEmbedder,
-        {"n_mels": a.n_mels},
-        concurrency=a.concurrency,
-        force=a.force,
-    )
+    if a.checkpoint:
+        from raysv.embedding.torch_embedder import TorchEmbedder
+
+        if not os.path.isfile(a.checkpoint):
+            raise RaysvError(f"{a.checkpoint}: no such checkpoint")
+        cls, kwargs = (
+            TorchEmbedder,
+            {"checkpoint": os.path.abspath(a.checkpoint), "max_seconds": a.max_seconds},
+        )
+    else:
+        cls, kwargs = BaselineEmbedder, {"n_mels": a.n_mels, "max_seconds": a.max_seconds}
+    return embed_manifest(a.manifest, a.out, cls, kwargs, concurrency=a.concurrency, force=a.force)
 
 
 def _embed_human(s: dict) -> str:
@@ -306,6 +311,70 @@ def _evaluate_human(s: dict) -> str:
         f"({s['n_target']} target / {s['n_nontarget']} non-target trials)"
     ]
     lines += [f"warning: {p}" for p in s["skipped_examples"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- cluster
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--embeddings", required=True, help="embeddings Parquet file or folder of shards"
+    )
+    p.add_argument("--out", required=True, help="folder for the pseudo-label table (Parquet parts)")
+    p.add_argument("--k", type=int, required=True, help="number of clusters")
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--spherical",
+        action="store_true",
+        help="cosine k-means: unit-length embeddings and centroids",
+    )
+    p.add_argument("--shards", type=int, default=2, help="Ray actors holding the embeddings")
+    p.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.0,
+        help="purification p: share farthest from centroids dropped",
+    )
+    p.add_argument(
+        "--min-cluster-size", type=int, default=1, help="purification S: smaller clusters dropped"
+    )
+    p.add_argument("--round", type=int, default=1, help="round number written into the table")
+    p.add_argument(
+        "--manifest",
+        help="utterances manifest with speakers: NMI/ARI before/after purification (analysis only)",
+    )
+
+
+def _cluster(a: argparse.Namespace) -> dict:
+    from raysv.clustering.driver import cluster
+
+    return cluster(
+        a.embeddings,
+        a.out,
+        a.k,
+        a.iterations,
+        a.seed,
+        a.spherical,
+        a.shards,
+        a.drop_fraction,
+        a.min_cluster_size,
+        a.round,
+        a.manifest,
+    )
+
+
+def _cluster_human(s: dict) -> str:
+    cs = s["cluster_sizes"]
+    lines = [
+        f"k-means: {s['embeddings']} embeddings, k={s['k']}, {s['iterations']} iterations, objective {s['objective']:.6g}, {s['seconds']}s",
+        f"cluster sizes: min {cs['min']}, median {cs['median']:g}, max {cs['max']}, empty {cs['empty']}",
+        f"purification kept {100 * s['kept_share']:.1f}% in {s['clusters_after_purification']} clusters -> {s['out']}",
+    ]
+    for part, r in s.get("analysis", {}).items():
+        if isinstance(r, dict):
+            lines.append(
+                f"{part}: NMI {r['nmi']:.3f}  ARI {r['ari']:.3f}  reliable {100 * r['reliable_share']:.1f}%"
+            )
     return "\n".join(lines)
 
 
@@ -441,6 +510,12 @@ COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
         _embed_human,
     ),
     "evaluate": ("score a trial list: EER and minDCF", _evaluate_args, _evaluate, _evaluate_human),
+    "cluster": (
+        "sharded faiss k-means over embeddings on Ray, with purification",
+        _cluster_args,
+        _cluster,
+        _cluster_human,
+    ),
     "pretrain": (
         "Stage I: contrastive pretraining on dialogues (or SimCLR) with Ray Train",
         _pretrain_args,

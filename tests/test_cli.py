@@ -86,7 +86,6 @@ def test_synth_ingest_evaluate_roundtrip(tmp_path, capsys):
     emb = str(tmp_path / "emb.parquet")
     # Embeddings written directly (no Ray) with the baseline, then evaluated from the CLI.
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from raysv.embedding.baseline import BaselineEmbedder
@@ -97,9 +96,8 @@ def test_synth_ingest_evaluate_roundtrip(tmp_path, capsys):
         for c in ("utt_id", "path", "start_s", "end_s")
     }
     out = BaselineEmbedder()(batch)
-    pq.write_table(
-        pa.table({"utt_id": out["utt_id"].tolist(), "embedding": list(out["embedding"])}), emb
-    )
+    assert out.schema.field("embedding").type.list_size == 80  # fixed-size float32 vectors
+    pq.write_table(out, emb)
     assert (
         main(
             [

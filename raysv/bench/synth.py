@@ -48,11 +48,13 @@ def run(quick: bool = False) -> dict:
             }
         )
         embed_s = time.perf_counter() - t1
-        ids = list(out["utt_id"])
+        from raysv.evaluation.scoring import embedding_matrix
+
+        ids, matrix = embedding_matrix(out)
         res = {}
         for split, path in man.trials.items():
             trials = fs.read_table(path)
-            scores = score_trials(trials, ids, out["embedding"], center=True)
+            scores = score_trials(trials, ids, matrix, center=True)
             res[split] = verification_report(scores, trials.column("label").to_numpy())
     return {
         "benchmark": "synth",

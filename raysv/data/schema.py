@@ -117,3 +117,14 @@ def conform(table: pa.Table, kind: str, source: str) -> pa.Table:
             col = pa.nulls(table.num_rows, field.type)
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=schema.with_metadata(None))
+
+
+def embeddings_table(utt_ids, emb) -> pa.Table:
+    """Embeddings table (``utt_id``, fixed-size float32 ``embedding``) from ids and an (n, d) array."""
+    import numpy as np
+
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    return pa.Table.from_arrays(
+        [pa.array(list(utt_ids), pa.string()), col], schema=embeddings_schema(emb.shape[1])
+    )

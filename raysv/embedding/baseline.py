@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from raysv.audio import features, io
+from raysv.data.schema import embeddings_table
 
 
 def stats_embedding(wave: np.ndarray, n_mels: int = 40) -> np.ndarray:
@@ -21,7 +22,7 @@ class BaselineEmbedder:
     """Ray Data callable: batch with ``utt_id``, ``path``, ``start_s``, ``end_s`` -> embeddings.
 
     Reads whole utterances (or at most ``max_seconds`` from their centre).
-    Output batch: ``utt_id`` (n,), ``embedding`` (n, 2 * n_mels) float32.
+    Output: an embeddings table (``utt_id``, fixed-size float32 ``embedding`` of 2 * n_mels).
     """
 
     def __init__(self, n_mels: int = 40, max_seconds: float = 10.0):
@@ -35,4 +36,4 @@ class BaselineEmbedder:
             en = None if en is None or (isinstance(en, float) and np.isnan(en)) else float(en)
             wave = io.read_crop(str(path), self.max_seconds, None, start_s=st, end_s=en)
             embs.append(stats_embedding(wave, self.n_mels))
-        return {"utt_id": np.asarray(batch["utt_id"]), "embedding": np.stack(embs)}
+        return embeddings_table(batch["utt_id"], np.stack(embs))

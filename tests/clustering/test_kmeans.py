@@ -99,3 +99,91 @@ def test_purify_drops_far_points_then_small_clusters():
     assert ids.tolist() == [0, 0, 0, 0, 2, 2, 1, 1, 1]  # survivors 0..1, dropped cluster after
     with pytest.raises(ConfigError, match="drop fraction"):
         kmeans.purify(clusters, dist, 1.0, 1)
+
+
+def test_cli_embed_with_checkpoint_then_cluster(tiny_corpus, tmp_path, ray_local, capsys):
+    """A Stage I checkpoint embeds a manifest on Ray Data; the CLI clusters it with analysis."""
+    import json
+
+    import torch
+
+    from raysv.cli import main
+    from raysv.config import from_dict, to_dict
+    from raysv.data.corpus import prepare_corpus
+    from raysv.training.config import PretrainConfig
+    from raysv.training.pretrain_worker import build_modules
+
+    cfg = from_dict(
+        PretrainConfig,
+        {
+            "data": {"data": tiny_corpus, "n_mels": 24},
+            "model": {
+                "name": "ecapa",
+                "kwargs": {"channels": 16, "embed_dim": 8, "attn_bottleneck": 8},
+            },
+        },
+    )
+    enc, _, _ = build_modules(cfg)
+    ckpt = str(tmp_path / "best_model.pt")
+    torch.save({"model": enc.state_dict(), "config": to_dict(cfg)}, ckpt)
+    man, _ = prepare_corpus(tiny_corpus, str(tmp_path / "m"))
+    assert (
+        main(
+            [
+                "embed",
+                "--manifest",
+                man.utterances,
+                "--out",
+                str(tmp_path / "emb"),
+                "--checkpoint",
+                ckpt,
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    e = json.loads(out[out.index("{") :])
+    n = pq.read_table(man.utterances).num_rows
+    assert e["rows"] == n
+    emb = pq.read_table(str(tmp_path / "emb"))
+    assert emb.num_rows == n and emb.schema.field("embedding").type.list_size == 8
+    code = main(
+        [
+            "cluster",
+            "--embeddings",
+            str(tmp_path / "emb"),
+            "--out",
+            str(tmp_path / "lab"),
+            "--k",
+            "6",
+            "--spherical",
+            "--drop-fraction",
+            "0.1",
+            "--min-cluster-size",
+            "2",
+            "--manifest",
+            man.utterances,
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    s = json.loads(out[out.index("{") :])
+    assert s["embeddings"] == n and 0.5 < s["kept_share"] <= 1 - round(0.1 * n) / n + 1e-9
+    assert {"all", "kept"} <= set(s["analysis"]) and 0 <= s["analysis"]["all"]["nmi"] <= 1
+    assert (
+        main(
+            [
+                "cluster",
+                "--embeddings",
+                str(tmp_path / "emb"),
+                "--out",
+                str(tmp_path / "x"),
+                "--k",
+                str(n + 1),
+            ]
+        )
+        == 2
+    )
+    assert f"more than the {n} embeddings" in capsys.readouterr().err

@@ -1,0 +1,14 @@
+"""Sharded faiss k-means with purification as a Ray job.
+
+    ray job submit --working-dir . -- python jobs/cluster.py --embeddings /mnt/emb --k 6000 \\
+        --iterations 20 --seed 1 --spherical --shards 16 --drop-fraction 0.1 --min-cluster-size 5 --out /mnt/labels/r1
+
+Arguments are those of `raysv cluster`.
+"""
+
+import sys
+
+from raysv.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["cluster", *sys.argv[1:]]))

@@ -1,0 +1,73 @@
+"""Ray Data callable that embeds utterances with a trained encoder checkpoint.
+
+The checkpoint (``best_model.pt`` from ``raysv pretrain``) holds the weights
+and the config that built the encoder; it is loaded once per actor.
+Utterances are embedded whole up to ``max_seconds``, cut (centre) to a
+multiple of ``bucket_seconds`` so that equal lengths batch together and memory
+stays bounded by ``max_seconds`` whatever the corpus.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysv.audio import features, io
+from raysv.data.schema import embeddings_table
+
+
+def bucket_length(n: int, bucket: int, cap: int) -> int:
+    """Samples kept of an utterance of ``n`` samples: a multiple of ``bucket``, at most ``cap``."""
+    return max(bucket, min(cap, (n // bucket) * bucket))
+
+
+class TorchEmbedder:
+    """``batch (utt_id, path, start_s, end_s) -> {utt_id, embedding (B, D) float32}``."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        max_seconds: float = 10.0,
+        bucket_seconds: float = 0.5,
+        device: str | None = None,
+    ):
+        import torch
+
+        from raysv.config import from_dict
+        from raysv.models import build_encoder
+        from raysv.training.config import PretrainConfig
+
+        blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        cfg = from_dict(PretrainConfig, blob["config"])
+        self.n_mels = cfg.data.n_mels
+        self.model = build_encoder(cfg.model.name, cfg.data.n_mels, **cfg.model.kwargs)
+        self.model.load_state_dict(blob["model"])
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.cap = int(max_seconds * io.TARGET_SR)
+        self.bucket = int(bucket_seconds * io.TARGET_SR)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        feats = []
+        for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
+            st = None if st is None or (isinstance(st, float) and np.isnan(st)) else float(st)
+            en = None if en is None or (isinstance(en, float) and np.isnan(en)) else float(en)
+            wave = io.read_crop(str(path), self.cap / io.TARGET_SR, None, st, en)
+            wave = features.crop(wave, bucket_length(wave.shape[0], self.bucket, self.cap))
+            feats.append(features.fbank(wave, n_mels=self.n_mels))
+        out = np.zeros((len(feats), 0), np.float32)
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+        embs: dict[int, np.ndarray] = {}
+        with torch.no_grad():
+            i = 0
+            while i < len(order):
+                j = i
+                while j < len(order) and feats[order[j]].shape[0] == feats[order[i]].shape[0]:
+                    j += 1
+                x = torch.from_numpy(np.stack([feats[t] for t in order[i:j]])).to(self.device)
+                for t, e in zip(order[i:j], self.model(x).float().cpu().numpy(), strict=True):
+                    embs[t] = e
+                i = j
+        out = np.stack([embs[t] for t in range(len(feats))]).astype(np.float32)
+        return embeddings_table(batch["utt_id"], out)
