@@ -340,6 +340,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--round", type=int, default=1, help="round number written into the table")
     p.add_argument(
+        "--max-points-per-centroid",
+        type=int,
+        default=256,
+        help="iterate on a sample of this many points per centroid (faiss's default); all points get a final assignment",
+    )
+    p.add_argument(
         "--manifest",
         help="utterances manifest with speakers: NMI/ARI before/after purification (analysis only)",
     )
@@ -360,6 +366,7 @@ def _cluster(a: argparse.Namespace) -> dict:
         a.min_cluster_size,
         a.round,
         a.manifest,
+        a.max_points_per_centroid,
     )
 
 
@@ -466,7 +473,9 @@ def _pretrain_human(s: dict) -> str:
 # ---------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "name", choices=["featurize", "synth", "pretrain", "stream"], help="benchmark to run"
+        "name",
+        choices=["featurize", "synth", "pretrain", "stream", "cluster"],
+        help="benchmark to run",
     )
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")
     p.add_argument(

@@ -36,7 +36,9 @@ def start_shards(files: list[str], shards: int, normalise: bool, cpus: float = 0
 
     ensure_ray()
     actor_cls = ray.remote(num_cpus=cpus)(EmbeddingShard)
-    return [actor_cls.remote(group, normalise) for group in split_files(files, shards)]
+    groups = split_files(files, shards)
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(groups))
+    return [actor_cls.remote(group, normalise, threads) for group in groups]
 
 
 def cluster(
@@ -51,6 +53,7 @@ def cluster(
     min_cluster_size: int = 1,
     round_: int = 1,
     manifest: str | None = None,
+    max_points_per_centroid: int = 256,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
@@ -63,7 +66,7 @@ def cluster(
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
     actors = start_shards(embedding_files(embeddings), shards, normalise=spherical)
-    res = sharded_kmeans(actors, k, iterations, seed, spherical)
+    res = sharded_kmeans(actors, k, iterations, seed, spherical, max_points_per_centroid)
     cref = ray.put(res.centroids)
     dists = ray.get([a.final_assign.remote(cref) for a in actors])
     labels = ray.get([a.raw_labels.remote() for a in actors])
@@ -90,6 +93,7 @@ def cluster(
         "k": k,
         "iterations": res.iterations,
         "objective": res.objective,
+        "objective_all_points": float(all_dist.astype(np.float64).sum()),
         "seconds": round(time.monotonic() - t0, 2),
         "kmeans_seconds": round(res.seconds, 2),
         "cluster_sizes": {

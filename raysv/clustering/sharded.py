@@ -23,8 +23,12 @@ log = logging.getLogger("raysv")
 class EmbeddingShard:
     """Ray actor body: one shard of the embeddings table (utt_ids and an (n, d) matrix)."""
 
-    def __init__(self, files: list[str], normalise: bool):
+    def __init__(self, files: list[str], normalise: bool, threads: int = 0):
+        import faiss
         import pyarrow.parquet as pq
+
+        if threads > 0:
+            faiss.omp_set_num_threads(threads)  # shards on one node share its cores
 
         from raysv.evaluation.scoring import embedding_matrix, l2_normalise
 
@@ -36,6 +40,16 @@ class EmbeddingShard:
             self.x = l2_normalise(self.x)
         self.labels = np.zeros(0, dtype=np.int64)
         self.dist = np.zeros(0, dtype=np.float32)
+        self.train = self.x  # rows the Lloyd iterations use (a subsample, like faiss, or all)
+
+    def subsample(self, n: int, seed: int) -> int:
+        """Train on ``n`` random rows of this shard (all rows if ``n`` >= its size)."""
+        if n >= self.x.shape[0]:
+            self.train = self.x
+        else:
+            rng = np.random.default_rng(seed)
+            self.train = self.x[np.sort(rng.choice(self.x.shape[0], size=n, replace=False))]
+        return int(self.train.shape[0])
 
     def count(self) -> int:
         return int(self.x.shape[0])
@@ -45,13 +59,13 @@ class EmbeddingShard:
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
-        take = rng.choice(self.x.shape[0], size=min(n, self.x.shape[0]), replace=False)
-        return self.x[np.sort(take)]
+        take = rng.choice(self.train.shape[0], size=min(n, self.train.shape[0]), replace=False)
+        return self.train[np.sort(take)]
 
     def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """[2] ``(sums (k, d), counts (k,), objective share)`` for the given centroids."""
-        lab, dist = kmeans.assign(self.x, centroids)
-        sums, counts = kmeans.partial_stats(self.x, lab, centroids.shape[0])
+        lab, dist = kmeans.assign(self.train, centroids)
+        sums, counts = kmeans.partial_stats(self.train, lab, centroids.shape[0])
         return sums, counts, float(dist.astype(np.float64).sum())
 
     def final_assign(self, centroids: np.ndarray) -> np.ndarray:
@@ -113,7 +127,9 @@ def sharded_kmeans(
 
     Per iteration the driver receives k x d sums and k counts per actor. The
     objective is the sum of squared L2 distances to the nearest centroid
-    (faiss's definition), from the assignment step of that iteration.
+    (faiss's definition) over the training points, from that iteration's
+    assignment. As faiss does, at most ``max_points_per_centroid * k`` points
+    (a seeded sample) are iterated on.
     """
     import ray
 
@@ -121,6 +137,23 @@ def sharded_kmeans(
     sizes = ray.get([a.count.remote() for a in actors])
     n = int(sum(sizes))
     kmeans.check_k(k, n)
+    # Like faiss: iterate on at most max_points_per_centroid * k points, sampled
+    # across shards in proportion to their sizes; the final assignment uses all.
+    budget = k * max_points_per_centroid
+    if budget < n:
+        log.info(
+            "k-means on a sample of %d of %d embeddings (%d per centroid)",
+            budget,
+            n,
+            max_points_per_centroid,
+        )
+        sizes = ray.get(
+            [
+                a.subsample.remote(int(round(budget * m / n)), seed + 1000 + i)
+                for i, (a, m) in enumerate(zip(actors, sizes, strict=True))
+            ]
+        )
+    n = int(sum(sizes))
     rng = np.random.default_rng(seed)
     # Seeded random init: k points sampled across shards in proportion to their size.
     per = np.bincount(
@@ -165,7 +198,7 @@ def sharded_kmeans(
             n_empty,
             history[-1]["imbalance"],
         )
-    del cref, max_points_per_centroid
+    del cref
     return KMeansResult(
         centroids=cent,
         objective=obj,

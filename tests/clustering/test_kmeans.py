@@ -54,6 +54,7 @@ def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_loc
         iterations=it,
         seed=1,
         shards=2,
+        max_points_per_centroid=10**9,
     )
     ours = _objective(x, np.load(tmp_path / "out" / "_centroids.npy"))
     assert ours <= ref_obj * 1.01, (ours, ref_obj)
@@ -61,7 +62,15 @@ def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_loc
     objs = [h["objective"] for h in s["history"]]
     assert objs[-1] <= objs[0]
     # Same seed, same result.
-    s2 = cluster(str(tmp_path / "emb"), str(tmp_path / "out2"), k, iterations=it, seed=1, shards=2)
+    s2 = cluster(
+        str(tmp_path / "emb"),
+        str(tmp_path / "out2"),
+        k,
+        iterations=it,
+        seed=1,
+        shards=2,
+        max_points_per_centroid=10**9,
+    )
     assert s2["objective"] == pytest.approx(s["objective"], rel=1e-6)
     t = pq.read_table(str(tmp_path / "out"))
     assert t.num_rows == 6000 and set(t.column_names) == {
@@ -71,6 +80,27 @@ def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_loc
         "kept",
         "round",
     }
+
+
+def test_subsampled_like_faiss(tmp_path, ray_local):
+    """With faiss's default of 256 points per centroid both iterate on a sample;
+    the final objective over all points stays within 1 %."""
+    x, _ = _skewed(n=12000, k=20, seed=3)
+    ref = faiss.Kmeans(16, 20, niter=20, seed=1)  # max_points_per_centroid=256 -> 5120 points
+    ref.train(x)
+    s = cluster(
+        _write_shards(x, str(tmp_path / "emb")),
+        str(tmp_path / "out"),
+        20,
+        iterations=20,
+        seed=1,
+        shards=2,
+    )
+    ours = s["objective_all_points"]
+    assert ours == pytest.approx(
+        _objective(x, np.load(tmp_path / "out" / "_centroids.npy")), rel=1e-4
+    )
+    assert ours <= _objective(x, ref.centroids) * 1.01
 
 
 def test_bad_k_is_a_clear_error(tmp_path, ray_local):

@@ -1,0 +1,101 @@
+"""Sharded k-means vs. faiss.Kmeans on the same data and machine, and driver memory vs N.
+
+Data: a mixture of Gaussians (1M x 192, k = 1000; --quick: 50k x 32, k = 50),
+written as 16 Parquet shards. faiss.Kmeans runs in this process (it needs the
+whole matrix); raysv's driver runs in a fresh process that never loads it, so
+its peak RSS is the driver's own. Both iterate on faiss's default sample of
+256 points per centroid, 20 iterations, seed 1; the objective is then taken
+over all points for both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+CHILD = r"""
+import json, sys, time
+from raysv.clustering.driver import cluster
+from raysv.runtime import ensure_ray
+ensure_ray(num_cpus=2)
+t0 = time.perf_counter()
+s = cluster(sys.argv[1], sys.argv[2], int(sys.argv[3]), iterations=20, seed=1, shards=2)
+total = time.perf_counter() - t0
+with open("/proc/self/status") as f:
+    peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]
+print(json.dumps({"kmeans_s": s["kmeans_seconds"], "total_s": total, "objective_all": s["objective_all_points"], "driver_peak_mb": peak}))
+"""
+
+
+def _data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)).astype(np.float32) * 3
+    lab = rng.integers(0, k, n)
+    return centres[lab] + rng.standard_normal((n, d)).astype(np.float32)
+
+
+def _write(x: np.ndarray, folder: str, parts: int = 16) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(folder, exist_ok=True)
+    for p, idx in enumerate(np.array_split(np.arange(x.shape[0]), parts)):
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(x[idx].ravel()), x.shape[1])
+        pq.write_table(
+            pa.table({"utt_id": [f"u{i}" for i in idx], "embedding": emb}),
+            os.path.join(folder, f"p{p:03d}.parquet"),
+        )
+    return folder
+
+
+def _ours(folder: str, out: str, k: int) -> dict:
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, folder, out, str(k)],
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> dict:
+    import faiss
+
+    n, d, k = (50_000, 32, 50) if quick else (1_000_000, 192, 1000)
+    res: dict = {
+        "benchmark": "cluster",
+        "data": f"{n} x {d}, k = {k}, 20 iterations, 256 points per centroid, 2 shards",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        x = _data(n, d, k)
+        folder = _write(x, f"{tmp}/emb")
+        t0 = time.perf_counter()
+        km = faiss.Kmeans(d, k, niter=20, seed=1)
+        km.train(x)
+        res["faiss_train_s"] = round(time.perf_counter() - t0, 2)
+        index = faiss.IndexFlatL2(d)
+        index.add(km.centroids)
+        res["faiss_objective_all"] = float(index.search(x, 1)[0].astype(np.float64).sum())
+        small = _write(x[: n // 10], f"{tmp}/emb_small")
+        del x
+        ours = _ours(folder, f"{tmp}/out", k)
+        ours_small = _ours(small, f"{tmp}/out_small", k)
+    res["raysv_kmeans_s"] = round(ours["kmeans_s"], 2)
+    res["raysv_total_s"] = round(ours["total_s"], 2)
+    res["raysv_objective_all"] = ours["objective_all"]
+    res["time_ratio_raysv_over_faiss"] = round(ours["kmeans_s"] / res["faiss_train_s"], 3)
+    res["objective_ratio_raysv_over_faiss"] = round(
+        ours["objective_all"] / res["faiss_objective_all"], 4
+    )
+    res["driver_peak_mb_n"] = round(ours["driver_peak_mb"], 1)
+    res["driver_peak_mb_n_over_10"] = round(ours_small["driver_peak_mb"], 1)
+    res["driver_peak_ratio_10x_n"] = round(ours["driver_peak_mb"] / ours_small["driver_peak_mb"], 3)
+    return res
