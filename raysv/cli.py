@@ -415,7 +415,22 @@ def _demo_human(s: dict) -> str:
             f"baseline (log-mel mean+std, cosine) {split}: EER {r['eer']:.2f}%  minDCF(0.01) {r['min_dcf_0.01']:.3f}  "
             f"minDCF(0.05) {r['min_dcf_0.05']:.3f}  [{r['n_target']}+{r['n_nontarget']} trials]"
         )
+    for split, r in s.get("stage1_eval", {}).items():
+        lines.append(
+            f"Stage I encoder {split}: EER {r['eer']:.2f}%  minDCF(0.01) {r['min_dcf_0.01']:.3f}  "
+            f"minDCF(0.05) {r['min_dcf_0.05']:.3f}"
+        )
+    if s.get("stage1", {}).get("rejection_auc") is not None:
+        lines.append(
+            f"rejection weights vs multi-speaker dialogues: ROC AUC {s['stage1']['rejection_auc']:.3f}"
+        )
+    for part, r in s.get("pseudo_labels", {}).get("analysis", {}).items():
+        if isinstance(r, dict):
+            lines.append(
+                f"pseudo labels ({part}): NMI {r['nmi']:.3f}  ARI {r['ari']:.3f}  reliable {100 * r['reliable_share']:.1f}%"
+            )
     lines.append(f"MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}")
+
     return "\n".join(lines)
 
 

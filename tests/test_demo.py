@@ -23,6 +23,23 @@ TINY_DEMO = [
     "synth.min_seconds=0.8",
     "--set",
     "synth.max_seconds=1.2",
+    # Stage I as small as it gets: one epoch of a tiny ECAPA.
+    "--set",
+    "pretrain.model.kwargs={channels: 16, embed_dim: 16, attn_bottleneck: 16}",
+    "--set",
+    "pretrain.data.n_mels=24",
+    "--set",
+    "pretrain.data.crop_seconds=0.8",
+    "--set",
+    "pretrain.data.augment.prob=0.0",
+    "--set",
+    "pretrain.train.epochs=1",
+    "--set",
+    "pretrain.train.batch_size=2",
+    "--set",
+    "cluster_k=4",
+    "--set",
+    "cluster_min_size=1",
 ]
 
 
@@ -40,6 +57,10 @@ def test_demo_runs_logs_and_resumes(demo_run, capsys):
         assert 0 <= r["eer"] <= 100 and r["n_target"] > 0 and r["n_nontarget"] > 0
     assert s["embed"]["rows"] == s["ingest"]["utterances"] > 0
     assert s["mlflow"]["tracking_uri"].startswith("sqlite:///")
+    # Stage I ran, its encoder was evaluated and clustered into pseudo labels.
+    assert s["stage1"]["epochs"] == 1 and 0 <= s["stage1_eval"]["test"]["eer"] <= 100
+    assert s["pseudo_labels"]["k"] == 4 and 0 < s["pseudo_labels"]["kept_share"] <= 1
+    assert 0 <= s["pseudo_labels"]["analysis"]["all"]["nmi"] <= 1
     assert os.path.isfile(os.path.join(demo_run, "summary.json"))
 
     import mlflow
@@ -57,10 +78,22 @@ def test_demo_runs_logs_and_resumes(demo_run, capsys):
         again = json.load(f)
     assert again["embed"] == {"out": s["embed"]["out"], "skipped": True}
     assert again["baseline"]["test"]["eer"] == pytest.approx(s["baseline"]["test"]["eer"])
+    assert again["stage1"]["steps"] == s["stage1"]["steps"]  # Stage I was not retrained
+    assert again["stage1_eval"]["test"]["eer"] == pytest.approx(s["stage1_eval"]["test"]["eer"])
 
 
 def test_demo_on_a_user_corpus_folder(tiny_corpus, tmp_path, ray_local, capsys):
-    assert main(["demo", "--data", tiny_corpus, "--out", str(tmp_path / "r"), "--json"]) == 0
+    argv = [
+        "demo",
+        "--data",
+        tiny_corpus,
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "stage1=false",
+        "--json",
+    ]
+    assert main(argv) == 0
     s = cli_json(capsys.readouterr().out)
     assert "synth" not in s and s["ingest"]["data"] == tiny_corpus
     assert s["baseline"]["dev"]["n_target"] > 0

@@ -10,13 +10,14 @@ import time
 
 
 def run(name: str, out_dir: str, quick: bool = False) -> dict:
-    from raysv.bench import featurize, pretrain, stream, synth
+    from raysv.bench import cluster, featurize, pretrain, stream, synth
 
     fn = {
         "featurize": featurize.run,
         "synth": synth.run,
         "pretrain": pretrain.run,
         "stream": stream.run,
+        "cluster": cluster.run,
     }[name]
     result = fn(quick=quick)
     result["machine"] = {
