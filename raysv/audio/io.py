@@ -32,6 +32,11 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+def bound(v) -> float | None:
+    """A segment bound from a batch column: None/NaN (whole file) -> None, else float seconds."""
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
 def _open(path: str):
     """soundfile accepts a local path; other URIs are opened through pyarrow."""
     if fs.is_local(path):

@@ -32,8 +32,7 @@ class BaselineEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         embs = []
         for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
-            st = None if st is None or (isinstance(st, float) and np.isnan(st)) else float(st)
-            en = None if en is None or (isinstance(en, float) and np.isnan(en)) else float(en)
+            st, en = io.bound(st), io.bound(en)
             wave = io.read_crop(str(path), self.max_seconds, None, start_s=st, end_s=en)
             embs.append(stats_embedding(wave, self.n_mels))
         return embeddings_table(batch["utt_id"], np.stack(embs))

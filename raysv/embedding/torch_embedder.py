@@ -51,12 +51,10 @@ class TorchEmbedder:
 
         feats = []
         for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
-            st = None if st is None or (isinstance(st, float) and np.isnan(st)) else float(st)
-            en = None if en is None or (isinstance(en, float) and np.isnan(en)) else float(en)
+            st, en = io.bound(st), io.bound(en)
             wave = io.read_crop(str(path), self.cap / io.TARGET_SR, None, st, en)
             wave = features.crop(wave, bucket_length(wave.shape[0], self.bucket, self.cap))
             feats.append(features.fbank(wave, n_mels=self.n_mels))
-        out = np.zeros((len(feats), 0), np.float32)
         order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
         embs: dict[int, np.ndarray] = {}
         with torch.no_grad():

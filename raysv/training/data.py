@@ -97,15 +97,9 @@ def _augmenter(cfg: AugmentConfig | None) -> Augmenter | None:
     return _AUGMENTERS[key]
 
 
-def _nan_to_none(v) -> float | None:
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
-
-
 def _crop_features(path: str, start, end, seconds: float, rng, aug, n_mels: int) -> np.ndarray:
     n = int(round(seconds * SR))
-    wave = features.crop(
-        io.read_crop(path, seconds, rng, _nan_to_none(start), _nan_to_none(end)), n, rng
-    )
+    wave = features.crop(io.read_crop(path, seconds, rng, io.bound(start), io.bound(end)), n, rng)
     if aug is not None:
         wave = aug(wave, rng)
     return features.fbank(wave, n_mels=n_mels)
@@ -176,7 +170,7 @@ def featurise_pairs(
     n = int(round(crop_seconds * SR))
     out = []
     for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
-        wave = io.read_crop(path, 2 * crop_seconds, rng, _nan_to_none(st), _nan_to_none(en))
+        wave = io.read_crop(path, 2 * crop_seconds, rng, io.bound(st), io.bound(en))
         segs = two_segments(wave, n, rng)
         if aug is not None:
             segs = tuple(aug(s, rng) for s in segs)
