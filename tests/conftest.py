@@ -65,3 +65,13 @@ def cli_json(out: str) -> dict:
     import json
 
     return json.loads(out if out.startswith("{") else out[out.index("\n{") + 1 :])
+
+
+def write_empty_manifest(path) -> str:
+    """An utterances manifest with the full schema and no rows."""
+    import pyarrow.parquet as pq
+
+    from raysv.data.schema import UTTERANCES
+
+    pq.write_table(UTTERANCES.empty_table(), str(path))
+    return str(path)

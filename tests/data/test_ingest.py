@@ -14,7 +14,7 @@ from raysv.data import fs, ingest
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ManifestError
-from tests.conftest import write_wav
+from tests.conftest import write_empty_manifest, write_wav
 
 
 def _vox(root, spk=3, ses=2, utts=2):
@@ -216,18 +216,7 @@ def test_missing_columns_and_empty_manifest(tmp_path):
         match="m.parquet: utterances table is missing column.s. duration_s, sample_rate",
     ):
         ingest.check_utterances(fs.read_table(p), p, Problems())
-    empty = str(tmp_path / "e.parquet")
-    pq.write_table(
-        pa.table(
-            {
-                "utt_id": pa.array([], pa.string()),
-                "path": pa.array([], pa.string()),
-                "duration_s": pa.array([], pa.float64()),
-                "sample_rate": pa.array([], pa.int32()),
-            }
-        ),
-        empty,
-    )
+    empty = write_empty_manifest(tmp_path / "e.parquet")
     with pytest.raises(ManifestError, match="e.parquet: the utterances manifest is empty"):
         ingest.check_utterances(fs.read_table(empty), empty, Problems())
     with pytest.raises(ManifestError, match="no such file"):

@@ -3,8 +3,6 @@
 import os
 
 import mlflow
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from raysv.cli import main
@@ -12,7 +10,7 @@ from raysv.config import from_dict, load_config
 from raysv.errors import ConfigError, ManifestError
 from raysv.training.config import PretrainConfig
 from raysv.training.pretrain import prepare_inputs, run_pretrain
-from tests.conftest import cli_json
+from tests.conftest import cli_json, write_empty_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "pretrain_smoke.yaml")
@@ -137,18 +135,7 @@ def test_bad_input_fails_before_workers(tiny_corpus, tmp_path, capsys):
         run_pretrain(_cfg(tmp_path, tiny_corpus, model={"name": "tdnn"}))
     with pytest.raises(ConfigError, match="no training data"):
         prepare_inputs(from_dict(PretrainConfig, {"out": str(tmp_path / "x")}))
-    empty = tmp_path / "empty.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "utt_id": pa.array([], pa.string()),
-                "path": pa.array([], pa.string()),
-                "duration_s": pa.array([], pa.float64()),
-                "sample_rate": pa.array([], pa.int32()),
-            }
-        ),
-        empty,
-    )
+    empty = write_empty_manifest(tmp_path / "empty.parquet")
     with pytest.raises(ManifestError, match="manifest is empty"):
         prepare_inputs(
             from_dict(
