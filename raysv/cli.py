@@ -409,28 +409,37 @@ def _demo(a: argparse.Namespace) -> dict:
 
 
 def _demo_human(s: dict) -> str:
+    names = {
+        "baseline": "baseline (log-mel mean+std, cosine)",
+        "stage1": "Stage I encoder",
+        "supervised_reference": "supervised reference (true labels)",
+    }
     lines = [f"run folder: {s['out']}  ({s['seconds']}s)"]
-    for split, r in s["baseline"].items():
-        lines.append(
-            f"baseline (log-mel mean+std, cosine) {split}: EER {r['eer']:.2f}%  minDCF(0.01) {r['min_dcf_0.01']:.3f}  "
-            f"minDCF(0.05) {r['min_dcf_0.05']:.3f}  [{r['n_target']}+{r['n_nontarget']} trials]"
-        )
-    for split, r in s.get("stage1_eval", {}).items():
-        lines.append(
-            f"Stage I encoder {split}: EER {r['eer']:.2f}%  minDCF(0.01) {r['min_dcf_0.01']:.3f}  "
-            f"minDCF(0.05) {r['min_dcf_0.05']:.3f}"
-        )
+    for stage, row in s["results"].items():
+        name = names.get(stage, stage.replace("round", "Stage II round "))
+        for split in ("dev", "test"):
+            r = row.get(split)
+            if r:
+                text = (
+                    f"{name} {split}: EER {r['eer']:.2f}%  minDCF(0.01) {r['min_dcf_0.01']:.3f}  "
+                    f"minDCF(0.05) {r['min_dcf_0.05']:.3f}"
+                )
+                if "n_target" in s["baseline"][split] and stage == "baseline":
+                    b = s["baseline"][split]
+                    text += f"  [{b['n_target']}+{b['n_nontarget']} trials]"
+                lines.append(text)
+        if "nmi" in row:
+            text = f"{name}: pseudo-label NMI {row['nmi']:.3f}"
+            if "nmi_after" in row:
+                text += f" (clustering with its encoder: {row['nmi_after']:.3f})"
+            lines.append(text)
     if s.get("stage1", {}).get("rejection_auc") is not None:
         lines.append(
             f"rejection weights vs multi-speaker dialogues: ROC AUC {s['stage1']['rejection_auc']:.3f}"
         )
-    for part, r in s.get("pseudo_labels", {}).get("analysis", {}).items():
-        if isinstance(r, dict):
-            lines.append(
-                f"pseudo labels ({part}): NMI {r['nmi']:.3f}  ARI {r['ari']:.3f}  reliable {100 * r['reliable_share']:.1f}%"
-            )
+    if s.get("report"):
+        lines.append(f"report: {s['report']}")
     lines.append(f"MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}")
-
     return "\n".join(lines)
 
 
@@ -482,6 +491,167 @@ def _pretrain_human(s: dict) -> str:
     lines.append(
         f"best model: {s['best_model']}   MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}"
     )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- train / iterate / report
+def _config_args(p: argparse.ArgumentParser, what: str, example: str) -> None:
+    """``--config``, ``--out``, ``--set`` shared by the config-driven commands."""
+    p.add_argument("--config", help=f"YAML file with {what} keys")
+    p.add_argument("--out", help="run folder (default from the config)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. {example}",
+    )
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", help="pseudo-label table (file or folder) from raysv cluster")
+    p.add_argument("--manifest", help="utterances manifest (Parquet)")
+    p.add_argument("--init", help="initial encoder checkpoint (best_model.pt of Stage I)")
+    p.add_argument("--gate", choices=["none", "lgl", "dlg", "dlg-lc"], help="loss gate")
+    p.add_argument("--dev-trials", help="dev trials (Parquet or text): picks the best epoch")
+    p.add_argument("--test-trials", help="test trials: reported only")
+    _config_args(p, "Stage2Config", "gate.tau=3")
+
+
+def _train(a: argparse.Namespace) -> dict:
+    from raysv.config import load_config
+    from raysv.training.stage2 import run_train
+    from raysv.training.stage2_config import Stage2Config
+
+    extra = [
+        f"{key}={val}"
+        for key, val in (
+            ("data.labels", a.labels),
+            ("data.utterances", a.manifest),
+            ("init_checkpoint", a.init),
+            ("gate.name", a.gate),
+            ("data.dev_trials", a.dev_trials),
+            ("data.test_trials", a.test_trials),
+            ("out", a.out),
+        )
+        if val
+    ]
+    return run_train(load_config(Stage2Config, a.config, list(a.overrides) + extra))
+
+
+def _train_human(s: dict) -> str:
+    lines = [
+        f"run folder: {s['out']}  ({s['epochs']} epochs, {s['steps']} steps, {s['seconds']}s; "
+        f"{s['n_classes']} classes, {s['train_utterances']} utterances)"
+    ]
+    f = s["final"]
+    for split in ("dev", "test"):
+        if f"best.{split}.eer" in f:
+            before = (
+                f"initial EER {f[f'init.{split}.eer']:.2f}%  ->  "
+                if f"init.{split}.eer" in f
+                else ""
+            )
+            lines.append(
+                f"{split}: {before}best EER {f[f'best.{split}.eer']:.2f}% "
+                f"minDCF(0.01) {f[f'best.{split}.min_dcf_0.01']:.3f}"
+            )
+    last = s["history"][-1] if s["history"] else {}
+    if "gate_pass_share" in last:
+        text = f"gate (last epoch): {100 * last['gate_pass_share']:.1f}% passed"
+        if last.get("gate_relabel_share"):
+            text += f", {100 * last['gate_relabel_share']:.1f}% relabelled"
+        if "reliable_share_passed" in last:
+            text += (
+                f"; reliable labels among passed {100 * last['reliable_share_passed']:.1f}% "
+                f"vs all {100 * last['reliable_share_all']:.1f}% (analysis)"
+            )
+        lines.append(text)
+    lines.append(
+        f"best model: {s['best_model']}   MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}"
+    )
+    return "\n".join(lines)
+
+
+def _iterate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="corpus folder (wav/, trials/)")
+    p.add_argument("--init", help="Stage I encoder checkpoint (best_model.pt)")
+    p.add_argument("--rounds", type=int, help="number of rounds R")
+    _config_args(p, "IterateConfig", "schedule.k=[60,60] train.gate.name=lgl")
+
+
+def _iterate(a: argparse.Namespace) -> dict:
+    from raysv.config import load_config
+    from raysv.pipeline.iterate import IterateConfig, run_iterate
+
+    extra = [
+        f"{key}={val}"
+        for key, val in (
+            ("data", a.data),
+            ("init_checkpoint", a.init),
+            ("rounds", a.rounds),
+            ("out", a.out),
+        )
+        if val
+    ]
+    return run_iterate(load_config(IterateConfig, a.config, list(a.overrides) + extra))
+
+
+def _scores_line(name: str, scores: dict) -> list[str]:
+    return [
+        f"{name} {split}: EER {r['eer']:.2f}%  minDCF(0.01) {r['min_dcf_0.01']:.3f}  "
+        f"minDCF(0.05) {r['min_dcf_0.05']:.3f}"
+        for split, r in scores.items()
+    ]
+
+
+def _round_scores(r: dict) -> dict:
+    """``{"test.eer": ..}`` entries of a round -> ``{"test": {"eer": ..}}``."""
+    out: dict = {}
+    for key, v in r.items():
+        split, _, metric = key.partition(".")
+        if split in ("dev", "test"):
+            out.setdefault(split, {})[metric] = v
+    return out
+
+
+def _iterate_human(s: dict) -> str:
+    lines = [f"run folder: {s['out']}  ({s['seconds']}s)"]
+    lines += _scores_line("initial encoder", s["initial"])
+    for r in s["rounds"]:
+        text = f"round {r['round']}: {r['clusters']} clusters, kept {100 * r['kept_share']:.1f}%"
+        if "all.nmi" in r:
+            text += f", NMI {r['all.nmi']:.3f}"
+        if "gate.gate_pass_share" in r:
+            text += f", gate passed {100 * r['gate.gate_pass_share']:.1f}%"
+        lines.append(text)
+        lines += _scores_line(f"  round {r['round']}", _round_scores(r))
+    fc = s.get("final_clustering", {}).get("analysis", {}).get("all")
+    if fc:
+        lines.append(f"clustering with the final encoder: NMI {fc['nmi']:.3f}")
+    if "reference" in s:
+        lines += _scores_line("supervised reference (true labels)", s["reference"]["scores"])
+    lines.append(f"MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}")
+    return "\n".join(lines)
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder of raysv iterate or raysv demo")
+    p.add_argument("--out", help="report folder (default: RUN/report)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+
+
+def _report(a: argparse.Namespace) -> dict:
+    from raysv.reporting.report import write_report
+
+    return write_report(a.run, a.out, log_to_mlflow=not a.no_mlflow)
+
+
+def _report_human(s: dict) -> str:
+    lines = [f"report: {s['report']}", f"plots: {', '.join(sorted(s['plots']))}"]
+    if "mlflow" in s:
+        lines.append(f"logged to MLflow run {s['mlflow']['run_id']} (artifacts/report)")
     return "\n".join(lines)
 
 
@@ -545,6 +715,24 @@ COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
         _pretrain_args,
         _pretrain,
         _pretrain_human,
+    ),
+    "train": (
+        "Stage II: AAM-softmax on pseudo labels with a loss gate (none/lgl/dlg/dlg-lc)",
+        _train_args,
+        _train,
+        _train_human,
+    ),
+    "iterate": (
+        "Stage II in rounds: embed, cluster, purify, train, evaluate (resumable)",
+        _iterate_args,
+        _iterate,
+        _iterate_human,
+    ),
+    "report": (
+        "write an HTML report with plots for an iterate or demo run",
+        _report_args,
+        _report,
+        _report_human,
     ),
     "demo": (
         "the end-to-end demo on a generated corpus (or --data DIR)",

@@ -8,8 +8,10 @@ import yaml
 from raysv.config import apply_overrides, flatten, from_dict, load_config
 from raysv.errors import ConfigError
 from raysv.pipeline.demo import DemoConfig
+from raysv.pipeline.iterate import IterateConfig
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import PretrainConfig
+from raysv.training.stage2_config import Stage2Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +81,13 @@ def test_flatten():
 
 
 # Every YAML under configs/ (recursively) must load into the config class it is for.
-CONFIG_CLASSES = {"demo": DemoConfig, "synth": SynthConfig, "pretrain": PretrainConfig}
+CONFIG_CLASSES = {
+    "demo": DemoConfig,
+    "synth": SynthConfig,
+    "pretrain": PretrainConfig,
+    "train": Stage2Config,
+    "iterate": IterateConfig,
+}
 
 
 def _class_for(path: str):

@@ -36,10 +36,19 @@ TINY_DEMO = [
     "pretrain.train.epochs=1",
     "--set",
     "pretrain.train.batch_size=2",
+    # Stage II: two rounds of two epochs on 4 clusters.
     "--set",
-    "cluster_k=4",
+    "stage2.schedule={k: [4], drop_fraction: [0.0], min_cluster_size: [1], tau: [3.0]}",
     "--set",
-    "cluster_min_size=1",
+    "stage2.cluster.iterations=5",
+    "--set",
+    "stage2.train.data={crop_seconds: 0.8, augment: {prob: 0.0}, eval_max_seconds: 2.0}",
+    "--set",
+    "stage2.train.head_warmup_epochs=0",
+    "--set",
+    "stage2.train.gate={name: lgl, warmup_epochs: 1}",
+    "--set",
+    "stage2.train.train={epochs: 2, batch_size: 4}",
 ]
 
 
@@ -57,11 +66,16 @@ def test_demo_runs_logs_and_resumes(demo_run, capsys):
         assert 0 <= r["eer"] <= 100 and r["n_target"] > 0 and r["n_nontarget"] > 0
     assert s["embed"]["rows"] == s["ingest"]["utterances"] > 0
     assert s["mlflow"]["tracking_uri"].startswith("sqlite:///")
-    # Stage I ran, its encoder was evaluated and clustered into pseudo labels.
-    assert s["stage1"]["epochs"] == 1 and 0 <= s["stage1_eval"]["test"]["eer"] <= 100
-    assert s["pseudo_labels"]["k"] == 4 and 0 < s["pseudo_labels"]["kept_share"] <= 1
-    assert 0 <= s["pseudo_labels"]["analysis"]["all"]["nmi"] <= 1
+    # Stage I ran; Stage II ran two rounds; every stage was evaluated on the trials.
+    assert s["stage1"]["epochs"] == 1
+    assert list(s["results"]) == ["baseline", "stage1", "round1", "round2"]
+    for stage in ("stage1", "round1", "round2"):
+        assert 0 <= s["results"][stage]["test"]["eer"] <= 100
+    assert 0 <= s["results"]["round2"]["nmi"] <= 1 and "nmi_after" in s["results"]["round2"]
     assert os.path.isfile(os.path.join(demo_run, "summary.json"))
+    assert os.path.isfile(s["report"]) and os.path.isfile(
+        os.path.join(demo_run, "report", "det.png")
+    )
 
     import mlflow
 
@@ -79,7 +93,7 @@ def test_demo_runs_logs_and_resumes(demo_run, capsys):
     assert again["embed"] == {"out": s["embed"]["out"], "skipped": True}
     assert again["baseline"]["test"]["eer"] == pytest.approx(s["baseline"]["test"]["eer"])
     assert again["stage1"]["steps"] == s["stage1"]["steps"]  # Stage I was not retrained
-    assert again["stage1_eval"]["test"]["eer"] == pytest.approx(s["stage1_eval"]["test"]["eer"])
+    assert again["results"] == s["results"]  # nor were the rounds
 
 
 def test_demo_on_a_user_corpus_folder(tiny_corpus, tmp_path, ray_local, capsys):

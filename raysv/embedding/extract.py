@@ -32,7 +32,9 @@ def actor_resources(concurrency: int | None, cpus_per_actor: float | None) -> tu
     """
     import ray
 
-    total = float(ray.available_resources().get("CPU", 1.0))
+    # The cluster's total, not what is free this instant: a previous pipeline's
+    # actors may still be shutting down, and Ray queues the new ones meanwhile.
+    total = float(ray.cluster_resources().get("CPU", 1.0))
     if concurrency is None:
         concurrency = max(1, int(total))
     if cpus_per_actor is None:

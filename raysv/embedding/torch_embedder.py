@@ -1,7 +1,7 @@
 """Ray Data callable that embeds utterances with a trained encoder checkpoint.
 
-The checkpoint (``best_model.pt`` from ``raysv pretrain``) holds the weights
-and the config that built the encoder; it is loaded once per actor.
+The checkpoint (``best_model.pt`` from ``raysv pretrain`` or ``raysv train``,
+see :mod:`raysv.models.checkpoint`) is loaded once per actor.
 Utterances are embedded whole up to ``max_seconds``, cut (centre) to a
 multiple of ``bucket_seconds`` so that equal lengths batch together and memory
 stays bounded by ``max_seconds`` whatever the corpus.
@@ -32,15 +32,10 @@ class TorchEmbedder:
     ):
         import torch
 
-        from raysv.config import from_dict
-        from raysv.models import build_encoder
-        from raysv.training.config import PretrainConfig
+        from raysv.models.checkpoint import load_encoder
 
-        blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        cfg = from_dict(PretrainConfig, blob["config"])
-        self.n_mels = cfg.data.n_mels
-        self.model = build_encoder(cfg.model.name, cfg.data.n_mels, **cfg.model.kwargs)
-        self.model.load_state_dict(blob["model"])
+        self.model, spec = load_encoder(checkpoint)
+        self.n_mels = spec["n_mels"]
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.cap = int(max_seconds * io.TARGET_SR)

@@ -55,8 +55,11 @@ def evaluate(
     center: bool = False,
     cohort_uri: str | None = None,
     top_k: int = 300,
+    keep_scores: bool = False,
 ) -> dict:
     """Score ``trials_uri`` with embeddings; returns EER/minDCF and skipped counts.
+
+    ``keep_scores`` adds ``scores`` and ``labels`` arrays ``(n_trials,)`` (for plots).
 
     Trial entries are matched to the manifest's paths (or to utt_ids when no
     manifest is given). The AS-norm cohort is another embeddings table.
@@ -92,6 +95,8 @@ def evaluate(
         _, cohort = embedding_matrix(fs.read_table(cohort_uri), cohort_uri)
     scores = score_trials(trials, ids, emb, center=center, cohort=cohort, top_k=top_k)
     report = verification_report(scores, trials.column("label").to_numpy())
+    if keep_scores:
+        report["scores"], report["labels"] = scores, trials.column("label").to_numpy()
     report["skipped"] = problems.counts()
     report["skipped_examples"] = problems.summary_lines()
     return report

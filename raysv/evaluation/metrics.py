@@ -95,11 +95,12 @@ def verification_report(scores: np.ndarray, labels: np.ndarray) -> dict[str, flo
     }
 
 
-def reliable_share(clusters: np.ndarray, speakers: np.ndarray) -> float:
-    """Share of samples whose cluster maps to their speaker under the best 1:1 mapping.
+def cluster_speaker_mapping(clusters: np.ndarray, speakers: np.ndarray) -> dict:
+    """The one-to-one cluster -> speaker mapping that maximises matched samples.
 
     Builds the clusters x speakers contingency table and solves the assignment
-    (Hungarian) that maximises matched samples. Shapes: ``(n,)`` each.
+    (Hungarian). Shapes: ``(n,)`` each. Returns ``{cluster: speaker}``; clusters
+    left without a speaker (more clusters than speakers) are absent.
     """
     from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
@@ -112,7 +113,17 @@ def reliable_share(clusters: np.ndarray, speakers: np.ndarray) -> float:
     su, si = np.unique(speakers, return_inverse=True)
     table = coo_matrix((np.ones_like(ci), (ci, si)), shape=(cu.shape[0], su.shape[0])).toarray()
     rows, cols = linear_sum_assignment(table, maximize=True)
-    return float(table[rows, cols].sum() / clusters.shape[0])
+    return {cu[r].item(): su[c].item() for r, c in zip(rows, cols, strict=True)}
+
+
+def reliable_share(clusters: np.ndarray, speakers: np.ndarray) -> float:
+    """Share of samples whose cluster maps to their speaker under the best 1:1 mapping
+    (:func:`cluster_speaker_mapping`). Shapes: ``(n,)`` each."""
+    mapping = cluster_speaker_mapping(clusters, speakers)
+    clusters = np.asarray(clusters)
+    speakers = np.asarray(speakers)
+    mapped = np.array([mapping.get(c.item(), None) for c in clusters], dtype=object)
+    return float(np.mean(mapped == speakers.astype(object)))
 
 
 def clustering_report(clusters: np.ndarray, speakers: np.ndarray) -> dict[str, float]:

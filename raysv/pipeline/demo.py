@@ -1,16 +1,14 @@
 """``raysv demo``: the README's main job.
 
-Today's pipeline (Stage II rounds come with issue #5):
-
 1. generate a corpus (or use ``--data DIR``),
 2. import it into Parquet manifests,
 3. embed every utterance with the training-free baseline on Ray Data and
    score the dev and test trials (the reference a trained encoder must beat),
 4. Stage I: contrastive pretraining on the dialogues (``raysv pretrain``),
-5. embed every utterance with the Stage I encoder, score the trials, and
-   cluster the embeddings with sharded k-means + purification (pseudo labels;
-   NMI against the true speakers where the corpus has them, analysis only),
-6. log config, metrics and the summary to MLflow (local SQLite by default).
+5. Stage II: rounds of embed -> k-means -> purify -> AAM-softmax with a loss
+   gate -> evaluate (``raysv iterate``), optionally with a supervised
+   reference trained on the true speakers (comparison only),
+6. a report (HTML + PNG plots) and MLflow runs for every stage.
 
 Every step writes under ``out`` and is skipped when its output exists, so a
 rerun after a crash continues where it stopped.
@@ -25,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from raysv.config import to_dict
+from raysv.pipeline.iterate import ClusterSpec, IterateConfig, Schedule
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import (
     LossSpec,
@@ -35,6 +34,7 @@ from raysv.training.config import (
     RejectionSpec,
     TrainSpec,
 )
+from raysv.training.stage2_config import GateSpec, Stage2Config, Stage2Data
 
 log = logging.getLogger("raysv")
 
@@ -65,6 +65,26 @@ def _small_pretrain() -> PretrainConfig:
     )
 
 
+def _small_stage2() -> IterateConfig:
+    # Two rounds of a few minutes each on 2 CPU cores: k-means with k = 50 over
+    # the ~480 training utterances, purification p = 0.1 / S = 3, then the
+    # Stage I encoder + a new AAM head: 1 head-only epoch, 2 ordinary epochs,
+    # 3 epochs with the LGL gate (tau from the schedule).
+    return IterateConfig(
+        rounds=2,
+        schedule=Schedule(k=[50], drop_fraction=[0.1], min_cluster_size=[3], tau=[3.0, 3.0]),
+        cluster=ClusterSpec(iterations=20, shards=1),
+        train=Stage2Config(
+            data=Stage2Data(crop_seconds=1.5),
+            gate=GateSpec(name="lgl", warmup_epochs=3),
+            head_warmup_epochs=1,
+            optim=OptimSpec(lr=1e-3, decay=1.0),
+            train=TrainSpec(epochs=6, batch_size=32),
+        ),
+        reference=False,
+    )
+
+
 @dataclass
 class DemoConfig:
     """Settings of ``raysv demo``.
@@ -76,10 +96,10 @@ class DemoConfig:
         n_mels: log-mel bins of the baseline embedding.
         tracking_uri: MLflow URI; None = ``MLFLOW_TRACKING_URI`` or SQLite under ``out``.
         experiment: MLflow experiment name.
-        stage1: run Stage I pretraining, embedding and clustering after the baseline.
+        stage1: run Stage I pretraining and Stage II rounds after the baseline.
         pretrain: Stage I settings (``out`` and ``data.data`` are set by the demo).
-        cluster_k: clusters for the pseudo labels (a choice, like the papers' 6000; no labels used).
-        cluster_drop_fraction / cluster_min_size: purification p and S.
+        stage2: Stage II settings (``out``, ``data`` and ``init_checkpoint`` are set by the demo).
+        report: write ``<out>/report/report.html`` at the end.
     """
 
     out: str = "runs/demo"
@@ -90,9 +110,8 @@ class DemoConfig:
     experiment: str = "raysv-demo"
     stage1: bool = True
     pretrain: PretrainConfig = field(default_factory=_small_pretrain)
-    cluster_k: int = 60
-    cluster_drop_fraction: float = 0.1
-    cluster_min_size: int = 3
+    stage2: IterateConfig = field(default_factory=_small_stage2)
+    report: bool = True
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -141,41 +160,69 @@ def run_demo(cfg: DemoConfig) -> dict:
     }
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     if cfg.stage1:
-        summary.update(_stage1(cfg, data, manifests, out, tracking_uri))
+        summary.update(_stages(cfg, data, out, tracking_uri))
+    summary["results"] = results_table(summary)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     with tracking.run(tracking_uri, cfg.experiment, "demo", params=to_dict(cfg)) as run_id:
-        for split, r in results.items():
-            tracking.log_metrics(
-                {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")},
-                prefix=f"baseline.{split}.",
-            )
-        for split, r in summary.get("stage1_eval", {}).items():
-            tracking.log_metrics(
-                {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")},
-                prefix=f"stage1.{split}.",
-            )
-        for part, r in summary.get("pseudo_labels", {}).get("analysis", {}).items():
-            if isinstance(r, dict):
-                tracking.log_metrics(
-                    {k: r[k] for k in ("nmi", "ari", "reliable_share")},
-                    prefix=f"pseudo_labels.{part}.",
-                )
+        for stage, splits in summary["results"].items():
+            for split, r in splits.items():
+                if isinstance(r, dict):
+                    tracking.log_metrics(
+                        {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05") if k in r},
+                        prefix=f"{stage}.{split}.",
+                    )
+                elif split == "nmi":
+                    tracking.log_metrics({f"{stage}.nmi": r})
         tracking.log_dict(summary, "summary.json")
     summary["mlflow"] = {"tracking_uri": tracking_uri, "run_id": run_id}
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+        json.dump(summary, f, indent=1, default=float)
+    if cfg.stage1 and cfg.report:
+        from raysv.reporting.report import write_report
+
+        summary["report"] = write_report(out)["report"]
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1, default=float)
+    log.info("demo finished in %.0fs", time.monotonic() - t0)
     return summary
 
 
-def _stage1(cfg: DemoConfig, data: str, manifests, out: str, tracking_uri: str) -> dict:
-    """Stage I, then embeddings of every utterance with its best encoder, trials and k-means.
+def _metrics(r: dict) -> dict:
+    return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05") if k in r}
+
+
+def results_table(summary: dict) -> dict:
+    """``{stage: {split: {eer, min_dcf_0.01, min_dcf_0.05}, "nmi": ..}}`` in pipeline order."""
+    table: dict = {"baseline": {s: _metrics(r) for s, r in summary["baseline"].items()}}
+    st2 = summary.get("stage2")
+    if not st2:
+        return table
+    table["stage1"] = {s: _metrics(r) for s, r in st2["initial"].items()}
+    for r in st2["rounds"]:
+        row: dict = {}
+        for key, v in r.items():
+            split, _, metric = key.partition(".")
+            if split in ("dev", "test"):
+                row.setdefault(split, {})[metric] = v
+        if "all.nmi" in r:
+            row["nmi"] = r["all.nmi"]  # NMI of this round's pseudo labels (previous encoder)
+        table[f"round{r['round']}"] = row
+    final = st2.get("final_clustering", {}).get("analysis", {}).get("all")
+    if final:
+        table[f"round{st2['rounds'][-1]['round']}"]["nmi_after"] = final["nmi"]
+    if st2.get("reference"):
+        table["supervised_reference"] = {
+            s: _metrics(r) for s, r in st2["reference"]["scores"].items()
+        }
+    return table
+
+
+def _stages(cfg: DemoConfig, data: str, out: str, tracking_uri: str) -> dict:
+    """Stage I, then Stage II rounds from its best encoder.
 
     Each step is skipped when its output is complete (rerun after a crash).
     """
-    from raysv.clustering.driver import cluster
-    from raysv.embedding.extract import embed_manifest
-    from raysv.embedding.torch_embedder import TorchEmbedder
-    from raysv.evaluation.evaluate import evaluate
+    from raysv.pipeline.iterate import run_iterate
     from raysv.training.pretrain import run_pretrain
 
     res: dict = {}
@@ -205,41 +252,16 @@ def _stage1(cfg: DemoConfig, data: str, manifests, out: str, tracking_uri: str) 
         "steps": s1["steps"],
         "final": s1["final"],
         "rejection_auc": last.get("rejection_auc"),
+        "best_model": s1["best_model"],
     }
-    log.info("[stage I] embedding every utterance with the best encoder")
-    emb = embed_manifest(
-        manifests.utterances,
-        os.path.join(out, "embeddings", "stage1"),
-        TorchEmbedder,
-        {"checkpoint": s1["best_model"]},
+    log.info("[stage II] %d rounds from the Stage I encoder", cfg.stage2.rounds)
+    icfg = replace(
+        cfg.stage2,
+        out=os.path.join(out, "stage2"),
+        data=data,
+        init_checkpoint=s1["best_model"],
+        tracking_uri=tracking_uri,
+        experiment=cfg.experiment,
     )
-    res["stage1_eval"] = {}
-    for split, trials in manifests.trials.items():
-        r = evaluate(trials, emb["out"], manifests.utterances, center=True)
-        res["stage1_eval"][split] = {k: v for k, v in r.items() if k != "skipped_examples"}
-    labels = os.path.join(out, "pseudo_labels", "round0")
-    if os.path.isfile(os.path.join(labels, "_summary.json")):
-        with open(os.path.join(labels, "_summary.json")) as f:
-            cl = json.load(f)
-    else:
-        log.info(
-            "[stage I] k-means pseudo labels (k=%d, p=%.2f, S=%d)",
-            cfg.cluster_k,
-            cfg.cluster_drop_fraction,
-            cfg.cluster_min_size,
-        )
-        cl = cluster(
-            emb["out"],
-            labels,
-            cfg.cluster_k,
-            spherical=True,
-            drop_fraction=cfg.cluster_drop_fraction,
-            min_cluster_size=cfg.cluster_min_size,
-            round_=0,
-            manifest=manifests.utterances,
-        )
-    res["pseudo_labels"] = {
-        k: cl[k] for k in ("out", "k", "kept_share", "clusters_after_purification") if k in cl
-    }
-    res["pseudo_labels"]["analysis"] = cl.get("analysis", {})
+    res["stage2"] = run_iterate(icfg)
     return res

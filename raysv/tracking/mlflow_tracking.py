@@ -53,7 +53,7 @@ def run(
     try:
         mlflow.set_experiment(experiment)
         if run_id:
-            kwargs: dict[str, Any] = {"run_id": run_id}
+            kwargs: dict[str, Any] = {"run_id": run_id, "nested": nested}
         else:
             kwargs = {"run_name": run_name, "nested": nested, "tags": tags}
         with mlflow.start_run(**kwargs) as active:
@@ -115,3 +115,10 @@ def log_metrics_to(
     ]
     if batch:
         MlflowClient(tracking_uri).log_batch(run_id, metrics=batch)
+
+
+def log_artifacts_to(tracking_uri: str, run_id: str, folder: str, artifact_path: str | None = None):
+    """Upload every file of ``folder`` to an existing run (e.g. a report after the pipeline)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).log_artifacts(run_id, folder, artifact_path=artifact_path)

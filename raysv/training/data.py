@@ -5,6 +5,9 @@ into one row per dialogue (lists of paths and segment bounds), so that
 training never groups millions of rows. :func:`utterance_table` does the same
 for utterance mode.
 
+Stage II's :func:`labelled_table` joins kept pseudo labels with paths, and
+:func:`featurise_labelled` crops one segment per utterance.
+
 Per epoch, in Ray Data tasks: rows are shuffled, then :func:`featurise_dialogues`
 draws M utterances of each dialogue, crops, augments and computes log-mel
 features; :func:`featurise_pairs` draws two non-overlapping segments of each
@@ -82,6 +85,34 @@ def utterance_table(utterances: pa.Table) -> pa.Table:
         raise ManifestError("the utterances manifest is empty")
     t = utterances.select(["utt_id", "path", "start_s", "end_s"])
     return t.append_column("idx", pa.array(np.arange(t.num_rows), pa.int64()))
+
+
+def labelled_table(labels: pa.Table, utterances: pa.Table, source: str) -> pa.Table:
+    """Stage II rows: kept pseudo labels joined with paths.
+
+    ``labels`` is a pseudo-label table, ``utterances`` a manifest. Returns
+    ``idx, utt_id, path, start_s, end_s, label`` (``label`` = ``cluster``,
+    contiguous over kept rows). Raises ManifestError naming ``source`` when
+    nothing is left or labels refer to utterances the manifest lacks.
+    """
+    kept = labels.filter(pc.equal(labels["kept"], True)).select(["utt_id", "cluster"])
+    if kept.num_rows == 0:
+        raise ManifestError(f"{source}: no kept rows in the pseudo-label table")
+    meta = utterances.select(["utt_id", "path", "start_s", "end_s"])
+    joined = kept.join(meta, "utt_id", join_type="inner").sort_by("utt_id")
+    missing = kept.num_rows - joined.num_rows
+    if joined.num_rows == 0:
+        raise ManifestError(
+            f"{source}: none of the {kept.num_rows} labelled utterances is in the manifest"
+        )
+    if missing:
+        import logging
+
+        logging.getLogger("raysv").warning(
+            "%s: %d labelled utterances are not in the manifest; left out", source, missing
+        )
+    joined = joined.rename_columns(["label" if c == "cluster" else c for c in joined.column_names])
+    return joined.append_column("idx", pa.array(np.arange(joined.num_rows), pa.int64()))
 
 
 _AUGMENTERS: dict[tuple, Augmenter] = {}
@@ -181,6 +212,27 @@ def featurise_pairs(
     }
 
 
+def featurise_labelled(
+    batch: dict[str, np.ndarray],
+    crop_seconds: float,
+    n_mels: int,
+    augment: AugmentConfig | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Labelled rows -> ``feats (B, F, n_mels)``, ``label (B,)``, ``idx (B,)``: one random crop each."""
+    rng = np.random.default_rng(seed)
+    aug = _augmenter(augment)
+    feats = [
+        _crop_features(p, st, en, crop_seconds, rng, aug, n_mels)
+        for p, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
+    ]
+    return {
+        "feats": np.stack(feats).astype(np.float32),
+        "label": np.asarray(batch["label"], dtype=np.int64),
+        "idx": np.asarray(batch["idx"], dtype=np.int64),
+    }
+
+
 def write_shards(
     table: pa.Table, folder: str, rows_per_shard: int | None = None, seed: int = 0
 ) -> str:
@@ -226,7 +278,12 @@ def build_dataset(
     import ray.data
 
     ds = ray.data.read_parquet(shards).randomize_block_order()  # [1]
-    if mode == "dialogue":
+    if mode == "labelled":
+        fn, kwargs = (
+            featurise_labelled,
+            {"crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
+        )
+    elif mode == "dialogue":
         fn, kwargs = (
             featurise_dialogues,
             {"m": m, "crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},

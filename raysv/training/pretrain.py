@@ -25,6 +25,7 @@ from raysv.data import fs, ingest
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ConfigError, ManifestError
+from raysv.models.checkpoint import encoder_spec, save_encoder
 from raysv.training import data as tdata
 from raysv.training.config import PretrainConfig
 
@@ -151,6 +152,32 @@ def _resources(cfg: PretrainConfig) -> tuple[dict, int]:
     return res, max(1, int(cpw))
 
 
+def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, out: str, dataset):
+    """The TorchTrainer of a training stage (Stage I or II).
+
+    # [3] ScalingConfig / RunConfig / FailureConfig / CheckpointConfig;
+    # [4] the same ``name`` under the same storage path resumes from its last checkpoint.
+    ``train`` is a :class:`~raysv.training.config.TrainSpec`.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=train.storage_path or os.path.join(out, "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.num_to_keep),
+        ),
+        datasets={"train": dataset},
+    )
+
+
 def _evaluate(
     encoder, inputs: dict, split: str, n_mels: int, max_seconds: float, cache: dict
 ) -> dict:
@@ -168,9 +195,6 @@ def _evaluate(
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Run Stage I; returns the summary (also ``<out>/summary.json``)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from raysv.runtime import ensure_ray
     from raysv.tracking import mlflow_tracking as tracking
     from raysv.training.pretrain_worker import build_modules, train_loop
@@ -211,21 +235,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             "tracking_uri": tracking_uri,
             "torch_threads": threads,
         }
-        trainer = TorchTrainer(  # [3]
+        trainer = build_trainer(  # [3] [4]
             train_loop,
-            train_loop_config={"cfg": to_dict(cfg), "run": run},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.train.num_workers,
-                use_gpu=cfg.train.use_gpu,
-                resources_per_worker=resources,
-            ),
-            run_config=ray.train.RunConfig(
-                name=cfg.run_name,  # [4]
-                storage_path=cfg.train.storage_path or os.path.join(out, "ray"),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
-            ),
-            datasets={"train": dataset},
+            {"cfg": to_dict(cfg), "run": run},
+            cfg.train,
+            resources,
+            cfg.run_name,
+            out,
+            dataset,
         )
         log.info(
             "training %s on %d %s with %d worker(s) x %s",
@@ -260,7 +277,12 @@ def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:
         blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
     st = blob["state"]
     best = st["best_model"] or blob["model"]
-    torch.save({"model": best, "config": to_dict(cfg)}, os.path.join(out, "best_model.pt"))
+    save_encoder(
+        os.path.join(out, "best_model.pt"),
+        best,
+        encoder_spec(cfg.model.name, cfg.data.n_mels, cfg.model.kwargs),
+        to_dict(cfg),
+    )
     untrained, _, _ = build_modules(cfg)
     trained, _, _ = build_modules(cfg)
     trained.load_state_dict(best)

@@ -104,6 +104,20 @@ class Analysis:
         self.w.append(w.detach().float().cpu().numpy())
         self.c.append(c.float().cpu().numpy())
 
+    def save(self, path: str) -> None:
+        """Write this epoch's per-dialogue weights (and truth if known) to ``path`` (.npz)."""
+        if not self.w:
+            return
+        idx = np.concatenate(self.idx)
+        extra = {"multi_speaker": self.truth[idx]} if self.truth is not None else {}
+        np.savez(
+            path,
+            idx=idx,
+            weight=np.concatenate(self.w),
+            compactness=np.concatenate(self.c),
+            **extra,
+        )
+
     def summary(self) -> dict:
         if not self.w:
             return {}
@@ -247,6 +261,7 @@ def train_loop(config: dict) -> None:
                     }
                 metrics["best_dev_eer"] = st.best_eer
                 st.history.append(metrics)
+                analysis.save(os.path.join(run["out"], "rejection_weights.npz"))
                 _save(tmp, model, loss_fn, rejection, opt, sched, st)
                 checkpoint = Checkpoint.from_directory(tmp)
                 _log(run, metrics)

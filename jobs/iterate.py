@@ -1,0 +1,15 @@
+"""Stage II in rounds (embed -> k-means -> purify -> train -> evaluate) as a Ray job.
+
+    ray job submit --working-dir . -- python jobs/iterate.py --config configs/iterate_lgl.yaml \\
+        --data /mnt/corpus --init /mnt/runs/stage1/best_model.pt --out /mnt/runs/stage2
+
+Rerunning with the same --out skips finished stages and resumes training
+from its last checkpoint. Arguments are those of `raysv iterate`.
+"""
+
+import sys
+
+from raysv.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["iterate", *sys.argv[1:]]))

@@ -1,0 +1,454 @@
+"""``raysv iterate``: Stage II in rounds, one resumable pipeline.
+
+Round r = 1..R, starting from an encoder (Stage I's best model):
+
+1. cluster the training pool's embeddings (made by the previous encoder)
+   with sharded k-means and purify them (p_r, S_r) -> pseudo labels;
+2. train on the kept pseudo labels (AAM-softmax + gate, tau_r) from the
+   previous encoder with a new head (``restart=continue``) or from scratch;
+3. embed the training pool and the trial utterances with the new encoder
+   and score the test (and dev) trials.
+
+The training pool is every utterance of the manifest that no trial list
+names, so evaluation audio is never trained or clustered on.
+
+Every step writes under ``<out>/round<r>/`` and is skipped when its output is
+complete; training resumes from its last Ray Train checkpoint. MLflow: one
+parent run for the pipeline, a nested run per round (the round's training
+run, which also gets the round's clustering metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raysv.config import to_dict
+from raysv.data import fs
+from raysv.errors import ConfigError, ManifestError
+from raysv.training.stage2_config import GateSpec, Stage2Config
+
+log = logging.getLogger("raysv")
+
+
+@dataclass
+class Schedule:
+    """Per-round settings; round r uses entry r-1, the last entry repeats.
+
+    ``k``: clusters; ``drop_fraction`` / ``min_cluster_size``: purification p and S;
+    ``tau``: the LGL threshold (the LGL paper's 1, 3, 3, 5, 6).
+    """
+
+    k: list[int] = field(default_factory=lambda: [60])
+    drop_fraction: list[float] = field(default_factory=lambda: [0.1])
+    min_cluster_size: list[int] = field(default_factory=lambda: [3])
+    tau: list[float] = field(default_factory=lambda: [1.0, 3.0, 3.0, 5.0, 6.0])
+
+    def __post_init__(self):
+        for name in ("k", "drop_fraction", "min_cluster_size", "tau"):
+            if not getattr(self, name):
+                raise ValueError(f"schedule.{name} needs at least one value")
+
+    def at(self, r: int) -> dict:
+        """Settings of round ``r`` (1-based)."""
+        pick = lambda xs: xs[min(r, len(xs)) - 1]  # noqa: E731
+        return {
+            "k": pick(self.k),
+            "drop_fraction": pick(self.drop_fraction),
+            "min_cluster_size": pick(self.min_cluster_size),
+            "tau": pick(self.tau),
+        }
+
+
+@dataclass
+class ClusterSpec:
+    """Sharded k-means settings of every round (see ``raysv cluster``)."""
+
+    iterations: int = 20
+    seed: int = 1
+    spherical: bool = True
+    shards: int = 2
+
+
+@dataclass
+class IterateConfig:
+    """``raysv iterate`` configuration.
+
+    Args:
+        out: run folder; each round writes ``round<r>/{labels,train,embeddings}``.
+        data: a corpus folder (imported to manifests under ``out``), or give
+            ``utterances`` and trial lists.
+        init_checkpoint: the encoder round 1 starts from (Stage I's ``best_model.pt``).
+        rounds: R.
+        restart: ``continue`` (each round from the previous encoder, new head) or
+            ``scratch`` (the iterative paper: a fresh encoder of the same architecture).
+        schedule: per-round k, p, S, tau.
+        train: Stage II settings of every round (labels, init and out are set per round).
+        reference: also train the same encoder on the TRUE speakers (supervised reference,
+            for comparison only; needs speakers in the manifest).
+        final_clustering: cluster once more with the last encoder, for the NMI after the
+            last round (analysis).
+    """
+
+    out: str = "runs/iterate"
+    data: str | None = None
+    utterances: str | None = None
+    dev_trials: str | None = None
+    test_trials: str | None = None
+    init_checkpoint: str | None = None
+    rounds: int = 2
+    restart: Literal["continue", "scratch"] = "continue"
+    schedule: Schedule = field(default_factory=Schedule)
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    train: Stage2Config = field(
+        default_factory=lambda: Stage2Config(gate=GateSpec(name="lgl", warmup_epochs=2))
+    )
+    reference: bool = False
+    final_clustering: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "raysv-iterate"
+    run_name: str = "iterate"
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+
+
+def split_manifest(utterances: str, trials: dict[str, str], folder: str) -> dict[str, str]:
+    """Write ``pool.parquet`` (utterances no trial list names) and ``eval.parquet`` (the rest).
+
+    Returns their paths (and ``manifest``: the full one). Raises ManifestError if the pool is empty.
+    """
+    os.makedirs(folder, exist_ok=True)
+    utts = fs.read_table(utterances)
+    named: set[str] = set()
+    for uri in trials.values():
+        t = fs.read_table(uri, ["enroll", "test"])
+        named |= set(t.column("enroll").to_pylist()) | set(t.column("test").to_pylist())
+    in_trials = pc.is_in(utts["utt_id"], pa.array(sorted(named), pa.string()))
+    pool, held = utts.filter(pc.invert(in_trials)), utts.filter(in_trials)
+    if pool.num_rows == 0:
+        raise ManifestError(
+            f"{utterances}: every utterance is named by a trial list; nothing left to train on"
+        )
+    paths = {
+        "manifest": utterances,
+        "pool": os.path.join(folder, "pool.parquet"),
+        "eval": os.path.join(folder, "eval.parquet"),
+    }
+    pq.write_table(pool, paths["pool"])
+    pq.write_table(held, paths["eval"])
+    log.info("training pool: %d utterances; %d held out for trials", pool.num_rows, held.num_rows)
+    return paths
+
+
+def _manifests(cfg: IterateConfig, out: str) -> tuple[str, dict[str, str]]:
+    if cfg.data:
+        from raysv.data.corpus import prepare_corpus
+
+        man, _ = prepare_corpus(cfg.data, os.path.join(out, "manifests"))
+        return man.utterances, dict(man.trials)
+    if not cfg.utterances:
+        raise ConfigError("give data (a corpus folder) or utterances (a manifest) to iterate on")
+    trials = {
+        s: getattr(cfg, f"{s}_trials") for s in ("dev", "test") if getattr(cfg, f"{s}_trials")
+    }
+    return cfg.utterances, trials
+
+
+def _json(path: str) -> dict | None:
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def _embed_and_score(
+    checkpoint: str, split: dict[str, str], trials: dict[str, str], folder: str
+) -> dict:
+    """Embed pool and held-out utterances with ``checkpoint``; score the trials."""
+    from raysv.embedding.extract import embed_manifest
+    from raysv.embedding.torch_embedder import TorchEmbedder
+    from raysv.evaluation.evaluate import evaluate
+
+    done = _json(os.path.join(folder, "_scores.json"))
+    for part in ("pool", "eval"):
+        embed_manifest(
+            split[part], os.path.join(folder, part), TorchEmbedder, {"checkpoint": checkpoint}
+        )
+    if done is not None:
+        return done
+    scores = {}
+    for s, uri in trials.items():
+        r = evaluate(uri, os.path.join(folder, "eval"), split["eval"], center=True)
+        scores[s] = {k: v for k, v in r.items() if k != "skipped_examples"}
+    with open(os.path.join(folder, "_scores.json"), "w") as f:
+        json.dump(scores, f, indent=1)
+    return scores
+
+
+def _cluster(cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, pool: str) -> dict:
+    from raysv.clustering.driver import cluster
+
+    done = _json(os.path.join(folder, "_summary.json"))
+    if done is not None:
+        return done
+    return cluster(
+        emb,
+        folder,
+        sched["k"],
+        iterations=cfg.cluster.iterations,
+        seed=cfg.cluster.seed,
+        spherical=cfg.cluster.spherical,
+        shards=cfg.cluster.shards,
+        drop_fraction=sched["drop_fraction"],
+        min_cluster_size=sched["min_cluster_size"],
+        round_=r,
+        manifest=pool,
+    )
+
+
+def _train(
+    cfg: IterateConfig, r: int, init: str, labels: str, manifest: str, trials, tau, parent, uri
+):
+    from raysv.training.stage2 import run_train
+
+    folder = os.path.join(os.path.abspath(cfg.out), f"round{r}", "train")
+    done = _json(os.path.join(folder, "summary.json"))
+    if done is not None:
+        log.info("[round %d] training already complete in %s", r, folder)
+        return done
+    tcfg = replace(
+        cfg.train,
+        out=folder,
+        run_name=f"round{r}",
+        data=replace(
+            cfg.train.data,
+            labels=labels,
+            utterances=manifest,  # labels pick the pool's rows; trials resolve against all
+            dev_trials=trials.get("dev"),
+            test_trials=None,
+        ),
+        gate=replace(cfg.train.gate, tau=tau),
+        tracking_uri=uri,
+        experiment=cfg.experiment,
+        parent_run_id=parent,
+    )
+    tcfg = _with_init(tcfg, init, cfg.restart)
+    return run_train(tcfg)
+
+
+def _with_init(tcfg: Stage2Config, init: str, restart: str) -> Stage2Config:
+    """``continue``: start from ``init``'s weights; ``scratch``: same architecture, fresh weights."""
+    if restart == "continue":
+        return replace(tcfg, init_checkpoint=init)
+    from raysv.models.checkpoint import read_checkpoint
+    from raysv.training.config import ModelSpec
+
+    _, spec = read_checkpoint(init)
+    return replace(
+        tcfg,
+        init_checkpoint=None,
+        model=ModelSpec(name=spec["name"], kwargs=spec["kwargs"]),
+        data=replace(tcfg.data, n_mels=spec["n_mels"]),
+    )
+
+
+def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:
+    """Flat metrics of one round for MLflow and the summary."""
+    m: dict = {
+        "round": r,
+        "k": cl["k"],
+        "kept_share": cl["kept_share"],
+        "clusters": cl["clusters_after_purification"],
+        "cluster_objective": cl["objective"],
+        "train_epochs": tr["epochs"],
+    }
+    an = cl.get("analysis") or {}
+    for part in ("all", "kept"):
+        if isinstance(an.get(part), dict):
+            for key in ("nmi", "ari", "reliable_share"):
+                m[f"{part}.{key}"] = an[part][key]
+    hist = tr.get("history") or []
+    gated = [h for h in hist if "gate_tau" in h]  # epochs with a closed gate
+    last = (gated or hist or [{}])[-1]
+    for key in (
+        "gate_pass_share",
+        "gate_relabel_share",
+        "reliable_share_passed",
+        "reliable_share_rejected",
+        "reliable_share_all",
+        "gate_tau",
+    ):
+        if key in last:
+            m[f"gate.{key}"] = last[key]
+    for s, v in scores.items():
+        for key in ("eer", "min_dcf_0.01", "min_dcf_0.05"):
+            m[f"{s}.{key}"] = v[key]
+    return m
+
+
+def run_iterate(cfg: IterateConfig) -> dict:
+    """Run R rounds; returns the summary (also ``<out>/summary.json``)."""
+    from raysv.tracking import mlflow_tracking as tracking
+
+    t0 = time.monotonic()
+    out = os.path.abspath(cfg.out)
+    os.makedirs(out, exist_ok=True)
+    if not cfg.init_checkpoint:
+        raise ConfigError("iterate needs init_checkpoint: the Stage I encoder (best_model.pt)")
+    from raysv.models.checkpoint import read_checkpoint
+
+    read_checkpoint(cfg.init_checkpoint)  # a bad path fails here, before any work
+    utterances, trials = _manifests(cfg, out)
+    if "test" not in trials and "dev" not in trials:
+        raise ConfigError("iterate needs trial lists (dev and/or test) to evaluate each round")
+    split = split_manifest(utterances, trials, os.path.join(out, "inputs"))
+    uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
+    id_file = Path(out, "mlflow_run_id")
+    previous = id_file.read_text().strip() if id_file.is_file() else None
+    summary: dict = {
+        "out": out,
+        "rounds": [],
+        "trials": trials,
+        "eval_manifest": split["eval"],
+        "init_checkpoint": os.path.abspath(cfg.init_checkpoint),
+    }
+    with tracking.run(
+        uri, cfg.experiment, cfg.run_name, params=to_dict(cfg), run_id=previous
+    ) as parent:
+        id_file.write_text(parent)
+        log.info("[round 0] embedding with the initial encoder and scoring trials")
+        encoder = os.path.abspath(cfg.init_checkpoint)
+        emb_folder = os.path.join(out, "round0", "embeddings")
+        scores = _embed_and_score(encoder, split, trials, emb_folder)
+        summary["initial"] = scores
+        tracking.log_metrics(_flat_scores(scores), step=0)
+        for r in range(1, cfg.rounds + 1):
+            sched = cfg.schedule.at(r)
+            rdir = os.path.join(out, f"round{r}")
+            log.info(
+                "[round %d/%d] k-means (k=%d) + purification (p=%.2f, S=%d)",
+                r,
+                cfg.rounds,
+                sched["k"],
+                sched["drop_fraction"],
+                sched["min_cluster_size"],
+            )
+            cl = _cluster(
+                cfg,
+                os.path.join(emb_folder, "pool"),
+                os.path.join(rdir, "labels"),
+                r,
+                sched,
+                split["pool"],
+            )
+            log.info(
+                "[round %d/%d] training on pseudo labels (gate %s, tau=%g)",
+                r,
+                cfg.rounds,
+                cfg.train.gate.name,
+                sched["tau"],
+            )
+            tr = _train(
+                cfg,
+                r,
+                encoder,
+                os.path.join(rdir, "labels"),
+                split["manifest"],
+                trials,
+                sched["tau"],
+                parent,
+                uri,
+            )
+            encoder = tr["best_model"]
+            emb_folder = os.path.join(rdir, "embeddings")
+            log.info(
+                "[round %d/%d] embedding with the new encoder and scoring trials", r, cfg.rounds
+            )
+            scores = _embed_and_score(encoder, split, trials, emb_folder)
+            m = _round_metrics(r, cl, tr, scores)
+            tracking.log_metrics_to(uri, tr["mlflow"]["run_id"], m)
+            tracking.log_metrics({k: v for k, v in m.items() if k != "round"}, step=r)
+            summary["rounds"].append(
+                {
+                    **m,
+                    "labels": os.path.join(rdir, "labels"),
+                    "encoder": encoder,
+                    "train_seconds": tr.get("seconds"),
+                }
+            )
+        if cfg.final_clustering:
+            sched = cfg.schedule.at(cfg.rounds + 1)
+            cl = _cluster(
+                cfg,
+                os.path.join(emb_folder, "pool"),
+                os.path.join(out, "final_labels"),
+                cfg.rounds + 1,
+                sched,
+                split["pool"],
+            )
+            summary["final_clustering"] = {
+                k: cl[k] for k in ("k", "kept_share", "analysis") if k in cl
+            }
+            an = cl.get("analysis") or {}
+            if isinstance(an.get("all"), dict):
+                tracking.log_metrics({"final.nmi": an["all"]["nmi"], "final.ari": an["all"]["ari"]})
+        if cfg.reference:
+            summary["reference"] = _reference(cfg, split, trials, parent, uri)
+        summary["final_encoder"] = encoder
+        summary["seconds"] = round(time.monotonic() - t0, 1)
+        tracking.log_dict(summary, "summary.json")
+    summary["mlflow"] = {"tracking_uri": uri, "run_id": parent}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    return summary
+
+
+def _flat_scores(scores: dict) -> dict:
+    return {
+        f"{s}.{k}": v[k] for s, v in scores.items() for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")
+    }
+
+
+def _reference(cfg: IterateConfig, split: dict, trials: dict, parent: str, uri: str) -> dict:
+    """Supervised reference: the same training on the TRUE speakers (comparison only)."""
+    from raysv.training.stage2 import run_train, speaker_label_table
+
+    folder = os.path.join(os.path.abspath(cfg.out), "reference")
+    done = _json(os.path.join(folder, "_result.json"))
+    if done is not None:
+        return done
+    labels = speaker_label_table(split["pool"], os.path.join(folder, "labels"))
+    tcfg = replace(
+        cfg.train,
+        out=os.path.join(folder, "train"),
+        run_name="reference",
+        data=replace(
+            cfg.train.data,
+            labels=labels,
+            utterances=split["manifest"],
+            dev_trials=trials.get("dev"),
+            test_trials=None,
+        ),
+        gate=GateSpec(name="none"),
+        tracking_uri=uri,
+        experiment=cfg.experiment,
+        parent_run_id=parent,
+    )
+    tcfg = _with_init(tcfg, os.path.abspath(cfg.init_checkpoint), cfg.restart)
+    tr = run_train(tcfg)
+    scores = _embed_and_score(tr["best_model"], split, trials, os.path.join(folder, "embeddings"))
+    res = {"scores": scores, "epochs": tr["epochs"], "encoder": tr["best_model"]}
+    with open(os.path.join(folder, "_result.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return res

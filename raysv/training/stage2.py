@@ -1,0 +1,266 @@
+"""Driver of Stage II (``raysv train``): AAM-softmax on pseudo labels with a loss gate.
+
+# [1] inputs are read and checked before any worker starts (clear errors);
+# [2] the dataset is a Ray Dataset of labelled metadata rows, cropped per epoch;
+# [3] the TorchTrainer is Stage I's (same scaling, failure and resume rules).
+
+Speaker labels, where the manifest has them, are read only to write the
+analysis table (``true_label.npy``) that rank 0 uses for reporting the
+reliable-label share among passed and rejected samples; never for training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from raysv.config import to_dict
+from raysv.data import fs, ingest
+from raysv.data.problems import Problems
+from raysv.data.schema import conform
+from raysv.errors import ConfigError
+from raysv.training import data as tdata
+from raysv.training.config import ModelSpec
+from raysv.training.stage2_config import Stage2Config
+
+log = logging.getLogger("raysv")
+
+
+def resolve(cfg: Stage2Config) -> Stage2Config:
+    """Fill the encoder and ``n_mels`` from ``init_checkpoint`` (they must come from it)."""
+    if not cfg.init_checkpoint:
+        return replace(cfg, data=replace(cfg.data, n_mels=cfg.data.n_mels or 40))
+    from raysv.models.checkpoint import read_checkpoint
+
+    path = os.path.abspath(cfg.init_checkpoint)
+    _, spec = read_checkpoint(path)
+    return replace(
+        cfg,
+        init_checkpoint=path,
+        model=ModelSpec(name=spec["name"], kwargs=spec["kwargs"]),
+        data=replace(cfg.data, n_mels=spec["n_mels"]),
+    )
+
+
+def true_labels(table: pa.Table, utts: pa.Table) -> np.ndarray | None:
+    """Analysis only: per training row, the pseudo-label id mapped to its true speaker.
+
+    Uses the Hungarian cluster -> speaker mapping over the training rows; rows
+    whose speaker has no cluster get -1. None if the manifest has no speakers.
+    """
+    from raysv.evaluation.metrics import cluster_speaker_mapping
+
+    if "speaker" not in utts.column_names:
+        return None
+    spk_of = dict(
+        zip(utts.column("utt_id").to_pylist(), utts.column("speaker").to_pylist(), strict=True)
+    )
+    speakers = [spk_of.get(u) for u in table.column("utt_id").to_pylist()]
+    if any(s is None for s in speakers):
+        return None
+    labels = table.column("label").to_numpy()
+    mapping = cluster_speaker_mapping(labels, np.asarray(speakers))
+    cluster_of = {spk: c for c, spk in mapping.items()}
+    return np.array([cluster_of.get(s, -1) for s in speakers], dtype=np.int64)
+
+
+def prepare_inputs(cfg: Stage2Config) -> dict:
+    """[1] Training table, class count, eval inputs and (analysis) truth, under ``<out>/inputs``."""
+    from raysv.training.pretrain import _trial_inputs
+
+    d = cfg.data
+    if not d.labels or not d.utterances:
+        raise ConfigError(
+            "Stage II needs data.labels (a pseudo-label table from raysv cluster) "
+            "and data.utterances (the manifest)"
+        )
+    out = os.path.abspath(cfg.out)
+    folder = os.path.join(out, "inputs")
+    os.makedirs(folder, exist_ok=True)
+    problems = Problems()
+    utts = ingest.check_utterances(fs.read_table(d.utterances), d.utterances, problems)
+    problems.log_summary()
+    labels = conform(fs.read_table(d.labels), "pseudo_labels", d.labels)
+    table = tdata.labelled_table(labels, utts, d.labels)
+    n_classes = int(table.column("label").to_numpy().max()) + 1
+    if n_classes < 2:
+        raise ConfigError(f"{d.labels}: the kept pseudo labels form {n_classes} class; need >= 2")
+    if cfg.train.batch_size > table.num_rows:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) is larger than the data "
+            f"({table.num_rows} labelled utterances)"
+        )
+    res: dict = {"table": table, "n_classes": n_classes}
+    for split in ("dev", "test"):
+        trials = getattr(d, f"{split}_trials")
+        if trials:
+            res[split] = _trial_inputs(trials, utts, folder, split)
+    if d.analysis:
+        truth = true_labels(table, utts)
+        if truth is not None:
+            res["true_label"] = os.path.join(folder, "true_label.npy")
+            np.save(res["true_label"], truth)
+    return res
+
+
+def run_train(cfg: Stage2Config) -> dict:
+    """Run Stage II training; returns the summary (also ``<out>/summary.json``)."""
+    from raysv.runtime import ensure_ray
+    from raysv.tracking import mlflow_tracking as tracking
+    from raysv.training.pretrain import _resources, build_trainer
+    from raysv.training.stage2_worker import build_classifier, train_loop
+
+    t0 = time.monotonic()
+    cfg = resolve(cfg)
+    out = os.path.abspath(cfg.out)
+    inputs = prepare_inputs(cfg)  # [1]
+    build_classifier(cfg, inputs["n_classes"])  # bad encoder settings fail before Ray
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    ensure_ray()
+    shards = tdata.write_shards(
+        inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
+    )
+    dataset = tdata.build_dataset(  # [2]
+        shards, "labelled", 1, cfg.data.crop_seconds, cfg.data.n_mels, cfg.data.augment
+    )
+    resources, threads = _resources(cfg)
+    tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
+    run_id_file = os.path.join(out, "mlflow_run_id")
+    previous = Path(run_id_file).read_text().strip() if os.path.isfile(run_id_file) else None
+    tags = {"mlflow.parentRunId": cfg.parent_run_id} if cfg.parent_run_id else None
+    with tracking.run(
+        tracking_uri,
+        cfg.experiment,
+        cfg.run_name,
+        params=to_dict(cfg),
+        run_id=previous,
+        tags=tags,
+        nested=bool(cfg.parent_run_id),  # inside `raysv iterate`'s parent run
+    ) as run_id:
+        Path(run_id_file).write_text(run_id)
+        run = {
+            "out": out,
+            "n_classes": inputs["n_classes"],
+            "dev_utts": inputs.get("dev", {}).get("utts"),
+            "dev_trials": inputs.get("dev", {}).get("trials"),
+            "true_label": inputs.get("true_label"),
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking_uri,
+            "torch_threads": threads,
+        }
+        trainer = build_trainer(  # [3]
+            train_loop,
+            {"cfg": to_dict(cfg), "run": run},
+            cfg.train,
+            resources,
+            cfg.run_name,
+            out,
+            dataset,
+        )
+        log.info(
+            "Stage II: %s + AAM head (%d classes) on %d utterances, gate %s, %d worker(s) x %s",
+            cfg.model.name,
+            inputs["n_classes"],
+            inputs["table"].num_rows,
+            cfg.gate.name,
+            cfg.train.num_workers,
+            resources,
+        )
+        result = trainer.fit()
+        summary = _finish(cfg, inputs, result, out)
+        tracking.log_metrics({f"final.{k}": v for k, v in summary["final"].items()})
+        tracking.log_artifact(os.path.join(out, "config.yaml"))
+    summary.update(
+        mlflow={"tracking_uri": tracking_uri, "run_id": run_id},
+        seconds=round(time.monotonic() - t0, 1),
+        out=out,
+        n_classes=inputs["n_classes"],
+        train_utterances=inputs["table"].num_rows,
+    )
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    return summary
+
+
+def _finish(cfg: Stage2Config, inputs: dict, result, out: str) -> dict:
+    """Save the best encoder; evaluate the initial encoder and the best one on dev/test."""
+    import torch
+
+    from raysv.models import build_encoder
+    from raysv.models.checkpoint import encoder_spec, save_encoder
+    from raysv.training.pretrain import _evaluate
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    st = blob["state"]
+    last_encoder = {
+        k[len("encoder.") :]: v for k, v in blob["model"].items() if k.startswith("encoder.")
+    }
+    best = st["best_model"] or last_encoder
+    spec = encoder_spec(cfg.model.name, cfg.data.n_mels, cfg.model.kwargs)
+    best_path = save_encoder(os.path.join(out, "best_model.pt"), best, spec, to_dict(cfg))
+    trained = build_encoder(cfg.model.name, cfg.data.n_mels, **cfg.model.kwargs)
+    trained.load_state_dict(best)
+    models = {"best": trained}
+    if cfg.init_checkpoint:
+        from raysv.models.checkpoint import load_encoder
+
+        models["init"] = load_encoder(cfg.init_checkpoint)[0]
+    final: dict = {}
+    cache: dict = {}
+    for split in ("dev", "test"):
+        if split in inputs:
+            for name, model in models.items():
+                r = _evaluate(
+                    model, inputs, split, cfg.data.n_mels, cfg.data.eval_max_seconds, cache
+                )
+                for k, v in r.items():
+                    final[f"{name}.{split}.{k}"] = v
+    return {
+        "epochs": st["epoch"],
+        "steps": st["step"],
+        "best_dev_eer": st["best_eer"] if np.isfinite(st["best_eer"]) else None,
+        "best_epoch": st.get("best_epoch", -1),
+        "init_dev_eer": st.get("init_dev_eer"),
+        "history": st["history"],
+        "final": final,
+        "best_model": best_path,
+    }
+
+
+def speaker_label_table(manifest: str, out: str) -> str:
+    """REFERENCE ONLY: a pseudo-label-format table whose clusters are the TRUE speakers.
+
+    For the supervised reference that shows how close the label-free pipeline
+    comes; never used by the self-supervised stages. Returns the file written.
+    """
+    utts = fs.read_table(manifest, ["utt_id", "speaker"])
+    spk = utts.column("speaker").to_pylist()
+    if any(s is None for s in spk):
+        raise ConfigError(f"{manifest}: the supervised reference needs a speaker for every row")
+    names, ids = np.unique(np.asarray(spk), return_inverse=True)
+    table = pa.table(
+        {
+            "utt_id": utts.column("utt_id"),
+            "cluster": ids.astype(np.int64),
+            "distance": np.zeros(len(ids), np.float32),
+            "kept": np.ones(len(ids), bool),
+            "round": np.zeros(len(ids), np.int32),
+        }
+    )
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "speaker_labels.parquet")
+    pq.write_table(conform(table, "pseudo_labels", path), path)
+    return path

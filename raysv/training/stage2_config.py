@@ -1,0 +1,136 @@
+"""Typed configuration of Stage II training on pseudo labels (``raysv train``).
+
+One tree: data (pseudo-label table, manifest, trials), model (or an initial
+encoder checkpoint), head (AAM-softmax), gate (none / lgl / dlg / dlg-lc),
+optim, train (shared with Stage I). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from raysv.audio.augment import AugmentConfig
+from raysv.training.config import ModelSpec, OptimSpec, TrainSpec
+
+
+@dataclass
+class Stage2Data:
+    """Training rows and evaluation inputs.
+
+    Args:
+        labels: pseudo-label table (file or folder of Parquet parts, from ``raysv cluster``):
+            ``utt_id, cluster, distance, kept, round``; rows with ``kept`` false are not trained on.
+        utterances: the utterances manifest (paths and segment bounds of every ``utt_id``).
+        dev_trials / test_trials: trial lists; dev picks the best epoch, test is reported only.
+        crop_seconds: training crop (the LGL paper uses 3 s).
+        n_mels: log-mel bins; None = those of ``init_checkpoint`` (40 without one).
+        eval_max_seconds: evaluation embeds at most this much of each utterance.
+        analysis: where the manifest has speakers, report per epoch (analysis only, never
+            used for training) the reliable-label share among passed and rejected samples.
+    """
+
+    labels: str | None = None
+    utterances: str | None = None
+    dev_trials: str | None = None
+    test_trials: str | None = None
+    crop_seconds: float = 2.0
+    n_mels: int | None = None
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3))
+    eval_max_seconds: float = 10.0
+    analysis: bool = True
+
+    def __post_init__(self):
+        if self.crop_seconds < 0.1:
+            raise ValueError(f"crop_seconds must be >= 0.1, got {self.crop_seconds}")
+
+
+@dataclass
+class HeadSpec:
+    """AAM-softmax classifier head: margin m (radians) and scale s (the LGL paper: 0.2, 30)."""
+
+    margin: float = 0.2
+    scale: float = 30.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.margin < 1.0 or self.scale <= 0:
+            raise ValueError(
+                f"need 0 <= head.margin < 1 and head.scale > 0, got {self.margin}, {self.scale}"
+            )
+
+
+@dataclass
+class GateSpec:
+    """Which samples train the network (see :mod:`raysv.losses.gates`).
+
+    Args:
+        name: ``none``, ``lgl``, ``dlg`` or ``dlg-lc``.
+        tau: LGL's fixed threshold on the per-sample AAM loss (paper: 1, 3, 3, 5, 6 over rounds).
+        warmup_epochs: epochs of ordinary training before the gate closes (LGL trains normally
+            first; DLG needs one epoch of losses to fit its mixture). Must be < train.epochs.
+        tau2: LC's confidence threshold: a rejected sample whose top class posterior exceeds
+            it is trained towards that class.
+        seed: seed of the mixture fit (DLG).
+    """
+
+    name: Literal["none", "lgl", "dlg", "dlg-lc"] = "none"
+    tau: float = 3.0
+    warmup_epochs: int = 1
+    tau2: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.tau <= 0:
+            raise ValueError(f"gate.tau must be > 0, got {self.tau}")
+        if not 0.0 < self.tau2 < 1.0:
+            raise ValueError(f"gate.tau2 is a probability in (0, 1), got {self.tau2}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"gate.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.name in ("dlg", "dlg-lc") and self.warmup_epochs < 1:
+            raise ValueError(
+                "gate dlg/dlg-lc fits its threshold to the previous epoch's losses: "
+                "gate.warmup_epochs must be >= 1"
+            )
+
+
+def _stage2_optim() -> OptimSpec:
+    # The LGL paper fixes the learning rate at 0.001 in Stage II.
+    return OptimSpec(lr=1e-3, decay=1.0)
+
+
+@dataclass
+class Stage2Config:
+    """``raysv train`` configuration (YAML + ``--set key=value`` overrides).
+
+    ``init_checkpoint`` (Stage I's or the previous round's ``best_model.pt``)
+    gives the encoder and its weights; without it ``model`` is built from scratch.
+    ``head_warmup_epochs``: epochs that train only the new head (encoder learning
+    rate 0) so that a random head does not wreck a pretrained encoder.
+    The initial encoder is scored on dev first: a round keeps it if no epoch
+    beats it (model selection on dev, never on test).
+    """
+
+    out: str = "runs/train"
+    run_name: str = "train"
+    init_checkpoint: str | None = None
+    data: Stage2Data = field(default_factory=Stage2Data)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    gate: GateSpec = field(default_factory=GateSpec)
+    optim: OptimSpec = field(default_factory=_stage2_optim)
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(epochs=6, batch_size=64))
+    head_warmup_epochs: int = 1
+    tracking_uri: str | None = None
+    experiment: str = "raysv-train"
+    parent_run_id: str | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.head_warmup_epochs < self.train.epochs:
+            raise ValueError(
+                f"head_warmup_epochs ({self.head_warmup_epochs}) must be in [0, train.epochs)"
+            )
+        if self.gate.name != "none" and self.gate.warmup_epochs >= self.train.epochs:
+            raise ValueError(
+                f"gate {self.gate.name!r} with warmup_epochs={self.gate.warmup_epochs} never closes "
+                f"in train.epochs={self.train.epochs}; raise epochs or lower warmup_epochs"
+            )
