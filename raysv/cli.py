@@ -509,6 +509,11 @@ def _config_args(p: argparse.ArgumentParser, what: str, example: str) -> None:
     )
 
 
+def _flag_overrides(*pairs: tuple[str, object]) -> list[str]:
+    """``key=value`` overrides for the command-line flags that were given."""
+    return [f"{key}={val}" for key, val in pairs if val is not None]
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="pseudo-label table (file or folder) from raysv cluster")
     p.add_argument("--manifest", help="utterances manifest (Parquet)")
@@ -524,19 +529,15 @@ def _train(a: argparse.Namespace) -> dict:
     from raysv.training.stage2 import run_train
     from raysv.training.stage2_config import Stage2Config
 
-    extra = [
-        f"{key}={val}"
-        for key, val in (
-            ("data.labels", a.labels),
-            ("data.utterances", a.manifest),
-            ("init_checkpoint", a.init),
-            ("gate.name", a.gate),
-            ("data.dev_trials", a.dev_trials),
-            ("data.test_trials", a.test_trials),
-            ("out", a.out),
-        )
-        if val
-    ]
+    extra = _flag_overrides(
+        ("data.labels", a.labels),
+        ("data.utterances", a.manifest),
+        ("init_checkpoint", a.init),
+        ("gate.name", a.gate),
+        ("data.dev_trials", a.dev_trials),
+        ("data.test_trials", a.test_trials),
+        ("out", a.out),
+    )
     return run_train(load_config(Stage2Config, a.config, list(a.overrides) + extra))
 
 
@@ -585,16 +586,9 @@ def _iterate(a: argparse.Namespace) -> dict:
     from raysv.config import load_config
     from raysv.pipeline.iterate import IterateConfig, run_iterate
 
-    extra = [
-        f"{key}={val}"
-        for key, val in (
-            ("data", a.data),
-            ("init_checkpoint", a.init),
-            ("rounds", a.rounds),
-            ("out", a.out),
-        )
-        if val
-    ]
+    extra = _flag_overrides(
+        ("data", a.data), ("init_checkpoint", a.init), ("rounds", a.rounds), ("out", a.out)
+    )
     return run_iterate(load_config(IterateConfig, a.config, list(a.overrides) + extra))
 
 

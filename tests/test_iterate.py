@@ -179,3 +179,23 @@ def test_bad_iterate_input_is_reported_before_work(tiny_corpus, tmp_path, init_c
     pq.write_table(t.filter(pc.is_in(t["utt_id"], pa.array(sorted(keep)))), sub)
     with pytest.raises(ManifestError, match="nothing left to train on"):
         split_manifest(sub, only_trials, str(tmp_path / "split"))
+
+
+def test_report_has_plots_and_lands_in_mlflow(full_run, capsys):
+    out, s = full_run
+    assert main(["report", out, "--json"]) == 0
+    r = cli_json(capsys.readouterr().out)
+    assert {"metrics", "det", "scores", "cluster_sizes", "rounds"} <= set(r["plots"])
+    page = Path(r["report"]).read_text()
+    assert page.count('<img src="data:image/png;base64,') >= 5
+    assert "round 2" in page and "NMI" in page
+    for png in r["plots"].values():
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = mlflow.MlflowClient(s["mlflow"]["tracking_uri"])
+    names = {a.path for a in client.list_artifacts(s["mlflow"]["run_id"], "report")}
+    assert "report/report.html" in names and "report/det.png" in names
+
+
+def test_report_of_a_folder_without_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no summary.json" in capsys.readouterr().err

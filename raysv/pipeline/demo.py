@@ -131,25 +131,25 @@ def run_demo(cfg: DemoConfig) -> dict:
     if data is None:
         data = os.path.join(out, "corpus")
         if os.path.isfile(os.path.join(data, "meta", "synth.yaml")):
-            log.info("[1/4] corpus already generated in %s", data)
+            log.info("[1/6] corpus already generated in %s", data)
         else:
-            log.info("[1/4] generating a corpus in %s", data)
+            log.info("[1/6] generating a corpus in %s", data)
             summary["synth"] = synthesize(cfg.synth, data)
-    log.info("[2/4] importing %s", data)
+    log.info("[2/6] importing %s", data)
     manifests, ingest_summary = prepare_corpus(data, os.path.join(out, "manifests"))
     summary["ingest"] = ingest_summary
     if not manifests.trials:
         from raysv.errors import ManifestError
 
         raise ManifestError(f"{data}: no trials/dev.txt or trials/test.txt to evaluate on")
-    log.info("[3/4] embedding utterances with the log-mel statistics baseline")
+    log.info("[3/6] baseline: embedding utterances with log-mel statistics")
     summary["embed"] = embed_manifest(
         manifests.utterances,
         os.path.join(out, "embeddings", "baseline"),
         BaselineEmbedder,
         {"n_mels": cfg.n_mels},
     )
-    log.info("[4/4] scoring trials")
+    log.info("[4/6] baseline: scoring trials")
     results = {}
     for split, trials in manifests.trials.items():
         results[split] = evaluate(
@@ -229,12 +229,12 @@ def _stages(cfg: DemoConfig, data: str, out: str, tracking_uri: str) -> dict:
     stage1_out = os.path.join(out, "stage1")
     done = os.path.join(stage1_out, "summary.json")
     if os.path.isfile(done):
-        log.info("[stage I] already trained in %s", stage1_out)
+        log.info("[5/6] Stage I already trained in %s", stage1_out)
         with open(done) as f:
             s1 = json.load(f)
     else:
         log.info(
-            "[stage I] contrastive pretraining (%s, %d epochs)",
+            "[5/6] Stage I: contrastive pretraining (%s, %d epochs)",
             cfg.pretrain.loss.name,
             cfg.pretrain.train.epochs,
         )
@@ -254,7 +254,7 @@ def _stages(cfg: DemoConfig, data: str, out: str, tracking_uri: str) -> dict:
         "rejection_auc": last.get("rejection_auc"),
         "best_model": s1["best_model"],
     }
-    log.info("[stage II] %d rounds from the Stage I encoder", cfg.stage2.rounds)
+    log.info("[6/6] Stage II: %d rounds from the Stage I encoder", cfg.stage2.rounds)
     icfg = replace(
         cfg.stage2,
         out=os.path.join(out, "stage2"),

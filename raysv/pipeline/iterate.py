@@ -249,18 +249,9 @@ def _train(
 
 def _with_init(tcfg: Stage2Config, init: str, restart: str) -> Stage2Config:
     """``continue``: start from ``init``'s weights; ``scratch``: same architecture, fresh weights."""
-    if restart == "continue":
-        return replace(tcfg, init_checkpoint=init)
-    from raysv.models.checkpoint import read_checkpoint
-    from raysv.training.config import ModelSpec
+    from raysv.training.stage2 import adopt_encoder
 
-    _, spec = read_checkpoint(init)
-    return replace(
-        tcfg,
-        init_checkpoint=None,
-        model=ModelSpec(name=spec["name"], kwargs=spec["kwargs"]),
-        data=replace(tcfg.data, n_mels=spec["n_mels"]),
-    )
+    return adopt_encoder(tcfg, init, weights=restart == "continue")
 
 
 def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:

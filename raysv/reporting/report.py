@@ -207,6 +207,7 @@ def plot_rounds(it: dict, folder: str) -> str:
         )
     ax.plot(rounds, nmi, "o-", label="NMI of the round's pseudo labels")
     ax.plot(rounds, passed, "s-", label="gate pass rate (last epoch)")
+    ax.set_xticks(rounds + [rounds[-1] + 1])
     ax.set_xlabel("round (last point: clustering with the final encoder)")
     ax.set_ylim(0, 1.05)
     ax.legend()

@@ -142,6 +142,8 @@ class TrainSpec:
         num_to_keep: checkpoints kept (the best model travels inside each).
         storage_path: where Ray Train writes checkpoints (default: <out>/ray; s3://... on clusters).
         inject_failure_at_epoch: testing aid: raise once at the start of this epoch.
+        data_task_cpus: CPUs Ray reserves per featurisation task (decode, crop, augment,
+            fbank). Below 1, more tasks run at once on the CPUs the workers leave free.
     """
 
     epochs: int = 10
@@ -155,8 +157,11 @@ class TrainSpec:
     num_to_keep: int = 2
     storage_path: str | None = None
     inject_failure_at_epoch: int | None = None
+    data_task_cpus: float = 1.0
 
     def __post_init__(self):
+        if not 0 < self.data_task_cpus <= 64:
+            raise ValueError(f"data_task_cpus must be in (0, 64], got {self.data_task_cpus}")
         if self.epochs < 1 or self.num_workers < 1:
             raise ValueError(
                 f"epochs and num_workers must be >= 1, got {self.epochs}, {self.num_workers}"

@@ -267,6 +267,7 @@ def build_dataset(
     n_mels: int,
     augment: AugmentConfig | None,
     batch_rows: int = 8,
+    task_cpus: float = 1.0,
 ):
     """The per-epoch Ray Dataset over training shards written by :func:`write_shards`.
 
@@ -293,4 +294,6 @@ def build_dataset(
             featurise_pairs,
             {"crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
         )
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_rows, batch_format="numpy")  # [2]
+    return ds.map_batches(  # [2]
+        fn, fn_kwargs=kwargs, batch_size=batch_rows, batch_format="numpy", num_cpus=task_cpus
+    )

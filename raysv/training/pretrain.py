@@ -216,6 +216,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         cfg.data.crop_seconds,
         cfg.data.n_mels,
         cfg.data.augment,
+        task_cpus=cfg.train.data_task_cpus,
     )
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
@@ -267,14 +268,31 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     return summary
 
 
+def last_state(result) -> dict:
+    """The ``state.pt`` dict of a Ray Train result's last checkpoint."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+
+
+def evaluate_encoders(models: dict, inputs: dict, n_mels: int, max_seconds: float) -> dict:
+    """``{"<name>.<split>.<metric>": value}`` for each encoder on the dev/test inputs."""
+    final: dict = {}
+    cache: dict = {}
+    for split in ("dev", "test"):
+        if split in inputs:
+            for name, model in models.items():
+                for k, v in _evaluate(model, inputs, split, n_mels, max_seconds, cache).items():
+                    final[f"{name}.{split}.{k}"] = v
+    return final
+
+
 def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:
     """Load the last checkpoint, save the best model, evaluate untrained vs best encoders."""
     from raysv.training.pretrain_worker import build_modules
 
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    blob = last_state(result)
     st = blob["state"]
     best = st["best_model"] or blob["model"]
     save_encoder(
@@ -286,15 +304,12 @@ def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:
     untrained, _, _ = build_modules(cfg)
     trained, _, _ = build_modules(cfg)
     trained.load_state_dict(best)
-    final: dict = {}
-    cache: dict = {}
-    for split in ("dev", "test"):
-        if split in inputs:
-            for name, model in (("untrained", untrained), ("best", trained)):
-                for k, v in _evaluate(
-                    model, inputs, split, cfg.data.n_mels, cfg.data.eval_max_seconds, cache
-                ).items():
-                    final[f"{name}.{split}.{k}"] = v
+    final = evaluate_encoders(
+        {"untrained": untrained, "best": trained},
+        inputs,
+        cfg.data.n_mels,
+        cfg.data.eval_max_seconds,
+    )
     return {
         "epochs": st["epoch"],
         "steps": st["step"],

@@ -35,20 +35,26 @@ from raysv.training.stage2_config import Stage2Config
 log = logging.getLogger("raysv")
 
 
+def adopt_encoder(cfg: Stage2Config, checkpoint: str, weights: bool = True) -> Stage2Config:
+    """Take the encoder (name, kwargs, n_mels) of ``checkpoint``; its weights too if ``weights``
+    (``False``: the same architecture trained from scratch)."""
+    from raysv.models.checkpoint import read_checkpoint
+
+    path = os.path.abspath(checkpoint)
+    _, spec = read_checkpoint(path)
+    return replace(
+        cfg,
+        init_checkpoint=path if weights else None,
+        model=ModelSpec(name=spec["name"], kwargs=spec["kwargs"]),
+        data=replace(cfg.data, n_mels=spec["n_mels"]),
+    )
+
+
 def resolve(cfg: Stage2Config) -> Stage2Config:
     """Fill the encoder and ``n_mels`` from ``init_checkpoint`` (they must come from it)."""
     if not cfg.init_checkpoint:
         return replace(cfg, data=replace(cfg.data, n_mels=cfg.data.n_mels or 40))
-    from raysv.models.checkpoint import read_checkpoint
-
-    path = os.path.abspath(cfg.init_checkpoint)
-    _, spec = read_checkpoint(path)
-    return replace(
-        cfg,
-        init_checkpoint=path,
-        model=ModelSpec(name=spec["name"], kwargs=spec["kwargs"]),
-        data=replace(cfg.data, n_mels=spec["n_mels"]),
-    )
+    return adopt_encoder(cfg, cfg.init_checkpoint)
 
 
 def true_labels(table: pa.Table, utts: pa.Table) -> np.ndarray | None:
@@ -131,7 +137,13 @@ def run_train(cfg: Stage2Config) -> dict:
         inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
     )
     dataset = tdata.build_dataset(  # [2]
-        shards, "labelled", 1, cfg.data.crop_seconds, cfg.data.n_mels, cfg.data.augment
+        shards,
+        "labelled",
+        1,
+        cfg.data.crop_seconds,
+        cfg.data.n_mels,
+        cfg.data.augment,
+        task_cpus=cfg.train.data_task_cpus,
     )
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
@@ -194,16 +206,11 @@ def run_train(cfg: Stage2Config) -> dict:
 
 def _finish(cfg: Stage2Config, inputs: dict, result, out: str) -> dict:
     """Save the best encoder; evaluate the initial encoder and the best one on dev/test."""
-    import torch
-
     from raysv.models import build_encoder
     from raysv.models.checkpoint import encoder_spec, save_encoder
-    from raysv.training.pretrain import _evaluate
+    from raysv.training.pretrain import evaluate_encoders, last_state
 
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    blob = last_state(result)
     st = blob["state"]
     last_encoder = {
         k[len("encoder.") :]: v for k, v in blob["model"].items() if k.startswith("encoder.")
@@ -218,16 +225,7 @@ def _finish(cfg: Stage2Config, inputs: dict, result, out: str) -> dict:
         from raysv.models.checkpoint import load_encoder
 
         models["init"] = load_encoder(cfg.init_checkpoint)[0]
-    final: dict = {}
-    cache: dict = {}
-    for split in ("dev", "test"):
-        if split in inputs:
-            for name, model in models.items():
-                r = _evaluate(
-                    model, inputs, split, cfg.data.n_mels, cfg.data.eval_max_seconds, cache
-                )
-                for k, v in r.items():
-                    final[f"{name}.{split}.{k}"] = v
+    final = evaluate_encoders(models, inputs, cfg.data.n_mels, cfg.data.eval_max_seconds)
     return {
         "epochs": st["epoch"],
         "steps": st["step"],
