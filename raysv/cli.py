@@ -319,8 +319,19 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embeddings", required=True, help="embeddings Parquet file or folder of shards"
     )
-    p.add_argument("--out", required=True, help="folder for the pseudo-label table (Parquet parts)")
-    p.add_argument("--k", type=int, required=True, help="number of clusters")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for the pseudo-label table (Parquet parts), or for the elbow table and plot",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--k", type=int, help="number of clusters")
+    which.add_argument(
+        "--elbow",
+        type=_int_list,
+        metavar="K1,K2,...",
+        help="instead of clustering: the objective for each k (table, plot, suggested k)",
+    )
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
@@ -346,13 +357,44 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         help="iterate on a sample of this many points per centroid (faiss's default); all points get a final assignment",
     )
     p.add_argument(
+        "--init",
+        choices=["random", "kmeans++"],
+        help="initial centroids: random sample (faiss's) or k-means++ on a sample "
+        "(default: random; kmeans++ with --elbow)",
+    )
+    p.add_argument(
         "--manifest",
         help="utterances manifest with speakers: NMI/ARI before/after purification (analysis only)",
     )
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        ks = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 20,40,80; got {text!r}"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
+    return ks
+
+
 def _cluster(a: argparse.Namespace) -> dict:
-    from raysv.clustering.driver import cluster
+    from raysv.clustering.driver import cluster, elbow
+
+    if a.elbow:
+        return elbow(
+            a.embeddings,
+            a.out,
+            a.elbow,
+            a.iterations,
+            a.seed,
+            a.spherical,
+            a.shards,
+            a.max_points_per_centroid,
+            init=a.init or "kmeans++",
+        )
 
     return cluster(
         a.embeddings,
@@ -367,10 +409,24 @@ def _cluster(a: argparse.Namespace) -> dict:
         a.round,
         a.manifest,
         a.max_points_per_centroid,
+        init=a.init or "random",
     )
 
 
 def _cluster_human(s: dict) -> str:
+    if "elbow" in s:
+        lines = [f"{'k':>8}  {'objective':>14}  {'per point':>10}  {'seconds':>8}"]
+        lines += [
+            f"{r['k']:>8}  {r['objective']:>14.6g}  {r['objective_per_point']:>10.4g}  {r['seconds']:>8}"
+            for r in s["elbow"]
+        ]
+        lines.append(
+            f"suggested k: {s['suggested_k']} ({s['rule']})"
+            if s["suggested_k"] is not None
+            else "suggested k: none (needs at least 3 values of k and a bend in the curve)"
+        )
+        lines.append(f"table and plot: {s['files']['csv']}, {s['files']['png']}")
+        return "\n".join(lines)
     cs = s["cluster_sizes"]
     lines = [
         f"k-means: {s['embeddings']} embeddings, k={s['k']}, {s['iterations']} iterations, objective {s['objective']:.6g}, {s['seconds']}s",

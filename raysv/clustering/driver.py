@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from raysv.clustering import kmeans
-from raysv.clustering.sharded import EmbeddingShard, sharded_kmeans, split_files
+from raysv.clustering.sharded import EmbeddingShard, elbow_table, sharded_kmeans, split_files
 from raysv.data import fs
 from raysv.errors import ManifestError
 
@@ -54,19 +54,32 @@ def cluster(
     round_: int = 1,
     manifest: str | None = None,
     max_points_per_centroid: int = 256,
+    init: str = "random",
+    init_points_per_centroid: int = 8,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
     Returns a summary: objective, iterations, wall time, cluster-size statistics,
     kept share, and (if ``manifest`` has speakers: analysis only) NMI/ARI/reliable
-    share before and after purification.
+    share before and after purification. ``init``: ``"random"`` (faiss's) or
+    ``"kmeans++"`` (D^2 seeding on a sample of ``init_points_per_centroid * k``
+    training points, gathered from the shards).
     """
     import ray
 
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
     actors = start_shards(embedding_files(embeddings), shards, normalise=spherical)
-    res = sharded_kmeans(actors, k, iterations, seed, spherical, max_points_per_centroid)
+    res = sharded_kmeans(
+        actors,
+        k,
+        iterations,
+        seed,
+        spherical,
+        max_points_per_centroid,
+        init=init,
+        init_points_per_centroid=init_points_per_centroid,
+    )
     cref = ray.put(res.centroids)
     dists = ray.get([a.final_assign.remote(cref) for a in actors])
     labels = ray.get([a.raw_labels.remote() for a in actors])
@@ -91,6 +104,7 @@ def cluster(
         "out": out,
         "embeddings": int(sum(written)),
         "k": k,
+        "init": init,
         "iterations": res.iterations,
         "objective": res.objective,
         "objective_all_points": float(all_dist.astype(np.float64).sum()),
@@ -112,6 +126,72 @@ def cluster(
     np.save(os.path.join(out, "_centroids.npy"), res.centroids)
     with open(os.path.join(out, "_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    return summary
+
+
+ELBOW_RULE = (
+    "k farthest below the chord joining the first and last points, "
+    "with log(k) and the objective each scaled to [0, 1]"
+)
+
+
+def elbow(
+    embeddings: str,
+    out: str,
+    ks: list[int],
+    iterations: int = 20,
+    seed: int = 1,
+    spherical: bool = False,
+    shards: int = 2,
+    max_points_per_centroid: int = 256,
+    init: str = "kmeans++",
+) -> dict:
+    """The objective over a range of k, to choose k by the elbow (the LGL paper's rule).
+
+    The shards are read once and reused for every k. Writes ``_elbow.csv``,
+    ``_elbow.json`` and ``_elbow.png`` under ``out``. Returns ``{"elbow": rows,
+    "suggested_k": k or None, "rule": ..., "files": {...}}``; rows as in
+    :func:`raysv.clustering.sharded.elbow_table`. k-means++ init by default, so
+    that one unlucky random init does not put a kink in the curve.
+    """
+    import ray
+
+    from raysv.clustering import plots
+
+    t0 = time.monotonic()
+    os.makedirs(out, exist_ok=True)
+    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical)
+    try:
+        rows = elbow_table(
+            actors, ks, iterations, seed, spherical, max_points_per_centroid, init=init
+        )
+    finally:
+        for a in actors:
+            ray.kill(a)
+    suggested = kmeans.suggest_k([r["k"] for r in rows], [r["objective"] for r in rows])
+    files = {
+        "csv": os.path.join(out, "_elbow.csv"),
+        "json": os.path.join(out, "_elbow.json"),
+        "png": os.path.join(out, "_elbow.png"),
+    }
+    with open(files["csv"], "w") as f:
+        cols = list(rows[0])
+        f.write(",".join(cols) + "\n")
+        f.writelines(",".join(str(r[c]) for c in cols) + "\n" for r in rows)
+    summary = {
+        "out": out,
+        "embeddings": embeddings,
+        "init": init,
+        "iterations": iterations,
+        "elbow": rows,
+        "suggested_k": suggested,
+        "rule": ELBOW_RULE,
+        "seconds": round(time.monotonic() - t0, 2),
+        "files": files,
+    }
+    with open(files["json"], "w") as f:
+        json.dump(summary, f, indent=1)
+    plots.elbow(rows, suggested, files["png"])
     return summary
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raysv.clustering import kmeans
+from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
 
@@ -68,6 +69,10 @@ class EmbeddingShard:
         sums, counts = kmeans.partial_stats(self.train, lab, centroids.shape[0])
         return sums, counts, float(dist.astype(np.float64).sum())
 
+    def objective(self, centroids: np.ndarray) -> float:
+        """Sum of squared L2 distances of all this shard's rows to their nearest centroid."""
+        return float(kmeans.assign(self.x, centroids)[1].astype(np.float64).sum())
+
     def final_assign(self, centroids: np.ndarray) -> np.ndarray:
         """[3] Assign and keep labels/distances; return the distances (n,) for purification."""
         self.labels, self.dist = kmeans.assign(self.x, centroids)
@@ -115,6 +120,56 @@ def split_files(files: list[str], shards: int) -> list[list[str]]:
     return [files[i::shards] for i in range(shards)]
 
 
+INITS = ("random", "kmeans++")
+
+
+def _gather_sample(
+    actors: list, sizes: list[int], m: int, rng: np.random.Generator, seed: int
+) -> np.ndarray:
+    """``(m, d)`` training points sampled across shards in proportion to their sizes."""
+    import ray
+
+    n = int(sum(sizes))
+    per = np.bincount(
+        rng.choice(len(actors), size=m, p=np.asarray(sizes) / n), minlength=len(actors)
+    )
+    parts = ray.get(
+        [
+            a.sample.remote(int(c), seed + i)
+            for i, (a, c) in enumerate(zip(actors, per, strict=True))
+            if c > 0
+        ]
+    )
+    return np.concatenate(parts).astype(np.float32)
+
+
+def init_centroids(
+    actors: list,
+    sizes: list[int],
+    k: int,
+    seed: int,
+    rng: np.random.Generator,
+    init: str = "random",
+    init_points_per_centroid: int = 8,
+) -> np.ndarray:
+    """Seeded initial centroids ``(k, d) float32`` from a sample gathered from the shards.
+
+    ``random``: k training points sampled across shards (faiss's init).
+    ``kmeans++``: D^2 seeding on a sample of ``init_points_per_centroid * k``
+    training points (all of them if fewer); the driver holds only that sample.
+    """
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}; got {init!r}")
+    if init == "random":
+        return _gather_sample(actors, sizes, k, rng, seed)
+    if init_points_per_centroid < 1:
+        raise ConfigError(f"init_points_per_centroid must be >= 1, got {init_points_per_centroid}")
+    m = min(int(sum(sizes)), k * init_points_per_centroid)
+    sample = _gather_sample(actors, sizes, m, rng, seed)
+    log.info("k-means++ init from a sample of %d points", m)
+    return kmeans.kmeans_plus_plus(sample, k, rng)
+
+
 def sharded_kmeans(
     actors: list,
     k: int,
@@ -122,17 +177,22 @@ def sharded_kmeans(
     seed: int,
     spherical: bool,
     max_points_per_centroid: int = 256,
+    init: str = "random",
+    init_points_per_centroid: int = 8,
 ) -> KMeansResult:
-    """Lloyd iterations over actor-held shards; init from a seeded random sample.
+    """Lloyd iterations over actor-held shards; seeded init from a sample (see :func:`init_centroids`).
 
     Per iteration the driver receives k x d sums and k counts per actor. The
     objective is the sum of squared L2 distances to the nearest centroid
     (faiss's definition) over the training points, from that iteration's
     assignment. As faiss does, at most ``max_points_per_centroid * k`` points
-    (a seeded sample) are iterated on.
+    (a seeded sample) are iterated on. The actors can be reused for another
+    call (another k): each call picks its own training sample.
     """
     import ray
 
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}; got {init!r}")
     t0 = time.monotonic()
     sizes = ray.get([a.count.remote() for a in actors])
     n = int(sum(sizes))
@@ -147,26 +207,18 @@ def sharded_kmeans(
             n,
             max_points_per_centroid,
         )
-        sizes = ray.get(
-            [
-                a.subsample.remote(int(round(budget * m / n)), seed + 1000 + i)
-                for i, (a, m) in enumerate(zip(actors, sizes, strict=True))
-            ]
-        )
-    n = int(sum(sizes))
-    rng = np.random.default_rng(seed)
-    # Seeded random init: k points sampled across shards in proportion to their size.
-    per = np.bincount(
-        rng.choice(len(actors), size=k, p=np.asarray(sizes) / n), minlength=len(actors)
-    )
-    parts = ray.get(
+        targets = [int(round(budget * m / n)) for m in sizes]
+    else:
+        targets = list(sizes)  # all rows (resets a sample left by an earlier call)
+    sizes = ray.get(
         [
-            a.sample.remote(int(m), seed + i)
-            for i, (a, m) in enumerate(zip(actors, per, strict=True))
-            if m > 0
+            a.subsample.remote(t, seed + 1000 + i)
+            for i, (a, t) in enumerate(zip(actors, targets, strict=True))
         ]
     )
-    cent = np.concatenate(parts).astype(np.float32)
+    n = int(sum(sizes))
+    rng = np.random.default_rng(seed)
+    cent = init_centroids(actors, sizes, k, seed, rng, init, init_points_per_centroid)
     if spherical:
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     history = []
@@ -206,3 +258,45 @@ def sharded_kmeans(
         seconds=time.monotonic() - t0,
         history=history,
     )
+
+
+def elbow_table(
+    actors: list,
+    ks: list[int],
+    iterations: int,
+    seed: int,
+    spherical: bool,
+    max_points_per_centroid: int = 256,
+    init: str = "kmeans++",
+) -> list[dict]:
+    """Objective over a range of k, on the same actors (the shards are read once).
+
+    Each k gets its own seeded k-means; its ``objective`` is then measured over
+    *all* embeddings (the training sample differs with k, so the training
+    objective would not compare). Returns one dict per k, ascending:
+    ``k, objective, objective_per_point, train_objective, iterations, seconds``.
+    """
+    import ray
+
+    if not ks:
+        raise ConfigError("the elbow needs at least one value of k")
+    n = int(sum(ray.get([a.count.remote() for a in actors])))
+    rows = []
+    for k in sorted(set(ks)):
+        res = sharded_kmeans(
+            actors, k, iterations, seed, spherical, max_points_per_centroid, init=init
+        )
+        cref = ray.put(res.centroids)
+        obj = float(sum(ray.get([a.objective.remote(cref) for a in actors])))
+        rows.append(
+            {
+                "k": k,
+                "objective": obj,
+                "objective_per_point": obj / n,
+                "train_objective": res.objective,
+                "iterations": res.iterations,
+                "seconds": round(res.seconds, 3),
+            }
+        )
+        log.info("elbow: k=%d objective %.6g (%.4g per point)", k, obj, obj / n)
+    return rows
