@@ -366,6 +366,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         "--manifest",
         help="utterances manifest with speakers: NMI/ARI before/after purification (analysis only)",
     )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the parent of --out)",
+    )
+    p.add_argument("--experiment", default="raysv-cluster", help="MLflow experiment name")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
 def _int_list(text: str) -> list[int]:
@@ -381,10 +387,10 @@ def _int_list(text: str) -> list[int]:
 
 
 def _cluster(a: argparse.Namespace) -> dict:
-    from raysv.clustering.driver import cluster, elbow
+    from raysv.clustering.driver import cluster, elbow, log_to_mlflow
 
     if a.elbow:
-        return elbow(
+        summary = elbow(
             a.embeddings,
             a.out,
             a.elbow,
@@ -395,22 +401,35 @@ def _cluster(a: argparse.Namespace) -> dict:
             a.max_points_per_centroid,
             init=a.init or "kmeans++",
         )
+    else:
+        summary = cluster(
+            a.embeddings,
+            a.out,
+            a.k,
+            a.iterations,
+            a.seed,
+            a.spherical,
+            a.shards,
+            a.drop_fraction,
+            a.min_cluster_size,
+            a.round,
+            a.manifest,
+            a.max_points_per_centroid,
+            init=a.init or "random",
+            plots=True,
+        )
+    if not a.no_tracking:
+        from raysv.tracking.mlflow_tracking import default_tracking_uri
 
-    return cluster(
-        a.embeddings,
-        a.out,
-        a.k,
-        a.iterations,
-        a.seed,
-        a.spherical,
-        a.shards,
-        a.drop_fraction,
-        a.min_cluster_size,
-        a.round,
-        a.manifest,
-        a.max_points_per_centroid,
-        init=a.init or "random",
-    )
+        uri = a.tracking_uri or default_tracking_uri(os.path.dirname(os.path.abspath(a.out)))
+        skip = {"json", "verbose", "quiet", "command", "tracking_uri", "experiment", "no_tracking"}
+        params = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
+        name = "elbow" if a.elbow else f"cluster-k{a.k}"
+        summary["mlflow"] = {
+            "tracking_uri": uri,
+            "run_id": log_to_mlflow(summary, uri, a.experiment, name, params),
+        }
+    return summary
 
 
 def _cluster_human(s: dict) -> str:
@@ -426,7 +445,7 @@ def _cluster_human(s: dict) -> str:
             else "suggested k: none (needs at least 3 values of k and a bend in the curve)"
         )
         lines.append(f"table and plot: {s['files']['csv']}, {s['files']['png']}")
-        return "\n".join(lines)
+        return "\n".join(lines + _mlflow_line(s))
     cs = s["cluster_sizes"]
     lines = [
         f"k-means: {s['embeddings']} embeddings, k={s['k']}, {s['iterations']} iterations, objective {s['objective']:.6g}, {s['seconds']}s",
@@ -438,7 +457,12 @@ def _cluster_human(s: dict) -> str:
             lines.append(
                 f"{part}: NMI {r['nmi']:.3f}  ARI {r['ari']:.3f}  reliable {100 * r['reliable_share']:.1f}%"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + _mlflow_line(s))
+
+
+def _mlflow_line(s: dict) -> list[str]:
+    m = s.get("mlflow")
+    return [f"MLflow: {m['tracking_uri']} run {m['run_id']}"] if m else []
 
 
 # ---------------------------------------------------------------- demo

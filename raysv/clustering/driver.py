@@ -56,6 +56,7 @@ def cluster(
     max_points_per_centroid: int = 256,
     init: str = "random",
     init_points_per_centroid: int = 8,
+    plots: bool = False,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
@@ -63,7 +64,9 @@ def cluster(
     kept share, and (if ``manifest`` has speakers: analysis only) NMI/ARI/reliable
     share before and after purification. ``init``: ``"random"`` (faiss's) or
     ``"kmeans++"`` (D^2 seeding on a sample of ``init_points_per_centroid * k``
-    training points, gathered from the shards).
+    training points, gathered from the shards). ``plots``: also write
+    ``_sizes.png`` (cluster-size histogram) and ``_objective.png`` (objective
+    per iteration) under ``out``.
     """
     import ray
 
@@ -124,9 +127,73 @@ def cluster(
         summary["analysis"] = _analysis(out, manifest)
     # Files starting with "_" are skipped when the folder is read as a Parquet dataset.
     np.save(os.path.join(out, "_centroids.npy"), res.centroids)
+    if plots:
+        from raysv.clustering import plots as plot
+
+        summary["plots"] = {
+            "sizes": plot.cluster_sizes(sizes, os.path.join(out, "_sizes.png")),
+            "objective": plot.objective_per_iteration(
+                res.history, os.path.join(out, "_objective.png")
+            ),
+        }
     with open(os.path.join(out, "_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def log_to_mlflow(
+    summary: dict, tracking_uri: str, experiment: str, run_name: str, params: dict
+) -> str:
+    """Log a :func:`cluster` or :func:`elbow` summary to a new MLflow run; returns its id.
+
+    ``cluster``: summary metrics (objective, iterations, seconds, cluster-size
+    statistics, kept share, NMI/ARI/reliable share where analysed), the
+    per-iteration objective, imbalance and re-seeded count as metrics with
+    step = iteration, and the plots and ``_summary.json`` as artifacts.
+    ``elbow``: the objective with step = k, the suggested k, table and plot.
+    """
+    from raysv.tracking import mlflow_tracking as tracking
+
+    with tracking.run(tracking_uri, experiment, run_name, params=params) as run_id:
+        if "elbow" in summary:
+            tracking.log_history(summary["elbow"], "k", ["objective", "objective_per_point"])
+            if summary["suggested_k"] is not None:
+                tracking.log_metrics({"suggested_k": summary["suggested_k"]})
+            for path in summary["files"].values():
+                tracking.log_artifact(path)
+            return run_id
+        tracking.log_metrics(
+            {
+                k: summary[k]
+                for k in (
+                    "embeddings",
+                    "objective",
+                    "objective_all_points",
+                    "iterations",
+                    "seconds",
+                    "kmeans_seconds",
+                    "kept_share",
+                    "clusters_after_purification",
+                    "cluster_sizes",
+                )
+            }
+        )
+        tracking.log_history(
+            summary["history"],
+            "iteration",
+            ["objective", "imbalance", "empty_reseeded"],
+            prefix="iteration.",
+        )
+        for part, r in summary.get("analysis", {}).items():
+            if isinstance(r, dict):
+                tracking.log_metrics(
+                    {k: r[k] for k in ("nmi", "ari", "reliable_share") if k in r},
+                    prefix=f"analysis.{part}.",
+                )
+        for path in summary.get("plots", {}).values():
+            tracking.log_artifact(path)
+        tracking.log_artifact(os.path.join(summary["out"], "_summary.json"))
+    return run_id
 
 
 ELBOW_RULE = (

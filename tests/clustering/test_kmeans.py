@@ -132,9 +132,13 @@ def test_purify_drops_far_points_then_small_clusters():
         kmeans.purify(clusters, dist, 1.0, 1)
 
 
-def test_cli_embed_with_checkpoint_then_cluster(tiny_corpus, tmp_path, ray_local, capsys):
+def test_cli_embed_with_checkpoint_then_cluster(
+    tiny_corpus, tmp_path, ray_local, capsys, monkeypatch
+):
     """A Stage I checkpoint embeds a manifest on Ray Data; the CLI clusters it with analysis."""
     import json
+
+    monkeypatch.chdir(tmp_path)  # MLflow's SQLite store keeps artifacts under ./mlruns
 
     import torch
 
@@ -276,8 +280,10 @@ def test_suggest_k_picks_the_bend_of_the_curve():
         kmeans.suggest_k([1, 2, 3], [1.0, 2.0])
 
 
-def test_cli_elbow_finds_the_true_k_on_blobs(tmp_path, ray_local, capsys):
+def test_cli_elbow_finds_the_true_k_on_blobs(tmp_path, ray_local, capsys, monkeypatch):
     import json
+
+    monkeypatch.chdir(tmp_path)  # MLflow's SQLite store keeps artifacts under ./mlruns
 
     from raysv.cli import main
 
@@ -298,7 +304,18 @@ def test_cli_elbow_finds_the_true_k_on_blobs(tmp_path, ray_local, capsys):
         assert os.path.getsize(tmp_path / "el" / name) > 0
     assert (tmp_path / "el" / "_elbow.csv").read_text().splitlines()[0].startswith("k,objective")
     assert (
-        main(["cluster", "--embeddings", emb, "--out", str(tmp_path / "h"), "--elbow", "4,8,12,16"])
+        main(
+            [
+                "cluster",
+                "--embeddings",
+                emb,
+                "--out",
+                str(tmp_path / "h"),
+                "--elbow",
+                "4,8,12,16",
+                "--no-tracking",
+            ]
+        )
         == 0
     )
     assert "suggested k: 12" in capsys.readouterr().out
