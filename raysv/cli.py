@@ -569,7 +569,7 @@ def _pretrain_human(s: dict) -> str:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "name",
-        choices=["featurize", "synth", "pretrain", "stream", "cluster"],
+        choices=["featurize", "synth", "pretrain", "stream", "cluster", "embed"],
         help="benchmark to run",
     )
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")
