@@ -56,6 +56,7 @@ def elbow(rows: list[dict], suggested: int | None, path: str) -> str:
         ax.axvline(suggested, color="tab:red", linestyle="--", label=f"suggested k = {suggested}")
         ax.legend()
     ax.set_xscale("log")
+    ax.minorticks_off()  # log-axis minor labels would overlap the tried k values
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("k (clusters)")
     ax.set_ylabel("objective over all embeddings")
