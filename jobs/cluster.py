@@ -3,7 +3,11 @@
     ray job submit --working-dir . -- python jobs/cluster.py --embeddings /mnt/emb --k 6000 \\
         --iterations 20 --seed 1 --spherical --shards 16 --drop-fraction 0.1 --min-cluster-size 5 --out /mnt/labels/r1
 
-Arguments are those of `raysv cluster`.
+    # choose k first: objective over a range of k (table, plot, suggested k)
+    ray job submit --working-dir . -- python jobs/cluster.py --embeddings /mnt/emb --spherical \\
+        --elbow 1000,2000,4000,8000,16000 --shards 16 --out /mnt/labels/elbow
+
+Arguments are those of `raysv cluster` (``--init kmeans++``, ``--tracking-uri``, ...).
 """
 
 import sys

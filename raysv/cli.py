@@ -319,8 +319,19 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embeddings", required=True, help="embeddings Parquet file or folder of shards"
     )
-    p.add_argument("--out", required=True, help="folder for the pseudo-label table (Parquet parts)")
-    p.add_argument("--k", type=int, required=True, help="number of clusters")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for the pseudo-label table (Parquet parts), or for the elbow table and plot",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--k", type=int, help="number of clusters")
+    which.add_argument(
+        "--elbow",
+        type=_int_list,
+        metavar="K1,K2,...",
+        help="instead of clustering: the objective for each k (table, plot, suggested k)",
+    )
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
@@ -346,31 +357,95 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         help="iterate on a sample of this many points per centroid (faiss's default); all points get a final assignment",
     )
     p.add_argument(
+        "--init",
+        choices=["random", "kmeans++"],
+        help="initial centroids: random sample (faiss's) or k-means++ on a sample "
+        "(default: random; kmeans++ with --elbow)",
+    )
+    p.add_argument(
         "--manifest",
         help="utterances manifest with speakers: NMI/ARI before/after purification (analysis only)",
     )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the parent of --out)",
+    )
+    p.add_argument("--experiment", default="raysv-cluster", help="MLflow experiment name")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        ks = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 20,40,80; got {text!r}"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
+    return ks
 
 
 def _cluster(a: argparse.Namespace) -> dict:
-    from raysv.clustering.driver import cluster
+    from raysv.clustering.driver import cluster, elbow, log_to_mlflow
 
-    return cluster(
-        a.embeddings,
-        a.out,
-        a.k,
-        a.iterations,
-        a.seed,
-        a.spherical,
-        a.shards,
-        a.drop_fraction,
-        a.min_cluster_size,
-        a.round,
-        a.manifest,
-        a.max_points_per_centroid,
-    )
+    if a.elbow:
+        summary = elbow(
+            a.embeddings,
+            a.out,
+            a.elbow,
+            a.iterations,
+            a.seed,
+            a.spherical,
+            a.shards,
+            a.max_points_per_centroid,
+            init=a.init or "kmeans++",
+        )
+    else:
+        summary = cluster(
+            a.embeddings,
+            a.out,
+            a.k,
+            a.iterations,
+            a.seed,
+            a.spherical,
+            a.shards,
+            a.drop_fraction,
+            a.min_cluster_size,
+            a.round,
+            a.manifest,
+            a.max_points_per_centroid,
+            init=a.init or "random",
+            plots=True,
+        )
+    if not a.no_tracking:
+        from raysv.tracking.mlflow_tracking import default_tracking_uri
+
+        uri = a.tracking_uri or default_tracking_uri(os.path.dirname(os.path.abspath(a.out)))
+        skip = {"json", "verbose", "quiet", "command", "tracking_uri", "experiment", "no_tracking"}
+        params = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
+        name = "elbow" if a.elbow else f"cluster-k{a.k}"
+        summary["mlflow"] = {
+            "tracking_uri": uri,
+            "run_id": log_to_mlflow(summary, uri, a.experiment, name, params),
+        }
+    return summary
 
 
 def _cluster_human(s: dict) -> str:
+    if "elbow" in s:
+        lines = [f"{'k':>8}  {'objective':>14}  {'per point':>10}  {'seconds':>8}"]
+        lines += [
+            f"{r['k']:>8}  {r['objective']:>14.6g}  {r['objective_per_point']:>10.4g}  {r['seconds']:>8}"
+            for r in s["elbow"]
+        ]
+        lines.append(
+            f"suggested k: {s['suggested_k']} ({s['rule']})"
+            if s["suggested_k"] is not None
+            else "suggested k: none (needs at least 3 values of k and a bend in the curve)"
+        )
+        lines.append(f"table and plot: {s['files']['csv']}, {s['files']['png']}")
+        return "\n".join(lines + _mlflow_line(s))
     cs = s["cluster_sizes"]
     lines = [
         f"k-means: {s['embeddings']} embeddings, k={s['k']}, {s['iterations']} iterations, objective {s['objective']:.6g}, {s['seconds']}s",
@@ -382,7 +457,12 @@ def _cluster_human(s: dict) -> str:
             lines.append(
                 f"{part}: NMI {r['nmi']:.3f}  ARI {r['ari']:.3f}  reliable {100 * r['reliable_share']:.1f}%"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + _mlflow_line(s))
+
+
+def _mlflow_line(s: dict) -> list[str]:
+    m = s.get("mlflow")
+    return [f"MLflow: {m['tracking_uri']} run {m['run_id']}"] if m else []
 
 
 # ---------------------------------------------------------------- demo
@@ -653,7 +733,7 @@ def _report_human(s: dict) -> str:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "name",
-        choices=["featurize", "synth", "pretrain", "stream", "cluster"],
+        choices=["featurize", "synth", "pretrain", "stream", "cluster", "embed"],
         help="benchmark to run",
     )
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")

@@ -1,7 +1,10 @@
 import json
 import os
 
+import pytest
+
 from raysv.cli import main
+from tests.conftest import cli_json
 
 
 def test_featurize_benchmark_quick(tmp_path, capsys):
@@ -16,3 +19,14 @@ def test_featurize_benchmark_quick(tmp_path, capsys):
     with open(os.path.join(tmp_path, "featurize_quick.json")) as f:
         saved = json.load(f)
     assert saved["utterances"] == s["utterances"] == 8
+
+
+@pytest.mark.slow
+def test_embed_benchmark_quick(tmp_path, capsys):
+    """raysv embed vs a bare loop on the same checkpoint and utterances: same rows, same vectors."""
+    assert main(["bench", "embed", "--quick", "--out", str(tmp_path), "--json"]) == 0
+    s = cli_json(capsys.readouterr().out)
+    assert s["utterances"] == 32 and s["rows_match"]
+    assert s["max_abs_embedding_diff"] < 1e-4
+    assert s["raysv_embed_utts_per_s"] > 0 and s["ratio_raysv_over_bare"] > 0
+    assert os.path.isfile(os.path.join(tmp_path, "embed_quick.json"))

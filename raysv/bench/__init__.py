@@ -10,7 +10,7 @@ import time
 
 
 def run(name: str, out_dir: str, quick: bool = False) -> dict:
-    from raysv.bench import cluster, featurize, pretrain, stream, synth
+    from raysv.bench import cluster, embed, featurize, pretrain, stream, synth
 
     fn = {
         "featurize": featurize.run,
@@ -18,6 +18,7 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         "pretrain": pretrain.run,
         "stream": stream.run,
         "cluster": cluster.run,
+        "embed": embed.run,
     }[name]
     result = fn(quick=quick)
     result["machine"] = {

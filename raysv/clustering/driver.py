@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from raysv.clustering import kmeans
-from raysv.clustering.sharded import EmbeddingShard, sharded_kmeans, split_files
+from raysv.clustering.sharded import EmbeddingShard, elbow_table, sharded_kmeans, split_files
 from raysv.data import fs
 from raysv.errors import ManifestError
 
@@ -54,19 +54,35 @@ def cluster(
     round_: int = 1,
     manifest: str | None = None,
     max_points_per_centroid: int = 256,
+    init: str = "random",
+    init_points_per_centroid: int = 8,
+    plots: bool = False,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
     Returns a summary: objective, iterations, wall time, cluster-size statistics,
     kept share, and (if ``manifest`` has speakers: analysis only) NMI/ARI/reliable
-    share before and after purification.
+    share before and after purification. ``init``: ``"random"`` (faiss's) or
+    ``"kmeans++"`` (D^2 seeding on a sample of ``init_points_per_centroid * k``
+    training points, gathered from the shards). ``plots``: also write
+    ``_sizes.png`` (cluster-size histogram) and ``_objective.png`` (objective
+    per iteration) under ``out``.
     """
     import ray
 
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
     actors = start_shards(embedding_files(embeddings), shards, normalise=spherical)
-    res = sharded_kmeans(actors, k, iterations, seed, spherical, max_points_per_centroid)
+    res = sharded_kmeans(
+        actors,
+        k,
+        iterations,
+        seed,
+        spherical,
+        max_points_per_centroid,
+        init=init,
+        init_points_per_centroid=init_points_per_centroid,
+    )
     cref = ray.put(res.centroids)
     dists = ray.get([a.final_assign.remote(cref) for a in actors])
     labels = ray.get([a.raw_labels.remote() for a in actors])
@@ -91,11 +107,13 @@ def cluster(
         "out": out,
         "embeddings": int(sum(written)),
         "k": k,
+        "init": init,
         "iterations": res.iterations,
         "objective": res.objective,
         "objective_all_points": float(all_dist.astype(np.float64).sum()),
         "seconds": round(time.monotonic() - t0, 2),
         "kmeans_seconds": round(res.seconds, 2),
+        "shard_load_seconds": round(res.load_seconds, 2),
         "cluster_sizes": {
             "min": int(sizes.min()),
             "median": float(np.median(sizes)),
@@ -110,8 +128,138 @@ def cluster(
         summary["analysis"] = _analysis(out, manifest)
     # Files starting with "_" are skipped when the folder is read as a Parquet dataset.
     np.save(os.path.join(out, "_centroids.npy"), res.centroids)
+    if plots:
+        from raysv.clustering import plots as plot
+
+        summary["plots"] = {
+            "sizes": plot.cluster_sizes(sizes, os.path.join(out, "_sizes.png")),
+            "objective": plot.objective_per_iteration(
+                res.history, os.path.join(out, "_objective.png")
+            ),
+        }
     with open(os.path.join(out, "_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    return summary
+
+
+def log_to_mlflow(
+    summary: dict, tracking_uri: str, experiment: str, run_name: str, params: dict
+) -> str:
+    """Log a :func:`cluster` or :func:`elbow` summary to a new MLflow run; returns its id.
+
+    ``cluster``: summary metrics (objective, iterations, seconds, cluster-size
+    statistics, kept share, NMI/ARI/reliable share where analysed), the
+    per-iteration objective, imbalance and re-seeded count as metrics with
+    step = iteration, and the plots and ``_summary.json`` as artifacts.
+    ``elbow``: the objective with step = k, the suggested k, table and plot.
+    """
+    from raysv.tracking import mlflow_tracking as tracking
+
+    with tracking.run(tracking_uri, experiment, run_name, params=params) as run_id:
+        if "elbow" in summary:
+            tracking.log_history(summary["elbow"], "k", ["objective", "objective_per_point"])
+            if summary["suggested_k"] is not None:
+                tracking.log_metrics({"suggested_k": summary["suggested_k"]})
+            for path in summary["files"].values():
+                tracking.log_artifact(path)
+            return run_id
+        tracking.log_metrics(
+            {
+                k: summary[k]
+                for k in (
+                    "embeddings",
+                    "objective",
+                    "objective_all_points",
+                    "iterations",
+                    "seconds",
+                    "kmeans_seconds",
+                    "kept_share",
+                    "clusters_after_purification",
+                    "cluster_sizes",
+                )
+            }
+        )
+        tracking.log_history(
+            summary["history"],
+            "iteration",
+            ["objective", "imbalance", "empty_reseeded"],
+            prefix="iteration.",
+        )
+        for part, r in summary.get("analysis", {}).items():
+            if isinstance(r, dict):
+                tracking.log_metrics(
+                    {k: r[k] for k in ("nmi", "ari", "reliable_share") if k in r},
+                    prefix=f"analysis.{part}.",
+                )
+        for path in summary.get("plots", {}).values():
+            tracking.log_artifact(path)
+        tracking.log_artifact(os.path.join(summary["out"], "_summary.json"))
+    return run_id
+
+
+ELBOW_RULE = (
+    "k farthest below the chord joining the first and last points, "
+    "with log(k) and the objective each scaled to [0, 1]"
+)
+
+
+def elbow(
+    embeddings: str,
+    out: str,
+    ks: list[int],
+    iterations: int = 20,
+    seed: int = 1,
+    spherical: bool = False,
+    shards: int = 2,
+    max_points_per_centroid: int = 256,
+    init: str = "kmeans++",
+) -> dict:
+    """The objective over a range of k, to choose k by the elbow (the LGL paper's rule).
+
+    The shards are read once and reused for every k. Writes ``_elbow.csv``,
+    ``_elbow.json`` and ``_elbow.png`` under ``out``. Returns ``{"elbow": rows,
+    "suggested_k": k or None, "rule": ..., "files": {...}}``; rows as in
+    :func:`raysv.clustering.sharded.elbow_table`. k-means++ init by default, so
+    that one unlucky random init does not put a kink in the curve.
+    """
+    import ray
+
+    from raysv.clustering import plots
+
+    t0 = time.monotonic()
+    os.makedirs(out, exist_ok=True)
+    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical)
+    try:
+        rows = elbow_table(
+            actors, ks, iterations, seed, spherical, max_points_per_centroid, init=init
+        )
+    finally:
+        for a in actors:
+            ray.kill(a)
+    suggested = kmeans.suggest_k([r["k"] for r in rows], [r["objective"] for r in rows])
+    files = {
+        "csv": os.path.join(out, "_elbow.csv"),
+        "json": os.path.join(out, "_elbow.json"),
+        "png": os.path.join(out, "_elbow.png"),
+    }
+    with open(files["csv"], "w") as f:
+        cols = list(rows[0])
+        f.write(",".join(cols) + "\n")
+        f.writelines(",".join(str(r[c]) for c in cols) + "\n" for r in rows)
+    summary = {
+        "out": out,
+        "embeddings": embeddings,
+        "init": init,
+        "iterations": iterations,
+        "elbow": rows,
+        "suggested_k": suggested,
+        "rule": ELBOW_RULE,
+        "seconds": round(time.monotonic() - t0, 2),
+        "files": files,
+    }
+    with open(files["json"], "w") as f:
+        json.dump(summary, f, indent=1)
+    plots.elbow(rows, suggested, files["png"])
     return summary
 
 

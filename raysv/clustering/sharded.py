@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raysv.clustering import kmeans
+from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
 
@@ -62,11 +63,21 @@ class EmbeddingShard:
         take = rng.choice(self.train.shape[0], size=min(n, self.train.shape[0]), replace=False)
         return self.train[np.sort(take)]
 
-    def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """[2] ``(sums (k, d), counts (k,), objective share)`` for the given centroids."""
+    def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple]:
+        """[2] ``(sums (k, d), counts (k,), objective share, (assign s, sums s, CPU s))``.
+
+        One faiss search per iteration; the objective share comes from its distances.
+        """
+        t0, cpu0 = time.perf_counter(), time.process_time()
         lab, dist = kmeans.assign(self.train, centroids)
+        t1 = time.perf_counter()
         sums, counts = kmeans.partial_stats(self.train, lab, centroids.shape[0])
-        return sums, counts, float(dist.astype(np.float64).sum())
+        obj = float(dist.astype(np.float64).sum())
+        return sums, counts, obj, (t1 - t0, time.perf_counter() - t1, time.process_time() - cpu0)
+
+    def objective(self, centroids: np.ndarray) -> float:
+        """Sum of squared L2 distances of all this shard's rows to their nearest centroid."""
+        return float(kmeans.assign(self.x, centroids)[1].astype(np.float64).sum())
 
     def final_assign(self, centroids: np.ndarray) -> np.ndarray:
         """[3] Assign and keep labels/distances; return the distances (n,) for purification."""
@@ -107,12 +118,65 @@ class KMeansResult:
     iterations: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    load_seconds: float = (
+        0.0  # part of ``seconds`` spent waiting for the actors to read their shards
+    )
 
 
 def split_files(files: list[str], shards: int) -> list[list[str]]:
     """Round-robin the Parquet files over at most ``shards`` actors."""
     shards = max(1, min(shards, len(files)))
     return [files[i::shards] for i in range(shards)]
+
+
+INITS = ("random", "kmeans++")
+
+
+def _gather_sample(
+    actors: list, sizes: list[int], m: int, rng: np.random.Generator, seed: int
+) -> np.ndarray:
+    """``(m, d)`` training points sampled across shards in proportion to their sizes."""
+    import ray
+
+    n = int(sum(sizes))
+    per = np.bincount(
+        rng.choice(len(actors), size=m, p=np.asarray(sizes) / n), minlength=len(actors)
+    )
+    parts = ray.get(
+        [
+            a.sample.remote(int(c), seed + i)
+            for i, (a, c) in enumerate(zip(actors, per, strict=True))
+            if c > 0
+        ]
+    )
+    return np.concatenate(parts).astype(np.float32)
+
+
+def init_centroids(
+    actors: list,
+    sizes: list[int],
+    k: int,
+    seed: int,
+    rng: np.random.Generator,
+    init: str = "random",
+    init_points_per_centroid: int = 8,
+) -> np.ndarray:
+    """Seeded initial centroids ``(k, d) float32`` from a sample gathered from the shards.
+
+    ``random``: k training points sampled across shards (faiss's init).
+    ``kmeans++``: D^2 seeding on a sample of ``init_points_per_centroid * k``
+    training points (all of them if fewer); the driver holds only that sample.
+    """
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}; got {init!r}")
+    if init == "random":
+        return _gather_sample(actors, sizes, k, rng, seed)
+    if init_points_per_centroid < 1:
+        raise ConfigError(f"init_points_per_centroid must be >= 1, got {init_points_per_centroid}")
+    m = min(int(sum(sizes)), k * init_points_per_centroid)
+    sample = _gather_sample(actors, sizes, m, rng, seed)
+    log.info("k-means++ init from a sample of %d points", m)
+    return kmeans.kmeans_plus_plus(sample, k, rng)
 
 
 def sharded_kmeans(
@@ -122,19 +186,25 @@ def sharded_kmeans(
     seed: int,
     spherical: bool,
     max_points_per_centroid: int = 256,
+    init: str = "random",
+    init_points_per_centroid: int = 8,
 ) -> KMeansResult:
-    """Lloyd iterations over actor-held shards; init from a seeded random sample.
+    """Lloyd iterations over actor-held shards; seeded init from a sample (see :func:`init_centroids`).
 
     Per iteration the driver receives k x d sums and k counts per actor. The
     objective is the sum of squared L2 distances to the nearest centroid
     (faiss's definition) over the training points, from that iteration's
     assignment. As faiss does, at most ``max_points_per_centroid * k`` points
-    (a seeded sample) are iterated on.
+    (a seeded sample) are iterated on. The actors can be reused for another
+    call (another k): each call picks its own training sample.
     """
     import ray
 
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}; got {init!r}")
     t0 = time.monotonic()
-    sizes = ray.get([a.count.remote() for a in actors])
+    sizes = ray.get([a.count.remote() for a in actors])  # waits for the shards to be read
+    load_seconds = time.monotonic() - t0
     n = int(sum(sizes))
     kmeans.check_k(k, n)
     # Like faiss: iterate on at most max_points_per_centroid * k points, sampled
@@ -147,32 +217,25 @@ def sharded_kmeans(
             n,
             max_points_per_centroid,
         )
-        sizes = ray.get(
-            [
-                a.subsample.remote(int(round(budget * m / n)), seed + 1000 + i)
-                for i, (a, m) in enumerate(zip(actors, sizes, strict=True))
-            ]
-        )
-    n = int(sum(sizes))
-    rng = np.random.default_rng(seed)
-    # Seeded random init: k points sampled across shards in proportion to their size.
-    per = np.bincount(
-        rng.choice(len(actors), size=k, p=np.asarray(sizes) / n), minlength=len(actors)
-    )
-    parts = ray.get(
+        targets = [int(round(budget * m / n)) for m in sizes]
+    else:
+        targets = list(sizes)  # all rows (resets a sample left by an earlier call)
+    sizes = ray.get(
         [
-            a.sample.remote(int(m), seed + i)
-            for i, (a, m) in enumerate(zip(actors, per, strict=True))
-            if m > 0
+            a.subsample.remote(t, seed + 1000 + i)
+            for i, (a, t) in enumerate(zip(actors, targets, strict=True))
         ]
     )
-    cent = np.concatenate(parts).astype(np.float32)
+    n = int(sum(sizes))
+    rng = np.random.default_rng(seed)
+    cent = init_centroids(actors, sizes, k, seed, rng, init, init_points_per_centroid)
     if spherical:
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     history = []
     cref = None
     obj = float("inf")
     for it in range(iterations):
+        t_it = time.monotonic()
         cref = ray.put(cent)
         results = ray.get([a.stats.remote(cref) for a in actors])
         sums = np.sum([r[0] for r in results], axis=0)
@@ -188,6 +251,12 @@ def sharded_kmeans(
                 "imbalance": float((counts.astype(np.float64) ** 2).sum() * k / n**2),
                 "largest": int(counts.max()),
                 "smallest_nonempty": int(nz.min()) if nz.size else 0,
+                # wall time of the iteration on the driver, and the slowest shard's
+                # faiss search and sums: the rest is Ray round trips and the update
+                "seconds": time.monotonic() - t_it,
+                "assign_seconds": max(r[3][0] for r in results),
+                "sums_seconds": max(r[3][1] for r in results),
+                "shard_cpu_seconds": sum(r[3][2] for r in results),  # all shards together
             }
         )
         log.info(
@@ -205,4 +274,47 @@ def sharded_kmeans(
         iterations=iterations,
         seconds=time.monotonic() - t0,
         history=history,
+        load_seconds=load_seconds,
     )
+
+
+def elbow_table(
+    actors: list,
+    ks: list[int],
+    iterations: int,
+    seed: int,
+    spherical: bool,
+    max_points_per_centroid: int = 256,
+    init: str = "kmeans++",
+) -> list[dict]:
+    """Objective over a range of k, on the same actors (the shards are read once).
+
+    Each k gets its own seeded k-means; its ``objective`` is then measured over
+    *all* embeddings (the training sample differs with k, so the training
+    objective would not compare). Returns one dict per k, ascending:
+    ``k, objective, objective_per_point, train_objective, iterations, seconds``.
+    """
+    import ray
+
+    if not ks:
+        raise ConfigError("the elbow needs at least one value of k")
+    n = int(sum(ray.get([a.count.remote() for a in actors])))
+    rows = []
+    for k in sorted(set(ks)):
+        res = sharded_kmeans(
+            actors, k, iterations, seed, spherical, max_points_per_centroid, init=init
+        )
+        cref = ray.put(res.centroids)
+        obj = float(sum(ray.get([a.objective.remote(cref) for a in actors])))
+        rows.append(
+            {
+                "k": k,
+                "objective": obj,
+                "objective_per_point": obj / n,
+                "train_objective": res.objective,
+                "iterations": res.iterations,
+                "seconds": round(res.seconds, 3),
+            }
+        )
+        log.info("elbow: k=%d objective %.6g (%.4g per point)", k, obj, obj / n)
+    return rows

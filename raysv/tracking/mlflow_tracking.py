@@ -92,6 +92,33 @@ def log_artifact(path: str, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(path, artifact_path=artifact_path)
 
 
+def log_history(
+    rows: list[dict[str, Any]], step_key: str, keys: list[str], prefix: str = ""
+) -> None:
+    """Log per-step series to the active run in one batch: for each row, ``keys`` at step ``row[step_key]``.
+
+    E.g. k-means history rows ``{"iteration": 3, "objective": ...}`` become the
+    metric ``objective`` with one value per step.
+    """
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(f"{prefix}{k}", float(r[k]), now, int(r[step_key]))
+        for r in rows
+        for k in keys
+        if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+    ]
+    run = mlflow.active_run()
+    if batch and run is not None:
+        # log_batch takes at most 1000 metrics per call
+        for i in range(0, len(batch), 1000):
+            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=batch[i : i + 1000])
+
+
 def log_dict(data: dict, name: str) -> None:
     import mlflow
 

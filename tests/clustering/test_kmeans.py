@@ -1,6 +1,7 @@
 """Sharded k-means against faiss.Kmeans, purification, and bad k."""
 
 import os
+import re
 
 import faiss
 import numpy as np
@@ -131,9 +132,13 @@ def test_purify_drops_far_points_then_small_clusters():
         kmeans.purify(clusters, dist, 1.0, 1)
 
 
-def test_cli_embed_with_checkpoint_then_cluster(tiny_corpus, tmp_path, ray_local, capsys):
+def test_cli_embed_with_checkpoint_then_cluster(
+    tiny_corpus, tmp_path, ray_local, capsys, monkeypatch
+):
     """A Stage I checkpoint embeds a manifest on Ray Data; the CLI clusters it with analysis."""
     import json
+
+    monkeypatch.chdir(tmp_path)  # MLflow's SQLite store keeps artifacts under ./mlruns
 
     import torch
 
@@ -217,3 +222,103 @@ def test_cli_embed_with_checkpoint_then_cluster(tiny_corpus, tmp_path, ray_local
         == 2
     )
     assert f"more than the {n} embeddings" in capsys.readouterr().err
+
+
+def _blobs(n=4000, d=8, k=20, seed=0, spread=20.0):
+    """Well-separated Gaussian blobs of equal expected size: ``(x (n, d), true labels (n,))``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)) * spread
+    lab = rng.integers(0, k, n)
+    return (centres[lab] + rng.standard_normal((n, d))).astype(np.float32), lab
+
+
+def test_kmeans_plus_plus_is_seeded_and_spreads_over_blobs():
+    x, lab = _blobs()
+    a = kmeans.kmeans_plus_plus(x, 20, np.random.default_rng(5))
+    b = kmeans.kmeans_plus_plus(x, 20, np.random.default_rng(5))
+    assert a.shape == (20, 8) and a.dtype == np.float32 and np.array_equal(a, b)
+    # D^2 sampling lands in (nearly) every blob; a random draw of 20 points misses ~7 of 20.
+    hit = np.unique(lab[kmeans.assign(a, x)[0]])
+    assert hit.size >= 18, hit.size
+    with pytest.raises(ConfigError, match="k = 5"):
+        kmeans.kmeans_plus_plus(x[:3], 5, np.random.default_rng(0))
+
+
+def test_kmeanspp_init_beats_random_init_and_is_reproducible(tmp_path, ray_local):
+    from raysv.clustering.driver import embedding_files, start_shards
+    from raysv.clustering.sharded import sharded_kmeans
+
+    x, _ = _blobs()
+    actors = start_shards(embedding_files(_write_shards(x, str(tmp_path / "emb"))), 2, False)
+    try:
+        for seed in (1, 2, 3):
+            runs = {
+                init: sharded_kmeans(actors, 20, 2, seed, False, init=init)
+                for init in ("random", "kmeans++")
+            }
+            # history[0] is the objective of the initial centroids (0 iterations), [1] after 1.
+            for it in (0, 1):
+                pp = runs["kmeans++"].history[it]["objective"]
+                rnd = runs["random"].history[it]["objective"]
+                assert pp < rnd, (seed, it, pp, rnd)
+        again = sharded_kmeans(actors, 20, 2, 1, False, init="kmeans++")
+        first = sharded_kmeans(actors, 20, 2, 1, False, init="kmeans++")
+        assert np.array_equal(again.centroids, first.centroids)
+        with pytest.raises(ConfigError, match=re.escape("got 'kmeans+'")):
+            sharded_kmeans(actors, 20, 2, 1, False, init="kmeans+")
+    finally:
+        for a in actors:
+            ray_local.kill(a)
+
+
+def test_suggest_k_picks_the_bend_of_the_curve():
+    ks = [5, 10, 20, 40, 80]
+    assert kmeans.suggest_k(ks, [100.0, 60.0, 10.0, 9.0, 8.5]) == 20
+    assert kmeans.suggest_k([10, 20], [5.0, 1.0]) is None  # too few points
+    assert kmeans.suggest_k(ks, [10.0, 8.0, 6.0, 4.0, 2.0]) is None  # convex nowhere: no elbow
+    with pytest.raises(ConfigError, match="3 values of k but 2 objectives"):
+        kmeans.suggest_k([1, 2, 3], [1.0, 2.0])
+
+
+def test_cli_elbow_finds_the_true_k_on_blobs(tmp_path, ray_local, capsys, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)  # MLflow's SQLite store keeps artifacts under ./mlruns
+
+    from raysv.cli import main
+
+    x, _ = _blobs(n=3000, k=12, seed=4)
+    emb = _write_shards(x, str(tmp_path / "emb"))
+    code = main(
+        ["cluster", "--embeddings", emb, "--out", str(tmp_path / "el"), "--elbow"]
+        + ["4,6,8,10,12,14,16,20,24,32", "--iterations", "10", "--json"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    s = json.loads(out[out.index("{") :])
+    assert [r["k"] for r in s["elbow"]] == [4, 6, 8, 10, 12, 14, 16, 20, 24, 32]
+    objs = [r["objective"] for r in s["elbow"]]
+    assert objs[4] < 0.2 * objs[2]  # 12 blobs: k = 12 is far better than k = 8
+    assert 10 <= s["suggested_k"] <= 14, s["suggested_k"]
+    for name in ("_elbow.csv", "_elbow.json", "_elbow.png"):
+        assert os.path.getsize(tmp_path / "el" / name) > 0
+    assert (tmp_path / "el" / "_elbow.csv").read_text().splitlines()[0].startswith("k,objective")
+    assert (
+        main(
+            [
+                "cluster",
+                "--embeddings",
+                emb,
+                "--out",
+                str(tmp_path / "h"),
+                "--elbow",
+                "4,8,12,16",
+                "--no-tracking",
+            ]
+        )
+        == 0
+    )
+    assert "suggested k: 12" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["cluster", "--embeddings", emb, "--out", str(tmp_path / "h"), "--elbow", "4,x"])
+    assert "comma-separated integers" in capsys.readouterr().err
