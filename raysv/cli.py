@@ -228,6 +228,12 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--concurrency", type=int, help="embedding actors (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="recompute even if the output is complete")
+    p.add_argument("--normalise", action="store_true", help="L2-normalise every embedding")
+    p.add_argument(
+        "--average-sessions",
+        metavar="DIR",
+        help="also write per-session mean embeddings (utt_id = session_id) to DIR",
+    )
 
 
 def _embed(a: argparse.Namespace) -> dict:
@@ -245,15 +251,33 @@ def _embed(a: argparse.Namespace) -> dict:
         )
     else:
         cls, kwargs = BaselineEmbedder, {"n_mels": a.n_mels, "max_seconds": a.max_seconds}
-    return embed_manifest(a.manifest, a.out, cls, kwargs, concurrency=a.concurrency, force=a.force)
+    s = embed_manifest(
+        a.manifest,
+        a.out,
+        cls,
+        kwargs,
+        concurrency=a.concurrency,
+        force=a.force,
+        normalise=a.normalise,
+    )
+    if a.average_sessions:
+        from raysv.embedding.extract import average_sessions
+
+        s["sessions"] = average_sessions(a.out, a.manifest, a.average_sessions, force=a.force)
+    return s
 
 
 def _embed_human(s: dict) -> str:
     if s.get("skipped"):
-        return f"embeddings in {s['out']} already complete (use --force to recompute)"
-    return (
-        f"embedded {s['rows']} utterances into {s['out']} in {s['seconds']}s ({s['utts_per_s']}/s)"
-    )
+        text = f"embeddings in {s['out']} already complete (use --force to recompute)"
+    else:
+        text = f"embedded {s['rows']} utterances into {s['out']} in {s['seconds']}s ({s['utts_per_s']}/s)"
+    sess = s.get("sessions")
+    if sess:
+        text += f"\nsession means in {sess['out']}" + (
+            f": {sess['sessions']} sessions" if "sessions" in sess else " (already complete)"
+        )
+    return text
 
 
 # ---------------------------------------------------------------- evaluate

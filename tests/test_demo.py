@@ -68,7 +68,14 @@ def test_demo_runs_logs_and_resumes(demo_run, capsys):
     assert s["mlflow"]["tracking_uri"].startswith("sqlite:///")
     # Stage I ran; Stage II ran two rounds; every stage was evaluated on the trials.
     assert s["stage1"]["epochs"] == 1
-    assert list(s["results"]) == ["baseline", "stage1", "round1", "round2"]
+    assert list(s["results"]) == [
+        "baseline",
+        "stage1",
+        "round1",
+        "round2",
+        "supervised_reference",
+    ]
+    assert 0 <= s["results"]["supervised_reference"]["test"]["eer"] <= 100
     for stage in ("stage1", "round1", "round2"):
         assert 0 <= s["results"][stage]["test"]["eer"] <= 100
     assert 0 <= s["results"]["round2"]["nmi"] <= 1 and "nmi_after" in s["results"]["round2"]

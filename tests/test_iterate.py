@@ -101,6 +101,8 @@ def test_mlflow_has_a_parent_run_and_a_nested_run_per_round(full_run):
     assert sorted(c.info.run_name for c in children) == ["round1", "round2"]
     for c in children:
         assert {"test.eer", "all.nmi", "kept_share", "clusters", "loss"} <= set(c.data.metrics)
+        plots = {a.path for a in client.list_artifacts(c.info.run_id, "clustering")}
+        assert {"clustering/_sizes.png", "clustering/_objective.png"} <= plots
 
 
 def test_a_rerun_of_a_finished_pipeline_redoes_nothing(full_run, tiny_corpus, init_ckpt):

@@ -3,7 +3,9 @@
 # [1] the manifest is read as a Ray Dataset (rows: utterance metadata only);
 # [2] ``map_batches`` runs a callable class, built once per actor, over a
 #     pool of ``concurrency`` actors;
-# [3] embeddings are written as Parquet shards, never gathered on the driver.
+# [3] embeddings are written as Parquet shards, never gathered on the driver;
+# [4] optionally L2-normalised per row, and/or averaged per ``session_id``
+#     (a join with the manifest and a group-by, both in Ray Data).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def embed_manifest(
     num_cpus_per_actor: float | None = None,
     force: bool = False,
     on_done: Callable[[dict], None] | None = None,
+    normalise: bool = False,
 ) -> dict:
     """Embed all rows of ``manifest`` into ``out_dir`` (Parquet shards).
 
@@ -87,6 +90,8 @@ def embed_manifest(
         num_cpus=num_cpus_per_actor,
         batch_format="numpy",
     )
+    if normalise:
+        ds = ds.map_batches(normalise_rows, batch_format="pyarrow")  # [4]
     if os.path.isdir(out_dir):
         for name in os.listdir(out_dir):
             os.remove(os.path.join(out_dir, name))
@@ -103,3 +108,64 @@ def embed_manifest(
     }
     log.info("embedded %d utterances in %.1fs (%.1f/s)", n, secs, n / max(secs, 1e-9))
     return summary
+
+
+def normalise_rows(batch):
+    """Embeddings batch (pyarrow) -> the same rows with unit-length ``embedding``."""
+    from raysv.data.schema import embeddings_table
+    from raysv.evaluation.scoring import embedding_matrix, l2_normalise
+
+    ids, emb = embedding_matrix(batch)
+    return embeddings_table(ids, l2_normalise(emb))
+
+
+def _session_mean(group):
+    """All rows of one session (pyarrow) -> one row: ``utt_id`` = the session id, mean embedding.
+
+    Utterances without a session form a session of their own.
+    """
+    import pyarrow as pa
+
+    from raysv.data.schema import embeddings_table
+    from raysv.evaluation.scoring import embedding_matrix
+
+    _, emb = embedding_matrix(group)
+    out = embeddings_table([group.column("session_id")[0].as_py()], emb.mean(axis=0)[None])
+    return out.append_column("n_utts", pa.array([group.num_rows], pa.int32()))
+
+
+def average_sessions(embeddings: str, manifest: str, out_dir: str, force: bool = False) -> dict:
+    """Average the embeddings of each ``session_id`` of ``manifest`` (the iterative paper
+    averages per video) and write ``utt_id`` (= session id), ``embedding``, ``n_utts`` shards.
+
+    Runs as a Ray Data join + group-by: the driver never holds the embeddings.
+    Utterances whose session is null count as their own session. Skipped when
+    ``out_dir/_SUCCESS`` exists, unless ``force``.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray.data
+
+    from raysv.runtime import ensure_ray
+
+    done_marker = os.path.join(out_dir, "_SUCCESS")
+    if not force and os.path.isfile(done_marker):
+        return {"out": out_dir, "skipped": True}
+    ensure_ray()
+    t0 = time.monotonic()
+    man = fs.read_table(manifest, ["utt_id", "session_id"])
+    sessions = pc.coalesce(man["session_id"], man["utt_id"])
+    keys = ray.data.from_arrow(pa.table({"utt_id": man["utt_id"], "session_id": sessions}))
+    emb = ray.data.read_parquet(fs.resolve(embeddings)[1], columns=["utt_id", "embedding"])
+    parts = max(1, min(64, man.num_rows // 5000 + 1))
+    joined = emb.join(keys, "inner", parts, on=("utt_id",))
+    means = joined.groupby("session_id").map_groups(_session_mean, batch_format="pyarrow")
+    if os.path.isdir(out_dir):
+        for name in os.listdir(out_dir):
+            os.remove(os.path.join(out_dir, name))
+    means.write_parquet(out_dir)
+    n = fs.read_table(out_dir, ["utt_id"]).num_rows
+    with open(done_marker, "w") as f:
+        f.write(f"{n}\n")
+    log.info("averaged embeddings into %d sessions in %.1fs", n, time.monotonic() - t0)
+    return {"out": out_dir, "sessions": n, "seconds": round(time.monotonic() - t0, 2)}

@@ -214,6 +214,7 @@ def _cluster(cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, poo
         min_cluster_size=sched["min_cluster_size"],
         round_=r,
         manifest=pool,
+        plots=True,
     )
 
 
@@ -369,6 +370,16 @@ def run_iterate(cfg: IterateConfig) -> dict:
             scores = _embed_and_score(encoder, split, trials, emb_folder)
             m = _round_metrics(r, cl, tr, scores)
             tracking.log_metrics_to(uri, tr["mlflow"]["run_id"], m)
+            labels_dir = os.path.join(rdir, "labels")
+            tracking.log_files_to(
+                uri,
+                tr["mlflow"]["run_id"],
+                [
+                    os.path.join(labels_dir, f)
+                    for f in ("_sizes.png", "_objective.png", "_summary.json")
+                ],
+                "clustering",
+            )
             tracking.log_metrics({k: v for k, v in m.items() if k != "round"}, step=r)
             summary["rounds"].append(
                 {

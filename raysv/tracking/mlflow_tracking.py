@@ -149,3 +149,15 @@ def log_artifacts_to(tracking_uri: str, run_id: str, folder: str, artifact_path:
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri).log_artifacts(run_id, folder, artifact_path=artifact_path)
+
+
+def log_files_to(
+    tracking_uri: str, run_id: str, paths: list[str], artifact_path: str | None = None
+):
+    """Upload the existing files among ``paths`` to an existing run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for path in paths:
+        if os.path.isfile(path):
+            client.log_artifact(run_id, path, artifact_path=artifact_path)

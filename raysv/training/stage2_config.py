@@ -106,6 +106,10 @@ class Stage2Config:
     gives the encoder and its weights; without it ``model`` is built from scratch.
     ``head_warmup_epochs``: epochs that train only the new head (encoder learning
     rate 0) so that a random head does not wreck a pretrained encoder.
+    ``encoder_lr_scale``: the encoder's learning rate relative to the head's.
+    ``l2_to_init``: weight of an L2 penalty pulling the encoder towards its
+    initial weights, sum of squared differences (the iterative paper's
+    stabiliser for fine-tuning; 0 = off).
     The initial encoder is scored on dev first: a round keeps it if no epoch
     beats it (model selection on dev, never on test).
     """
@@ -120,11 +124,18 @@ class Stage2Config:
     optim: OptimSpec = field(default_factory=_stage2_optim)
     train: TrainSpec = field(default_factory=lambda: TrainSpec(epochs=6, batch_size=64))
     head_warmup_epochs: int = 1
+    encoder_lr_scale: float = 1.0
+    l2_to_init: float = 0.0
     tracking_uri: str | None = None
     experiment: str = "raysv-train"
     parent_run_id: str | None = None
 
     def __post_init__(self):
+        if not 0 < self.encoder_lr_scale <= 10 or self.l2_to_init < 0:
+            raise ValueError(
+                f"need 0 < encoder_lr_scale <= 10 and l2_to_init >= 0, "
+                f"got {self.encoder_lr_scale}, {self.l2_to_init}"
+            )
         if not 0 <= self.head_warmup_epochs < self.train.epochs:
             raise ValueError(
                 f"head_warmup_epochs ({self.head_warmup_epochs}) must be in [0, train.epochs)"

@@ -127,8 +127,16 @@ class GateAnalysis:
         return out
 
 
-def run_epoch(cfg, model, opt, shard, device, st: Stage2State, analysis: GateAnalysis):
-    """One pass over this worker's shard; returns epoch statistics."""
+def l2_distance(encoder: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squared differences between the encoder's parameters and ``anchor`` (same order)."""
+    return sum(((p - a) ** 2).sum() for p, a in zip(encoder.parameters(), anchor, strict=True))
+
+
+def run_epoch(cfg, model, opt, shard, device, st: Stage2State, analysis: GateAnalysis, anchor=None):
+    """One pass over this worker's shard; returns epoch statistics.
+
+    ``anchor``: initial encoder parameters for the ``l2_to_init`` penalty (or None).
+    """
     model.train()
     head = _unwrap(model).head
     amp = cfg.train.use_gpu and cfg.train.amp
@@ -154,6 +162,8 @@ def run_epoch(cfg, model, opt, shard, device, st: Stage2State, analysis: GateAna
         # LC: corrected samples are trained towards their predicted class.
         per_used = head.per_sample_loss(cos, d.labels) if bool(d.corrected.any()) else per
         loss = gates.gated_mean(per_used, d.train)
+        if anchor is not None:
+            loss = loss + cfg.l2_to_init * l2_distance(_unwrap(model).encoder, anchor)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         set_learning_rate(cfg, opt, st.step, st.epoch)
@@ -193,9 +203,11 @@ def run_epoch(cfg, model, opt, shard, device, st: Stage2State, analysis: GateAna
 
 
 def set_learning_rate(cfg: Stage2Config, opt, step: int, epoch: int) -> float:
-    """Step-decayed learning rate; the encoder's group (0) is 0 during head warm-up."""
+    """Step-decayed learning rate; the encoder's group (0) is scaled by ``encoder_lr_scale``
+    and is 0 during head warm-up."""
     lr = cfg.optim.lr * cfg.optim.decay ** (step // cfg.optim.decay_every)
-    opt.param_groups[0]["lr"] = 0.0 if epoch < cfg.head_warmup_epochs else lr
+    warm = epoch < cfg.head_warmup_epochs
+    opt.param_groups[0]["lr"] = 0.0 if warm else lr * cfg.encoder_lr_scale
     opt.param_groups[1]["lr"] = lr
     return lr
 
@@ -257,11 +269,17 @@ def train_loop(config: dict) -> None:
         # The initial encoder is the candidate to beat: a round never ends worse on dev.
         st.init_dev_eer = st.best_eer = _dev_metrics(inner.encoder, dev, device)["dev_eer"]
         st.best_model = _encoder_state(model)
+    anchor = None
+    if cfg.l2_to_init > 0:
+        # The weights the run started from (checkpoint restore keeps this the same
+        # on resume: build_classifier reloads init_checkpoint before restoring).
+        init = build_classifier(cfg, run["n_classes"]).encoder.to(device)
+        anchor = [p.detach().clone() for p in init.parameters()]
     truth = np.load(run["true_label"]) if rank == 0 and run.get("true_label") else None
     analysis = GateAnalysis(truth)
     while st.epoch < cfg.train.epochs:
         _maybe_fail(cfg, st.epoch, run)
-        stats = run_epoch(cfg, model, opt, shard, device, st, analysis)
+        stats = run_epoch(cfg, model, opt, shard, device, st, analysis, anchor)
         losses = analysis.losses()
         metrics = {"epoch": st.epoch, "step": st.step, **stats, **analysis.summary()}
         st.tau = next_tau(cfg, st.epoch, losses)

@@ -1,0 +1,57 @@
+"""Stage II worker pieces without Ray: learning rates, the L2 anchor, the gate schedule."""
+
+import numpy as np
+import pytest
+import torch
+
+from raysv.config import load_config
+from raysv.training.stage2_config import Stage2Config
+from raysv.training.stage2_worker import l2_distance, next_tau, set_learning_rate
+
+
+def _cfg(**over) -> Stage2Config:
+    return load_config(Stage2Config, None, [f"{k}={v}" for k, v in over.items()])
+
+
+def test_learning_rates_of_encoder_and_head():
+    cfg = _cfg(**{"optim.lr": 0.01, "encoder_lr_scale": 0.1, "head_warmup_epochs": 1})
+    enc, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam([{"params": enc.parameters()}, {"params": head.parameters()}])
+    set_learning_rate(cfg, opt, step=0, epoch=0)
+    assert opt.param_groups[0]["lr"] == 0.0 and opt.param_groups[1]["lr"] == 0.01
+    set_learning_rate(cfg, opt, step=5, epoch=1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
+    assert opt.param_groups[1]["lr"] == 0.01
+
+
+def test_l2_anchor_is_zero_at_start_and_pulls_back():
+    enc = torch.nn.Linear(3, 2)
+    anchor = [p.detach().clone() for p in enc.parameters()]
+    assert float(l2_distance(enc, anchor)) == 0.0
+    with torch.no_grad():
+        enc.weight.add_(0.5)
+    d = l2_distance(enc, anchor)
+    assert float(d) == pytest.approx(6 * 0.25)
+    d.backward()
+    assert torch.allclose(enc.weight.grad, torch.full_like(enc.weight, 1.0))  # 2 * 0.5
+
+
+def test_gate_threshold_schedule():
+    losses = np.r_[np.random.default_rng(0).normal(1, 0.2, 300), np.full(100, 9.0)]
+    assert next_tau(_cfg(), 3, losses) is None  # gate none
+    lgl = _cfg(**{"gate.name": "lgl", "gate.tau": 2.5, "gate.warmup_epochs": 2})
+    assert next_tau(lgl, 0, losses) is None  # epoch 1 is still warm-up
+    assert next_tau(lgl, 1, losses) == 2.5
+    dlg = _cfg(**{"gate.name": "dlg", "gate.warmup_epochs": 1})
+    assert 1.5 < next_tau(dlg, 0, losses) < 9.0
+
+
+def test_stage2_config_rejects_bad_values():
+    from raysv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="encoder_lr_scale"):
+        _cfg(encoder_lr_scale=0)
+    with pytest.raises(ConfigError, match="head_warmup_epochs"):
+        _cfg(head_warmup_epochs=6)
+    with pytest.raises(ConfigError, match="tau2"):
+        _cfg(**{"gate.tau2": 1.5})
