@@ -94,13 +94,45 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
             f"valid keys here: {', '.join(prefix + k for k in sorted(fields))}"
         )
+    for name, val in data.items():
+        default = _field_default(fields[name])
+        if isinstance(val, dict) and dataclasses.is_dataclass(default):
+            data[name] = _layer(default, val)
     kwargs = {name: _coerce(val, hints[name], prefix + name) for name, val in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from exc
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _layer(default: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` laid over the values of dataclass instance ``default``, recursively.
+
+    A partial mapping for a nested config keeps the *field's* defaults (e.g. the
+    demo's small Stage II settings), not those of the nested class. Plain dict
+    fields (like ``model.kwargs``) are replaced, not merged; unknown keys pass
+    through so that ``from_dict`` reports them.
+    """
+    out = {
+        f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+        for f in dataclasses.fields(default)
+        if f.init
+        for v in [getattr(default, f.name)]
+    }
+    for key, val in data.items():
+        cur = getattr(default, key, None) if key in out else None
+        out[key] = (
+            _layer(cur, val) if isinstance(val, dict) and dataclasses.is_dataclass(cur) else val
+        )
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

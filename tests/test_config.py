@@ -112,3 +112,21 @@ def test_every_config_file_validates(path):
     with open(path) as f:
         assert yaml.safe_load(f)  # non-empty
     assert cfg is not None
+
+
+def test_partial_nested_override_keeps_the_fields_own_defaults():
+    """Setting one key of the demo's Stage II keeps the demo's other Stage II settings."""
+    default = DemoConfig()
+    cfg = load_config(DemoConfig, None, ["stage2.train.train.epochs=5", "pretrain.train.epochs=1"])
+    assert cfg.stage2.train.train.epochs == 5 and cfg.pretrain.train.epochs == 1
+    assert cfg.stage2.reference == default.stage2.reference is True
+    assert cfg.stage2.train.gate == default.stage2.train.gate
+    assert cfg.stage2.train.train.batch_size == default.stage2.train.train.batch_size
+    assert (
+        cfg.pretrain.model == default.pretrain.model
+    )  # the demo's small ECAPA, not the class default
+    # Plain dict fields are replaced, not merged.
+    cfg = load_config(DemoConfig, None, ["pretrain.model.kwargs={hidden: 8}"])
+    assert cfg.pretrain.model.kwargs == {"hidden": 8}
+    with pytest.raises(ConfigError, match="stage2.train.nope"):
+        load_config(DemoConfig, None, ["stage2.train.nope=1"])

@@ -5,7 +5,7 @@
 #     pool of ``concurrency`` actors;
 # [3] embeddings are written as Parquet shards, never gathered on the driver;
 # [4] optionally L2-normalised per row, and/or averaged per ``session_id``
-#     (a join with the manifest and a group-by, both in Ray Data).
+#     (rows tagged with their session, then a group-by, both in Ray Data).
 """
 
 from __future__ import annotations
@@ -119,6 +119,26 @@ def normalise_rows(batch):
     return embeddings_table(ids, l2_normalise(emb))
 
 
+class SessionTagger:
+    """Ray Data callable: adds ``session_id`` to embedding rows from a ``(utt_id, session_id)`` table."""
+
+    def __init__(self, keys: str):
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(keys)
+        self.session = dict(
+            zip(t.column("utt_id").to_pylist(), t.column("session_id").to_pylist(), strict=True)
+        )
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        ids = batch.column("utt_id").to_pylist()
+        return batch.append_column(
+            "session_id", pa.array([self.session.get(u, u) for u in ids], pa.string())
+        )
+
+
 def _session_mean(group):
     """All rows of one session (pyarrow) -> one row: ``utt_id`` = the session id, mean embedding.
 
@@ -138,12 +158,14 @@ def average_sessions(embeddings: str, manifest: str, out_dir: str, force: bool =
     """Average the embeddings of each ``session_id`` of ``manifest`` (the iterative paper
     averages per video) and write ``utt_id`` (= session id), ``embedding``, ``n_utts`` shards.
 
-    Runs as a Ray Data join + group-by: the driver never holds the embeddings.
+    Runs in Ray Data (an actor tags rows with their session from a small key
+    table, then a group-by): the driver never holds the embeddings.
     Utterances whose session is null count as their own session. Skipped when
     ``out_dir/_SUCCESS`` exists, unless ``force``.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     import ray.data
 
     from raysv.runtime import ensure_ray
@@ -155,13 +177,20 @@ def average_sessions(embeddings: str, manifest: str, out_dir: str, force: bool =
     t0 = time.monotonic()
     man = fs.read_table(manifest, ["utt_id", "session_id"])
     sessions = pc.coalesce(man["session_id"], man["utt_id"])
-    keys = ray.data.from_arrow(pa.table({"utt_id": man["utt_id"], "session_id": sessions}))
+    os.makedirs(out_dir, exist_ok=True)
+    keys = os.path.join(out_dir, "_sessions.parquet")  # O(N) metadata, read once per actor
+    pq.write_table(pa.table({"utt_id": man["utt_id"], "session_id": sessions}), keys)
     emb = ray.data.read_parquet(fs.resolve(embeddings)[1], columns=["utt_id", "embedding"])
-    parts = max(1, min(64, man.num_rows // 5000 + 1))
-    joined = emb.join(keys, "inner", parts, on=("utt_id",))
-    means = joined.groupby("session_id").map_groups(_session_mean, batch_format="pyarrow")
-    if os.path.isdir(out_dir):
-        for name in os.listdir(out_dir):
+    tagged = emb.map_batches(
+        SessionTagger,
+        fn_constructor_kwargs={"keys": keys},
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.5,
+    )
+    means = tagged.groupby("session_id").map_groups(_session_mean, batch_format="pyarrow")
+    for name in os.listdir(out_dir):
+        if not name.startswith("_"):
             os.remove(os.path.join(out_dir, name))
     means.write_parquet(out_dir)
     n = fs.read_table(out_dir, ["utt_id"]).num_rows
