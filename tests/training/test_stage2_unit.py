@@ -55,3 +55,25 @@ def test_stage2_config_rejects_bad_values():
         _cfg(head_warmup_epochs=6)
     with pytest.raises(ConfigError, match="tau2"):
         _cfg(**{"gate.tau2": 1.5})
+
+
+def test_rounds_continue_from_or_restart_the_previous_encoder(tmp_path):
+    from raysv.models.checkpoint import read_checkpoint, save_encoder
+    from raysv.pipeline.iterate import _with_init
+    from raysv.training.stage2_worker import build_classifier
+    from tests.training.test_stage2 import tiny_encoder
+
+    state, spec = read_checkpoint(tiny_encoder(str(tmp_path / "init.pt")))
+    trained = {k: v + 0.01 if v.dtype.is_floating_point else v for k, v in state.items()}
+    ckpt = save_encoder(str(tmp_path / "prev.pt"), trained, spec)  # "trained" weights
+    base = _cfg()
+    cont = _with_init(base, ckpt, "continue")
+    scratch = _with_init(base, ckpt, "scratch")
+    assert cont.init_checkpoint == ckpt and scratch.init_checkpoint is None
+    assert cont.model == scratch.model and scratch.model.kwargs["channels"] == 16
+    assert cont.data.n_mels == scratch.data.n_mels == 24
+    prev = torch.load(ckpt, weights_only=False)["model"]
+    a = build_classifier(cont, 3).encoder.state_dict()
+    b = build_classifier(scratch, 3).encoder.state_dict()
+    key = next(k for k in prev if prev[k].dtype.is_floating_point and prev[k].numel() > 16)
+    assert torch.equal(a[key], prev[key]) and not torch.equal(b[key], prev[key])
