@@ -25,7 +25,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -306,8 +305,6 @@ def run_iterate(cfg: IterateConfig) -> dict:
         raise ConfigError("iterate needs trial lists (dev and/or test) to evaluate each round")
     split = split_manifest(utterances, trials, os.path.join(out, "inputs"))
     uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
-    id_file = Path(out, "mlflow_run_id")
-    previous = id_file.read_text().strip() if id_file.is_file() else None
     summary: dict = {
         "out": out,
         "rounds": [],
@@ -315,10 +312,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
         "eval_manifest": split["eval"],
         "init_checkpoint": os.path.abspath(cfg.init_checkpoint),
     }
-    with tracking.run(
-        uri, cfg.experiment, cfg.run_name, params=to_dict(cfg), run_id=previous
-    ) as parent:
-        id_file.write_text(parent)
+    with tracking.resumable_run(out, uri, cfg.experiment, cfg.run_name, to_dict(cfg)) as parent:
         log.info("[round 0] embedding with the initial encoder and scoring trials")
         encoder = os.path.abspath(cfg.init_checkpoint)
         emb_folder = os.path.join(out, "round0", "embeddings")

@@ -68,6 +68,38 @@ def run(
                 os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
+@contextlib.contextmanager
+def resumable_run(
+    folder: str,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """A run whose id is kept in ``<folder>/mlflow_run_id``: a rerun of the same job
+    (after a crash) reopens and keeps logging into it. ``parent_run_id`` nests it
+    under the active parent run (``raysv iterate``'s rounds)."""
+    id_file = os.path.join(folder, "mlflow_run_id")
+    previous = None
+    if os.path.isfile(id_file):
+        with open(id_file) as f:
+            previous = f.read().strip() or None
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    with run(
+        tracking_uri,
+        experiment,
+        run_name,
+        params=params,
+        run_id=previous,
+        tags=tags,
+        nested=bool(parent_run_id),
+    ) as run_id:
+        with open(id_file, "w") as f:
+            f.write(run_id)
+        yield run_id
+
+
 def _param(v: Any) -> str:
     s = str(v)
     return s if len(s) <= 500 else s[:497] + "..."

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -220,13 +219,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     )
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
-    run_id_file = os.path.join(out, "mlflow_run_id")
-    previous = Path(run_id_file).read_text().strip() if os.path.isfile(run_id_file) else None
-    with tracking.run(
-        tracking_uri, cfg.experiment, cfg.run_name, params=to_dict(cfg), run_id=previous
+    with tracking.resumable_run(
+        out, tracking_uri, cfg.experiment, cfg.run_name, to_dict(cfg)
     ) as run_id:
-        with open(run_id_file, "w") as f:
-            f.write(run_id)
         run = {
             "out": out,
             "dev_utts": inputs.get("dev", {}).get("utts"),

@@ -16,7 +16,6 @@ import logging
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -147,19 +146,9 @@ def run_train(cfg: Stage2Config) -> dict:
     )
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
-    run_id_file = os.path.join(out, "mlflow_run_id")
-    previous = Path(run_id_file).read_text().strip() if os.path.isfile(run_id_file) else None
-    tags = {"mlflow.parentRunId": cfg.parent_run_id} if cfg.parent_run_id else None
-    with tracking.run(
-        tracking_uri,
-        cfg.experiment,
-        cfg.run_name,
-        params=to_dict(cfg),
-        run_id=previous,
-        tags=tags,
-        nested=bool(cfg.parent_run_id),  # inside `raysv iterate`'s parent run
+    with tracking.resumable_run(
+        out, tracking_uri, cfg.experiment, cfg.run_name, to_dict(cfg), cfg.parent_run_id
     ) as run_id:
-        Path(run_id_file).write_text(run_id)
         run = {
             "out": out,
             "n_classes": inputs["n_classes"],
