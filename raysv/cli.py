@@ -227,6 +227,12 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--concurrency", type=int, help="embedding actors (default: one per CPU)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="forward passes on the cluster's GPUs where it has them (auto), or force cpu/gpu",
+    )
     p.add_argument("--force", action="store_true", help="recompute even if the output is complete")
     p.add_argument("--normalise", action="store_true", help="L2-normalise every embedding")
     p.add_argument(
@@ -259,6 +265,7 @@ def _embed(a: argparse.Namespace) -> dict:
         concurrency=a.concurrency,
         force=a.force,
         normalise=a.normalise,
+        device=a.device if a.checkpoint else "cpu",  # the baseline embedder is numpy
     )
     if a.average_sessions:
         from raysv.embedding.extract import average_sessions
@@ -381,6 +388,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         help="iterate on a sample of this many points per centroid (faiss's default); all points get a final assignment",
     )
     p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="where the shards search: GPU where the Ray cluster has one (auto), or force cpu/gpu",
+    )
+    p.add_argument(
         "--init",
         choices=["random", "kmeans++"],
         help="initial centroids: random sample (faiss's) or k-means++ on a sample "
@@ -424,6 +437,7 @@ def _cluster(a: argparse.Namespace) -> dict:
             a.shards,
             a.max_points_per_centroid,
             init=a.init or "kmeans++",
+            device=a.device,
         )
     else:
         summary = cluster(
@@ -441,6 +455,7 @@ def _cluster(a: argparse.Namespace) -> dict:
             a.max_points_per_centroid,
             init=a.init or "random",
             plots=True,
+            device=a.device,
         )
     if not a.no_tracking:
         from raysv.tracking.mlflow_tracking import default_tracking_uri
@@ -757,7 +772,7 @@ def _report_human(s: dict) -> str:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "name",
-        choices=["featurize", "synth", "pretrain", "stream", "cluster", "embed"],
+        choices=["featurize", "synth", "pretrain", "pretrain_gpu", "stream", "cluster", "embed"],
         help="benchmark to run",
     )
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")

@@ -16,6 +16,7 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         "featurize": featurize.run,
         "synth": synth.run,
         "pretrain": pretrain.run,
+        "pretrain_gpu": pretrain.run_gpu,
         "stream": stream.run,
         "cluster": cluster.run,
         "embed": embed.run,

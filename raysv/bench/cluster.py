@@ -26,9 +26,9 @@ CHILD = r"""
 import json, sys, time
 from raysv.clustering.driver import cluster
 from raysv.runtime import ensure_ray
-ensure_ray(num_cpus=2)
+ensure_ray()  # every core, as faiss.Kmeans gets
 t0 = time.perf_counter()
-s = cluster(sys.argv[1], sys.argv[2], int(sys.argv[3]), iterations=20, seed=1, shards=2)
+s = cluster(sys.argv[1], sys.argv[2], int(sys.argv[3]), iterations=20, seed=1, shards=2, device=sys.argv[4])
 total = time.perf_counter() - t0
 with open("/proc/self/status") as f:
     peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]
@@ -59,12 +59,12 @@ def _write(x: np.ndarray, folder: str, parts: int = 16) -> str:
     return folder
 
 
-def _ours(folder: str, out: str, k: int) -> dict:
+def _ours(folder: str, out: str, k: int, device: str = "cpu") -> dict:
     # Ray runs its workers at nice 15 by default while faiss.Kmeans runs in this
     # process at nice 0; on a shared machine that alone skews the ratio, so the
     # child's Ray workers run at the same priority as the baseline.
     r = subprocess.run(
-        [sys.executable, "-c", CHILD, folder, out, str(k)],
+        [sys.executable, "-c", CHILD, folder, out, str(k), device],
         capture_output=True,
         text=True,
         timeout=3000,
@@ -101,6 +101,7 @@ def run(quick: bool = False) -> dict:
         del x
         ours = _ours(folder, f"{tmp}/out", k)
         ours_small = _ours(small, f"{tmp}/out_small", k)
+        gpu = _gpu(folder, f"{tmp}/out_gpu", k) if _has_cuda() else None
     res["raysv_kmeans_s"] = round(ours["kmeans_s"], 2)
     res["raysv_shard_load_s"] = round(ours["load_s"], 2)
     res["raysv_iteration_s"] = round(ours["iter_s"], 3)
@@ -126,4 +127,34 @@ def run(quick: bool = False) -> dict:
     res["driver_peak_mb_n"] = round(ours["driver_peak_mb"], 1)
     res["driver_peak_mb_n_over_10"] = round(ours_small["driver_peak_mb"], 1)
     res["driver_peak_ratio_10x_n"] = round(ours["driver_peak_mb"] / ours_small["driver_peak_mb"], 3)
+    if gpu:
+        res.update(gpu)
+        res["gpu_time_ratio_raysv_over_faiss_cpu"] = round(
+            gpu["raysv_gpu_kmeans_s"] / res["faiss_train_s"], 3
+        )
+        res["gpu_objective_ratio_raysv_over_faiss_cpu"] = round(
+            gpu["raysv_gpu_objective_all"] / res["faiss_objective_all"], 4
+        )
     return res
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return torch.cuda.is_available()
+
+
+def _gpu(folder: str, out: str, k: int) -> dict:
+    """The sharded k-means with its shards on the GPU (same data, seed, iterations)."""
+    from raysv.clustering import kmeans
+
+    ours = _ours(folder, out, k, device="gpu")
+    return {
+        "gpu_search_backend": kmeans.gpu_backend(),
+        "raysv_gpu_kmeans_s": round(ours["kmeans_s"], 2),
+        "raysv_gpu_shard_load_s": round(ours["load_s"], 2),
+        "raysv_gpu_iteration_s": round(ours["iter_s"], 3),
+        "raysv_gpu_objective_all": ours["objective_all"],
+    }

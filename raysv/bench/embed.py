@@ -10,7 +10,8 @@ batching), then writes one Parquet file. ``raysv embed`` is timed end to end
 (manifest read, actor start-up and model load, embedding, Parquet write) on an
 already started local Ray whose workers run at the bare loop's priority
 (``RAY_worker_niceness=0``; Ray's default is nice 15). Both outputs are
-compared row by row.
+compared row by row. Where torch sees a GPU, both forward on it (the actors
+share it; decoding and features stay on CPU).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def bare_loop(manifest: str, checkpoint: str, out: str, threads: int) -> dict:
     cfg = from_dict(PretrainConfig, blob["config"])
     model = build_encoder(cfg.model.name, cfg.data.n_mels, **cfg.model.kwargs)
     model.load_state_dict(blob["model"])
-    model.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as TorchEmbedder chooses
+    model.to(device).eval()
     rows = pq.read_table(manifest, columns=["utt_id", "path", "start_s", "end_s"]).to_pylist()
     cap, bucket = int(10.0 * io.TARGET_SR), int(0.5 * io.TARGET_SR)
     by_len: dict[int, list[tuple[str, np.ndarray]]] = {}
@@ -78,8 +80,8 @@ def bare_loop(manifest: str, checkpoint: str, out: str, threads: int) -> dict:
         for group in by_len.values():
             for i in range(0, len(group), BATCH):
                 chunk = group[i : i + BATCH]
-                x = torch.from_numpy(np.stack([f for _, f in chunk]))
-                embs.append(model(x).numpy())
+                x = torch.from_numpy(np.stack([f for _, f in chunk])).to(device)
+                embs.append(model(x).float().cpu().numpy())
                 ids += [u for u, _ in chunk]
     emb = np.concatenate(embs).astype(np.float32)
     col = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])
@@ -138,6 +140,7 @@ def run(quick: bool = False) -> dict:
         "utterances": n,
         "audio_hours": round(audio_h, 3),
         "cpus": cpus,
+        "gpus_per_actor": ours.get("gpus_per_actor", 0.0),
         "bare_loop_s": round(bare["seconds"], 2),
         "bare_loop_utts_per_s": round(n / bare["seconds"], 1),
         "raysv_embed_s": round(ray_s, 2),

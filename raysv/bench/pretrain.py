@@ -11,20 +11,31 @@ worker waited for its next batch.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
 import numpy as np
 
 
-def plain_step_seconds(cfg, steps: int = 8) -> float:
+def plain_step_seconds(cfg, steps: int = 8, device: str = "cpu", amp: bool = False) -> float:
+    """Median seconds of one optimiser step on random in-memory features.
+
+    ``device="cuda"`` runs it on the GPU (``amp``: bfloat16 autocast, as the
+    Ray Train worker does on GPU); on CPU it uses one thread.
+    """
     import torch
 
     from raysv.audio.features import num_frames
     from raysv.training.pretrain_worker import build_modules
 
-    torch.set_num_threads(1)
+    if device == "cpu":
+        torch.set_num_threads(1)
     encoder, loss_fn, rejection = build_modules(cfg)
+    encoder.to(device)
+    loss_fn.to(device)
+    if rejection:
+        rejection.to(device)
     params = (
         list(encoder.parameters())
         + list(loss_fn.parameters())
@@ -33,19 +44,88 @@ def plain_step_seconds(cfg, steps: int = 8) -> float:
     opt = torch.optim.Adam(params, lr=cfg.optim.lr)
     b, g = cfg.train.batch_size, cfg.group_size
     frames = num_frames(int(cfg.data.crop_seconds * 16000))
-    x = torch.randn(b, g, frames, cfg.data.n_mels)
+    x = torch.randn(b, g, frames, cfg.data.n_mels, device=device)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     times = []
     for i in range(steps + 2):
+        sync()
         t0 = time.perf_counter()
-        emb = encoder(x.reshape(b * g, frames, -1)).reshape(b, g, -1)
-        per = loss_fn(emb)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            emb = encoder(x.reshape(b * g, frames, -1)).float().reshape(b, g, -1)
+        per = loss_fn(emb)  # the loss in float32, as in the worker
         loss = rejection(per, emb)[0] if rejection else per.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sync()
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def run_gpu(quick: bool = False) -> dict:
+    """Stage I on one GPU: a plain loop (fp32 and bf16) vs the Ray Train worker (NCCL, bf16).
+
+    Full-size encoder (ECAPA-TDNN C=512, 192-dim), 64 dialogues x 2 utterances x
+    2 s crops per step; featurisation runs in Ray Data tasks on the CPUs the
+    worker leaves free. Needs a CUDA GPU.
+    """
+    import torch
+
+    from raysv.config import from_dict
+    from raysv.synth.corpus import SynthConfig, synthesize
+    from raysv.training.config import PretrainConfig
+    from raysv.training.pretrain import run_pretrain
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "bench pretrain_gpu needs a CUDA GPU (torch.cuda.is_available() is False)"
+        )
+    with tempfile.TemporaryDirectory() as d:
+        synth = SynthConfig(
+            train_speakers=20 if quick else 240,
+            dev_speakers=4 if quick else 10,
+            test_speakers=4 if quick else 10,
+            utts_per_speaker=8 if quick else 16,
+            trials_per_split=40 if quick else 1000,
+        )
+        synthesize(synth, f"{d}/corpus")
+        base = {
+            "data": {"data": f"{d}/corpus", "crop_seconds": 2.0, "augment": {"prob": 0.5}},
+            "model": {
+                "name": "ecapa",
+                "kwargs": {"channels": 64 if quick else 512, "embed_dim": 192},
+            },
+            "train": {"epochs": 3, "batch_size": 16 if quick else 64, "use_gpu": True},
+            "out": f"{d}/run",
+        }
+        cfg = from_dict(PretrainConfig, base)
+        res: dict = {
+            "benchmark": "pretrain_gpu",
+            "device": torch.cuda.get_device_name(0),
+            "model": f"ecapa {base['model']['kwargs']}",
+            "batch": f"{base['train']['batch_size']} dialogues x 2 utterances x 2.0 s",
+            "cpus": os.cpu_count(),
+        }
+        res["plain_fp32_step_s"] = round(plain_step_seconds(cfg, 10, "cuda", amp=False), 4)
+        res["plain_bf16_step_s"] = round(plain_step_seconds(cfg, 10, "cuda", amp=True), 4)
+        torch.cuda.empty_cache()
+        out = run_pretrain(cfg)
+        h = out["history"][-1]  # the last epoch: no start-up in it
+        res["ray_train_step_s"] = round(h["step_seconds"], 4)
+        res["ray_train_samples_per_s"] = round(h["samples_per_s"], 1)
+        res["ray_train_data_wait_share"] = round(h["data_wait_share"], 3)
+        res["ray_train_steps_per_epoch"] = h.get("steps_in_epoch")
+        res["overhead_ratio_ray_train_over_plain_bf16"] = round(
+            res["ray_train_step_s"] / res["plain_bf16_step_s"], 3
+        )
+        res["plain_bf16_samples_per_s"] = round(
+            base["train"]["batch_size"] * 2 / res["plain_bf16_step_s"], 1
+        )
+        res["dev_eer_per_epoch"] = [
+            round(e.get("dev_eer", float("nan")), 2) for e in out["history"]
+        ]
+    return res
 
 
 def run(quick: bool = False) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 from raysv.clustering import kmeans
 from raysv.clustering.sharded import EmbeddingShard, elbow_table, sharded_kmeans, split_files
 from raysv.data import fs
-from raysv.errors import ManifestError
+from raysv.errors import ConfigError, ManifestError
 
 log = logging.getLogger("raysv")
 
@@ -29,16 +29,47 @@ def embedding_files(uri: str) -> list[str]:
     return [uri]
 
 
-def start_shards(files: list[str], shards: int, normalise: bool, cpus: float = 0.5) -> list:
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def resolve_device(device: str) -> str:
+    """``"cpu"`` or ``"gpu"`` for a requested ``device`` (``auto``: GPU where the Ray cluster has one)."""
+    import ray
+
+    from raysv.runtime import ensure_ray
+
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    ensure_ray()
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if device == "gpu" and gpus == 0:
+        raise ConfigError("k-means device 'gpu' asked for, but the Ray cluster has no GPUs")
+    return "gpu" if device == "gpu" or (device == "auto" and gpus > 0) else "cpu"
+
+
+def start_shards(
+    files: list[str], shards: int, normalise: bool, cpus: float = 0.5, device: str = "auto"
+) -> list:
+    """Start ``shards`` actors, each reading its share of ``files``.
+
+    ``device``: ``"gpu"`` gives each actor a share of the cluster's GPUs (its rows
+    then live on the GPU), ``"cpu"`` none, ``"auto"`` GPUs where the cluster has them.
+    """
     import ray
 
     from raysv.runtime import ensure_ray
 
     ensure_ray()
-    actor_cls = ray.remote(num_cpus=cpus)(EmbeddingShard)
     groups = split_files(files, shards)
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    use_gpu = resolve_device(device) == "gpu"
+    opts: dict = {"num_cpus": cpus}
+    if use_gpu:  # shards share the GPUs (fractions of one when shards > GPUs)
+        opts["num_gpus"] = min(1.0, gpus / len(groups))
+        log.info("k-means shards on GPU (%.2f GPU each)", opts["num_gpus"])
+    actor_cls = ray.remote(**opts)(EmbeddingShard)
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(groups))
-    return [actor_cls.remote(group, normalise, threads) for group in groups]
+    return [actor_cls.remote(group, normalise, threads, use_gpu) for group in groups]
 
 
 def cluster(
@@ -57,6 +88,7 @@ def cluster(
     init: str = "random",
     init_points_per_centroid: int = 8,
     plots: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
@@ -66,13 +98,14 @@ def cluster(
     ``"kmeans++"`` (D^2 seeding on a sample of ``init_points_per_centroid * k``
     training points, gathered from the shards). ``plots``: also write
     ``_sizes.png`` (cluster-size histogram) and ``_objective.png`` (objective
-    per iteration) under ``out``.
+    per iteration) under ``out``. ``device``: where the shards search (see
+    :func:`start_shards`; ``"auto"`` uses GPUs where the Ray cluster has them).
     """
     import ray
 
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
-    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical)
+    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical, device=device)
     res = sharded_kmeans(
         actors,
         k,
@@ -108,6 +141,7 @@ def cluster(
         "embeddings": int(sum(written)),
         "k": k,
         "init": init,
+        "device": resolve_device(device),
         "iterations": res.iterations,
         "objective": res.objective,
         "objective_all_points": float(all_dist.astype(np.float64).sum()),
@@ -213,6 +247,7 @@ def elbow(
     shards: int = 2,
     max_points_per_centroid: int = 256,
     init: str = "kmeans++",
+    device: str = "auto",
 ) -> dict:
     """The objective over a range of k, to choose k by the elbow (the LGL paper's rule).
 
@@ -228,7 +263,7 @@ def elbow(
 
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
-    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical)
+    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical, device=device)
     try:
         rows = elbow_table(
             actors, ks, iterations, seed, spherical, max_points_per_centroid, init=init

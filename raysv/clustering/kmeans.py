@@ -22,6 +22,93 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return lab[:, 0].astype(np.int64), dist[:, 0]
 
 
+def gpu_backend() -> str | None:
+    """Which GPU search this process can use: ``"faiss"`` (a faiss build with GPUs),
+    ``"torch"`` (torch sees CUDA but faiss is the CPU build), or ``None``."""
+    import faiss
+
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        return "faiss"
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    return "torch" if torch.cuda.is_available() else None
+
+
+class DeviceAssigner:
+    """Nearest-centroid search and per-centroid sums with the rows resident on one device.
+
+    ``x (n, d) float32`` is copied to ``device`` once; each :meth:`stats` call
+    then moves only the centroids ``(k, d)`` there and ``(k, d)`` sums back.
+    ``backend="faiss"`` searches with a faiss GPU index (faiss-gpu builds);
+    ``"torch"`` with a blocked ``|x|^2 - 2 x c^T + |c|^2`` matmul in float32
+    (what faiss's flat index computes), on any torch device, CPU included, so
+    the same code is tested without a GPU.
+    """
+
+    def __init__(
+        self, x: np.ndarray, device: str = "cuda", backend: str = "torch", block: int = 65536
+    ):
+        import torch
+
+        self.backend, self.block, self.n = backend, block, int(x.shape[0])
+        self.device = torch.device(device)
+        self.x_host = np.ascontiguousarray(x, dtype=np.float32)
+        self.x = torch.from_numpy(self.x_host).to(self.device)
+        self.sq = (self.x * self.x).sum(1)  # (n,)
+        if backend == "faiss":
+            import faiss
+
+            self.res = faiss.StandardGpuResources()
+
+    def assign(self, centroids: np.ndarray):
+        """``(labels (n,) int64 tensor, squared distances (n,) float32 tensor)`` on the device."""
+        import torch
+
+        if self.backend == "faiss":
+            import faiss
+
+            index = faiss.GpuIndexFlatL2(self.res, centroids.shape[1])
+            index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            dist, lab = index.search(self.x_host, 1)
+            return (
+                torch.from_numpy(lab[:, 0].astype(np.int64)).to(self.device),
+                torch.from_numpy(dist[:, 0]).to(self.device),
+            )
+        c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(self.device)
+        csq = (c * c).sum(1)
+        labels = torch.empty(self.n, dtype=torch.int64, device=self.device)
+        dist = torch.empty(self.n, dtype=torch.float32, device=self.device)
+        for i in range(0, self.n, self.block):
+            xb = self.x[i : i + self.block]
+            d2 = torch.addmm(csq.unsqueeze(0), xb, c.T, beta=1.0, alpha=-2.0)  # (b, k)
+            best, lab = d2.min(1)
+            labels[i : i + self.block] = lab
+            dist[i : i + self.block] = (best + self.sq[i : i + self.block]).clamp_min_(0)
+        return labels, dist
+
+    def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(sums (k, d) float64, counts (k,) int64, objective share)`` as :func:`partial_stats`."""
+        import torch
+
+        k, d = centroids.shape
+        labels, dist = self.assign(centroids)
+        sums = torch.zeros((k, d), dtype=torch.float64, device=self.device)
+        for i in range(0, self.n, self.block):  # float32 within a block, float64 across
+            part = torch.zeros((k, d), dtype=torch.float32, device=self.device)
+            part.index_add_(0, labels[i : i + self.block], self.x[i : i + self.block])
+            sums += part.double()
+        counts = torch.bincount(labels, minlength=k)
+        obj = float(dist.double().sum())
+        return sums.cpu().numpy(), counts.cpu().numpy().astype(np.int64), obj
+
+    def final(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels (n,) int64, squared distances (n,) float32)`` as numpy arrays."""
+        labels, dist = self.assign(centroids)
+        return labels.cpu().numpy(), dist.cpu().numpy()
+
+
 def partial_stats(
     x: np.ndarray, labels: np.ndarray, k: int, block: int = 8192
 ) -> tuple[np.ndarray, np.ndarray]:

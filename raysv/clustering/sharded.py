@@ -24,7 +24,7 @@ log = logging.getLogger("raysv")
 class EmbeddingShard:
     """Ray actor body: one shard of the embeddings table (utt_ids and an (n, d) matrix)."""
 
-    def __init__(self, files: list[str], normalise: bool, threads: int = 0):
+    def __init__(self, files: list[str], normalise: bool, threads: int = 0, gpu: bool = False):
         import faiss
         import pyarrow.parquet as pq
 
@@ -42,6 +42,21 @@ class EmbeddingShard:
         self.labels = np.zeros(0, dtype=np.int64)
         self.dist = np.zeros(0, dtype=np.float32)
         self.train = self.x  # rows the Lloyd iterations use (a subsample, like faiss, or all)
+        # On a GPU actor the rows live on the GPU (faiss-gpu index, or torch where faiss is
+        # the CPU build); only centroids go there and per-centroid sums come back.
+        self.backend = kmeans.gpu_backend() if gpu else None
+        if gpu and self.backend is None:
+            raise ConfigError(
+                "k-means shard was given a GPU but neither faiss nor torch can use it "
+                "(faiss.get_num_gpus() == 0 and torch.cuda.is_available() is False)"
+            )
+        self._on_device = None
+
+    def _device(self):
+        """The :class:`~raysv.clustering.kmeans.DeviceAssigner` over the training rows (GPU shards)."""
+        if self._on_device is None:
+            self._on_device = kmeans.DeviceAssigner(self.train, "cuda", self.backend)
+        return self._on_device
 
     def subsample(self, n: int, seed: int) -> int:
         """Train on ``n`` random rows of this shard (all rows if ``n`` >= its size)."""
@@ -50,6 +65,7 @@ class EmbeddingShard:
         else:
             rng = np.random.default_rng(seed)
             self.train = self.x[np.sort(rng.choice(self.x.shape[0], size=n, replace=False))]
+        self._on_device = None
         return int(self.train.shape[0])
 
     def count(self) -> int:
@@ -69,6 +85,10 @@ class EmbeddingShard:
         One faiss search per iteration; the objective share comes from its distances.
         """
         t0, cpu0 = time.perf_counter(), time.process_time()
+        if self.backend:
+            sums, counts, obj = self._device().stats(centroids)
+            t1 = time.perf_counter()
+            return sums, counts, obj, (t1 - t0, 0.0, time.process_time() - cpu0)
         lab, dist = kmeans.assign(self.train, centroids)
         t1 = time.perf_counter()
         sums, counts = kmeans.partial_stats(self.train, lab, centroids.shape[0])
@@ -77,11 +97,18 @@ class EmbeddingShard:
 
     def objective(self, centroids: np.ndarray) -> float:
         """Sum of squared L2 distances of all this shard's rows to their nearest centroid."""
-        return float(kmeans.assign(self.x, centroids)[1].astype(np.float64).sum())
+        return float(self._assign_all(centroids)[1].astype(np.float64).sum())
+
+    def _assign_all(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid of every row of the shard (not only the training sample)."""
+        if self.backend:
+            return kmeans.DeviceAssigner(self.x, "cuda", self.backend).final(centroids)
+        return kmeans.assign(self.x, centroids)
 
     def final_assign(self, centroids: np.ndarray) -> np.ndarray:
         """[3] Assign and keep labels/distances; return the distances (n,) for purification."""
-        self.labels, self.dist = kmeans.assign(self.x, centroids)
+        self.labels, self.dist = self._assign_all(centroids)
+        self._on_device = None  # frees the GPU copy of the training rows
         return self.dist
 
     def labels_table(

@@ -49,6 +49,20 @@ def actor_resources(concurrency: int | None, cpus_per_actor: float | None) -> tu
     return concurrency, cpus_per_actor
 
 
+def actor_gpus(device: str, concurrency: int) -> float:
+    """GPUs per embedding actor: an equal share of the cluster's GPUs (at most one each)."""
+    import ray
+
+    if device not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"device must be auto, cpu or gpu; got {device!r}")
+    total = float(ray.cluster_resources().get("GPU", 0))
+    if device == "gpu" and total == 0:
+        raise ConfigError("embedding device 'gpu' asked for, but the Ray cluster has no GPUs")
+    if device == "cpu" or total == 0:
+        return 0.0
+    return min(1.0, total / concurrency)
+
+
 def embed_manifest(
     manifest: str,
     out_dir: str,
@@ -60,10 +74,14 @@ def embed_manifest(
     force: bool = False,
     on_done: Callable[[dict], None] | None = None,
     normalise: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Embed all rows of ``manifest`` into ``out_dir`` (Parquet shards).
 
     Skips the work if ``out_dir/_SUCCESS`` exists, unless ``force``.
+    ``device``: ``"auto"`` gives the actors the cluster's GPUs where it has
+    them (each an equal share: decoding and features stay on the actor's CPU
+    share, the forward pass runs on the GPU), ``"cpu"`` never, ``"gpu"`` always.
     Returns a summary with rows, seconds and utterances/s.
     """
     import ray.data
@@ -76,6 +94,7 @@ def embed_manifest(
         return {"out": out_dir, "skipped": True}
     ensure_ray()
     concurrency, num_cpus_per_actor = actor_resources(concurrency, num_cpus_per_actor)
+    gpus = actor_gpus(device, concurrency)
     t0 = time.monotonic()
     _, path = fs.resolve(manifest)
     ds = ray.data.read_parquet(path, columns=["utt_id", "path", "start_s", "end_s"])  # [1]
@@ -88,6 +107,7 @@ def embed_manifest(
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus_per_actor,
+        num_gpus=gpus,
         batch_format="numpy",
     )
     if normalise:
@@ -105,6 +125,7 @@ def embed_manifest(
         "rows": n,
         "seconds": round(secs, 2),
         "utts_per_s": round(n / max(secs, 1e-9), 1),
+        "gpus_per_actor": gpus,
     }
     log.info("embedded %d utterances in %.1fs (%.1f/s)", n, secs, n / max(secs, 1e-9))
     return summary

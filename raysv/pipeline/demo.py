@@ -149,6 +149,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         os.path.join(out, "embeddings", "baseline"),
         BaselineEmbedder,
         {"n_mels": cfg.n_mels},
+        device="cpu",  # numpy features: nothing for a GPU to do
     )
     log.info("[4/6] baseline: scoring trials")
     results = {}

@@ -70,12 +70,14 @@ class Schedule:
 
 @dataclass
 class ClusterSpec:
-    """Sharded k-means settings of every round (see ``raysv cluster``)."""
+    """Sharded k-means settings of every round (see ``raysv cluster``; ``device``:
+    ``auto`` searches on GPUs where the Ray cluster has them)."""
 
     iterations: int = 20
     seed: int = 1
     spherical: bool = True
     shards: int = 2
+    device: Literal["auto", "cpu", "gpu"] = "auto"
 
 
 @dataclass
@@ -209,6 +211,7 @@ def _cluster(cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, poo
         seed=cfg.cluster.seed,
         spherical=cfg.cluster.spherical,
         shards=cfg.cluster.shards,
+        device=cfg.cluster.device,
         drop_fraction=sched["drop_fraction"],
         min_cluster_size=sched["min_cluster_size"],
         round_=r,

@@ -135,7 +135,8 @@ class TrainSpec:
             per step, summed over workers; the loss sees all of them (global negatives).
         num_workers: Ray Train workers (DDP ranks).
         use_gpu: one GPU per worker, NCCL; otherwise gloo on CPU.
-        cpus_per_worker: CPUs reserved per worker; default leaves one CPU for Ray Data.
+        cpus_per_worker: CPUs reserved per worker; default: on CPU all but one (left for
+            Ray Data), on GPU two per worker (the rest featurise).
         amp: bfloat16 autocast on GPU (ignored on CPU).
         seed: model initialisation and data order.
         max_failures: worker-group restarts from the last checkpoint (FailureConfig).

@@ -13,6 +13,13 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def where(device) -> dict[str, str]:
+    """``{"device": "cuda:0", "backend": "nccl"}``: where this worker's step runs and its
+    process group's backend (``"none"`` outside one), for the epoch summary."""
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+    return {"device": str(device), "backend": str(backend)}
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` ``(B, ...)`` from all ranks along dim 0, keeping gradients.
 

@@ -135,10 +135,12 @@ def _resources(cfg: PretrainConfig) -> tuple[dict, int]:
     cpw = cfg.train.cpus_per_worker
     if cpw is None:
         # Leave one CPU for Ray Data's featurisation tasks, or the input pipeline starves.
+        # A GPU worker needs little CPU (its step runs on the GPU): two each, and every
+        # other CPU featurises, which is what a GPU's appetite for batches needs.
         cpw = (
             max(0.25, (total - 1.0) / cfg.train.num_workers)
             if not cfg.train.use_gpu
-            else max(1.0, (total - 1.0) / cfg.train.num_workers)
+            else max(1.0, min(2.0, (total - 1.0) / cfg.train.num_workers))
         )
     if cpw * cfg.train.num_workers > total - 0.5 and not cfg.train.use_gpu:
         raise ConfigError(

@@ -21,7 +21,7 @@ import torch
 
 from raysv.config import from_dict
 from raysv.training.config import PretrainConfig
-from raysv.training.distributed import gather_no_grad, gather_with_grad, world
+from raysv.training.distributed import gather_no_grad, gather_with_grad, where, world
 
 
 @dataclass
@@ -200,6 +200,7 @@ def run_epoch(
         "data_wait_share": wait / max(wait + busy, 1e-9),
         "step_seconds": busy / len(losses),
         "nonfinite_steps": skipped,
+        **where(device),
     }
     if rejection is not None:
         out["rej_temperature"] = float(rejection.temperature.detach())

@@ -25,7 +25,7 @@ from torch import nn
 from raysv.config import from_dict
 from raysv.losses import gates
 from raysv.losses.aam import AAMSoftmax
-from raysv.training.distributed import gather_no_grad, world
+from raysv.training.distributed import gather_no_grad, where, world
 from raysv.training.pretrain_worker import State, _dev_metrics, _load_dev, _log, _maybe_fail
 from raysv.training.stage2_config import Stage2Config
 
@@ -196,6 +196,7 @@ def run_epoch(cfg, model, opt, shard, device, st: Stage2State, analysis: GateAna
         "steps_in_epoch": len(losses),
         "samples_per_s": seen * world()[1] / max(wait + busy, 1e-9),
         "data_wait_share": wait / max(wait + busy, 1e-9),
+        **where(device),
     }
     if tau is not None:
         out["gate_tau"] = float(tau)  # absent while the gate is open (warm-up)

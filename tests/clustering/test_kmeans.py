@@ -322,3 +322,27 @@ def test_cli_elbow_finds_the_true_k_on_blobs(tmp_path, ray_local, capsys, monkey
     with pytest.raises(SystemExit):
         main(["cluster", "--embeddings", emb, "--out", str(tmp_path / "h"), "--elbow", "4,x"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_device_assigner_matches_faiss_search_and_sums():
+    """The GPU shards' torch search + sums (run here on the CPU device) agree with
+    faiss's flat search and the CPU shards' partial sums."""
+    x, _ = _skewed(n=5000, d=16, k=30, seed=3)
+    c = x[np.random.default_rng(0).choice(len(x), 30, replace=False)] + 0.1
+    lab, dist = kmeans.assign(x, c)
+    sums, counts = kmeans.partial_stats(x, lab, 30)
+    dev = kmeans.DeviceAssigner(x, "cpu", "torch", block=1024)  # several blocks
+    d_sums, d_counts, d_obj = dev.stats(c)
+    d_lab, d_dist = dev.final(c)
+    # Ties aside, the same nearest centroid; distances to float32 rounding.
+    assert (d_lab == lab).mean() > 0.999
+    np.testing.assert_allclose(d_dist, dist, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(d_counts, counts)
+    np.testing.assert_allclose(d_sums, sums, rtol=1e-5, atol=1e-3)
+    assert d_obj == pytest.approx(float(dist.astype(np.float64).sum()), rel=1e-5)
+
+
+def test_gpu_device_without_gpus_is_a_clear_error(tmp_path, ray_local):
+    x, _ = _blobs(n=400, d=8, k=4)
+    with pytest.raises(ConfigError, match="no GPUs"):
+        cluster(_write_shards(x, str(tmp_path / "emb")), str(tmp_path / "out"), 4, device="gpu")

@@ -47,6 +47,7 @@ def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
     ):
         assert key in h, key
     assert 0 < h["rej_w_mean"] < 1 and 0 < h["rej_temperature"] < 20
+    assert (h["device"], h["backend"]) == ("cpu", "gloo")  # where the step ran
     for k in ("untrained.dev.eer", "best.dev.eer", "untrained.test.eer", "best.test.eer"):
         assert 0 <= s["final"][k] <= 100
     assert os.path.isfile(s["best_model"])
