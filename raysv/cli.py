@@ -772,7 +772,16 @@ def _report_human(s: dict) -> str:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "name",
-        choices=["featurize", "synth", "pretrain", "pretrain_gpu", "stream", "cluster", "embed"],
+        choices=[
+            "featurize",
+            "synth",
+            "input",
+            "pretrain",
+            "pretrain_gpu",
+            "stream",
+            "cluster",
+            "embed",
+        ],
         help="benchmark to run",
     )
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")

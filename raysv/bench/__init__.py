@@ -10,11 +10,12 @@ import time
 
 
 def run(name: str, out_dir: str, quick: bool = False) -> dict:
-    from raysv.bench import cluster, embed, featurize, pretrain, stream, synth
+    from raysv.bench import cluster, embed, featurize, input, pretrain, stream, synth
 
     fn = {
         "featurize": featurize.run,
         "synth": synth.run,
+        "input": input.run,
         "pretrain": pretrain.run,
         "pretrain_gpu": pretrain.run_gpu,
         "stream": stream.run,

@@ -275,10 +275,17 @@ def build_dataset(
     #     block order is re-randomised every epoch because Ray Train re-executes the
     #     dataset for every pass over a shard (workers add a local shuffle buffer);
     # [2] decoding and features run in stateless tasks; audio never touches the driver.
+    # Ray Data's Parquet reader packs small files into one block (the table is only
+    # metadata), and one block is one featurisation task: blocks are re-cut to
+    # ``batch_rows`` rows first, so featurisation runs on every free CPU.
     """
     import ray.data
 
-    ds = ray.data.read_parquet(shards).randomize_block_order()  # [1]
+    ds = (
+        ray.data.read_parquet(shards)
+        .repartition(target_num_rows_per_block=batch_rows)
+        .randomize_block_order()
+    )  # [1]
     if mode == "labelled":
         fn, kwargs = (
             featurise_labelled,
