@@ -42,7 +42,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
 def _configure_ray_data() -> None:
     """This driver's Ray Data settings (datasets carry them to Train workers and tasks).
 
-    - progress bars off (our own progress logging is enough);
+    - progress bars and per-read INFO logs off (our own progress logging is enough);
     - the V1 datasources: Ray 2.60's V2 Parquet reader starts every read with a
       file-listing task that took 1-5 s even for a few dozen local files, and
       packs small files into ONE block. Training re-reads its shards every
@@ -57,3 +57,7 @@ def _configure_ray_data() -> None:
     ctx.print_on_execution_start = False
     if hasattr(ctx, "use_datasource_v2"):
         ctx.use_datasource_v2 = False
+    # Ray Data's per-read INFO lines ("Estimated parquet encoding ratio ...") are noise
+    # in a command's output; ``-v`` (raysv at DEBUG) keeps them.
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
