@@ -729,6 +729,36 @@ def _round_scores(r: dict) -> dict:
     return out
 
 
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="corpus folder for a Stage I sweep (sets base.data.data)")
+    _config_args(p, "SweepConfig", "repeats=2")
+
+
+def _tune(a: argparse.Namespace) -> dict:
+    from raysv.config import load_config
+    from raysv.tuning.sweep import SweepConfig, run_sweep
+
+    extra = _flag_overrides(("base.data.data", a.data), ("out", a.out))
+    return run_sweep(load_config(SweepConfig, a.config, list(a.overrides) + extra))
+
+
+def _tune_human(s: dict) -> str:
+    lines = [f"sweep folder: {s['out']}  ({len(s['trials'])} trials, {s['seconds']}s)"]
+    for r in s["trials"]:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        lines.append(
+            f"  trial {r['trial']:3d}  dev EER {r['dev_eer']:6.2f}%  test EER {r['test_eer']:6.2f}%  {params}"
+        )
+    lines += [f"  failed: {e}" for e in s["failed_trials"]]
+    b = s["best"]
+    lines.append(
+        f"best (lowest dev EER): trial {b['trial']}  dev {b['dev_eer']:.2f}%  test {b['test_eer']:.2f}%  "
+        f"model {b['best_model']}"
+    )
+    lines.append(f"MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}")
+    return "\n".join(lines)
+
+
 def _iterate_human(s: dict) -> str:
     lines = [f"run folder: {s['out']}  ({s['seconds']}s)"]
     lines += _scores_line("initial encoder", s["initial"])
@@ -849,6 +879,12 @@ COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
         _iterate_args,
         _iterate,
         _iterate_human,
+    ),
+    "tune": (
+        "sweep a training stage's knobs with Ray Tune; best trial by dev EER",
+        _tune_args,
+        _tune,
+        _tune_human,
     ),
     "report": (
         "write an HTML report with plots for an iterate or demo run",

@@ -21,7 +21,8 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     """
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # e.g. inside a Ray Tune trial: same Ray Data settings
+        _configure_ray_data()
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -12,6 +12,7 @@ from raysv.pipeline.iterate import IterateConfig
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import PretrainConfig
 from raysv.training.stage2_config import Stage2Config
+from raysv.tuning.sweep import SweepConfig, grid_points, trial_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,6 +88,7 @@ CONFIG_CLASSES = {
     "pretrain": PretrainConfig,
     "train": Stage2Config,
     "iterate": IterateConfig,
+    "tune": SweepConfig,
 }
 
 
@@ -112,6 +114,9 @@ def test_every_config_file_validates(path):
     with open(path) as f:
         assert yaml.safe_load(f)  # non-empty
     assert cfg is not None
+    if isinstance(cfg, SweepConfig):  # every trial of a sweep is a valid stage config
+        for i, point in enumerate(grid_points(cfg)):
+            trial_config(cfg, i, point, None)
 
 
 def test_partial_nested_override_keeps_the_fields_own_defaults():

@@ -191,6 +191,7 @@ class PretrainConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
     tracking_uri: str | None = None
     experiment: str = "raysv-pretrain"
+    parent_run_id: str | None = None  # nests the MLflow run (a ``raysv tune`` trial)
 
     def __post_init__(self):
         from raysv.losses import DIALOGUE_LOSSES, LOSSES

@@ -272,8 +272,10 @@ def build_dataset(
     """The per-epoch Ray Dataset over training shards written by :func:`write_shards`.
 
     # [1] metadata rows only, streamed from Parquet (the driver never holds the table);
-    #     block order is re-randomised every epoch because Ray Train re-executes the
-    #     dataset for every pass over a shard (workers add a local shuffle buffer);
+    #     the shard files are read in a new random order every epoch (Ray Train
+    #     re-executes the dataset for every pass; ``shuffle="files"`` needs no
+    #     all-to-all barrier, unlike randomize_block_order) and workers add a
+    #     local shuffle buffer;
     # [2] decoding and features run in stateless tasks; audio never touches the driver.
     # Ray Data's Parquet reader packs small files into one block (the table is only
     # metadata), and one block is one featurisation task: blocks are re-cut to
@@ -281,10 +283,8 @@ def build_dataset(
     """
     import ray.data
 
-    ds = (
-        ray.data.read_parquet(shards)
-        .repartition(target_num_rows_per_block=batch_rows)
-        .randomize_block_order()
+    ds = ray.data.read_parquet(shards, shuffle="files").repartition(
+        target_num_rows_per_block=batch_rows
     )  # [1]
     if mode == "labelled":
         fn, kwargs = (

@@ -222,7 +222,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     with tracking.resumable_run(
-        out, tracking_uri, cfg.experiment, cfg.run_name, to_dict(cfg)
+        out, tracking_uri, cfg.experiment, cfg.run_name, to_dict(cfg), cfg.parent_run_id
     ) as run_id:
         run = {
             "out": out,
