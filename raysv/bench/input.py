@@ -3,7 +3,8 @@
 A worker waits for data when this rate is below what its step consumes. Same
 path as training (Parquet shards -> Ray Data -> decode, crop, augment, fbank
 -> ``streaming_split`` -> ``iter_torch_batches``), no model. Per variant, two
-epochs; the second has no process start-up in it. The baseline is the same
+epochs read from one execution of the pipeline, as training reads them (the
+second has no start-up in it). The baseline is the same
 featurisation in this process, one thread: the ideal rate on ``c`` free CPUs
 is ``c`` times it, and the ratio says how much of the machine Ray Data uses.
 """
@@ -33,16 +34,27 @@ def _one_thread_rate(table, crop_seconds: float, augment) -> float:
     return out["feats"].shape[0] * 2 / (time.perf_counter() - t0)
 
 
-def _epochs(shards: str, crop_seconds: float, augment, task_cpus: float, batch: int) -> list[dict]:
-    from raysv.training.data import build_dataset
+def _epochs(
+    shards: str, rows: int, crop_seconds: float, augment, task_cpus: float, batch: int
+) -> list[dict]:
+    """Two epochs from ONE execution of the pipeline, cut by step count, as training reads it."""
+    from raysv.training.data import EpochStream, build_dataset, steps_per_epoch
 
-    ds = build_dataset(shards, "dialogue", 2, crop_seconds, 40, augment, task_cpus=task_cpus)
-    it = ds.streaming_split(1, equal=True)[0]
+    ds = build_dataset(
+        shards, "dialogue", 2, crop_seconds, 40, augment, task_cpus=task_cpus, epochs=2
+    )
+    stream = EpochStream(
+        ds.streaming_split(1, equal=True)[0],
+        steps_per_epoch(rows, 1, batch),
+        batch_size=batch,
+        prefetch_batches=2,
+        drop_last=True,
+    )
     res = []
     for _ in range(2):
         t0 = time.perf_counter()
         first, n = None, 0
-        for b in it.iter_torch_batches(batch_size=batch, prefetch_batches=2, drop_last=True):
+        for b in stream.epoch():
             n += b["feats"].shape[0] * b["feats"].shape[1]
             first = first if first is not None else time.perf_counter() - t0
         secs = time.perf_counter() - t0
@@ -101,7 +113,9 @@ def run(quick: bool = False) -> dict:
             ("augment_half_cpu_tasks", AugmentConfig(prob=0.5), 0.5),
         ):
             one = _one_thread_rate(table, crop, aug)
-            ep = _epochs(shards, crop, aug, task_cpus, min(BATCH, table.num_rows // 2))
+            ep = _epochs(
+                shards, table.num_rows, crop, aug, task_cpus, min(BATCH, table.num_rows // 2)
+            )
             res[f"{name}_one_thread_crops_per_s"] = round(one, 1)
             res[f"{name}_epochs"] = ep
             res[f"{name}_share_of_ideal"] = round(ep[-1]["crops_per_s"] / (one * cpus), 3)

@@ -218,6 +218,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         cfg.data.n_mels,
         cfg.data.augment,
         task_cpus=cfg.train.data_task_cpus,
+        epochs=cfg.train.epochs,
+        seed=cfg.train.seed,
     )
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
@@ -232,6 +234,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             "mlflow_run_id": run_id,
             "tracking_uri": tracking_uri,
             "torch_threads": threads,
+            "steps_per_epoch": tdata.steps_per_epoch(
+                inputs["table"].num_rows, cfg.train.num_workers, cfg.train.per_worker_batch
+            ),
         }
         trainer = build_trainer(  # [3] [4]
             train_loop,

@@ -21,6 +21,7 @@ import torch
 
 from raysv.config import from_dict
 from raysv.training.config import PretrainConfig
+from raysv.training.data import EpochStream
 from raysv.training.distributed import gather_no_grad, gather_with_grad, where, world
 
 
@@ -138,7 +139,7 @@ class Analysis:
 
 
 def run_epoch(
-    cfg, model, loss_fn, rejection, opt, sched, shard, device, st: State, analysis: Analysis
+    cfg, model, loss_fn, rejection, opt, sched, stream, device, st: State, analysis: Analysis
 ) -> dict:
     """One pass over this worker's shard; returns epoch statistics (rank-local timing)."""
     model.train()
@@ -146,14 +147,7 @@ def run_epoch(
     amp = cfg.train.use_gpu and cfg.train.amp
     losses, n_samples, wait, busy, skipped = [], 0, 0.0, 0.0, 0
     analysis.reset()
-    it = shard.iter_torch_batches(
-        batch_size=cfg.train.per_worker_batch,
-        drop_last=True,
-        prefetch_batches=2,
-        local_shuffle_buffer_size=4
-        * cfg.train.per_worker_batch,  # mixes rows across blocks each epoch
-        device=device,
-    )
+    it = stream.epoch()  # this epoch's batches of the worker's one data stream
     t_mark = time.perf_counter()
     for batch in it:
         t_got = time.perf_counter()
@@ -236,13 +230,21 @@ def train_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()  # [1]
     if ckpt is not None:
         st = _restore(ckpt, model, loss_fn, rejection, opt, sched)
-    shard = ray.train.get_dataset_shard("train")  # [3]
+    stream = EpochStream(  # [3] one pass of the data for all epochs
+        ray.train.get_dataset_shard("train"),
+        run["steps_per_epoch"],
+        batch_size=cfg.train.per_worker_batch,
+        drop_last=True,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=4 * cfg.train.per_worker_batch,  # mixes rows across blocks
+        device=device,
+    )
     dev = _load_dev(run, cfg) if rank == 0 else None
     truth = np.load(run["truth"]) if rank == 0 and run.get("truth") else None
     analysis = Analysis(truth)
     while st.epoch < cfg.train.epochs:
         _maybe_fail(cfg, st.epoch, run)
-        stats = run_epoch(cfg, model, loss_fn, rejection, opt, sched, shard, device, st, analysis)
+        stats = run_epoch(cfg, model, loss_fn, rejection, opt, sched, stream, device, st, analysis)
         metrics = {
             "epoch": st.epoch,
             "step": st.step,

@@ -25,6 +25,7 @@ from torch import nn
 from raysv.config import from_dict
 from raysv.losses import gates
 from raysv.losses.aam import AAMSoftmax
+from raysv.training.data import EpochStream
 from raysv.training.distributed import gather_no_grad, where, world
 from raysv.training.pretrain_worker import State, _dev_metrics, _load_dev, _log, _maybe_fail
 from raysv.training.stage2_config import Stage2Config
@@ -132,7 +133,9 @@ def l2_distance(encoder: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
     return sum(((p - a) ** 2).sum() for p, a in zip(encoder.parameters(), anchor, strict=True))
 
 
-def run_epoch(cfg, model, opt, shard, device, st: Stage2State, analysis: GateAnalysis, anchor=None):
+def run_epoch(
+    cfg, model, opt, stream, device, st: Stage2State, analysis: GateAnalysis, anchor=None
+):
     """One pass over this worker's shard; returns epoch statistics.
 
     ``anchor``: initial encoder parameters for the ``l2_to_init`` penalty (or None).
@@ -142,13 +145,7 @@ def run_epoch(cfg, model, opt, shard, device, st: Stage2State, analysis: GateAna
     amp = cfg.train.use_gpu and cfg.train.amp
     gate, tau = cfg.gate.name, st.tau
     losses, correct, seen, wait, busy = [], 0, 0, 0.0, 0.0
-    it = shard.iter_torch_batches(
-        batch_size=cfg.train.per_worker_batch,
-        drop_last=True,
-        prefetch_batches=2,
-        local_shuffle_buffer_size=4 * cfg.train.per_worker_batch,
-        device=device,
-    )
+    it = stream.epoch()  # this epoch's batches of the worker's one data stream
     t_mark = time.perf_counter()
     for batch in it:
         t_got = time.perf_counter()
@@ -264,7 +261,15 @@ def train_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()  # [1]
     if ckpt is not None:
         st = _restore(ckpt, model, opt)
-    shard = ray.train.get_dataset_shard("train")  # [3]
+    stream = EpochStream(  # [3] one pass of the data for all epochs
+        ray.train.get_dataset_shard("train"),
+        run["steps_per_epoch"],
+        batch_size=cfg.train.per_worker_batch,
+        drop_last=True,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=4 * cfg.train.per_worker_batch,  # mixes rows across blocks
+        device=device,
+    )
     dev = _load_dev(run, cfg) if rank == 0 else None
     if rank == 0 and ckpt is None and cfg.init_checkpoint and dev is not None:
         # The initial encoder is the candidate to beat: a round never ends worse on dev.
@@ -280,7 +285,7 @@ def train_loop(config: dict) -> None:
     analysis = GateAnalysis(truth)
     while st.epoch < cfg.train.epochs:
         _maybe_fail(cfg, st.epoch, run)
-        stats = run_epoch(cfg, model, opt, shard, device, st, analysis, anchor)
+        stats = run_epoch(cfg, model, opt, stream, device, st, analysis, anchor)
         losses = analysis.losses()
         metrics = {"epoch": st.epoch, "step": st.step, **stats, **analysis.summary()}
         st.tau = next_tau(cfg, st.epoch, losses)
