@@ -342,3 +342,22 @@ class EpochStream:
             except StopIteration:
                 return
             yield batch
+
+
+def worker_stream(steps: int, per_worker_batch: int, device) -> EpochStream:
+    """This Ray Train worker's :class:`EpochStream` over its ``"train"`` shard.
+
+    Batches of ``per_worker_batch`` rows on ``device``, two prefetched, rows mixed
+    across blocks by a local shuffle buffer of four batches.
+    """
+    import ray.train
+
+    return EpochStream(
+        ray.train.get_dataset_shard("train"),
+        steps,
+        batch_size=per_worker_batch,
+        drop_last=True,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=4 * per_worker_batch,
+        device=device,
+    )

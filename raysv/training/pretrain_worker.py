@@ -21,7 +21,7 @@ import torch
 
 from raysv.config import from_dict
 from raysv.training.config import PretrainConfig
-from raysv.training.data import EpochStream
+from raysv.training.data import worker_stream
 from raysv.training.distributed import gather_no_grad, gather_with_grad, where, world
 
 
@@ -230,15 +230,8 @@ def train_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()  # [1]
     if ckpt is not None:
         st = _restore(ckpt, model, loss_fn, rejection, opt, sched)
-    stream = EpochStream(  # [3] one pass of the data for all epochs
-        ray.train.get_dataset_shard("train"),
-        run["steps_per_epoch"],
-        batch_size=cfg.train.per_worker_batch,
-        drop_last=True,
-        prefetch_batches=2,
-        local_shuffle_buffer_size=4 * cfg.train.per_worker_batch,  # mixes rows across blocks
-        device=device,
-    )
+    # [3] one pass of the data for all epochs, cut into epochs by step count
+    stream = worker_stream(run["steps_per_epoch"], cfg.train.per_worker_batch, device)
     dev = _load_dev(run, cfg) if rank == 0 else None
     truth = np.load(run["truth"]) if rank == 0 and run.get("truth") else None
     analysis = Analysis(truth)

@@ -25,7 +25,7 @@ from torch import nn
 from raysv.config import from_dict
 from raysv.losses import gates
 from raysv.losses.aam import AAMSoftmax
-from raysv.training.data import EpochStream
+from raysv.training.data import worker_stream
 from raysv.training.distributed import gather_no_grad, where, world
 from raysv.training.pretrain_worker import State, _dev_metrics, _load_dev, _log, _maybe_fail
 from raysv.training.stage2_config import Stage2Config
@@ -261,15 +261,8 @@ def train_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()  # [1]
     if ckpt is not None:
         st = _restore(ckpt, model, opt)
-    stream = EpochStream(  # [3] one pass of the data for all epochs
-        ray.train.get_dataset_shard("train"),
-        run["steps_per_epoch"],
-        batch_size=cfg.train.per_worker_batch,
-        drop_last=True,
-        prefetch_batches=2,
-        local_shuffle_buffer_size=4 * cfg.train.per_worker_batch,  # mixes rows across blocks
-        device=device,
-    )
+    # [3] one pass of the data for all epochs, cut into epochs by step count
+    stream = worker_stream(run["steps_per_epoch"], cfg.train.per_worker_batch, device)
     dev = _load_dev(run, cfg) if rank == 0 else None
     if rank == 0 and ckpt is None and cfg.init_checkpoint and dev is not None:
         # The initial encoder is the candidate to beat: a round never ends worse on dev.
