@@ -43,9 +43,13 @@ def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
         "rej_temperature",
         "samples_per_s",
         "data_wait_share",
-        "rejection_auc",
     ):
         assert key in h, key
+    # The AUC needs both kinds of dialogue among an epoch's rows. Epochs are cut from
+    # one data stream by step count, so on this 25-dialogue corpus an epoch's rows are
+    # not exactly the corpus and one epoch can (rarely) hold no multi-speaker dialogue.
+    aucs = [e["rejection_auc"] for e in s["history"] if "rejection_auc" in e]
+    assert aucs and all(0 <= a <= 1 for a in aucs)
     assert 0 < h["rej_w_mean"] < 1 and 0 < h["rej_temperature"] < 20
     assert (h["device"], h["backend"]) == ("cpu", "gloo")  # where the step ran
     for k in ("untrained.dev.eer", "best.dev.eer", "untrained.test.eer", "best.test.eer"):
