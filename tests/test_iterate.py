@@ -135,12 +135,23 @@ def test_killed_in_round_two_resumes_and_ends_like_an_uninterrupted_run(
         cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     pattern = os.path.join(out, "round2", "train", "ray", "round2", "checkpoint_*")
+    id_file = os.path.join(out, "round2", "train", "mlflow_run_id")
     deadline = time.monotonic() + 420
-    while not glob.glob(pattern):
+
+    def epoch0_logged() -> bool:
+        # Rank 0 logs an epoch to MLflow only after its checkpoint is persisted: once
+        # epoch 0 is logged, round 2 has a checkpoint to resume from.
+        if not (glob.glob(pattern) and os.path.isfile(id_file)):
+            return False
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out}/mlflow.db"
+        client = mlflow.MlflowClient(uri)
+        with open(id_file) as f:
+            return bool(client.get_metric_history(f.read().strip(), "loss"))
+
+    while not epoch0_logged():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "round 2 never wrote a checkpoint"
-        time.sleep(0.5)
-    time.sleep(1.0)
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and its workers
     proc.wait()
     assert not os.path.isfile(os.path.join(out, "round2", "train", "summary.json"))

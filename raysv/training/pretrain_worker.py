@@ -260,8 +260,9 @@ def train_loop(config: dict) -> None:
                 analysis.save(os.path.join(run["out"], "rejection_weights.npz"))
                 _save(tmp, model, loss_fn, rejection, opt, sched, st)
                 checkpoint = Checkpoint.from_directory(tmp)
-                _log(run, metrics)
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
+            if rank == 0:  # after the checkpoint is persisted: a run killed in between
+                _log(run, metrics)  # re-runs this epoch, and logging first would log it twice
 
 
 def _load_dev(run: dict, cfg: PretrainConfig):

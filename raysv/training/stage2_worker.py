@@ -295,5 +295,6 @@ def train_loop(config: dict) -> None:
                 st.history.append(metrics)
                 _save(tmp, model, opt, st)
                 checkpoint = Checkpoint.from_directory(tmp)
-                _log(run, metrics)
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
+            if rank == 0:  # after the checkpoint is persisted: a run killed in between
+                _log(run, metrics)  # re-runs this epoch, and logging first would log it twice
