@@ -16,10 +16,13 @@ SMOKE = os.path.join(ROOT, "configs", "tune_smoke.yaml")
 
 
 def test_sweep_runs_trials_picks_on_dev_and_reuses_finished_trials(
-    tiny_corpus, tmp_path, ray_local, capsys
+    tiny_corpus, tmp_path, ray_local, capsys, monkeypatch
 ):
+    # Relative paths mean the folder the sweep is started from (trials run in their own).
+    monkeypatch.chdir(tmp_path)
     out = str(tmp_path / "sweep")
-    argv = ["tune", "--config", SMOKE, "--data", tiny_corpus, "--out", out, "--json"]
+    data = os.path.relpath(tiny_corpus, tmp_path)
+    argv = ["tune", "--config", SMOKE, "--data", data, "--out", "sweep", "--json"]
     assert main(argv) == 0
     s = cli_json(capsys.readouterr().out)
     assert [r["params"] for r in s["trials"]] == [

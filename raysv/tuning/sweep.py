@@ -126,6 +126,10 @@ def _trial(config: dict) -> None:
     """[2] Ray Tune function trainable: run one trial's stage and report its figures."""
     from ray import tune
 
+    # Ray Tune starts a trial in its trial folder: relative paths in the config (e.g.
+    # ``--data data/corpus``) mean the sweep's working folder, as for `raysv pretrain`.
+    if os.path.isdir(config.get("cwd", "")):
+        os.chdir(config["cwd"])
     summary_path = os.path.join(config["cfg"]["out"], "summary.json")
     if os.path.isfile(summary_path):  # [3] finished in an earlier run of the sweep
         with open(summary_path) as f:
@@ -168,6 +172,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
             {
                 "trial": i,
                 "stage": cfg.stage,
+                "cwd": os.getcwd(),
                 "cfg": to_dict(trial_config(cfg, i, p, parent)),
             }
             for i, p in enumerate(points)
@@ -185,7 +190,9 @@ def run_sweep(cfg: SweepConfig) -> dict:
         rows, errors = [], []
         for res in grid:
             if res.error is not None:
-                errors.append(str(res.error).splitlines()[0][:300])
+                # the last line of a remote traceback is the exception and its message
+                lines = [ln for ln in str(res.error).splitlines() if ln.strip()]
+                errors.append((lines[-1] if lines else repr(res.error))[:300])
                 continue
             m = res.metrics
             rows.append(
