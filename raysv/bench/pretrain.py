@@ -1,12 +1,15 @@
 """Stage I throughput: Ray Train step time vs. a plain PyTorch loop, data wait share,
 and samples/s with 1 and 2 workers, on the same model, batch and machine.
 
-The plain loop runs the same encoder + AvA + rejection + Adam step on random
-features already in memory, one thread: the pure compute cost of a step.
-Ray Train's ``step_seconds`` is measured inside the worker around the same
-operations (excluding time spent waiting for data), so their ratio is Ray
-Train's (and DDP's) overhead. ``data_wait_share`` is the share of an epoch a
-worker waited for its next batch.
+Two plain single-process loops run the same encoder + AvA + rejection + Adam
+step, one thread: on random features already in memory (the pure compute cost
+of a step on an otherwise idle machine), and fed by the same Ray Data input as
+training (featurisation tasks then share the cores with the step, as they do
+under Ray Train). Ray Train's ``step_seconds`` is measured inside the worker
+around the same operations (excluding time spent waiting for data). Its ratio
+to the second loop is Ray Train's own overhead; to the first, that plus the
+cost of featurising on the same cores. ``data_wait_share`` is the share of an
+epoch a worker waited for its next batch.
 """
 
 from __future__ import annotations
@@ -18,19 +21,13 @@ import time
 import numpy as np
 
 
-def plain_step_seconds(cfg, steps: int = 8, device: str = "cpu", amp: bool = False) -> float:
-    """Median seconds of one optimiser step on random in-memory features.
-
-    ``device="cuda"`` runs it on the GPU (``amp``: bfloat16 autocast, as the
-    Ray Train worker does on GPU); on CPU it uses one thread.
-    """
+def _plain_step(cfg, device: str = "cpu", amp: bool = False):
+    """``step(x (B, G, frames, n_mels)) -> loss`` of a fresh encoder + loss + rejection + Adam:
+    the worker's step without Ray Train (no DDP, no gather, no report)."""
     import torch
 
-    from raysv.audio.features import num_frames
     from raysv.training.pretrain_worker import build_modules
 
-    if device == "cpu":
-        torch.set_num_threads(1)
     encoder, loss_fn, rejection = build_modules(cfg)
     encoder.to(device)
     loss_fn.to(device)
@@ -42,6 +39,34 @@ def plain_step_seconds(cfg, steps: int = 8, device: str = "cpu", amp: bool = Fal
         + (list(rejection.parameters()) if rejection else [])
     )
     opt = torch.optim.Adam(params, lr=cfg.optim.lr)
+
+    def step(x):
+        b, g = x.shape[:2]
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            emb = encoder(x.reshape(b * g, *x.shape[2:])).float().reshape(b, g, -1)
+        per = loss_fn(emb)  # the loss in float32, as in the worker
+        loss = rejection(per, emb)[0] if rejection else per.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def plain_step_seconds(cfg, steps: int = 8, device: str = "cpu", amp: bool = False) -> float:
+    """Median seconds of one optimiser step on random in-memory features.
+
+    ``device="cuda"`` runs it on the GPU (``amp``: bfloat16 autocast, as the
+    Ray Train worker does on GPU); on CPU it uses one thread.
+    """
+    import torch
+
+    from raysv.audio.features import num_frames
+
+    if device == "cpu":
+        torch.set_num_threads(1)
+    step = _plain_step(cfg, device, amp)
     b, g = cfg.train.batch_size, cfg.group_size
     frames = num_frames(int(cfg.data.crop_seconds * 16000))
     x = torch.randn(b, g, frames, cfg.data.n_mels, device=device)
@@ -50,17 +75,66 @@ def plain_step_seconds(cfg, steps: int = 8, device: str = "cpu", amp: bool = Fal
     for i in range(steps + 2):
         sync()
         t0 = time.perf_counter()
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-            emb = encoder(x.reshape(b * g, frames, -1)).float().reshape(b, g, -1)
-        per = loss_fn(emb)  # the loss in float32, as in the worker
-        loss = rejection(per, emb)[0] if rejection else per.mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        step(x)
         sync()
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def plain_stream_step_seconds(cfg, epochs: int = 2) -> dict:
+    """The plain loop fed by the same Ray Data input as training, in this process, one thread.
+
+    Same shards, featurisation tasks, batch size, prefetch and shuffle buffer as a
+    1-worker run (:func:`~raysv.training.data.build_dataset`, an
+    :class:`~raysv.training.data.EpochStream` over ``iter_torch_batches``), so
+    featurisation competes for the machine exactly as it does under Ray Train;
+    only Ray Train (worker process, DDP wrapper, gather, reports) is missing.
+    Returns the last epoch's mean step seconds (data waits excluded) and wait share.
+    """
+    import torch
+
+    from raysv.runtime import ensure_ray
+    from raysv.training import data as tdata
+    from raysv.training.pretrain import prepare_inputs
+
+    torch.set_num_threads(1)
+    inputs = prepare_inputs(cfg)
+    ensure_ray()
+    shards = tdata.write_shards(inputs["table"], f"{cfg.out}/inputs/plain", seed=cfg.train.seed)
+    ds = tdata.build_dataset(
+        shards,
+        cfg.data.mode,
+        cfg.data.utts_per_dialogue,
+        cfg.data.crop_seconds,
+        cfg.data.n_mels,
+        cfg.data.augment,
+        task_cpus=cfg.train.data_task_cpus,
+        epochs=epochs,
+        seed=cfg.train.seed,
+    )
+    b = cfg.train.batch_size
+    stream = tdata.EpochStream(
+        ds,
+        tdata.steps_per_epoch(inputs["table"].num_rows, 1, b),
+        batch_size=b,
+        drop_last=True,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=b,
+    )
+    step = _plain_step(cfg)
+    for _ in range(epochs):
+        wait = busy = 0.0
+        n = 0
+        t_mark = time.perf_counter()
+        for batch in stream.epoch():
+            t_got = time.perf_counter()
+            wait += t_got - t_mark
+            step(batch["feats"])
+            t_mark = time.perf_counter()
+            busy += t_mark - t_got
+            n += 1
+    return {"step_s": busy / max(n, 1), "data_wait_share": wait / max(wait + busy, 1e-9)}
 
 
 def run_gpu(quick: bool = False) -> dict:
@@ -168,6 +242,11 @@ def run(quick: bool = False) -> dict:
             PretrainConfig, {**base, "out": f"{d}/w1", "train": {**base["train"], "num_workers": 1}}
         )
         res["plain_step_s"] = round(plain_step_seconds(cfg1), 4)
+        same = plain_stream_step_seconds(
+            from_dict(PretrainConfig, {**base, "out": f"{d}/plain", "train": base["train"]})
+        )
+        res["plain_same_input_step_s"] = round(same["step_s"], 4)
+        res["plain_same_input_data_wait_share"] = round(same["data_wait_share"], 3)
         for workers in (1, 2):
             cfg = from_dict(
                 PretrainConfig,
@@ -181,5 +260,11 @@ def run(quick: bool = False) -> dict:
             res[f"workers{workers}_step_s"] = round(h["step_seconds"], 4)
             res[f"workers{workers}_samples_per_s"] = round(h["samples_per_s"], 1)
             res[f"workers{workers}_data_wait_share"] = round(h["data_wait_share"], 3)
+        # Against the idle machine (features in memory): Ray Train's overhead plus the cost
+        # of featurising on the same cores. Against the plain loop fed by the same Ray
+        # Data input: Ray Train's own overhead (worker process, DDP wrapper, reports).
         res["overhead_ratio_1_worker"] = round(res["workers1_step_s"] / res["plain_step_s"], 3)
+        res["overhead_ratio_1_worker_same_input"] = round(
+            res["workers1_step_s"] / res["plain_same_input_step_s"], 3
+        )
     return res

@@ -33,10 +33,11 @@ class EmbeddingShard:
 
         from raysv.evaluation.scoring import embedding_matrix, l2_normalise
 
-        tables = [pq.read_table(f, columns=["utt_id", "embedding"]) for f in files]  # [1]
-        import pyarrow as pa
-
-        self.ids, self.x = embedding_matrix(pa.concat_tables(tables), ",".join(files))
+        # [1] one read of all this shard's files (pyarrow reads them in parallel)
+        table = pq.read_table(
+            files if len(files) > 1 else files[0], columns=["utt_id", "embedding"]
+        )
+        self.ids, self.x = embedding_matrix(table, ",".join(files), ids_as_list=False)
         if normalise:
             self.x = l2_normalise(self.x)
         self.labels = np.zeros(0, dtype=np.int64)

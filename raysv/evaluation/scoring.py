@@ -8,22 +8,32 @@ import pyarrow as pa
 from raysv.errors import ManifestError, RaysvError
 
 
-def embedding_matrix(table: pa.Table, source: str = "embeddings") -> tuple[list[str], np.ndarray]:
-    """``(utt_ids, matrix (n, d) float32)`` from an embeddings table."""
+def embedding_matrix(
+    table: pa.Table, source: str = "embeddings", ids_as_list: bool = True
+) -> tuple[list[str], np.ndarray]:
+    """``(utt_ids, matrix (n, d) float32)`` from an embeddings table.
+
+    ``ids_as_list=False`` returns the ids as the table's Arrow column (no Python
+    strings: cheaper for millions of rows that are only written back).
+    """
     if "utt_id" not in table.column_names or "embedding" not in table.column_names:
         raise ManifestError(f"{source}: embeddings table needs columns utt_id and embedding")
     if table.num_rows == 0:
         raise ManifestError(f"{source}: embeddings table is empty")
-    col = table.column("embedding").combine_chunks()
+    col = table.column("embedding")
     if pa.types.is_fixed_size_list(col.type):
-        mat = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+        # one copy into a fresh, writable array (no combine_chunks copy first)
+        parts = [c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks]
+        flat = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        mat = flat.reshape(len(col), col.type.list_size)
     else:
         rows = col.to_pylist()
         dims = {len(r) for r in rows}
         if len(dims) != 1:
             raise ManifestError(f"{source}: embeddings have different lengths {sorted(dims)[:5]}")
         mat = np.asarray(rows)
-    return table.column("utt_id").to_pylist(), mat.astype(np.float32)
+    ids = table.column("utt_id")
+    return (ids.to_pylist() if ids_as_list else ids), mat.astype(np.float32, copy=False)
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
