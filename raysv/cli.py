@@ -370,7 +370,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="cosine k-means: unit-length embeddings and centroids",
     )
-    p.add_argument("--shards", type=int, default=2, help="Ray actors holding the embeddings")
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="Ray actors holding the embeddings (default: two per node, one per GPU on GPUs; "
+        "each searches with its share of the cores)",
+    )
     p.add_argument(
         "--drop-fraction",
         type=float,

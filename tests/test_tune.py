@@ -24,7 +24,9 @@ def test_sweep_runs_trials_picks_on_dev_and_reuses_finished_trials(
     data = os.path.relpath(tiny_corpus, tmp_path)
     argv = ["tune", "--config", SMOKE, "--data", data, "--out", "sweep", "--json"]
     assert main(argv) == 0
-    s = cli_json(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert "Configuration for experiment" not in printed  # Ray Tune's tables go to stderr
+    s = cli_json(printed)
     assert [r["params"] for r in s["trials"]] == [
         {"loss.rejection.threshold": 0.3},
         {"loss.rejection.threshold": 0.7},

@@ -9,6 +9,9 @@ over all points for both. Besides wall times (which on a shared machine
 depend on the other load), CPU seconds are compared: faiss.Kmeans's whole
 process during ``train`` vs the shards' CPU time in their iterations (the
 shards' initial read and the driver's small O(k*d) work are not in it).
+The two sides run alternately ``REPEATS`` times (once with --quick); ratios
+are taken per back-to-back pair, medians reported. faiss's side also times
+reading the same Parquet files into one matrix (``time_ratio_from_files``).
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from raysv.clustering.driver import cluster
 from raysv.runtime import ensure_ray
 ensure_ray()  # every core, as faiss.Kmeans gets
 t0 = time.perf_counter()
-s = cluster(sys.argv[1], sys.argv[2], int(sys.argv[3]), iterations=20, seed=1, shards=2, device=sys.argv[4])
+s = cluster(sys.argv[1], sys.argv[2], int(sys.argv[3]), iterations=20, seed=1, device=sys.argv[4])
 total = time.perf_counter() - t0
 with open("/proc/self/status") as f:
     peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]
 h = s["history"]
 mean = lambda key: sum(r[key] for r in h) / len(h)
-print(json.dumps({"kmeans_s": s["kmeans_seconds"], "load_s": s["shard_load_seconds"], "total_s": total, "objective_all": s["objective_all_points"], "driver_peak_mb": peak, "iter_s": mean("seconds"), "assign_s": mean("assign_seconds"), "sums_s": mean("sums_seconds"), "cpu_s": sum(r["shard_cpu_seconds"] for r in h)}))
+print(json.dumps({"kmeans_s": s["kmeans_seconds"], "load_s": s["shard_load_seconds"], "total_s": total, "objective_all": s["objective_all_points"], "driver_peak_mb": peak, "iter_s": mean("seconds"), "assign_s": mean("assign_seconds"), "sums_s": mean("sums_seconds"), "cpu_s": sum(r["shard_cpu_seconds"] for r in h), "shards": s["shards"]}))
 """
 
 
@@ -57,6 +60,29 @@ def _write(x: np.ndarray, folder: str, parts: int = 16) -> str:
             os.path.join(folder, f"p{p:03d}.parquet"),
         )
     return folder
+
+
+REPEATS = 3
+
+
+def _faiss(folder: str, d: int, k: int) -> dict:
+    """faiss.Kmeans in this process, from the same Parquet files: read, train, objective."""
+    import faiss
+
+    t0 = time.perf_counter()
+    x = _read_matrix(folder)  # what faiss.Kmeans needs first: the whole matrix here
+    out = {"read_s": time.perf_counter() - t0}
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    km = faiss.Kmeans(d, k, niter=20, seed=1)
+    km.train(x)
+    out["train_s"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - cpu0
+    st = km.iteration_stats[-1]  # cumulative
+    out["search_share"] = st["time_search"] / st["time"]
+    index = faiss.IndexFlatL2(d)
+    index.add(km.centroids)
+    out["objective_all"] = float(index.search(x, 1)[0].astype(np.float64).sum())
+    return out
 
 
 def _read_matrix(folder: str) -> np.ndarray:
@@ -85,68 +111,67 @@ def _ours(folder: str, out: str, k: int, device: str = "cpu") -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    import faiss
-
     n, d, k = (50_000, 32, 50) if quick else (1_000_000, 192, 1000)
     res: dict = {
         "benchmark": "cluster",
-        "data": f"{n} x {d}, k = {k}, 20 iterations, 256 points per centroid, 2 shards",
+        "data": f"{n} x {d}, k = {k}, 20 iterations, 256 points per centroid, raysv's default shards",
     }
+    reps = 1 if quick else REPEATS
     with tempfile.TemporaryDirectory() as tmp:
         x = _data(n, d, k)
         folder = _write(x, f"{tmp}/emb")
-        # What faiss.Kmeans needs first: the whole matrix in one process, read from
-        # the same Parquet shards the sharded run reads.
-        t0 = time.perf_counter()
-        read = _read_matrix(folder)
-        res["faiss_read_s"] = round(time.perf_counter() - t0, 2)
-        assert read.shape == x.shape
-        del read
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        km = faiss.Kmeans(d, k, niter=20, seed=1)
-        km.train(x)
-        res["faiss_train_s"] = round(time.perf_counter() - t0, 2)
-        res["faiss_train_cpu_s"] = round(time.process_time() - cpu0, 2)  # all its threads
-        res["faiss_iteration_s"] = round(res["faiss_train_s"] / 20, 3)
-        st = km.iteration_stats[-1]  # cumulative
-        res["faiss_search_share"] = round(st["time_search"] / st["time"], 3)
-        index = faiss.IndexFlatL2(d)
-        index.add(km.centroids)
-        res["faiss_objective_all"] = float(index.search(x, 1)[0].astype(np.float64).sum())
         small = _write(x[: n // 10], f"{tmp}/emb_small")
         del x
-        ours = _ours(folder, f"{tmp}/out", k)
+        # The two sides alternate, REPEATS times: this machine's speed drifts by up to
+        # 1.8x over minutes (the same faiss search took 2.0 to 3.6 s per iteration in
+        # one hour), so only back-to-back pairs compare; the medians are reported.
+        base, ours = [], []
+        for _ in range(reps):
+            base.append(_faiss(folder, d, k))
+            ours.append(_ours(folder, f"{tmp}/out", k))
         ours_small = _ours(small, f"{tmp}/out_small", k)
         gpu = _gpu(folder, f"{tmp}/out_gpu", k) if _has_cuda() else None
-    res["raysv_kmeans_s"] = round(ours["kmeans_s"], 2)
-    res["raysv_shard_load_s"] = round(ours["load_s"], 2)
-    res["raysv_iteration_s"] = round(ours["iter_s"], 3)
-    res["raysv_slowest_shard_search_s_per_iteration"] = round(ours["assign_s"], 3)
-    res["raysv_slowest_shard_sums_s_per_iteration"] = round(ours["sums_s"], 3)
-    res["raysv_iterations_shard_cpu_s"] = round(ours["cpu_s"], 2)
-    res["raysv_total_s"] = round(ours["total_s"], 2)
-    res["raysv_objective_all"] = ours["objective_all"]
-    res["time_ratio_raysv_over_faiss"] = round(ours["kmeans_s"] / res["faiss_train_s"], 3)
+    med = lambda rows, key: float(np.median([r[key] for r in rows]))  # noqa: E731
+    pair = lambda f: round(float(np.median([f(o, b) for o, b in zip(ours, base, strict=True)])), 3)  # noqa: E731
+    res["repeats"] = reps
+    res["faiss_read_s"] = round(med(base, "read_s"), 2)
+    res["faiss_train_s"] = round(med(base, "train_s"), 2)
+    res["faiss_train_cpu_s"] = round(med(base, "cpu_s"), 2)  # all its threads
+    res["faiss_iteration_s"] = round(res["faiss_train_s"] / 20, 3)
+    res["faiss_search_share"] = round(med(base, "search_share"), 3)
+    res["faiss_objective_all"] = base[0]["objective_all"]
+    res["raysv_shards"] = ours[0]["shards"]
+    res["raysv_kmeans_s"] = round(med(ours, "kmeans_s"), 2)
+    res["raysv_shard_load_s"] = round(med(ours, "load_s"), 2)
+    res["raysv_iteration_s"] = round(med(ours, "iter_s"), 3)
+    res["raysv_slowest_shard_search_s_per_iteration"] = round(med(ours, "assign_s"), 3)
+    res["raysv_slowest_shard_sums_s_per_iteration"] = round(med(ours, "sums_s"), 3)
+    res["raysv_iterations_shard_cpu_s"] = round(med(ours, "cpu_s"), 2)
+    res["raysv_total_s"] = round(med(ours, "total_s"), 2)
+    res["raysv_objective_all"] = ours[0]["objective_all"]
+    # per pair (raysv run right after its faiss run), then the median over pairs
+    res["time_ratio_per_repeat"] = [
+        round(o["kmeans_s"] / b["train_s"], 3) for o, b in zip(ours, base, strict=True)
+    ]
+    res["time_ratio_raysv_over_faiss"] = pair(lambda o, b: o["kmeans_s"] / b["train_s"])
     # faiss.Kmeans gets its data in memory; the sharded run first waits for its
     # actors to read the Parquet shards. Without that wait:
-    res["time_ratio_excluding_shard_load"] = round(
-        (ours["kmeans_s"] - ours["load_s"]) / res["faiss_train_s"], 3
+    res["time_ratio_excluding_shard_load"] = pair(
+        lambda o, b: (o["kmeans_s"] - o["load_s"]) / b["train_s"]
     )
     # From the same Parquet files to trained centroids, on both sides.
-    res["time_ratio_from_files"] = round(
-        ours["kmeans_s"] / (res["faiss_read_s"] + res["faiss_train_s"]), 3
-    )
-    # CPU seconds (all shards' iterations vs all of faiss.Kmeans's threads) barely
-    # depend on what else runs on the machine; wall time does.
-    res["cpu_ratio_iterations_raysv_over_faiss"] = round(
-        ours["cpu_s"] / res["faiss_train_cpu_s"], 3
-    )
+    res["time_ratio_from_files"] = pair(lambda o, b: o["kmeans_s"] / (b["read_s"] + b["train_s"]))
+    res["iteration_ratio"] = pair(lambda o, b: o["iter_s"] / (b["train_s"] / 20))
+    # CPU seconds: all shards' iterations vs all of faiss.Kmeans's threads.
+    res["cpu_ratio_iterations_raysv_over_faiss"] = pair(lambda o, b: o["cpu_s"] / b["cpu_s"])
     res["objective_ratio_raysv_over_faiss"] = round(
-        ours["objective_all"] / res["faiss_objective_all"], 4
+        res["raysv_objective_all"] / res["faiss_objective_all"], 4
     )
-    res["driver_peak_mb_n"] = round(ours["driver_peak_mb"], 1)
+    res["driver_peak_mb_n"] = round(ours[0]["driver_peak_mb"], 1)
     res["driver_peak_mb_n_over_10"] = round(ours_small["driver_peak_mb"], 1)
-    res["driver_peak_ratio_10x_n"] = round(ours["driver_peak_mb"] / ours_small["driver_peak_mb"], 3)
+    res["driver_peak_ratio_10x_n"] = round(
+        ours[0]["driver_peak_mb"] / ours_small["driver_peak_mb"], 3
+    )
     if gpu:
         res.update(gpu)
         res["gpu_time_ratio_raysv_over_faiss_cpu"] = round(

@@ -76,7 +76,7 @@ class ClusterSpec:
     iterations: int = 20
     seed: int = 1
     spherical: bool = True
-    shards: int = 2
+    shards: int | None = None  # two per node (one per GPU on GPUs)
     device: Literal["auto", "cpu", "gpu"] = "auto"
 
 

@@ -16,10 +16,12 @@ Ray Tune calls live in this module only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -186,7 +188,10 @@ def run_sweep(cfg: SweepConfig) -> dict:
                 name="sweep", storage_path=os.path.join(out, "tune"), verbose=0
             ),
         )
-        grid = tuner.fit()
+        # Ray Tune prints its experiment tables to stdout even at verbose=0; stdout is
+        # the summary's (``--json``), so they go to stderr with the logs.
+        with contextlib.redirect_stdout(sys.stderr):
+            grid = tuner.fit()
         rows, errors = [], []
         for res in grid:
             if res.error is not None:
@@ -199,7 +204,10 @@ def run_sweep(cfg: SweepConfig) -> dict:
                 {
                     "trial": int(m["trial"]),
                     "params": points[int(m["trial"])],
-                    **{k: m[k] for k in ("dev_eer", "dev_min_dcf", "test_eer", "test_min_dcf")},
+                    **{
+                        k: round(float(m[k]), 4)
+                        for k in ("dev_eer", "dev_min_dcf", "test_eer", "test_min_dcf")
+                    },
                     "best_model": m["best_model"],
                     "seconds": m["seconds"],
                 }

@@ -112,6 +112,18 @@ def test_bad_k_is_a_clear_error(tmp_path, ray_local):
         kmeans.check_k(20, 50, min_per_cluster=5)
 
 
+def test_default_shards_are_two_per_node_and_a_bad_count_is_refused(tmp_path, ray_local):
+    import ray
+
+    x, _ = _skewed(n=800, d=8, k=4)
+    emb = _write_shards(x, str(tmp_path / "e"), parts=4)
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    s = cluster(emb, str(tmp_path / "o"), 4, iterations=2)
+    assert s["shards"] == 2 * len(nodes) and s["embeddings"] == 800
+    with pytest.raises(ConfigError, match="shards must be >= 1, got 0"):
+        cluster(emb, str(tmp_path / "o2"), 4, iterations=2, shards=0)
+
+
 def test_update_reseeds_empty_clusters():
     rng = np.random.default_rng(0)
     sums = np.array([[10.0, 0.0], [0.0, 0.0], [3.0, 3.0]])
