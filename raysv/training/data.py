@@ -321,14 +321,59 @@ def steps_per_epoch(rows: int, workers: int, per_worker_batch: int) -> int:
     return max(1, (rows // workers) // per_worker_batch)
 
 
+def exact_batches(batches, size: int):
+    """Re-cut a stream of dict batches into batches of exactly ``size`` rows.
+
+    ``batches`` yields dicts of tensors/arrays sharing dim 0. Ray Data 2.60's
+    local shuffle buffer can hand out a short batch in mid-stream even with
+    ``drop_last=True`` (its buffer regenerates only below half its minimum
+    size, so with a one-batch buffer a take can find, e.g., 9 of 16 rows left).
+    Under DDP one short batch on one rank is an all-gather of unequal sizes,
+    which aborts gloo workers ("op.preamble.length <= op.nbytes"). Short pieces
+    are joined with the following rows; a short remainder at the end of the
+    stream is dropped. Full batches pass through untouched (no copy).
+    """
+    import torch
+
+    def cat(parts: list[dict]) -> dict:
+        keys = parts[0].keys()
+        return {
+            k: torch.cat([p[k] for p in parts])
+            if isinstance(parts[0][k], torch.Tensor)
+            else np.concatenate([p[k] for p in parts])
+            for k in keys
+        }
+
+    def rows(b: dict) -> int:
+        return len(next(iter(b.values())))
+
+    held: list[dict] = []
+    n_held = 0
+    for b in batches:
+        n = rows(b)
+        if not held and n == size:
+            yield b
+            continue
+        held.append(b)
+        n_held += n
+        while n_held >= size:
+            joined = cat(held) if len(held) > 1 else held[0]
+            yield {k: v[:size] for k, v in joined.items()}
+            rest = {k: v[size:] for k, v in joined.items()}
+            n_held -= size
+            held = [rest] if n_held else []
+
+
 class EpochStream:
     """A worker's data shard read ONCE for all epochs, handed out ``steps`` batches at a time.
 
     ``shard`` is the worker's Ray Train dataset shard of a dataset built with
     ``epochs`` copies of the data (:func:`build_dataset`); ``iter_kwargs`` go to
-    ``iter_torch_batches``. The stream keeps prefetching across epoch boundaries
-    (e.g. while rank 0 scores the dev set). A resumed run consumes only the
-    epochs it has left; unread data is dropped with the iterator.
+    ``iter_torch_batches``. Every batch has exactly ``batch_size`` rows
+    (:func:`exact_batches`), so all ranks' collectives see equal shapes. The
+    stream keeps prefetching across epoch boundaries (e.g. while rank 0 scores
+    the dev set). A resumed run consumes only the epochs it has left; unread
+    data is dropped with the iterator.
     """
 
     def __init__(self, shard, steps: int, **iter_kwargs):
@@ -338,7 +383,12 @@ class EpochStream:
     def epoch(self):
         """Yield the next epoch's batches (fewer than ``steps`` only where the stream ends)."""
         if self._it is None:
-            self._it = iter(self.shard.iter_torch_batches(**self.kwargs))
+            # Ray's drop_last would drop a short LAST batch even where short batches
+            # before it leave rows to join with: exact_batches drops the tail itself.
+            kwargs = {**self.kwargs, "drop_last": False}
+            self._it = exact_batches(
+                self.shard.iter_torch_batches(**kwargs), self.kwargs["batch_size"]
+            )
         for _ in range(self.steps):
             try:
                 batch = next(self._it)

@@ -120,3 +120,41 @@ def test_stream_shards_and_reshuffles(small_manifest, ray_local, tmp_path):
         th.join(timeout=120)
     assert len(seen[0]) == len(seen[1]) == 14
     assert not set(seen[0]) & set(seen[1])
+
+
+def test_exact_batches_joins_short_batches_in_order_and_passes_full_ones_through():
+    import torch
+
+    sizes = [4, 3, 4, 1, 4, 2, 2, 3]  # short batches in mid-stream, as Ray Data 2.60 can yield
+    start, batches = 0, []
+    for n in sizes:
+        ids = np.arange(start, start + n)
+        batches.append({"idx": torch.from_numpy(ids), "feats": torch.ones(n, 2) * ids[:, None]})
+        start += n
+    out = list(tdata.exact_batches(iter(batches), 4))
+    assert [len(b["idx"]) for b in out] == [4] * (sum(sizes) // 4)
+    flat = torch.cat([b["idx"] for b in out]).tolist()
+    assert flat == list(range(len(flat)))  # every row once, in order; the short tail dropped
+    assert all(torch.equal(b["feats"][:, 0], b["idx"].float()) for b in out)  # rows stay aligned
+    assert out[0] is batches[0]  # a full batch is not copied
+
+
+def test_epoch_stream_batches_are_full_with_a_one_batch_shuffle_buffer(
+    small_manifest, ray_local, tmp_path
+):
+    """Ray Data's local shuffle buffer of one batch gave a 9-row batch of 16 mid-stream and
+    crashed a 2-worker run; every batch of an EpochStream has exactly batch_size rows."""
+    utts, _ = small_manifest
+    table = tdata.utterance_table(
+        pa.concat_tables([utts] * 12).set_column(
+            0, "utt_id", pa.array([f"x{i}" for i in range(84)])
+        )
+    )
+    shards = tdata.write_shards(table, str(tmp_path / "shards"), rows_per_shard=5)
+    ds = tdata.build_dataset(shards, "utterance", 2, 0.3, 16, None, batch_rows=3, epochs=3)
+    steps = tdata.steps_per_epoch(84, 1, 6)
+    stream = tdata.EpochStream(
+        ds, steps, batch_size=6, drop_last=True, local_shuffle_buffer_size=6, prefetch_batches=2
+    )
+    sizes = [len(b["idx"]) for _ in range(3) for b in stream.epoch()]
+    assert sizes == [6] * (3 * steps)
