@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+REPEATS = 3
+
 
 def _plain_step(cfg, device: str = "cpu", amp: bool = False):
     """``step(x (B, G, frames, n_mels)) -> loss`` of a fresh encoder + loss + rejection + Adam:
@@ -238,33 +240,43 @@ def run(quick: bool = False) -> dict:
             "model": f"ecapa {base['model']['kwargs']}",
             "batch": f"{base['train']['batch_size']} dialogues x 2 utterances x {base['data']['crop_seconds']} s",
         }
-        cfg1 = from_dict(
-            PretrainConfig, {**base, "out": f"{d}/w1", "train": {**base["train"], "num_workers": 1}}
-        )
-        res["plain_step_s"] = round(plain_step_seconds(cfg1), 4)
-        same = plain_stream_step_seconds(
-            from_dict(PretrainConfig, {**base, "out": f"{d}/plain", "train": base["train"]})
-        )
-        res["plain_same_input_step_s"] = round(same["step_s"], 4)
-        res["plain_same_input_data_wait_share"] = round(same["data_wait_share"], 3)
-        for workers in (1, 2):
-            cfg = from_dict(
-                PretrainConfig,
-                {
-                    **base,
-                    "out": f"{d}/w{workers}",
-                    "train": {**base["train"], "num_workers": workers},
-                },
+        # This machine's speed drifts by up to 1.5x over minutes (the same plain step
+        # took 0.38-0.56 s in one hour), so the three loops run back to back REPEATS
+        # times and the ratios are medians of per-repeat ratios.
+        reps = 1 if quick else REPEATS
+        rows = []
+        for r in range(reps):
+
+            def cfg(name: str, workers: int, r: int = r):
+                train = {**base["train"], "num_workers": workers}
+                return from_dict(PretrainConfig, {**base, "out": f"{d}/{name}{r}", "train": train})
+
+            row = {"plain": plain_step_seconds(cfg("w", 1))}
+            same = plain_stream_step_seconds(cfg("plain", 1))
+            row["same"], row["same_wait"] = same["step_s"], same["data_wait_share"]
+            h = run_pretrain(cfg("w1_", 1))["history"][-1]  # the second epoch: no start-up
+            row.update(
+                w1=h["step_seconds"], w1_sps=h["samples_per_s"], w1_wait=h["data_wait_share"]
             )
-            h = run_pretrain(cfg)["history"][-1]  # the second epoch: no start-up in it
-            res[f"workers{workers}_step_s"] = round(h["step_seconds"], 4)
-            res[f"workers{workers}_samples_per_s"] = round(h["samples_per_s"], 1)
-            res[f"workers{workers}_data_wait_share"] = round(h["data_wait_share"], 3)
+            rows.append(row)
+        h = run_pretrain(cfg("w2_", 2))["history"][-1]
+        med = lambda key: float(np.median([row[key] for row in rows]))  # noqa: E731
+        res["repeats"] = reps
+        res["plain_step_s"] = round(med("plain"), 4)
+        res["plain_same_input_step_s"] = round(med("same"), 4)
+        res["plain_same_input_data_wait_share"] = round(med("same_wait"), 3)
+        res["workers1_step_s"] = round(med("w1"), 4)
+        res["workers1_samples_per_s"] = round(med("w1_sps"), 1)
+        res["workers1_data_wait_share"] = round(med("w1_wait"), 3)
+        res["workers2_step_s"] = round(h["step_seconds"], 4)
+        res["workers2_samples_per_s"] = round(h["samples_per_s"], 1)
+        res["workers2_data_wait_share"] = round(h["data_wait_share"], 3)
         # Against the idle machine (features in memory): Ray Train's overhead plus the cost
         # of featurising on the same cores. Against the plain loop fed by the same Ray
-        # Data input: Ray Train's own overhead (worker process, DDP wrapper, reports).
-        res["overhead_ratio_1_worker"] = round(res["workers1_step_s"] / res["plain_step_s"], 3)
-        res["overhead_ratio_1_worker_same_input"] = round(
-            res["workers1_step_s"] / res["plain_same_input_step_s"], 3
-        )
+        # Data input: Ray Train's own overhead (worker process, reports, the epoch stream).
+        ratio = lambda key: [round(row["w1"] / row[key], 3) for row in rows]  # noqa: E731
+        res["overhead_ratio_1_worker_per_repeat"] = ratio("plain")
+        res["overhead_ratio_1_worker"] = float(np.median(ratio("plain")))
+        res["overhead_ratio_1_worker_same_input_per_repeat"] = ratio("same")
+        res["overhead_ratio_1_worker_same_input"] = float(np.median(ratio("same")))
     return res
