@@ -98,23 +98,13 @@ def plain_stream_step_seconds(cfg, epochs: int = 2) -> dict:
 
     from raysv.runtime import ensure_ray
     from raysv.training import data as tdata
-    from raysv.training.pretrain import prepare_inputs
+    from raysv.training.pretrain import prepare_inputs, training_dataset
 
     torch.set_num_threads(1)
     inputs = prepare_inputs(cfg)
     ensure_ray()
     shards = tdata.write_shards(inputs["table"], f"{cfg.out}/inputs/plain", seed=cfg.train.seed)
-    ds = tdata.build_dataset(
-        shards,
-        cfg.data.mode,
-        cfg.data.utts_per_dialogue,
-        cfg.data.crop_seconds,
-        cfg.data.n_mels,
-        cfg.data.augment,
-        task_cpus=cfg.train.data_task_cpus,
-        epochs=epochs,
-        seed=cfg.train.seed,
-    )
+    ds = training_dataset(cfg, shards, epochs)
     b = cfg.train.batch_size
     stream = tdata.EpochStream(
         ds,

@@ -194,6 +194,22 @@ def _evaluate(
     return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
 
 
+def training_dataset(cfg: PretrainConfig, shards: str, epochs: int | None = None):
+    """The Stage I Ray Dataset over ``shards``: every epoch (``cfg.train.epochs`` unless
+    ``epochs``) in one stream, featurised as ``cfg.data`` says (see ``build_dataset``)."""
+    return tdata.build_dataset(
+        shards,
+        cfg.data.mode,
+        cfg.data.utts_per_dialogue,
+        cfg.data.crop_seconds,
+        cfg.data.n_mels,
+        cfg.data.augment,
+        task_cpus=cfg.train.data_task_cpus,
+        epochs=cfg.train.epochs if epochs is None else epochs,
+        seed=cfg.train.seed,
+    )
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Run Stage I; returns the summary (also ``<out>/summary.json``)."""
     from raysv.runtime import ensure_ray
@@ -210,17 +226,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     shards = tdata.write_shards(
         inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
     )
-    dataset = tdata.build_dataset(  # [2]
-        shards,
-        cfg.data.mode,
-        cfg.data.utts_per_dialogue,
-        cfg.data.crop_seconds,
-        cfg.data.n_mels,
-        cfg.data.augment,
-        task_cpus=cfg.train.data_task_cpus,
-        epochs=cfg.train.epochs,
-        seed=cfg.train.seed,
-    )
+    dataset = training_dataset(cfg, shards)  # [2]
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     with tracking.resumable_run(
