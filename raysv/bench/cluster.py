@@ -9,8 +9,8 @@ over all points for both. Besides wall times (which on a shared machine
 depend on the other load), CPU seconds are compared: faiss.Kmeans's whole
 process during ``train`` vs the shards' CPU time in their iterations (the
 shards' initial read and the driver's small O(k*d) work are not in it).
-The two sides run alternately ``REPEATS`` times (once with --quick); ratios
-are taken per back-to-back pair, medians reported. faiss's side also times
+The two sides run alternately ``REPEATS`` times (once with --quick), in ABBA
+order; ratios are taken per back-to-back pair, medians reported. faiss's side also times
 reading the same Parquet files into one matrix (``time_ratio_from_files``).
 """
 
@@ -126,9 +126,13 @@ def run(quick: bool = False) -> dict:
         # 1.8x over minutes (the same faiss search took 2.0 to 3.6 s per iteration in
         # one hour), so only back-to-back pairs compare; the medians are reported.
         base, ours = [], []
-        for _ in range(reps):
-            base.append(_faiss(folder, d, k))
-            ours.append(_ours(folder, f"{tmp}/out", k))
+        for r in range(reps):  # ABBA order: whatever runs second in a pair is not favoured
+            if r % 2 == 0:
+                base.append(_faiss(folder, d, k))
+                ours.append(_ours(folder, f"{tmp}/out", k))
+            else:
+                ours.append(_ours(folder, f"{tmp}/out", k))
+                base.append(_faiss(folder, d, k))
         ours_small = _ours(small, f"{tmp}/out_small", k)
         gpu = _gpu(folder, f"{tmp}/out_gpu", k) if _has_cuda() else None
     med = lambda rows, key: float(np.median([r[key] for r in rows]))  # noqa: E731
