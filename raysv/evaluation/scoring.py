@@ -10,7 +10,7 @@ from raysv.errors import ManifestError, RaysvError
 
 def embedding_matrix(
     table: pa.Table, source: str = "embeddings", ids_as_list: bool = True
-) -> tuple[list[str], np.ndarray]:
+) -> tuple[list[str] | pa.ChunkedArray, np.ndarray]:
     """``(utt_ids, matrix (n, d) float32)`` from an embeddings table.
 
     ``ids_as_list=False`` returns the ids as the table's Arrow column (no Python
