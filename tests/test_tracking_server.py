@@ -105,3 +105,17 @@ def test_failed_body_marks_the_run_failed(mlflow_server):
     ):
         1 / 0  # noqa: B018
     assert mlflow.MlflowClient(mlflow_server).get_run(run_id).info.status == "FAILED"
+
+
+def test_an_epoch_re_run_after_a_resume_is_logged_once(mlflow_server):
+    import mlflow
+
+    with tracking.run(mlflow_server, "raysv-test", "resumed") as run_id:
+        pass
+    assert tracking.log_epoch_once(mlflow_server, run_id, {"loss": 2.0, "epoch": 0}, 0)
+    assert tracking.log_epoch_once(mlflow_server, run_id, {"loss": 1.5, "epoch": 1}, 1)
+    # Killed before epoch 1's checkpoint landed: the resumed run re-runs epoch 1.
+    assert not tracking.log_epoch_once(mlflow_server, run_id, {"loss": 1.4, "epoch": 1}, 1)
+    assert tracking.log_epoch_once(mlflow_server, run_id, {"loss": 1.2, "epoch": 2}, 2)
+    history = mlflow.MlflowClient(mlflow_server).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.5), (2, 1.2)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,6 +175,28 @@ def log_metrics_to(
     ]
     if batch:
         MlflowClient(tracking_uri).log_batch(run_id, metrics=batch)
+
+
+def log_epoch_once(tracking_uri: str, run_id: str, metrics: dict[str, Any], epoch: int) -> bool:
+    """Log one epoch's ``metrics`` at step ``epoch`` unless that epoch is already in the run.
+
+    A run killed after an epoch was logged but before Ray Train registered its checkpoint
+    re-runs that epoch on resume; MLflow cannot overwrite a logged value, so the epoch's first
+    record stays and the re-run's is not logged a second time (the run's ``summary.json``
+    history holds the re-run's values). Returns whether anything was logged.
+    """
+    from mlflow import MlflowClient
+
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, "epoch")
+    if any(m.step == epoch for m in history):
+        print(
+            f"raysv: epoch {epoch} is already logged to MLflow run {run_id} "
+            "(re-run after a resume); not logging it again",
+            file=sys.stderr,
+        )
+        return False
+    log_metrics_to(tracking_uri, run_id, {**metrics, "epoch": epoch}, step=epoch)
+    return True
 
 
 def log_artifacts_to(tracking_uri: str, run_id: str, folder: str, artifact_path: str | None = None):

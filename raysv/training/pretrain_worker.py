@@ -262,7 +262,7 @@ def train_loop(config: dict) -> None:
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
             if rank == 0:  # after the checkpoint is persisted: a run killed in between
-                _log(run, metrics)  # re-runs this epoch, and logging first would log it twice
+                _log(run, metrics)  # a kill before the checkpoint lands re-runs the epoch: logged once
 
 
 def _load_dev(run: dict, cfg: PretrainConfig):
@@ -292,11 +292,9 @@ def _dev_metrics(model, dev, device) -> dict:
 
 def _log(run: dict, metrics: dict) -> None:
     if run.get("mlflow_run_id"):
-        from raysv.tracking.mlflow_tracking import log_metrics_to
+        from raysv.tracking.mlflow_tracking import log_epoch_once
 
-        log_metrics_to(
-            run["tracking_uri"], run["mlflow_run_id"], metrics, step=int(metrics["epoch"])
-        )
+        log_epoch_once(run["tracking_uri"], run["mlflow_run_id"], metrics, int(metrics["epoch"]))
 
 
 def _maybe_fail(cfg: PretrainConfig, epoch: int, run: dict) -> None:

@@ -297,4 +297,4 @@ def train_loop(config: dict) -> None:
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
             if rank == 0:  # after the checkpoint is persisted: a run killed in between
-                _log(run, metrics)  # re-runs this epoch, and logging first would log it twice
+                _log(run, metrics)  # a kill before the checkpoint lands re-runs the epoch: logged once
