@@ -261,8 +261,8 @@ def train_loop(config: dict) -> None:
                 _save(tmp, model, loss_fn, rejection, opt, sched, st)
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
-            if rank == 0:  # after the checkpoint is persisted: a run killed in between
-                _log(run, metrics)  # a kill before the checkpoint lands re-runs the epoch: logged once
+            if rank == 0:  # after report: a kill before the checkpoint lands re-runs the epoch,
+                _log(run, metrics)  # and _log logs each epoch once
 
 
 def _load_dev(run: dict, cfg: PretrainConfig):
