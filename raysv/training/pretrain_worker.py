@@ -158,16 +158,17 @@ def run_epoch(
             emb = model(feats.reshape(b * g, *feats.shape[2:])).float().reshape(b, g, -1)
         emb = gather_with_grad(emb)  # global batch: negatives from every worker
         per = loss_fn(emb)
-        if rejection is not None:
-            loss, w, c = rejection(per, emb)
-            if world()[0] == 0:
-                analysis.add(gather_no_grad(idx), w, c)
-            else:
-                gather_no_grad(idx)
-        else:
-            loss = per.mean()
+        loss, w, c = rejection(per, emb) if rejection is not None else (per.mean(), None, None)
         opt.zero_grad(set_to_none=True)
+        # Backward is queued before the step's first host sync (the statistics copy and
+        # the finite check below), so a GPU never idles while the host waits.
+        loss.backward()
+        if rejection is not None:
+            ids = gather_no_grad(idx)  # a collective: every rank joins
+            if world()[0] == 0:
+                analysis.add(ids, w, c)
         if not torch.isfinite(loss):  # same value on every rank (global loss): all skip together
+            opt.zero_grad(set_to_none=True)  # drop the non-finite gradients
             skipped += 1
             if skipped > 10:
                 raise FloatingPointError(
@@ -175,7 +176,6 @@ def run_epoch(
                 )
             t_mark = time.perf_counter()
             continue
-        loss.backward()
         opt.step()
         sched.step()
         st.step += 1
