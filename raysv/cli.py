@@ -363,7 +363,15 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         metavar="K1,K2,...",
         help="instead of clustering: the objective for each k (table, plot, suggested k)",
     )
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument(
+        "--early-stop",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="stop once the objective falls by at most this fraction of its last value "
+        "(faiss's early_stop_threshold and default, 0: once it stops falling; -1: never)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--spherical",
@@ -443,6 +451,7 @@ def _cluster(a: argparse.Namespace) -> dict:
             a.max_points_per_centroid,
             init=a.init or "kmeans++",
             device=a.device,
+            early_stop=a.early_stop,
         )
     else:
         summary = cluster(
@@ -461,6 +470,7 @@ def _cluster(a: argparse.Namespace) -> dict:
             init=a.init or "random",
             plots=True,
             device=a.device,
+            early_stop=a.early_stop,
         )
     if not a.no_tracking:
         from raysv.tracking.mlflow_tracking import default_tracking_uri

@@ -117,6 +117,7 @@ def cluster(
     init_points_per_centroid: int = 8,
     plots: bool = False,
     device: str = "auto",
+    early_stop: float = 0.0,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
@@ -128,6 +129,9 @@ def cluster(
     ``_sizes.png`` (cluster-size histogram) and ``_objective.png`` (objective
     per iteration) under ``out``. ``device``: where the shards search (see
     :func:`start_shards`; ``"auto"`` uses GPUs where the Ray cluster has them).
+    ``early_stop``: stop before ``iterations`` once the objective falls by at most
+    this fraction (faiss's rule and default, 0: once it stops falling; negative:
+    never; see :func:`raysv.clustering.sharded.sharded_kmeans`).
     """
     import ray
 
@@ -143,6 +147,7 @@ def cluster(
         max_points_per_centroid,
         init=init,
         init_points_per_centroid=init_points_per_centroid,
+        early_stop=early_stop,
     )
     cref = ray.put(res.centroids)
     dists = ray.get([a.final_assign.remote(cref) for a in actors])
@@ -172,6 +177,7 @@ def cluster(
         "device": resolve_device(device),
         "shards": len(actors),
         "iterations": res.iterations,
+        "max_iterations": iterations,
         "objective": res.objective,
         "objective_all_points": float(all_dist.astype(np.float64).sum()),
         "seconds": round(time.monotonic() - t0, 2),
@@ -277,6 +283,7 @@ def elbow(
     max_points_per_centroid: int = 256,
     init: str = "kmeans++",
     device: str = "auto",
+    early_stop: float = 0.0,
 ) -> dict:
     """The objective over a range of k, to choose k by the elbow (the LGL paper's rule).
 
@@ -295,7 +302,14 @@ def elbow(
     actors = start_shards(embedding_files(embeddings), shards, normalise=spherical, device=device)
     try:
         rows = elbow_table(
-            actors, ks, iterations, seed, spherical, max_points_per_centroid, init=init
+            actors,
+            ks,
+            iterations,
+            seed,
+            spherical,
+            max_points_per_centroid,
+            init=init,
+            early_stop=early_stop,
         )
     finally:
         for a in actors:

@@ -216,6 +216,7 @@ def sharded_kmeans(
     max_points_per_centroid: int = 256,
     init: str = "random",
     init_points_per_centroid: int = 8,
+    early_stop: float = 0.0,
 ) -> KMeansResult:
     """Lloyd iterations over actor-held shards; seeded init from a sample (see :func:`init_centroids`).
 
@@ -225,6 +226,11 @@ def sharded_kmeans(
     assignment. As faiss does, at most ``max_points_per_centroid * k`` points
     (a seeded sample) are iterated on. The actors can be reused for another
     call (another k): each call picks its own training sample.
+
+    ``early_stop`` (faiss's ``early_stop_threshold``, same default): stop before
+    ``iterations`` once the objective falls by at most this fraction of its
+    previous value (0: once it stops falling; negative: never). Not right
+    after empty clusters were re-seeded, whose objective may rise.
     """
     import ray
 
@@ -261,7 +267,8 @@ def sharded_kmeans(
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     history = []
     cref = None
-    obj = float("inf")
+    obj = prev_obj = float("inf")
+    reseeded = True  # no previous objective to compare with
     for it in range(iterations):
         t_it = time.monotonic()
         cref = ray.put(cent)
@@ -295,11 +302,22 @@ def sharded_kmeans(
             n_empty,
             history[-1]["imbalance"],
         )
+        if not reseeded and prev_obj - obj <= early_stop * abs(prev_obj):
+            log.info(
+                "k-means converged after %d iterations: the objective fell by %.3g "
+                "(early_stop %g of %.6g)",
+                it + 1,
+                prev_obj - obj,
+                early_stop,
+                prev_obj,
+            )
+            break
+        prev_obj, reseeded = obj, n_empty > 0
     del cref
     return KMeansResult(
         centroids=cent,
         objective=obj,
-        iterations=iterations,
+        iterations=len(history),
         seconds=time.monotonic() - t0,
         history=history,
         load_seconds=load_seconds,
@@ -314,6 +332,7 @@ def elbow_table(
     spherical: bool,
     max_points_per_centroid: int = 256,
     init: str = "kmeans++",
+    early_stop: float = 0.0,
 ) -> list[dict]:
     """Objective over a range of k, on the same actors (the shards are read once).
 
@@ -330,7 +349,14 @@ def elbow_table(
     rows = []
     for k in sorted(set(ks)):
         res = sharded_kmeans(
-            actors, k, iterations, seed, spherical, max_points_per_centroid, init=init
+            actors,
+            k,
+            iterations,
+            seed,
+            spherical,
+            max_points_per_centroid,
+            init=init,
+            early_stop=early_stop,
         )
         cref = ray.put(res.centroids)
         obj = float(sum(ray.get([a.objective.remote(cref) for a in actors])))

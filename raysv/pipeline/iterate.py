@@ -73,7 +73,8 @@ class ClusterSpec:
     """Sharded k-means settings of every round (see ``raysv cluster``; ``device``:
     ``auto`` searches on GPUs where the Ray cluster has them)."""
 
-    iterations: int = 20
+    iterations: int = 20  # at most
+    early_stop: float = 0.0  # stop once the objective falls by at most this fraction
     seed: int = 1
     spherical: bool = True
     shards: int | None = None  # two per node (one per GPU on GPUs)
@@ -208,6 +209,7 @@ def _cluster(cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, poo
         folder,
         sched["k"],
         iterations=cfg.cluster.iterations,
+        early_stop=cfg.cluster.early_stop,
         seed=cfg.cluster.seed,
         spherical=cfg.cluster.spherical,
         shards=cfg.cluster.shards,

@@ -22,6 +22,7 @@ def test_cluster_logs_metrics_history_and_plots_to_mlflow(tmp_path, ray_local, c
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "labels"
     args = ["cluster", "--embeddings", emb, "--out", str(out), "--k", "6", "--iterations", "7"]
+    args += ["--early-stop", "-1"]  # all 7 iterations
     args += ["--init", "kmeans++", "--drop-fraction", "0.1", "--manifest", man]
     assert main(args + ["--tracking-uri", uri, "--experiment", "t-cluster", "--json"]) == 0
     stdout = capsys.readouterr().out

@@ -59,7 +59,7 @@ def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_loc
     )
     ours = _objective(x, np.load(tmp_path / "out" / "_centroids.npy"))
     assert ours <= ref_obj * 1.01, (ours, ref_obj)
-    assert s["embeddings"] == 6000 and len(s["history"]) == it
+    assert s["embeddings"] == 6000 and len(s["history"]) == s["iterations"] <= it
     objs = [h["objective"] for h in s["history"]]
     assert objs[-1] <= objs[0]
     # Same seed, same result.
@@ -81,6 +81,28 @@ def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_loc
         "kept",
         "round",
     }
+
+
+@pytest.mark.parametrize("early_stop", [0.0, 1e-4])
+def test_stops_when_the_objective_stops_falling(early_stop, tmp_path, ray_local):
+    """faiss's rule: stop at the first iteration whose objective fell by at most
+    ``early_stop`` times the last one (0: did not fall)."""
+    x, _ = _skewed(n=4000, k=10, seed=5)
+    if early_stop == 0.0:  # well separated: the assignment settles, the objective stays put
+        rng = np.random.default_rng(5)
+        centres = rng.standard_normal((10, 16)) * 20
+        x = (centres[rng.integers(0, 10, 4000)] + rng.standard_normal((4000, 16))).astype(
+            np.float32
+        )
+    emb = _write_shards(x, str(tmp_path / "emb"))
+    kw = dict(seed=1, shards=2, max_points_per_centroid=10**9)
+    full = cluster(emb, str(tmp_path / "full"), 10, iterations=40, early_stop=-1.0, **kw)
+    objs = [h["objective"] for h in full["history"]]
+    assert full["iterations"] == len(objs) == 40
+    stop = next(i for i in range(1, 40) if objs[i - 1] - objs[i] <= early_stop * objs[i - 1])
+    early = cluster(emb, str(tmp_path / "early"), 10, iterations=40, early_stop=early_stop, **kw)
+    assert early["iterations"] == stop + 1 < 40 and early["max_iterations"] == 40
+    assert [h["objective"] for h in early["history"]] == pytest.approx(objs[: stop + 1], rel=1e-9)
 
 
 def test_subsampled_like_faiss(tmp_path, ray_local):
