@@ -26,10 +26,14 @@ class EmbeddingShard:
 
     def __init__(self, files: list[str], normalise: bool, threads: int = 0, gpu: bool = False):
         import faiss
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if threads > 0:
-            faiss.omp_set_num_threads(threads)  # shards on one node share its cores
+        if threads > 0:  # shards on one node share its cores
+            faiss.omp_set_num_threads(threads)
+            # Arrow sizes its decoding pool from OMP_NUM_THREADS, which Ray sets to 1
+            # in a fractional-CPU actor: the read below would then decode on one core.
+            pa.set_cpu_count(threads)
 
         from raysv.evaluation.scoring import embedding_matrix, l2_normalise
 
