@@ -157,7 +157,8 @@ def run_epoch(
         probs = head.probabilities(cos) if gate == "dlg-lc" else None
         d = gates.decide(gate, per, labels, probs, tau, cfg.gate.tau2)
         # LC: corrected samples are trained towards their predicted class.
-        per_used = head.per_sample_loss(cos, d.labels) if bool(d.corrected.any()) else per
+        # (labels equal the pseudo labels where nothing was corrected; no host sync here)
+        per_used = head.per_sample_loss(cos, d.labels) if gate == "dlg-lc" else per
         loss = gates.gated_mean(per_used, d.train)
         if anchor is not None:
             loss = loss + cfg.l2_to_init * l2_distance(_unwrap(model).encoder, anchor)
