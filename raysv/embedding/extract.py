@@ -101,7 +101,9 @@ def embed_manifest(
     # A manifest file is often one block: split it so that every actor gets work
     # (rows are small metadata, so this shuffle is cheap). Not sorted by duration:
     # tried (2026-11-23), a range-partition by duration made the CPU benchmark 2.6x
-    # slower (48.6 vs 18.4 s, back to back) for reasons not found.
+    # slower (48.6 vs 18.4 s, back to back); Ray's sort of a one-block manifest gives
+    # one block (one actor busy), but sorting first and splitting after was still
+    # slower (35.7 vs 22.5 s) for reasons not found.
     ds = ds.repartition(max(4 * concurrency, 1))
     ds = ds.map_batches(  # [2]
         embedder_cls,
