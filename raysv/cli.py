@@ -502,7 +502,9 @@ def _cluster_human(s: dict) -> str:
         return "\n".join(lines + _mlflow_line(s))
     cs = s["cluster_sizes"]
     lines = [
-        f"k-means: {s['embeddings']} embeddings, k={s['k']}, {s['iterations']} iterations, objective {s['objective']:.6g}, {s['seconds']}s",
+        f"k-means: {s['embeddings']} embeddings, k={s['k']}, {s['iterations']} of at most "
+        f"{s.get('max_iterations', s['iterations'])} iterations, objective {s['objective']:.6g}, "
+        f"{s['seconds']}s",
         f"cluster sizes: min {cs['min']}, median {cs['median']:g}, max {cs['max']}, empty {cs['empty']}",
         f"purification kept {100 * s['kept_share']:.1f}% in {s['clusters_after_purification']} clusters -> {s['out']}",
     ]
