@@ -507,6 +507,7 @@ def _cluster_human(s: dict) -> str:
         f"{s['seconds']}s",
         f"cluster sizes: min {cs['min']}, median {cs['median']:g}, max {cs['max']}, empty {cs['empty']}",
         f"purification kept {100 * s['kept_share']:.1f}% in {s['clusters_after_purification']} clusters -> {s['out']}",
+        *(f"warning: {w}" for w in s.get("warnings", [])),
     ]
     for part, r in s.get("analysis", {}).items():
         if isinstance(r, dict):

@@ -173,6 +173,7 @@ def cluster(
         "out": out,
         "embeddings": int(sum(written)),
         "k": k,
+        "warnings": [w for w in [kmeans.check_k(k, len(all_lab))] if w],
         "init": init,
         "device": resolve_device(device),
         "shards": len(actors),

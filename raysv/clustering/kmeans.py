@@ -224,17 +224,34 @@ def suggest_k(ks: list[int], objectives: list[float]) -> int | None:
     return int(k[best]) if below[best] > 1e-9 else None
 
 
-def check_k(k: int, n: int, min_per_cluster: int = 1) -> None:
-    """Clear errors for k outside [1, n / min_per_cluster] (instead of faiss's ``nx >= k``)."""
+# faiss warns below this many training points per centroid; so do we.
+STABLE_POINTS_PER_CENTROID = 39
+
+
+def check_k(k: int, n: int, min_per_cluster: int = 2) -> str | None:
+    """Clear errors for k outside [1, n / min_per_cluster] (instead of faiss's ``nx >= k``).
+
+    Below two embeddings per cluster on average most clusters would be single
+    points, useless as pseudo labels. Returns a warning text (else ``None``)
+    when k leaves fewer than :data:`STABLE_POINTS_PER_CENTROID` per cluster.
+    """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     if k > n:
         raise ConfigError(f"k = {k} clusters is more than the {n} embeddings; choose k <= {n}")
     if n < k * min_per_cluster:
         raise ConfigError(
-            f"k = {k} leaves fewer than {min_per_cluster} embeddings per cluster on average ({n} embeddings); "
-            f"choose k <= {n // min_per_cluster} or lower --min-per-cluster"
+            f"k = {k} leaves fewer than {min_per_cluster} embeddings per cluster on average "
+            f"({n} embeddings): most clusters would be single points; "
+            f"choose k <= {n // min_per_cluster}"
         )
+    if n < k * STABLE_POINTS_PER_CENTROID:
+        return (
+            f"k = {k} gives {n / k:.1f} embeddings per cluster on average, fewer than the "
+            f"{STABLE_POINTS_PER_CENTROID} faiss asks for a stable fit: expect small, noisy "
+            f"clusters (k <= {n // STABLE_POINTS_PER_CENTROID} avoids this)"
+        )
+    return None
 
 
 def purify(

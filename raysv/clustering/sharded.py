@@ -244,7 +244,9 @@ def sharded_kmeans(
     sizes = ray.get([a.count.remote() for a in actors])  # waits for the shards to be read
     load_seconds = time.monotonic() - t0
     n = int(sum(sizes))
-    kmeans.check_k(k, n)
+    warning = kmeans.check_k(k, n)
+    if warning:
+        log.warning("k-means: %s", warning)
     # Like faiss: iterate on at most max_points_per_centroid * k points, sampled
     # across shards in proportion to their sizes; the final assignment uses all.
     budget = k * max_points_per_centroid
@@ -350,6 +352,8 @@ def elbow_table(
     if not ks:
         raise ConfigError("the elbow needs at least one value of k")
     n = int(sum(ray.get([a.count.remote() for a in actors])))
+    for k in ks:  # every k before any work: a bad one last would waste the others
+        kmeans.check_k(k, n)
     rows = []
     for k in sorted(set(ks)):
         res = sharded_kmeans(

@@ -130,8 +130,15 @@ def test_bad_k_is_a_clear_error(tmp_path, ray_local):
     x = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
     with pytest.raises(ConfigError, match="k = 60 clusters is more than the 50 embeddings"):
         cluster(_write_shards(x, str(tmp_path / "e"), parts=2), str(tmp_path / "o"), 60)
-    with pytest.raises(ConfigError, match="fewer than 5 embeddings per cluster"):
+    with pytest.raises(ConfigError, match="k = 30 leaves fewer than 2 embeddings per cluster"):
+        cluster(str(tmp_path / "e"), str(tmp_path / "o"), 30)
+    with pytest.raises(ConfigError, match="fewer than 5 embeddings per cluster.*k <= 10"):
         kmeans.check_k(20, 50, min_per_cluster=5)
+    assert kmeans.check_k(25, 50) == (
+        "k = 25 gives 2.0 embeddings per cluster on average, fewer than the 39 faiss asks for "
+        "a stable fit: expect small, noisy clusters (k <= 1 avoids this)"
+    )
+    assert kmeans.check_k(10, 390) is None
 
 
 def test_default_shards_are_two_per_node_and_a_bad_count_is_refused(tmp_path, ray_local):
