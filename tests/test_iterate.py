@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,7 +130,16 @@ def _smoke_overrides() -> dict:
 def test_killed_in_round_two_resumes_and_ends_like_an_uninterrupted_run(
     tiny_corpus, init_ckpt, tmp_path, full_run
 ):
+    # Start from a copy of the uninterrupted run up to round 2's labels, so the
+    # killed process goes straight to round 2's training (rounds 0-1 are what a
+    # resume must skip; copy2 keeps their mtimes).
     out = str(tmp_path / "killed")
+    shutil.copytree(full_run[0], out)
+    for rel in ("round2/train", "round2/embeddings", "final_labels", "report"):
+        shutil.rmtree(os.path.join(out, rel), ignore_errors=rel == "report")  # report: if made
+    os.remove(os.path.join(out, "summary.json"))
+    done = [p for p in ARTIFACTS if p.startswith(("round0", "round1", "round2/labels"))]
+    before = {p: os.path.getmtime(os.path.join(out, p)) for p in done}
     cmd = [sys.executable, "-m", "raysv.cli", *_argv(tiny_corpus, init_ckpt, out)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -155,15 +165,13 @@ def test_killed_in_round_two_resumes_and_ends_like_an_uninterrupted_run(
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and its workers
     proc.wait()
     assert not os.path.isfile(os.path.join(out, "round2", "train", "summary.json"))
-    round1 = [p for p in ARTIFACTS if p.startswith(("round0", "round1"))]
-    before = {p: os.path.getmtime(os.path.join(out, p)) for p in round1}
     s = run_iterate(
         IterateConfig(
             out=out, data=tiny_corpus, init_checkpoint=init_ckpt, rounds=2, **_smoke_overrides()
         )
     )
-    # Finished stages were skipped, not redone.
-    assert before == {p: os.path.getmtime(os.path.join(out, p)) for p in round1}
+    # Finished stages were skipped by both processes, not redone.
+    assert before == {p: os.path.getmtime(os.path.join(out, p)) for p in done}
     # Same stages and artifacts as the uninterrupted run.
     for rel in ARTIFACTS:
         assert os.path.isfile(os.path.join(out, rel)), rel
