@@ -438,39 +438,31 @@ def _int_list(text: str) -> list[int]:
 
 def _cluster(a: argparse.Namespace) -> dict:
     from raysv.clustering.driver import cluster, elbow, log_to_mlflow
+    from raysv.clustering.sharded import KMeansSpec
 
+    spec = KMeansSpec(
+        iterations=a.iterations,
+        seed=a.seed,
+        spherical=a.spherical,
+        early_stop=a.early_stop,
+        max_points_per_centroid=a.max_points_per_centroid,
+        init=a.init or ("kmeans++" if a.elbow else "random"),
+    )
     if a.elbow:
-        summary = elbow(
-            a.embeddings,
-            a.out,
-            a.elbow,
-            a.iterations,
-            a.seed,
-            a.spherical,
-            a.shards,
-            a.max_points_per_centroid,
-            init=a.init or "kmeans++",
-            device=a.device,
-            early_stop=a.early_stop,
-        )
+        summary = elbow(a.embeddings, a.out, a.elbow, spec, shards=a.shards, device=a.device)
     else:
         summary = cluster(
             a.embeddings,
             a.out,
             a.k,
-            a.iterations,
-            a.seed,
-            a.spherical,
-            a.shards,
-            a.drop_fraction,
-            a.min_cluster_size,
-            a.round,
-            a.manifest,
-            a.max_points_per_centroid,
-            init=a.init or "random",
-            plots=True,
+            spec,
+            shards=a.shards,
             device=a.device,
-            early_stop=a.early_stop,
+            drop_fraction=a.drop_fraction,
+            min_cluster_size=a.min_cluster_size,
+            round_=a.round,
+            manifest=a.manifest,
+            plots=True,
         )
     if not a.no_tracking:
         from raysv.tracking.mlflow_tracking import default_tracking_uri

@@ -33,10 +33,11 @@ import numpy as np
 CHILD = r"""
 import json, sys, time
 from raysv.clustering.driver import cluster
+from raysv.clustering.sharded import KMeansSpec
 from raysv.runtime import ensure_ray
 ensure_ray()  # every core, as faiss.Kmeans gets
 t0 = time.perf_counter()
-s = cluster(sys.argv[1], sys.argv[2], int(sys.argv[3]), iterations=20, early_stop=-1.0, seed=int(sys.argv[5]), device=sys.argv[4])
+s = cluster(sys.argv[1], sys.argv[2], int(sys.argv[3]), KMeansSpec(iterations=20, early_stop=-1.0, seed=int(sys.argv[5])), device=sys.argv[4])
 total = time.perf_counter() - t0
 with open("/proc/self/status") as f:
     peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]

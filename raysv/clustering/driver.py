@@ -10,7 +10,13 @@ import time
 import numpy as np
 
 from raysv.clustering import kmeans
-from raysv.clustering.sharded import EmbeddingShard, elbow_table, sharded_kmeans, split_files
+from raysv.clustering.sharded import (
+    EmbeddingShard,
+    KMeansSpec,
+    elbow_table,
+    sharded_kmeans,
+    split_files,
+)
 from raysv.data import fs
 from raysv.errors import ConfigError, ManifestError
 
@@ -104,51 +110,36 @@ def cluster(
     embeddings: str,
     out: str,
     k: int,
-    iterations: int = 20,
-    seed: int = 1,
-    spherical: bool = False,
+    spec: KMeansSpec | None = None,
+    *,
     shards: int | None = None,
+    device: str = "auto",
     drop_fraction: float = 0.0,
     min_cluster_size: int = 1,
     round_: int = 1,
     manifest: str | None = None,
-    max_points_per_centroid: int = 256,
-    init: str = "random",
-    init_points_per_centroid: int = 8,
     plots: bool = False,
-    device: str = "auto",
-    early_stop: float = 0.0,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
     Returns a summary: objective, iterations, wall time, cluster-size statistics,
     kept share, and (if ``manifest`` has speakers: analysis only) NMI/ARI/reliable
-    share before and after purification. ``init``: ``"random"`` (faiss's) or
-    ``"kmeans++"`` (D^2 seeding on a sample of ``init_points_per_centroid * k``
-    training points, gathered from the shards). ``plots``: also write
-    ``_sizes.png`` (cluster-size histogram) and ``_objective.png`` (objective
-    per iteration) under ``out``. ``device``: where the shards search (see
+    share before and after purification. ``spec``: how the iterations run
+    (:class:`~raysv.clustering.sharded.KMeansSpec`; default: faiss's settings,
+    at most 20 iterations, random init). ``plots``: also write ``_sizes.png``
+    (cluster-size histogram) and ``_objective.png`` (objective per iteration)
+    under ``out``. ``device``: where the shards search (see
     :func:`start_shards`; ``"auto"`` uses GPUs where the Ray cluster has them).
-    ``early_stop``: stop before ``iterations`` once the objective falls by at most
-    this fraction (faiss's rule and default, 0: once it stops falling; negative:
-    never; see :func:`raysv.clustering.sharded.sharded_kmeans`).
     """
     import ray
 
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
-    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical, device=device)
-    res = sharded_kmeans(
-        actors,
-        k,
-        iterations,
-        seed,
-        spherical,
-        max_points_per_centroid,
-        init=init,
-        init_points_per_centroid=init_points_per_centroid,
-        early_stop=early_stop,
+    spec = spec or KMeansSpec()
+    actors = start_shards(
+        embedding_files(embeddings), shards, normalise=spec.spherical, device=device
     )
+    res = sharded_kmeans(actors, k, spec)
     cref = ray.put(res.centroids)
     dists = ray.get([a.final_assign.remote(cref) for a in actors])
     labels = ray.get([a.raw_labels.remote() for a in actors])
@@ -174,11 +165,11 @@ def cluster(
         "embeddings": int(sum(written)),
         "k": k,
         "warnings": [w for w in [kmeans.check_k(k, len(all_lab))] if w],
-        "init": init,
+        "init": spec.init,
         "device": resolve_device(device),
         "shards": len(actors),
         "iterations": res.iterations,
-        "max_iterations": iterations,
+        "max_iterations": spec.iterations,
         "objective": res.objective,
         "objective_all_points": float(all_dist.astype(np.float64).sum()),
         "seconds": round(time.monotonic() - t0, 2),
@@ -277,22 +268,19 @@ def elbow(
     embeddings: str,
     out: str,
     ks: list[int],
-    iterations: int = 20,
-    seed: int = 1,
-    spherical: bool = False,
+    spec: KMeansSpec | None = None,
+    *,
     shards: int | None = None,
-    max_points_per_centroid: int = 256,
-    init: str = "kmeans++",
     device: str = "auto",
-    early_stop: float = 0.0,
 ) -> dict:
     """The objective over a range of k, to choose k by the elbow (the LGL paper's rule).
 
     The shards are read once and reused for every k. Writes ``_elbow.csv``,
     ``_elbow.json`` and ``_elbow.png`` under ``out``. Returns ``{"elbow": rows,
     "suggested_k": k or None, "rule": ..., "files": {...}}``; rows as in
-    :func:`raysv.clustering.sharded.elbow_table`. k-means++ init by default, so
-    that one unlucky random init does not put a kink in the curve.
+    :func:`raysv.clustering.sharded.elbow_table`. ``spec`` defaults to
+    k-means++ init, so that one unlucky random init does not put a kink in the
+    curve.
     """
     import ray
 
@@ -300,18 +288,12 @@ def elbow(
 
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
-    actors = start_shards(embedding_files(embeddings), shards, normalise=spherical, device=device)
+    spec = spec or KMeansSpec(init="kmeans++")
+    actors = start_shards(
+        embedding_files(embeddings), shards, normalise=spec.spherical, device=device
+    )
     try:
-        rows = elbow_table(
-            actors,
-            ks,
-            iterations,
-            seed,
-            spherical,
-            max_points_per_centroid,
-            init=init,
-            early_stop=early_stop,
-        )
+        rows = elbow_table(actors, ks, spec)
     finally:
         for a in actors:
             ray.kill(a)
@@ -328,8 +310,8 @@ def elbow(
     summary = {
         "out": out,
         "embeddings": embeddings,
-        "init": init,
-        "iterations": iterations,
+        "init": spec.init,
+        "iterations": spec.iterations,
         "elbow": rows,
         "suggested_k": suggested,
         "rule": ELBOW_RULE,

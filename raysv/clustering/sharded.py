@@ -164,6 +164,49 @@ def split_files(files: list[str], shards: int) -> list[list[str]]:
 INITS = ("random", "kmeans++")
 
 
+@dataclass(frozen=True)
+class KMeansSpec:
+    """How Lloyd's iterations run: faiss's ``ClusteringParameters`` in raysv's words.
+
+    Args:
+        iterations: at most this many.
+        seed: seeds the training sample and the initial centroids.
+        spherical: cosine k-means (unit-length embeddings and centroids).
+        early_stop: stop before ``iterations`` once the objective falls by at
+            most this fraction of its previous value (faiss's
+            ``early_stop_threshold`` and default; 0: once it stops falling;
+            negative: never).
+        max_points_per_centroid: iterate on at most this many points per
+            centroid, a seeded sample (faiss's default 256); the final
+            assignment uses every point.
+        init: ``"random"`` (k sampled points, faiss's) or ``"kmeans++"`` (D^2
+            seeding on a sample of ``init_points_per_centroid * k`` points).
+        init_points_per_centroid: the k-means++ sample per centroid.
+    """
+
+    iterations: int = 20
+    seed: int = 1
+    spherical: bool = False
+    early_stop: float = 0.0
+    max_points_per_centroid: int = 256
+    init: str = "random"
+    init_points_per_centroid: int = 8
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ConfigError(f"k-means iterations must be >= 1, got {self.iterations}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
+        if self.max_points_per_centroid < 1:
+            raise ConfigError(
+                f"max_points_per_centroid must be >= 1, got {self.max_points_per_centroid}"
+            )
+        if self.init_points_per_centroid < 1:
+            raise ConfigError(
+                f"init_points_per_centroid must be >= 1, got {self.init_points_per_centroid}"
+            )
+
+
 def _gather_sample(
     actors: list, sizes: list[int], m: int, rng: np.random.Generator, seed: int
 ) -> np.ndarray:
@@ -211,17 +254,7 @@ def init_centroids(
     return kmeans.kmeans_plus_plus(sample, k, rng)
 
 
-def sharded_kmeans(
-    actors: list,
-    k: int,
-    iterations: int,
-    seed: int,
-    spherical: bool,
-    max_points_per_centroid: int = 256,
-    init: str = "random",
-    init_points_per_centroid: int = 8,
-    early_stop: float = 0.0,
-) -> KMeansResult:
+def sharded_kmeans(actors: list, k: int, spec: KMeansSpec) -> KMeansResult:
     """Lloyd iterations over actor-held shards; seeded init from a sample (see :func:`init_centroids`).
 
     Per iteration the driver receives k x d sums and k counts per actor. The
@@ -231,15 +264,14 @@ def sharded_kmeans(
     (a seeded sample) are iterated on. The actors can be reused for another
     call (another k): each call picks its own training sample.
 
-    ``early_stop`` (faiss's ``early_stop_threshold``, same default): stop before
-    ``iterations`` once the objective falls by at most this fraction of its
-    previous value (0: once it stops falling; negative: never). Not right
-    after empty clusters were re-seeded, whose objective may rise.
+    ``spec.early_stop`` (faiss's ``early_stop_threshold``, same default): stop
+    before ``spec.iterations`` once the objective falls by at most this
+    fraction of its previous value (0: once it stops falling; negative: never).
+    Not right after empty clusters were re-seeded, whose objective may rise.
     """
     import ray
 
-    if init not in INITS:
-        raise ConfigError(f"init must be one of {', '.join(INITS)}; got {init!r}")
+    iterations, seed, early_stop = spec.iterations, spec.seed, spec.early_stop
     t0 = time.monotonic()
     sizes = ray.get([a.count.remote() for a in actors])  # waits for the shards to be read
     load_seconds = time.monotonic() - t0
@@ -249,13 +281,13 @@ def sharded_kmeans(
         log.warning("k-means: %s", warning)
     # Like faiss: iterate on at most max_points_per_centroid * k points, sampled
     # across shards in proportion to their sizes; the final assignment uses all.
-    budget = k * max_points_per_centroid
+    budget = k * spec.max_points_per_centroid
     if budget < n:
         log.info(
             "k-means on a sample of %d of %d embeddings (%d per centroid)",
             budget,
             n,
-            max_points_per_centroid,
+            spec.max_points_per_centroid,
         )
         targets = [int(round(budget * m / n)) for m in sizes]
     else:
@@ -268,8 +300,8 @@ def sharded_kmeans(
     )
     n = int(sum(sizes))
     rng = np.random.default_rng(seed)
-    cent = init_centroids(actors, sizes, k, seed, rng, init, init_points_per_centroid)
-    if spherical:
+    cent = init_centroids(actors, sizes, k, seed, rng, spec.init, spec.init_points_per_centroid)
+    if spec.spherical:
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     history = []
     cref = None
@@ -282,7 +314,7 @@ def sharded_kmeans(
         sums = np.sum([r[0] for r in results], axis=0)
         counts = np.sum([r[1] for r in results], axis=0)
         obj = float(sum(r[2] for r in results))
-        cent, n_empty = kmeans.update(sums, counts, cent, spherical, rng)
+        cent, n_empty = kmeans.update(sums, counts, cent, spec.spherical, rng)
         nz = counts[counts > 0]
         history.append(
             {
@@ -330,16 +362,7 @@ def sharded_kmeans(
     )
 
 
-def elbow_table(
-    actors: list,
-    ks: list[int],
-    iterations: int,
-    seed: int,
-    spherical: bool,
-    max_points_per_centroid: int = 256,
-    init: str = "kmeans++",
-    early_stop: float = 0.0,
-) -> list[dict]:
+def elbow_table(actors: list, ks: list[int], spec: KMeansSpec) -> list[dict]:
     """Objective over a range of k, on the same actors (the shards are read once).
 
     Each k gets its own seeded k-means; its ``objective`` is then measured over
@@ -356,16 +379,7 @@ def elbow_table(
         kmeans.check_k(k, n)
     rows = []
     for k in sorted(set(ks)):
-        res = sharded_kmeans(
-            actors,
-            k,
-            iterations,
-            seed,
-            spherical,
-            max_points_per_centroid,
-            init=init,
-            early_stop=early_stop,
-        )
+        res = sharded_kmeans(actors, k, spec)
         cref = ray.put(res.centroids)
         obj = float(sum(ray.get([a.objective.remote(cref) for a in actors])))
         rows.append(

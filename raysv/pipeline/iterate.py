@@ -80,6 +80,17 @@ class ClusterSpec:
     shards: int | None = None  # two per node (one per GPU on GPUs)
     device: Literal["auto", "cpu", "gpu"] = "auto"
 
+    def kmeans(self):
+        """The k-means settings as a :class:`~raysv.clustering.sharded.KMeansSpec`."""
+        from raysv.clustering.sharded import KMeansSpec
+
+        return KMeansSpec(
+            iterations=self.iterations,
+            seed=self.seed,
+            spherical=self.spherical,
+            early_stop=self.early_stop,
+        )
+
 
 @dataclass
 class IterateConfig:
@@ -208,10 +219,7 @@ def _cluster(cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, poo
         emb,
         folder,
         sched["k"],
-        iterations=cfg.cluster.iterations,
-        early_stop=cfg.cluster.early_stop,
-        seed=cfg.cluster.seed,
-        spherical=cfg.cluster.spherical,
+        cfg.cluster.kmeans(),
         shards=cfg.cluster.shards,
         device=cfg.cluster.device,
         drop_fraction=sched["drop_fraction"],
@@ -305,6 +313,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
     from raysv.models.checkpoint import read_checkpoint
 
     read_checkpoint(cfg.init_checkpoint)  # a bad path fails here, before any work
+    cfg.cluster.kmeans()  # and so do bad k-means settings
     utterances, trials = _manifests(cfg, out)
     if "test" not in trials and "dev" not in trials:
         raise ConfigError("iterate needs trial lists (dev and/or test) to evaluate each round")

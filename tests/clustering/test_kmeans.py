@@ -1,5 +1,6 @@
 """Sharded k-means against faiss.Kmeans, purification, and bad k."""
 
+import dataclasses
 import os
 import re
 
@@ -11,6 +12,7 @@ import pytest
 
 from raysv.clustering import kmeans
 from raysv.clustering.driver import cluster
+from raysv.clustering.sharded import KMeansSpec
 from raysv.errors import ConfigError
 
 
@@ -52,10 +54,8 @@ def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_loc
         _write_shards(x, str(tmp_path / "emb")),
         str(tmp_path / "out"),
         k,
-        iterations=it,
-        seed=1,
+        KMeansSpec(iterations=it, seed=1, max_points_per_centroid=10**9),
         shards=2,
-        max_points_per_centroid=10**9,
     )
     ours = _objective(x, np.load(tmp_path / "out" / "_centroids.npy"))
     assert ours <= ref_obj * 1.01, (ours, ref_obj)
@@ -67,10 +67,8 @@ def test_sharded_objective_within_one_percent_of_faiss(skewed, tmp_path, ray_loc
         str(tmp_path / "emb"),
         str(tmp_path / "out2"),
         k,
-        iterations=it,
-        seed=1,
+        KMeansSpec(iterations=it, seed=1, max_points_per_centroid=10**9),
         shards=2,
-        max_points_per_centroid=10**9,
     )
     assert s2["objective"] == pytest.approx(s["objective"], rel=1e-6)
     t = pq.read_table(str(tmp_path / "out"))
@@ -95,12 +93,13 @@ def test_stops_when_the_objective_stops_falling(early_stop, tmp_path, ray_local)
             np.float32
         )
     emb = _write_shards(x, str(tmp_path / "emb"))
-    kw = dict(seed=1, shards=2, max_points_per_centroid=10**9)
-    full = cluster(emb, str(tmp_path / "full"), 10, iterations=40, early_stop=-1.0, **kw)
+    spec = KMeansSpec(iterations=40, early_stop=-1.0, seed=1, max_points_per_centroid=10**9)
+    full = cluster(emb, str(tmp_path / "full"), 10, spec, shards=2)
     objs = [h["objective"] for h in full["history"]]
     assert full["iterations"] == len(objs) == 40
     stop = next(i for i in range(1, 40) if objs[i - 1] - objs[i] <= early_stop * objs[i - 1])
-    early = cluster(emb, str(tmp_path / "early"), 10, iterations=40, early_stop=early_stop, **kw)
+    spec = dataclasses.replace(spec, early_stop=early_stop)
+    early = cluster(emb, str(tmp_path / "early"), 10, spec, shards=2)
     assert early["iterations"] == stop + 1 < 40 and early["max_iterations"] == 40
     assert [h["objective"] for h in early["history"]] == pytest.approx(objs[: stop + 1], rel=1e-9)
 
@@ -115,8 +114,7 @@ def test_subsampled_like_faiss(tmp_path, ray_local):
         _write_shards(x, str(tmp_path / "emb")),
         str(tmp_path / "out"),
         20,
-        iterations=20,
-        seed=1,
+        KMeansSpec(iterations=20, seed=1),
         shards=2,
     )
     ours = s["objective_all_points"]
@@ -147,10 +145,23 @@ def test_default_shards_are_two_per_node_and_a_bad_count_is_refused(tmp_path, ra
     x, _ = _skewed(n=800, d=8, k=4)
     emb = _write_shards(x, str(tmp_path / "e"), parts=4)
     nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-    s = cluster(emb, str(tmp_path / "o"), 4, iterations=2)
+    s = cluster(emb, str(tmp_path / "o"), 4, KMeansSpec(iterations=2))
     assert s["shards"] == 2 * len(nodes) and s["embeddings"] == 800
     with pytest.raises(ConfigError, match="shards must be >= 1, got 0"):
-        cluster(emb, str(tmp_path / "o2"), 4, iterations=2, shards=0)
+        cluster(emb, str(tmp_path / "o2"), 4, KMeansSpec(iterations=2), shards=0)
+
+
+def test_bad_kmeans_settings_fail_before_any_shard_starts():
+    with pytest.raises(
+        ConfigError, match=re.escape("init must be one of random, kmeans++; got 'kmeans+'")
+    ):
+        KMeansSpec(init="kmeans+")
+    with pytest.raises(ConfigError, match="iterations must be >= 1, got 0"):
+        KMeansSpec(iterations=0)
+    with pytest.raises(ConfigError, match="max_points_per_centroid must be >= 1, got 0"):
+        KMeansSpec(max_points_per_centroid=0)
+    with pytest.raises(ConfigError, match="init_points_per_centroid must be >= 1, got 0"):
+        KMeansSpec(init="kmeans++", init_points_per_centroid=0)
 
 
 def test_update_reseeds_empty_clusters():
@@ -294,7 +305,7 @@ def test_kmeanspp_init_beats_random_init_and_is_reproducible(tmp_path, ray_local
     try:
         for seed in (1, 2, 3):
             runs = {
-                init: sharded_kmeans(actors, 20, 2, seed, False, init=init)
+                init: sharded_kmeans(actors, 20, KMeansSpec(iterations=2, seed=seed, init=init))
                 for init in ("random", "kmeans++")
             }
             # history[0] is the objective of the initial centroids (0 iterations), [1] after 1.
@@ -302,11 +313,9 @@ def test_kmeanspp_init_beats_random_init_and_is_reproducible(tmp_path, ray_local
                 pp = runs["kmeans++"].history[it]["objective"]
                 rnd = runs["random"].history[it]["objective"]
                 assert pp < rnd, (seed, it, pp, rnd)
-        again = sharded_kmeans(actors, 20, 2, 1, False, init="kmeans++")
-        first = sharded_kmeans(actors, 20, 2, 1, False, init="kmeans++")
+        pp = KMeansSpec(iterations=2, init="kmeans++")
+        again, first = sharded_kmeans(actors, 20, pp), sharded_kmeans(actors, 20, pp)
         assert np.array_equal(again.centroids, first.centroids)
-        with pytest.raises(ConfigError, match=re.escape("got 'kmeans+'")):
-            sharded_kmeans(actors, 20, 2, 1, False, init="kmeans+")
     finally:
         for a in actors:
             ray_local.kill(a)

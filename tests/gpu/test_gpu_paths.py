@@ -86,12 +86,13 @@ def test_stage2_on_gpu_uses_nccl(inputs, ray_gpu):
 
 def test_kmeans_shards_on_gpu_match_cpu(tmp_path, ray_gpu):
     from raysv.clustering.driver import cluster
+    from raysv.clustering.sharded import KMeansSpec
 
     x, _ = _skewed(n=20000, d=32, k=40)
     emb = _write_shards(x, str(tmp_path / "emb"))
-    kw = dict(iterations=15, seed=1, shards=2, max_points_per_centroid=10**9)
-    gpu = cluster(emb, str(tmp_path / "gpu"), 40, device="gpu", **kw)
-    cpu = cluster(emb, str(tmp_path / "cpu"), 40, device="cpu", **kw)
+    spec = KMeansSpec(iterations=15, seed=1, max_points_per_centroid=10**9)
+    gpu = cluster(emb, str(tmp_path / "gpu"), 40, spec, device="gpu", shards=2)
+    cpu = cluster(emb, str(tmp_path / "cpu"), 40, spec, device="cpu", shards=2)
     assert (gpu["device"], cpu["device"]) == ("gpu", "cpu")
     og = _objective(x, np.load(tmp_path / "gpu" / "_centroids.npy"))
     oc = _objective(x, np.load(tmp_path / "cpu" / "_centroids.npy"))
