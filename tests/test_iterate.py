@@ -192,6 +192,16 @@ def test_bad_iterate_input_is_reported_before_work(tiny_corpus, tmp_path, init_c
         )
     with pytest.raises(ValueError, match="at least one value"):
         Schedule(k=[])
+    with pytest.raises(ConfigError, match="drop fraction p must be in"):
+        run_iterate(
+            IterateConfig(
+                out=str(tmp_path / "c"),
+                data=tiny_corpus,
+                init_checkpoint=init_ckpt,
+                schedule=Schedule(drop_fraction=[0.1, 1.5]),
+            )
+        )
+    assert not os.path.exists(tmp_path / "c" / "round0")  # refused before any work
     man, _ = prepare_corpus(tiny_corpus, str(tmp_path / "m"))
     only_trials = {"dev": man.trials["dev"], "test": man.trials["test"]}
     t = pq.read_table(man.utterances)

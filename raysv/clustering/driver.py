@@ -14,6 +14,7 @@ from raysv.clustering.sharded import (
     EmbeddingShard,
     KMeansSpec,
     elbow_table,
+    purify_shards,
     sharded_kmeans,
     split_files,
 )
@@ -133,45 +134,34 @@ def cluster(
     """
     import ray
 
+    kmeans.check_purification(drop_fraction, min_cluster_size)  # before any work
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
     spec = spec or KMeansSpec()
     actors = start_shards(
         embedding_files(embeddings), shards, normalise=spec.spherical, device=device
     )
-    res = sharded_kmeans(actors, k, spec)
-    cref = ray.put(res.centroids)
-    dists = ray.get([a.final_assign.remote(cref) for a in actors])
-    labels = ray.get([a.raw_labels.remote() for a in actors])
-    all_lab, all_dist = np.concatenate(labels), np.concatenate(dists)
-    kept, ids = kmeans.purify(all_lab, all_dist, drop_fraction, min_cluster_size)
-    offsets = np.cumsum([0] + [len(d) for d in dists])
-    written = ray.get(
-        [
-            a.labels_table.remote(
-                kept[offsets[i] : offsets[i + 1]],
-                ids[offsets[i] : offsets[i + 1]],
-                round_,
-                os.path.join(out, f"part-{i:05d}.parquet"),
-            )
-            for i, a in enumerate(actors)
-        ]
-    )
-    for a in actors:
-        ray.kill(a)
-    sizes = np.bincount(all_lab, minlength=k)
+    try:
+        res = sharded_kmeans(actors, k, spec)
+        cref = ray.put(res.centroids)
+        assigned = ray.get([a.final_assign.remote(cref) for a in actors])
+        sizes = np.sum([c for c, _ in assigned], axis=0)
+        pur = purify_shards(actors, sizes, drop_fraction, min_cluster_size, round_, out)
+    finally:
+        for a in actors:
+            ray.kill(a)
     summary = {
         "out": out,
-        "embeddings": int(sum(written)),
+        "embeddings": pur["rows"],
         "k": k,
-        "warnings": [w for w in [kmeans.check_k(k, len(all_lab))] if w],
+        "warnings": [w for w in [kmeans.check_k(k, pur["rows"])] if w],
         "init": spec.init,
         "device": resolve_device(device),
         "shards": len(actors),
         "iterations": res.iterations,
         "max_iterations": spec.iterations,
         "objective": res.objective,
-        "objective_all_points": float(all_dist.astype(np.float64).sum()),
+        "objective_all_points": float(sum(o for _, o in assigned)),
         "seconds": round(time.monotonic() - t0, 2),
         "kmeans_seconds": round(res.seconds, 2),
         "shard_load_seconds": round(res.load_seconds, 2),
@@ -181,8 +171,8 @@ def cluster(
             "max": int(sizes.max()),
             "empty": int((sizes == 0).sum()),
         },
-        "kept_share": float(kept.mean()),
-        "clusters_after_purification": int(ids[kept].max() + 1) if kept.any() else 0,
+        "kept_share": pur["kept"] / pur["rows"],
+        "clusters_after_purification": pur["clusters_after_purification"],
         "history": res.history,
     }
     if manifest:

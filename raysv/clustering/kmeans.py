@@ -254,32 +254,103 @@ def check_k(k: int, n: int, min_per_cluster: int = 2) -> str | None:
     return None
 
 
-def purify(
-    clusters: np.ndarray, distances: np.ndarray, drop_fraction: float, min_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The iterative paper's purification.
-
-    1. drop the ``drop_fraction`` of samples farthest from their centroid;
-    2. then drop clusters with fewer than ``min_size`` remaining members;
-    3. renumber clusters contiguously: surviving clusters 0..K'-1, then the
-       dropped (too small) clusters K'.., so every row keeps an id for analysis
-       and training uses rows with ``kept`` (whose ids are all < K').
-
-    Returns ``(kept (n,) bool, cluster ids (n,) int64)``.
-    """
+def check_purification(drop_fraction: float, min_size: int) -> None:
+    """Refuse purification settings outside p in [0, 1) and S >= 1 (before any work)."""
     if not 0.0 <= drop_fraction < 1.0:
         raise ConfigError(f"drop fraction p must be in [0, 1), got {drop_fraction}")
-    n = clusters.shape[0]
-    kept = np.ones(n, dtype=bool)
-    n_drop = int(round(drop_fraction * n))
-    if n_drop:
-        kept[np.argsort(-distances, kind="stable")[:n_drop]] = False
-    sizes = np.bincount(clusters[kept], minlength=int(clusters.max()) + 1 if n else 0)
-    kept &= sizes[clusters] >= min_size
-    present = np.bincount(clusters, minlength=sizes.shape[0]) > 0
+    if min_size < 1:
+        raise ConfigError(f"min cluster size S must be >= 1, got {min_size}")
+
+
+# Purification's drop of the p farthest points, computed where the distances
+# live: each shard maps its float32 distances to order-preserving unsigned
+# keys, the driver adds up per-shard histograms of the keys' high 16 bits, then
+# of the low 16 bits inside the one high bucket that holds the cut, so the
+# exact n_drop-th largest distance is found with two O(65536) round trips and
+# the driver never holds O(N). Ties at the cut are dropped in global row order
+# (shard by shard), which is what a stable sort of all distances would do.
+KEY_BUCKETS = 1 << 16
+
+
+def distance_keys(dist: np.ndarray) -> np.ndarray:
+    """``(n,) uint32`` keys with the order of the float32 distances ``(n,)`` (negatives too)."""
+    d = np.asarray(dist, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0: they tie
+    b = d.view(np.uint32)
+    neg = (b >> 31).astype(bool)
+    # positive floats: set the sign bit (above every negative); negative: flip all bits
+    return np.where(neg, ~b, b | np.uint32(0x80000000)).astype(np.uint32)
+
+
+def key_histogram(keys: np.ndarray, high: int | None = None) -> np.ndarray:
+    """``(65536,) int64`` counts of the keys' high 16 bits, or (with ``high``) of the
+    low 16 bits of the keys whose high bits equal ``high``."""
+    if high is None:
+        return np.bincount(keys >> 16, minlength=KEY_BUCKETS).astype(np.int64)
+    low = keys[(keys >> 16) == high] & np.uint32(0xFFFF)
+    return np.bincount(low, minlength=KEY_BUCKETS).astype(np.int64)
+
+
+def bucket_of_rank(hist: np.ndarray, rank: int) -> tuple[int, int]:
+    """``(bucket, count above it)``: the bucket holding the ``rank``-th largest
+    (1-based) of the counted values, and how many values lie in higher buckets."""
+    above = np.cumsum(hist[::-1])[::-1] - hist  # values in strictly higher buckets
+    b = int(np.flatnonzero((above < rank) & (above + hist >= rank))[0])
+    return b, int(above[b])
+
+
+def tie_quotas(ties: list[int], need: int) -> list[int]:
+    """How many of each shard's rows tied at the cut to drop, first shards first."""
+    out = []
+    for t in ties:
+        q = min(int(t), need)
+        out.append(q)
+        need -= q
+    return out
+
+
+def drop_mask(keys: np.ndarray, cut: int, quota: int) -> np.ndarray:
+    """``(n,) bool``: rows above the cut key, plus the first ``quota`` rows at it."""
+    drop = keys > cut
+    if quota:
+        drop[np.flatnonzero(keys == cut)[:quota]] = True
+    return drop
+
+
+def remap_clusters(sizes: np.ndarray, present: np.ndarray, min_size: int) -> np.ndarray:
+    """``(k,) int64`` new cluster ids from ``sizes`` (kept members per cluster) and
+    ``present`` (any member at all): clusters with at least ``min_size`` kept
+    members become 0..K'-1, the other present ones K'.., absent ones -1."""
     survivors = np.flatnonzero(sizes >= min_size)
     dropped = np.flatnonzero(present & (sizes < min_size))
     remap = np.full(sizes.shape[0], -1, dtype=np.int64)
     remap[survivors] = np.arange(survivors.shape[0])
     remap[dropped] = survivors.shape[0] + np.arange(dropped.shape[0])
-    return kept, remap[clusters]
+    return remap
+
+
+def purify(
+    clusters: np.ndarray, distances: np.ndarray, drop_fraction: float, min_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The iterative paper's purification, in one process (the sharded k-means
+    does the same steps in its shards; see :func:`distance_keys`).
+
+    1. drop the ``drop_fraction`` of samples farthest from their centroid (ties
+       at the cut: earlier rows first);
+    2. then drop clusters with fewer than ``min_size`` remaining members;
+    3. renumber clusters contiguously: surviving clusters 0..K'-1, then the
+       dropped (too small) clusters K'.., so every row keeps an id for analysis
+       and training uses rows with ``kept`` (whose ids are all < K').
+
+    ``clusters (n,) int``, ``distances (n,) float``. Returns ``(kept (n,) bool,
+    cluster ids (n,) int64)``.
+    """
+    check_purification(drop_fraction, min_size)
+    n = clusters.shape[0]
+    kept = np.ones(n, dtype=bool)
+    n_drop = int(round(drop_fraction * n))
+    if n_drop:
+        kept[np.argsort(-np.asarray(distances, np.float32), kind="stable")[:n_drop]] = False
+    sizes = np.bincount(clusters[kept], minlength=int(clusters.max()) + 1 if n else 0)
+    kept &= sizes[clusters] >= min_size
+    present = np.bincount(clusters, minlength=sizes.shape[0]) > 0
+    return kept, remap_clusters(sizes, present, min_size)[clusters]

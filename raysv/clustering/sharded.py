@@ -110,35 +110,63 @@ class EmbeddingShard:
             return kmeans.DeviceAssigner(self.x, "cuda", self.backend).final(centroids)
         return kmeans.assign(self.x, centroids)
 
-    def final_assign(self, centroids: np.ndarray) -> np.ndarray:
-        """[3] Assign and keep labels/distances; return the distances (n,) for purification."""
+    def final_assign(self, centroids: np.ndarray) -> tuple[np.ndarray, float]:
+        """[3] Assign every row and keep labels and distances here.
+
+        Returns ``(members per centroid (k,) int64, sum of squared distances)``;
+        purification then runs on the kept distances (:meth:`key_histogram` ...).
+        """
         self.labels, self.dist = self._assign_all(centroids)
         self._on_device = None  # frees the GPU copy of the training rows
-        return self.dist
+        self.keys = kmeans.distance_keys(self.dist)
+        counts = np.bincount(self.labels, minlength=centroids.shape[0]).astype(np.int64)
+        return counts, float(self.dist.astype(np.float64).sum())
+
+    def key_histogram(self, high: int | None = None) -> np.ndarray:
+        """``(65536,) int64``: see :func:`raysv.clustering.kmeans.key_histogram`."""
+        return kmeans.key_histogram(self.keys, high)
+
+    def ties(self, cut: int) -> int:
+        """Rows whose distance key equals ``cut``."""
+        return int(np.count_nonzero(self.keys == cut))
+
+    def drop_far(self, cut: int | None, quota: int, k: int) -> np.ndarray:
+        """Mark rows above the cut (and ``quota`` rows at it) dropped; ``cut`` None
+        drops nothing. Returns the kept members per centroid ``(k,) int64``."""
+        if cut is None:
+            self.kept = np.ones(self.labels.shape[0], dtype=bool)
+        else:
+            self.kept = ~kmeans.drop_mask(self.keys, cut, quota)
+        return np.bincount(self.labels[self.kept], minlength=k).astype(np.int64)
 
     def labels_table(
-        self, kept_mask: np.ndarray, new_ids: np.ndarray, round_: int, path: str
-    ) -> int:
+        self, sizes: np.ndarray, remap: np.ndarray, min_size: int, round_: int, path: str
+    ) -> tuple[int, int, int]:
+        """Drop rows of clusters with fewer than ``min_size`` kept members (``sizes``
+        from all shards), renumber with ``remap`` and write the pseudo-label table.
+
+        Returns ``(rows, kept rows, largest kept cluster id or -1)``.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from raysv.data.schema import PSEUDO_LABELS
 
+        kept = self.kept & (sizes[self.labels] >= min_size)
+        new_ids = remap[self.labels]
         table = pa.table(
             {
                 "utt_id": self.ids,
                 "cluster": new_ids,
                 "distance": self.dist,
-                "kept": kept_mask,
+                "kept": kept,
                 "round": np.full(len(self.ids), round_, np.int32),
             },
             schema=PSEUDO_LABELS,
         )
         pq.write_table(table, path)
-        return table.num_rows
-
-    def raw_labels(self) -> np.ndarray:
-        return self.labels
+        top = int(new_ids[kept].max()) if kept.any() else -1
+        return table.num_rows, int(kept.sum()), top
 
 
 @dataclass
@@ -360,6 +388,60 @@ def sharded_kmeans(actors: list, k: int, spec: KMeansSpec) -> KMeansResult:
         history=history,
         load_seconds=load_seconds,
     )
+
+
+def purify_shards(
+    actors: list,
+    members: np.ndarray,
+    drop_fraction: float,
+    min_size: int,
+    round_: int,
+    out: str,
+) -> dict:
+    """Purify the final assignment where it lives and write the pseudo-label table.
+
+    The shards hold labels and distances (after ``final_assign``); the driver
+    finds the exact cut for the ``drop_fraction`` farthest rows from two
+    65536-bucket histograms of order-preserving distance keys, hands out the
+    ties at the cut in shard order, and renumbers clusters from per-cluster
+    counts: it holds O(k), never O(N). Same result as
+    :func:`raysv.clustering.kmeans.purify` over all rows in shard order.
+    ``members (k,)``: rows per cluster, summed over the shards' ``final_assign``.
+    Returns ``{"rows", "kept", "clusters_after_purification"}``.
+    """
+    import os
+
+    import ray
+
+    k = members.shape[0]
+    n_drop = int(round(drop_fraction * int(members.sum())))
+    cut, quotas = None, [0] * len(actors)
+    if n_drop:
+        hist = np.sum(ray.get([a.key_histogram.remote() for a in actors]), axis=0)
+        high, above = kmeans.bucket_of_rank(hist, n_drop)
+        low_hist = np.sum(ray.get([a.key_histogram.remote(high) for a in actors]), axis=0)
+        low, above_low = kmeans.bucket_of_rank(low_hist, n_drop - above)
+        cut = (high << 16) | low
+        ties = ray.get([a.ties.remote(cut) for a in actors])
+        quotas = kmeans.tie_quotas(ties, n_drop - above - above_low)
+    sizes = np.sum(
+        ray.get([a.drop_far.remote(cut, q, k) for a, q in zip(actors, quotas, strict=True)]),
+        axis=0,
+    )
+    remap = kmeans.remap_clusters(sizes, members > 0, min_size)
+    written = ray.get(
+        [
+            a.labels_table.remote(
+                sizes, remap, min_size, round_, os.path.join(out, f"part-{i:05d}.parquet")
+            )
+            for i, a in enumerate(actors)
+        ]
+    )
+    return {
+        "rows": int(sum(w[0] for w in written)),
+        "kept": int(sum(w[1] for w in written)),
+        "clusters_after_purification": max(w[2] for w in written) + 1,
+    }
 
 
 def elbow_table(actors: list, ks: list[int], spec: KMeansSpec) -> list[dict]:

@@ -314,6 +314,11 @@ def run_iterate(cfg: IterateConfig) -> dict:
 
     read_checkpoint(cfg.init_checkpoint)  # a bad path fails here, before any work
     cfg.cluster.kmeans()  # and so do bad k-means settings
+    from raysv.clustering.kmeans import check_purification
+
+    for r in range(1, cfg.rounds + 1):  # and each round's purification p and S
+        sched = cfg.schedule.at(r)
+        check_purification(sched["drop_fraction"], sched["min_cluster_size"])
     utterances, trials = _manifests(cfg, out)
     if "test" not in trials and "dev" not in trials:
         raise ConfigError("iterate needs trial lists (dev and/or test) to evaluate each round")

@@ -184,6 +184,77 @@ def test_purify_drops_far_points_then_small_clusters():
         kmeans.purify(clusters, dist, 1.0, 1)
 
 
+@pytest.mark.parametrize("drop_fraction", [0.0, 0.1, 0.37, 0.9])
+def test_purification_from_shard_histograms_equals_one_process_purify(drop_fraction):
+    """The shards' exact cut (two key histograms, ties handed out in shard order)
+    drops the same rows as a stable sort of all distances, ties and signs included."""
+    rng = np.random.default_rng(7)
+    n, k = 5000, 40
+    labels = rng.integers(0, k, n)
+    dist = rng.choice(np.float32([0.5, 1.0, 1.0, 2.5, 3.0]), n)  # many ties at any cut
+    dist[:50] = rng.standard_normal(50).astype(np.float32) * 1e-6  # faiss's tiny negatives
+    dist[50:60] = np.float32(-0.0)
+    dist[60:] += rng.random(n - 60).astype(np.float32) * (rng.random(n - 60) < 0.5)
+    ref_kept, ref_ids = kmeans.purify(labels, dist, drop_fraction, min_size=100)
+
+    parts = np.split(np.arange(n), [1200, 1201, 3000])  # unequal shards, one of one row
+    keys = [kmeans.distance_keys(dist[p]) for p in parts]
+    n_drop = int(round(drop_fraction * n))
+    quotas, cut = [0] * len(parts), None
+    if n_drop:
+        high, above = kmeans.bucket_of_rank(sum(kmeans.key_histogram(c) for c in keys), n_drop)
+        low_hist = sum(kmeans.key_histogram(c, high) for c in keys)
+        low, above_low = kmeans.bucket_of_rank(low_hist, n_drop - above)
+        cut = (high << 16) | low
+        ties = [int((c == cut).sum()) for c in keys]
+        quotas = kmeans.tie_quotas(ties, n_drop - above - above_low)
+    kept = np.concatenate(
+        [
+            ~kmeans.drop_mask(c, cut, q) if cut is not None else np.ones(len(c), bool)
+            for c, q in zip(keys, quotas, strict=True)
+        ]
+    )
+    assert (~kept).sum() == n_drop
+    sizes = np.bincount(labels[kept], minlength=k)
+    remap = kmeans.remap_clusters(sizes, np.bincount(labels, minlength=k) > 0, 100)
+    kept &= sizes[labels] >= 100
+    assert np.array_equal(kept, ref_kept) and np.array_equal(remap[labels], ref_ids)
+    # keys order like the floats they come from
+    order = np.argsort(kmeans.distance_keys(dist), kind="stable")
+    assert np.all(np.diff(dist[order].astype(np.float64)) >= 0)
+
+
+def test_sharded_purification_matches_one_process_purify(tmp_path, ray_local):
+    """cluster() purifies inside the shards: same kept rows and ids as kmeans.purify
+    over all rows in shard order, with duplicated rows tying at the cut."""
+    x, _ = _skewed(n=3000, k=12, seed=4)
+    x = np.concatenate([x, x[:600], x[:600]])  # exact duplicates: equal distances
+    emb = _write_shards(x, str(tmp_path / "emb"), parts=4)
+    out = tmp_path / "out"
+    s = cluster(
+        emb,
+        str(out),
+        12,
+        KMeansSpec(iterations=5),
+        shards=3,
+        drop_fraction=0.2,
+        min_cluster_size=150,
+    )
+    t = pq.read_table([str(p) for p in sorted(out.glob("part-*.parquet"))])
+    rows = {u: i for i, u in enumerate(pq.read_table(emb)["utt_id"].to_pylist())}
+    xs = x[[rows[u] for u in t["utt_id"].to_pylist()]]
+    raw, _ = kmeans.assign(xs, np.load(out / "_centroids.npy"))
+    dist = t["distance"].to_numpy()
+    kept, ids = kmeans.purify(raw, dist, 0.2, 150)
+    assert np.array_equal(t["kept"].to_numpy(), kept)
+    assert np.array_equal(t["cluster"].to_numpy(), ids)
+    assert s["kept_share"] == pytest.approx(kept.mean())
+    assert s["clusters_after_purification"] == int(ids[kept].max()) + 1
+    assert s["objective_all_points"] == pytest.approx(float(dist.astype(np.float64).sum()))
+    with pytest.raises(ConfigError, match="min cluster size S must be >= 1, got 0"):
+        cluster(emb, str(tmp_path / "o2"), 12, min_cluster_size=0)
+
+
 def test_cli_embed_with_checkpoint_then_cluster(
     tiny_corpus, tmp_path, ray_local, capsys, monkeypatch
 ):
