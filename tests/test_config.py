@@ -56,6 +56,14 @@ def test_range_checks_become_config_errors():
         from_dict(SynthConfig, {"multi_speaker_fraction": 1.5})
 
 
+def test_iterate_kmeans_settings_are_checked_when_the_config_is_read():
+    cfg = from_dict(IterateConfig, {"cluster": {"init": "kmeans++", "iterations": 7}})
+    spec = cfg.cluster.kmeans()
+    assert (spec.init, spec.iterations, spec.spherical) == ("kmeans++", 7, True)
+    with pytest.raises(ConfigError, match=r"cluster\.init: 'kmeans\+' is not one of"):
+        from_dict(IterateConfig, {"cluster": {"init": "kmeans+"}})
+
+
 def test_overrides_parse_yaml_values():
     data = apply_overrides({"inner": {"a": 1}}, ["inner.b=0.25", "name=z", "opt=null"])
     cfg = from_dict(Outer, data)

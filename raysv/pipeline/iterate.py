@@ -79,6 +79,7 @@ class ClusterSpec:
     spherical: bool = True
     shards: int | None = None  # two per node (one per GPU on GPUs)
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    init: Literal["random", "kmeans++"] = "random"  # kmeans++: D^2 seeding on a sample
 
     def kmeans(self):
         """The k-means settings as a :class:`~raysv.clustering.sharded.KMeansSpec`."""
@@ -89,6 +90,7 @@ class ClusterSpec:
             seed=self.seed,
             spherical=self.spherical,
             early_stop=self.early_stop,
+            init=self.init,
         )
 
 
