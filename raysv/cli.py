@@ -942,7 +942,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(args)
     except RaysvError as exc:
-        print(f"raysv {args.command}: error: {exc}", file=sys.stderr)
+        # Raised in a Ray task or actor, the error arrives wrapped (a RayTaskError that
+        # is also a RaysvError) whose text is the remote traceback: print its cause.
+        cause = getattr(exc, "cause", None)
+        msg = cause if isinstance(cause, RaysvError) else exc
+        print(f"raysv {args.command}: error: {msg}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1, default=str) if args.json else human(summary))
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raysv.clustering import kmeans
-from raysv.errors import ConfigError
+from raysv.errors import ConfigError, ManifestError
 
 log = logging.getLogger("raysv")
 
@@ -27,26 +27,17 @@ class EmbeddingShard:
     def __init__(self, files: list[str], normalise: bool, threads: int = 0, gpu: bool = False):
         import faiss
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if threads > 0:  # shards on one node share its cores
             faiss.omp_set_num_threads(threads)
             # Arrow sizes its decoding pool from OMP_NUM_THREADS, which Ray sets to 1
             # in a fractional-CPU actor: the read below would then decode on one core.
             pa.set_cpu_count(threads)
-
-        from raysv.evaluation.scoring import embedding_matrix, l2_normalise
-
-        # [1] one read of all this shard's files (pyarrow reads them in parallel)
-        table = pq.read_table(
-            files if len(files) > 1 else files[0], columns=["utt_id", "embedding"]
-        )
-        self.ids, self.x = embedding_matrix(table, ",".join(files), ids_as_list=False)
-        if normalise:
-            self.x = l2_normalise(self.x)
+        self.files, self.normalise = files, normalise
+        self.x = None  # read by the first count(): an error there reaches the driver as
+        # the raysv error itself, where one in __init__ would only kill the actor
         self.labels = np.zeros(0, dtype=np.int64)
         self.dist = np.zeros(0, dtype=np.float32)
-        self.train = self.x  # rows the Lloyd iterations use (a subsample, like faiss, or all)
         # On a GPU actor the rows live on the GPU (faiss-gpu index, or torch where faiss is
         # the CPU build); only centroids go there and per-centroid sums come back.
         self.backend = kmeans.gpu_backend() if gpu else None
@@ -56,6 +47,28 @@ class EmbeddingShard:
                 "(faiss.get_num_gpus() == 0 and torch.cuda.is_available() is False)"
             )
         self._on_device = None
+
+    def _load(self) -> None:
+        """[1] One read of all this shard's files (pyarrow reads them in parallel)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from raysv.evaluation.scoring import embedding_matrix, l2_normalise
+
+        files = self.files
+        problem = _bad_file(files)  # footers only: names the file before any decoding
+        if problem:
+            raise ManifestError(problem)
+        try:
+            table = pq.read_table(
+                files if len(files) > 1 else files[0], columns=["utt_id", "embedding"]
+            )
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"{', '.join(files)}: could not read embeddings ({exc})") from None
+        self.ids, self.x = embedding_matrix(table, ",".join(files), ids_as_list=False)
+        if self.normalise:
+            self.x = l2_normalise(self.x)
+        self.train = self.x  # rows the Lloyd iterations use (a subsample, like faiss, or all)
 
     def _device(self):
         """The :class:`~raysv.clustering.kmeans.DeviceAssigner` over the training rows (GPU shards)."""
@@ -74,6 +87,9 @@ class EmbeddingShard:
         return int(self.train.shape[0])
 
     def count(self) -> int:
+        """Rows of this shard (the first call reads its files)."""
+        if self.x is None:
+            self._load()
         return int(self.x.shape[0])
 
     def dim(self) -> int:
@@ -167,6 +183,22 @@ class EmbeddingShard:
         pq.write_table(table, path)
         top = int(new_ids[kept].max()) if kept.any() else -1
         return table.num_rows, int(kept.sum()), top
+
+
+def _bad_file(files: list[str]) -> str | None:
+    """What is wrong with the first of ``files`` that is not Parquet with ``utt_id``
+    and ``embedding`` columns (None if all are); reads only their footers."""
+    import pyarrow.parquet as pq
+
+    for f in files:
+        try:
+            names = pq.read_schema(f).names
+        except Exception as e:  # noqa: BLE001 - any failure to read the footer
+            return f"{f}: not a readable Parquet file of embeddings ({e})"
+        missing = [c for c in ("utt_id", "embedding") if c not in names]
+        if missing:
+            return f"{f}: no column {', '.join(missing)} (has {', '.join(names)})"
+    return None
 
 
 @dataclass

@@ -21,6 +21,13 @@ def embedding_matrix(
     if table.num_rows == 0:
         raise ManifestError(f"{source}: embeddings table is empty")
     col = table.column("embedding")
+    if col.null_count:
+        import pyarrow.compute as pc
+
+        first = table.column("utt_id")[pc.index(col.is_null(), True).as_py()]
+        raise ManifestError(
+            f"{source}: {col.null_count} rows have no embedding (the first: utt_id {first})"
+        )
     if pa.types.is_fixed_size_list(col.type):
         # one copy into a fresh, writable array (no combine_chunks copy first)
         parts = [c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks]

@@ -164,6 +164,29 @@ def test_bad_kmeans_settings_fail_before_any_shard_starts():
         KMeansSpec(init="kmeans++", init_points_per_centroid=0)
 
 
+def test_unreadable_embedding_files_are_named_not_a_traceback(tmp_path, ray_local, capsys):
+    from raysv.cli import main
+    from raysv.errors import ManifestError
+
+    x, _ = _skewed(n=800, d=8, k=4)
+    emb = _write_shards(x, str(tmp_path / "e"), parts=4)
+    bad = os.path.join(emb, "p2.parquet")
+    with open(bad, "wb") as f:
+        f.write(b"PAR1 not parquet at all" * 4)
+    with pytest.raises(ManifestError, match=re.escape(f"{bad}: not a readable Parquet file")):
+        cluster(emb, str(tmp_path / "o"), 4, KMeansSpec(iterations=2))
+    argv = ["cluster", "--embeddings", emb, "--k", "4", "--out", str(tmp_path / "o2")]
+    assert main([*argv, "--no-tracking"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"raysv cluster: error: {bad}: not a readable Parquet file")
+    assert not any("Traceback" in line for line in err)
+    pq.write_table(pa.table({"utt_id": ["a"], "vec": [1.0]}), bad)  # Parquet, wrong columns
+    with pytest.raises(
+        ManifestError, match=re.escape(f"{bad}: no column embedding (has utt_id, vec)")
+    ):
+        cluster(emb, str(tmp_path / "o3"), 4, KMeansSpec(iterations=2))
+
+
 def test_update_reseeds_empty_clusters():
     rng = np.random.default_rng(0)
     sums = np.array([[10.0, 0.0], [0.0, 0.0], [3.0, 3.0]])

@@ -38,3 +38,10 @@ def test_variable_length_lists_are_rejected_with_the_source_named():
     t = pa.table({"utt_id": ["a", "b"], "embedding": [[1.0, 2.0], [1.0]]})
     with pytest.raises(ManifestError, match="emb.parquet: embeddings have different lengths"):
         embedding_matrix(t, "emb.parquet")
+
+
+def test_rows_without_an_embedding_are_named():
+    emb = pa.array([[1.0, 2.0], None, [3.0, 4.0], None], pa.list_(pa.float32(), 2))
+    t = pa.table({"utt_id": ["a", "b", "c", "d"], "embedding": emb})
+    with pytest.raises(ManifestError, match="emb.parquet: 2 rows have no embedding .*utt_id b"):
+        embedding_matrix(t, "emb.parquet")
