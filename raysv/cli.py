@@ -279,6 +279,12 @@ def _embed_human(s: dict) -> str:
         text = f"embeddings in {s['out']} already complete (use --force to recompute)"
     else:
         text = f"embedded {s['rows']} utterances into {s['out']} in {s['seconds']}s ({s['utts_per_s']}/s)"
+        if s.get("unreadable"):
+            first = s["unreadable_examples"][0]
+            text += (
+                f"\nskipped {s['unreadable']} with unreadable audio (first: {first['path']}: "
+                f"{first['reason']}); all listed in {s['out']}/_skipped-*.jsonl"
+            )
     sess = s.get("sessions")
     if sess:
         text += f"\nsession means in {sess['out']}" + (

@@ -25,14 +25,20 @@ class BaselineEmbedder:
     Output: an embeddings table (``utt_id``, fixed-size float32 ``embedding`` of 2 * n_mels).
     """
 
-    def __init__(self, n_mels: int = 40, max_seconds: float = 10.0):
+    def __init__(self, n_mels: int = 40, max_seconds: float = 10.0, skipped_to: str | None = None):
         self.n_mels = n_mels
         self.max_seconds = max_seconds
+        self.skipped_to = skipped_to  # folder for the record of unreadable rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        embs = []
-        for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
-            st, en = io.bound(st), io.bound(en)
-            wave = io.read_crop(str(path), self.max_seconds, None, start_s=st, end_s=en)
-            embs.append(stats_embedding(wave, self.n_mels))
-        return embeddings_table(batch["utt_id"], np.stack(embs))
+        from raysv.embedding.rows import read_batch, record_skipped
+
+        keep, embs, skipped = read_batch(
+            batch,
+            lambda p, st, en: stats_embedding(
+                io.read_crop(p, self.max_seconds, None, start_s=st, end_s=en), self.n_mels
+            ),
+        )
+        record_skipped(self.skipped_to, skipped)
+        out = np.stack(embs) if embs else np.zeros((0, 2 * self.n_mels), np.float32)
+        return embeddings_table(batch["utt_id"][keep], out)

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 
 from raysv.data import fs
-from raysv.errors import ConfigError
+from raysv.embedding.rows import read_skipped
+from raysv.errors import ConfigError, ManifestError
 
 log = logging.getLogger("raysv")
 
@@ -105,9 +106,11 @@ def embed_manifest(
     # one block (one actor busy), but sorting first and splitting after was still
     # slower (35.7 vs 22.5 s) for reasons not found.
     ds = ds.repartition(max(4 * concurrency, 1))
+    kwargs = dict(embedder_kwargs or {})
+    kwargs.setdefault("skipped_to", os.path.abspath(out_dir))  # unreadable rows: see rows.py
     ds = ds.map_batches(  # [2]
         embedder_cls,
-        fn_constructor_kwargs=embedder_kwargs or {},
+        fn_constructor_kwargs=kwargs,
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus_per_actor,
@@ -119,8 +122,15 @@ def embed_manifest(
     if os.path.isdir(out_dir):
         for name in os.listdir(out_dir):
             os.remove(os.path.join(out_dir, name))
+    # Made here, not by Ray Data, which deletes a folder it made if no row was
+    # written: the record of skipped rows must survive a job that embedded nothing.
+    os.makedirs(out_dir, exist_ok=True)
     ds.write_parquet(out_dir)  # [3]
-    n = fs.read_table(out_dir, ["utt_id"]).num_rows
+    skipped = read_skipped(out_dir)
+    n = fs.read_table(out_dir, ["utt_id"]).num_rows if _has_parquet(out_dir) else 0
+    if n == 0:
+        first = f" (the first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise ManifestError(f"{manifest}: no utterance could be embedded{first}")
     with open(done_marker, "w") as f:
         f.write(f"{n}\n")
     secs = time.monotonic() - t0
@@ -130,9 +140,25 @@ def embed_manifest(
         "seconds": round(secs, 2),
         "utts_per_s": round(n / max(secs, 1e-9), 1),
         "gpus_per_actor": gpus,
+        # rows whose audio could not be read: skipped, not fatal (listed in _skipped-*.jsonl)
+        "unreadable": len(skipped),
+        "unreadable_examples": skipped[:5],
     }
+    if skipped:
+        log.warning(
+            "embed: %d utterance(s) skipped, unreadable audio (first: %s: %s); all listed in "
+            "%s/_skipped-*.jsonl",
+            len(skipped),
+            skipped[0]["path"],
+            skipped[0]["reason"],
+            out_dir,
+        )
     log.info("embedded %d utterances in %.1fs (%.1f/s)", n, secs, n / max(secs, 1e-9))
     return summary
+
+
+def _has_parquet(folder: str) -> bool:
+    return any(n.endswith(".parquet") for n in os.listdir(folder))
 
 
 def normalise_rows(batch):

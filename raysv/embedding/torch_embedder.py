@@ -29,6 +29,7 @@ class TorchEmbedder:
         max_seconds: float = 10.0,
         bucket_seconds: float = 0.5,
         device: str | None = None,
+        skipped_to: str | None = None,
     ):
         import torch
 
@@ -40,16 +41,20 @@ class TorchEmbedder:
         self.model.to(self.device).eval()
         self.cap = int(max_seconds * io.TARGET_SR)
         self.bucket = int(bucket_seconds * io.TARGET_SR)
+        self.skipped_to = skipped_to  # folder for the record of unreadable rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        feats = []
-        for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
-            st, en = io.bound(st), io.bound(en)
-            wave = io.read_crop(str(path), self.cap / io.TARGET_SR, None, st, en)
-            wave = features.crop(wave, bucket_length(wave.shape[0], self.bucket, self.cap))
-            feats.append(features.fbank(wave, n_mels=self.n_mels))
+        from raysv.embedding.rows import read_batch, record_skipped
+
+        keep, feats, skipped = read_batch(batch, self._features)
+        record_skipped(self.skipped_to, skipped)
+        if not feats:  # every row unreadable: an empty table of the right width
+            frames = torch.zeros(1, 100, self.n_mels, device=self.device)
+            with torch.no_grad():
+                dim = self.model(frames).shape[-1]
+            return embeddings_table(batch["utt_id"][keep], np.zeros((0, dim), np.float32))
         order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
         embs: dict[int, np.ndarray] = {}
         with torch.no_grad():
@@ -63,4 +68,10 @@ class TorchEmbedder:
                     embs[t] = e
                 i = j
         out = np.stack([embs[t] for t in range(len(feats))]).astype(np.float32)
-        return embeddings_table(batch["utt_id"], out)
+        return embeddings_table(batch["utt_id"][keep], out)
+
+    def _features(self, path: str, start_s: float | None, end_s: float | None) -> np.ndarray:
+        """Log-mel ``(frames, n_mels)`` of one utterance, cut to its length bucket."""
+        wave = io.read_crop(path, self.cap / io.TARGET_SR, None, start_s, end_s)
+        wave = features.crop(wave, bucket_length(wave.shape[0], self.bucket, self.cap))
+        return features.fbank(wave, n_mels=self.n_mels)

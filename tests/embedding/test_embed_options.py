@@ -29,3 +29,37 @@ def test_normalised_embeddings_and_session_means(tiny_corpus, tmp_path, ray_loca
         members = [u for u, x in session_of.items() if x == sid]
         assert counts[sid] == len(members)
         assert np.allclose(mean, emb[[row[u] for u in members]].mean(axis=0), atol=1e-5)
+
+
+def test_unreadable_audio_is_skipped_and_listed_not_fatal(tiny_corpus, tmp_path, ray_local, capsys):
+    """A file that went bad after import costs its row, not the job."""
+    import shutil
+
+    import pytest
+
+    from raysv.errors import ManifestError
+
+    corpus = str(tmp_path / "corpus")
+    shutil.copytree(tiny_corpus, corpus)
+    man, _ = prepare_corpus(corpus, str(tmp_path / "m"))
+    rows = pq.read_table(man.utterances, columns=["utt_id", "path"]).to_pylist()
+    bad = rows[3]
+    with open(bad["path"], "wb") as f:
+        f.write(b"RIFF not audio")
+    argv = ["embed", "--manifest", man.utterances, "--out", str(tmp_path / "emb"), "--json"]
+    assert main(argv) == 0
+    s = cli_json(capsys.readouterr().out)
+    assert s["rows"] == len(rows) - 1 and s["unreadable"] == 1
+    assert s["unreadable_examples"][0]["utt_id"] == bad["utt_id"]
+    assert s["unreadable_examples"][0]["path"] == bad["path"]
+    ids, _ = embedding_matrix(pq.read_table(str(tmp_path / "emb")))  # _skipped-* not read
+    assert sorted(ids) == sorted(r["utt_id"] for r in rows if r is not bad)
+    # Nothing readable at all is an error that names a file, not an empty success.
+    for r in rows:
+        with open(r["path"], "wb") as f:
+            f.write(b"RIFF not audio")
+    with pytest.raises(ManifestError, match="no utterance could be embedded .*unreadable audio"):
+        from raysv.embedding.baseline import BaselineEmbedder
+        from raysv.embedding.extract import embed_manifest
+
+        embed_manifest(man.utterances, str(tmp_path / "emb2"), BaselineEmbedder, {"n_mels": 24})

@@ -1,0 +1,71 @@
+"""Worker side of ``raysv embed``: read a batch's audio, skipping (and recording)
+unreadable files instead of failing the whole job.
+
+An actor that meets a bad file writes one JSON line per skipped row to
+``<out>/_skipped-<id>.jsonl`` (names starting with ``_`` are not read as
+embeddings); the driver reports them when the job ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+
+from raysv.audio import io
+from raysv.errors import AudioError
+
+log = logging.getLogger("raysv")
+
+SKIPPED_PREFIX = "_skipped-"
+
+
+def read_batch(
+    batch: dict[str, np.ndarray], load: Callable[[str, float | None, float | None], object]
+):
+    """``(kept row indices, loaded items, skipped rows)`` of a batch.
+
+    ``load(path, start_s, end_s)`` is called per row; a row whose audio raises
+    :class:`~raysv.errors.AudioError` is skipped and returned as
+    ``{"utt_id", "path", "reason"}``.
+    """
+    keep, items, skipped = [], [], []
+    rows = zip(batch["utt_id"], batch["path"], batch["start_s"], batch["end_s"], strict=True)
+    for i, (utt, path, st, en) in enumerate(rows):
+        try:
+            items.append(load(str(path), io.bound(st), io.bound(en)))
+        except AudioError as exc:
+            skipped.append({"utt_id": str(utt), "path": str(path), "reason": exc.reason})
+            continue
+        keep.append(i)
+    return keep, items, skipped
+
+
+def record_skipped(folder: str | None, skipped: list[dict]) -> None:
+    """Append ``skipped`` rows to this process's ``_skipped-*.jsonl`` under ``folder``."""
+    if not skipped:
+        return
+    for s in skipped:
+        log.warning("embed: skipped %s (%s): %s", s["utt_id"], s["path"], s["reason"])
+    if folder is None:
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{SKIPPED_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in skipped)
+
+
+def read_skipped(folder: str) -> list[dict]:
+    """Every row the actors skipped under ``folder``, in file-name order."""
+    rows: list[dict] = []
+    if not os.path.isdir(folder):
+        return rows
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(SKIPPED_PREFIX):
+            with open(os.path.join(folder, name)) as f:
+                rows.extend(json.loads(line) for line in f if line.strip())
+    return rows
