@@ -83,7 +83,10 @@ def embed_manifest(
     ``device``: ``"auto"`` gives the actors the cluster's GPUs where it has
     them (each an equal share: decoding and features stay on the actor's CPU
     share, the forward pass runs on the GPU), ``"cpu"`` never, ``"gpu"`` always.
-    Returns a summary with rows, seconds and utterances/s.
+    ``embedder_cls`` is built with ``embedder_kwargs`` plus ``skipped_to`` (the
+    output folder), where it records rows whose audio it could not read (see
+    :mod:`raysv.embedding.rows`). Returns a summary with rows, seconds,
+    utterances/s and the count of unreadable rows skipped.
     """
     import ray.data
 
