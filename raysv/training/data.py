@@ -16,6 +16,8 @@ utterance (SimCLR). Both are pure functions of a batch and a random generator.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +25,9 @@ import pyarrow.compute as pc
 from raysv.audio import features, io
 from raysv.audio.augment import AugmentConfig, Augmenter
 from raysv.data import fs
-from raysv.errors import ManifestError
+from raysv.errors import AudioError, ManifestError
+
+log = logging.getLogger("raysv")
 
 SR = io.TARGET_SR
 
@@ -137,6 +141,32 @@ def _crop_features(path: str, start, end, seconds: float, rng, aug, n_mels: int)
     return features.fbank(wave, n_mels=n_mels)
 
 
+def _readable(rows, make) -> tuple[list[int], list]:
+    """``(kept row indices, outputs)``: ``make(row)`` per row; a row whose audio
+    raises :class:`~raysv.errors.AudioError` (a file that went bad after the
+    import) is skipped with a warning instead of failing the worker group, which
+    would only meet the same file again after its restart."""
+    keep, out = [], []
+    for i, row in enumerate(rows):
+        try:
+            out.append(make(row))
+        except AudioError as exc:
+            log.warning("training input: skipped a row, unreadable audio: %s", exc)
+            continue
+        keep.append(i)
+    return keep, out
+
+
+def _stacked(out: list, empty_shape: tuple) -> np.ndarray:
+    """``np.stack(out)`` as float32, or an empty array of ``empty_shape`` (all skipped)."""
+    return np.stack(out).astype(np.float32) if out else np.zeros(empty_shape, np.float32)
+
+
+def _frames(seconds: float, n_mels: int) -> int:
+    """Log-mel frames of a crop of ``seconds``."""
+    return features.fbank(np.zeros(int(round(seconds * SR)), np.float32), n_mels=n_mels).shape[0]
+
+
 def featurise_dialogues(
     batch: dict[str, np.ndarray],
     m: int,
@@ -153,21 +183,22 @@ def featurise_dialogues(
     """
     rng = np.random.default_rng(seed)
     aug = _augmenter(augment)
-    out = []
-    for paths, starts, ends in zip(batch["paths"], batch["starts"], batch["ends"], strict=True):
-        k = len(paths)
-        pick = rng.choice(k, size=m, replace=k < m)
-        out.append(
-            np.stack(
-                [
-                    _crop_features(paths[j], starts[j], ends[j], crop_seconds, rng, aug, n_mels)
-                    for j in pick
-                ]
-            )
+
+    def one(row) -> np.ndarray:
+        paths, starts, ends = row
+        pick = rng.choice(len(paths), size=m, replace=len(paths) < m)
+        return np.stack(
+            [
+                _crop_features(paths[j], starts[j], ends[j], crop_seconds, rng, aug, n_mels)
+                for j in pick
+            ]
         )
+
+    rows = zip(batch["paths"], batch["starts"], batch["ends"], strict=True)
+    keep, out = _readable(rows, one)  # a dialogue with an unreadable file is skipped
     return {
-        "feats": np.stack(out).astype(np.float32),
-        "idx": np.asarray(batch["idx"], dtype=np.int64),
+        "feats": _stacked(out, (0, m, _frames(crop_seconds, n_mels), n_mels)),
+        "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
     }
 
 
@@ -200,16 +231,20 @@ def featurise_pairs(
     rng = np.random.default_rng(seed)
     aug = _augmenter(augment)
     n = int(round(crop_seconds * SR))
-    out = []
-    for path, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True):
+
+    def one(row) -> np.ndarray:
+        path, st, en = row
         wave = io.read_crop(path, 2 * crop_seconds, rng, io.bound(st), io.bound(en))
         segs = two_segments(wave, n, rng)
         if aug is not None:
             segs = tuple(aug(s, rng) for s in segs)
-        out.append(np.stack([features.fbank(s, n_mels=n_mels) for s in segs]))
+        return np.stack([features.fbank(s, n_mels=n_mels) for s in segs])
+
+    rows = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
+    keep, out = _readable(rows, one)
     return {
-        "feats": np.stack(out).astype(np.float32),
-        "idx": np.asarray(batch["idx"], dtype=np.int64),
+        "feats": _stacked(out, (0, 2, _frames(crop_seconds, n_mels), n_mels)),
+        "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
     }
 
 
@@ -223,14 +258,14 @@ def featurise_labelled(
     """Labelled rows -> ``feats (B, F, n_mels)``, ``label (B,)``, ``idx (B,)``: one random crop each."""
     rng = np.random.default_rng(seed)
     aug = _augmenter(augment)
-    feats = [
-        _crop_features(p, st, en, crop_seconds, rng, aug, n_mels)
-        for p, st, en in zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
-    ]
+    rows = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
+    keep, feats = _readable(
+        rows, lambda r: _crop_features(r[0], r[1], r[2], crop_seconds, rng, aug, n_mels)
+    )
     return {
-        "feats": np.stack(feats).astype(np.float32),
-        "label": np.asarray(batch["label"], dtype=np.int64),
-        "idx": np.asarray(batch["idx"], dtype=np.int64),
+        "feats": _stacked(feats, (0, _frames(crop_seconds, n_mels), n_mels)),
+        "label": np.asarray(batch["label"], dtype=np.int64)[keep],
+        "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
     }
 
 

@@ -92,6 +92,37 @@ def test_featurise_pairs(small_manifest):
     assert not np.allclose(out["feats"][:, 0], out["feats"][:, 1])
 
 
+def test_rows_with_audio_gone_bad_are_skipped_not_fatal(small_manifest, caplog):
+    """A file that became unreadable after the import drops its row (a dialogue: the
+    whole dialogue) from the batch with a warning; the rest of the batch is intact."""
+    utts, dialogues = small_manifest
+    bad = utts.column("path")[1].as_py()  # u1: in dialogue "a", utterance row 1
+    with open(bad, "wb") as f:
+        f.write(b"RIFF not audio")
+    t = tdata.utterance_table(utts)
+    batch = {
+        c: np.asarray(t.column(c).to_pylist(), dtype=object) for c in ("path", "start_s", "end_s")
+    }
+    batch["idx"] = t.column("idx").to_numpy()
+    out = tdata.featurise_pairs(batch, crop_seconds=0.5, n_mels=24, seed=0)
+    assert out["feats"].shape == (6, 2, 48, 24) and out["idx"].tolist() == [0, 2, 3, 4, 5, 6]
+    assert bad in caplog.text
+    batch["label"] = np.arange(7)
+    lab = tdata.featurise_labelled(batch, crop_seconds=0.5, n_mels=24, seed=0)
+    assert lab["feats"].shape == (6, 48, 24) and lab["label"].tolist() == [0, 2, 3, 4, 5, 6]
+    d = tdata.dialogue_table(utts, dialogues, 2, "repeat")  # a (holds u1), b
+    dbatch = {
+        c: np.asarray(d.column(c).to_pylist(), dtype=object) for c in ("paths", "starts", "ends")
+    }
+    dbatch["idx"] = d.column("idx").to_numpy()
+    dout = tdata.featurise_dialogues(dbatch, m=3, crop_seconds=0.5, n_mels=24, seed=0)
+    assert dout["feats"].shape == (1, 3, 48, 24) and dout["idx"].tolist() == [1]
+    # every row bad: an empty batch of the right shape, not a crash
+    only = {k: v[1:2] for k, v in batch.items()}
+    empty = tdata.featurise_pairs(only, crop_seconds=0.5, n_mels=24, seed=0)
+    assert empty["feats"].shape == (0, 2, 48, 24) and empty["idx"].tolist() == []
+
+
 def test_stream_shards_and_reshuffles(small_manifest, ray_local, tmp_path):
     utts, _ = small_manifest
     table = tdata.utterance_table(
