@@ -166,3 +166,21 @@ def scan_samples(path: str, block: int = 1 << 16) -> None:
         raise AudioError(path, f"unreadable audio ({exc})") from exc
     if pos == 0:
         raise AudioError(path, "empty audio (0 samples)")
+
+
+def each_readable(rows, make) -> tuple[list[int], list, list[tuple[int, AudioError]]]:
+    """``make(row)`` for each of ``rows``, skipping those whose audio is unreadable.
+
+    Returns ``(kept row indices, outputs, [(row index, AudioError)])``: a file
+    that went bad after the import costs its row, not the batch (embedding and
+    training input both use this).
+    """
+    keep, out, bad = [], [], []
+    for i, row in enumerate(rows):
+        try:
+            out.append(make(row))
+        except AudioError as exc:
+            bad.append((i, exc))
+            continue
+        keep.append(i)
+    return keep, out, bad

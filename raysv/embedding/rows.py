@@ -17,7 +17,6 @@ from collections.abc import Callable
 import numpy as np
 
 from raysv.audio import io
-from raysv.errors import AudioError
 
 log = logging.getLogger("raysv")
 
@@ -33,15 +32,14 @@ def read_batch(
     :class:`~raysv.errors.AudioError` is skipped and returned as
     ``{"utt_id", "path", "reason"}``.
     """
-    keep, items, skipped = [], [], []
-    rows = zip(batch["utt_id"], batch["path"], batch["start_s"], batch["end_s"], strict=True)
-    for i, (utt, path, st, en) in enumerate(rows):
-        try:
-            items.append(load(str(path), io.bound(st), io.bound(en)))
-        except AudioError as exc:
-            skipped.append({"utt_id": str(utt), "path": str(path), "reason": exc.reason})
-            continue
-        keep.append(i)
+    utts, paths = batch["utt_id"], batch["path"]
+    rows = zip(paths, batch["start_s"], batch["end_s"], strict=True)
+    keep, items, bad = io.each_readable(
+        rows, lambda r: load(str(r[0]), io.bound(r[1]), io.bound(r[2]))
+    )
+    skipped = [
+        {"utt_id": str(utts[i]), "path": str(paths[i]), "reason": exc.reason} for i, exc in bad
+    ]
     return keep, items, skipped
 
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from raysv.audio import features, io
 from raysv.audio.augment import AugmentConfig, Augmenter
 from raysv.data import fs
-from raysv.errors import AudioError, ManifestError
+from raysv.errors import ManifestError
 
 log = logging.getLogger("raysv")
 
@@ -142,18 +142,13 @@ def _crop_features(path: str, start, end, seconds: float, rng, aug, n_mels: int)
 
 
 def _readable(rows, make) -> tuple[list[int], list]:
-    """``(kept row indices, outputs)``: ``make(row)`` per row; a row whose audio
-    raises :class:`~raysv.errors.AudioError` (a file that went bad after the
-    import) is skipped with a warning instead of failing the worker group, which
-    would only meet the same file again after its restart."""
-    keep, out = [], []
-    for i, row in enumerate(rows):
-        try:
-            out.append(make(row))
-        except AudioError as exc:
-            log.warning("training input: skipped a row, unreadable audio: %s", exc)
-            continue
-        keep.append(i)
+    """``(kept row indices, outputs)`` of ``make(row)`` per row (:func:`io.each_readable`):
+    a row whose audio went bad after the import is skipped with a warning instead
+    of failing the worker group, which would only meet the same file again after
+    its restart."""
+    keep, out, bad = io.each_readable(rows, make)
+    for _, exc in bad:
+        log.warning("training input: skipped a row, unreadable audio: %s", exc)
     return keep, out
 
 
