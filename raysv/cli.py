@@ -609,6 +609,16 @@ def _pretrain(a: argparse.Namespace) -> dict:
     return run_pretrain(load_config(PretrainConfig, a.config, list(a.overrides) + extra))
 
 
+def _unreadable_line(s: dict) -> list[str]:
+    """A warning line for training rows skipped as unreadable, if any."""
+    if not s.get("unreadable_rows"):
+        return []
+    return [
+        f"WARNING: skipped {s['unreadable_rows']} training rows with unreadable audio "
+        f"(first: {s['unreadable_examples'][0]})"
+    ]
+
+
 def _pretrain_human(s: dict) -> str:
     lines = [f"run folder: {s['out']}  ({s['epochs']} epochs, {s['steps']} steps, {s['seconds']}s)"]
     f = s["final"]
@@ -626,7 +636,7 @@ def _pretrain_human(s: dict) -> str:
     lines.append(
         f"best model: {s['best_model']}   MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + _unreadable_line(s))
 
 
 # ---------------------------------------------------------------- train / iterate / report
@@ -707,7 +717,7 @@ def _train_human(s: dict) -> str:
     lines.append(
         f"best model: {s['best_model']}   MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + _unreadable_line(s))
 
 
 def _iterate_args(p: argparse.ArgumentParser) -> None:

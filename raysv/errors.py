@@ -26,3 +26,7 @@ class AudioError(RaysvError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DivergedError(RaysvError, FloatingPointError):
+    """Training diverged (a NaN/inf loss in too many steps): the settings, e.g. the learning rate."""

@@ -145,6 +145,11 @@ class TrainSpec:
         inject_failure_at_epoch: testing aid: raise once at the start of this epoch.
         data_task_cpus: CPUs Ray reserves per featurisation task (decode, crop, augment,
             fbank). Below 1, more tasks run at once on the CPUs the workers leave free.
+        max_unreadable_share: training rows whose audio turns out unreadable during the run
+            (gone bad since the import) are skipped and counted; once more than this share
+            of the rows read is skipped, the run stops with an error naming files
+            (0: stop at the first; 1: never). Spare passes over the data stand in for the
+            skipped rows, so every epoch keeps its step count.
     """
 
     epochs: int = 10
@@ -159,8 +164,13 @@ class TrainSpec:
     storage_path: str | None = None
     inject_failure_at_epoch: int | None = None
     data_task_cpus: float = 1.0
+    max_unreadable_share: float = 0.05
 
     def __post_init__(self):
+        if not 0 <= self.max_unreadable_share <= 1:
+            raise ValueError(
+                f"max_unreadable_share must be in [0, 1], got {self.max_unreadable_share}"
+            )
         if not 0 < self.data_task_cpus <= 64:
             raise ValueError(f"data_task_cpus must be in (0, 64], got {self.data_task_cpus}")
         if self.epochs < 1 or self.num_workers < 1:

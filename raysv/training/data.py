@@ -141,14 +141,18 @@ def _crop_features(path: str, start, end, seconds: float, rng, aug, n_mels: int)
     return features.fbank(wave, n_mels=n_mels)
 
 
-def _readable(rows, make) -> tuple[list[int], list]:
+def _readable(rows, make, ledger=None) -> tuple[list[int], list]:
     """``(kept row indices, outputs)`` of ``make(row)`` per row (:func:`io.each_readable`):
     a row whose audio went bad after the import is skipped with a warning instead
     of failing the worker group, which would only meet the same file again after
-    its restart."""
+    its restart. Skipped rows are reported to the run's ``ledger`` (if given), which
+    counts them and stops a run that loses too many (:mod:`raysv.training.unreadable`)."""
+    from raysv.training import unreadable
+
     keep, out, bad = io.each_readable(rows, make)
     for _, exc in bad:
         log.warning("training input: skipped a row, unreadable audio: %s", exc)
+    unreadable.record(ledger, len(keep) + len(bad), bad)
     return keep, out
 
 
@@ -169,6 +173,7 @@ def featurise_dialogues(
     n_mels: int,
     augment: AugmentConfig | None = None,
     seed: int | None = None,
+    ledger=None,
 ) -> dict[str, np.ndarray]:
     """Dialogue rows -> ``feats (B, M, F, n_mels)`` float32 and ``idx (B,)``.
 
@@ -190,7 +195,7 @@ def featurise_dialogues(
         )
 
     rows = zip(batch["paths"], batch["starts"], batch["ends"], strict=True)
-    keep, out = _readable(rows, one)  # a dialogue with an unreadable file is skipped
+    keep, out = _readable(rows, one, ledger)  # a dialogue with an unreadable file is skipped
     return {
         "feats": _stacked(out, (0, m, _frames(crop_seconds, n_mels), n_mels)),
         "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
@@ -221,6 +226,7 @@ def featurise_pairs(
     n_mels: int,
     augment: AugmentConfig | None = None,
     seed: int | None = None,
+    ledger=None,
 ) -> dict[str, np.ndarray]:
     """Utterance rows -> ``feats (B, 2, F, n_mels)``: two disjoint segments per utterance."""
     rng = np.random.default_rng(seed)
@@ -236,7 +242,7 @@ def featurise_pairs(
         return np.stack([features.fbank(s, n_mels=n_mels) for s in segs])
 
     rows = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
-    keep, out = _readable(rows, one)
+    keep, out = _readable(rows, one, ledger)
     return {
         "feats": _stacked(out, (0, 2, _frames(crop_seconds, n_mels), n_mels)),
         "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
@@ -249,13 +255,14 @@ def featurise_labelled(
     n_mels: int,
     augment: AugmentConfig | None = None,
     seed: int | None = None,
+    ledger=None,
 ) -> dict[str, np.ndarray]:
     """Labelled rows -> ``feats (B, F, n_mels)``, ``label (B,)``, ``idx (B,)``: one random crop each."""
     rng = np.random.default_rng(seed)
     aug = _augmenter(augment)
     rows = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
     keep, feats = _readable(
-        rows, lambda r: _crop_features(r[0], r[1], r[2], crop_seconds, rng, aug, n_mels)
+        rows, lambda r: _crop_features(r[0], r[1], r[2], crop_seconds, rng, aug, n_mels), ledger
     )
     return {
         "feats": _stacked(feats, (0, _frames(crop_seconds, n_mels), n_mels)),
@@ -301,8 +308,15 @@ def build_dataset(
     task_cpus: float = 1.0,
     epochs: int = 1,
     seed: int = 0,
+    spare_epochs: int = 0,
+    ledger=None,
 ):
     """The per-epoch Ray Dataset over training shards written by :func:`write_shards`.
+
+    ``epochs + spare_epochs`` passes over the shards in one stream: workers take
+    ``epochs`` epochs of steps from it, and the spare passes stand in for rows
+    skipped as unreadable (:func:`spare_epochs`), so the last epochs are not cut
+    short. ``ledger`` counts those rows (:mod:`raysv.training.unreadable`).
 
     # [1] metadata rows only, streamed from Parquet (the driver never holds the table);
     #     the shard files are read in a new random order every epoch (no all-to-all
@@ -324,7 +338,7 @@ def build_dataset(
     # pipeline every epoch cost ~2 s on 2 CPUs (executor start, read, split).
     files = sorted(fs.walk_files(shards, (".parquet",))) if fs.is_dir(shards) else [shards]
     rng = np.random.default_rng(seed)
-    order = [f for _ in range(max(1, epochs)) for f in rng.permutation(files)]
+    order = [f for _ in range(max(1, epochs) + spare_epochs) for f in rng.permutation(files)]
     ds = ray.data.read_parquet(order).repartition(target_num_rows_per_block=batch_rows)  # [1]
     if mode == "labelled":
         fn, kwargs = (
@@ -342,8 +356,29 @@ def build_dataset(
             {"crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
         )
     return ds.map_batches(  # [2]
-        fn, fn_kwargs=kwargs, batch_size=batch_rows, batch_format="numpy", num_cpus=task_cpus
+        fn,
+        fn_kwargs={**kwargs, "ledger": ledger},
+        batch_size=batch_rows,
+        batch_format="numpy",
+        num_cpus=task_cpus,
     )
+
+
+def spare_epochs(epochs: int, max_unreadable_share: float) -> int:
+    """Extra passes over the data a stream of ``epochs`` needs so that skipping up to
+    ``max_unreadable_share`` of its rows still leaves ``epochs`` full epochs.
+
+    Delivered rows are ``(1 - s) (epochs + spare) R``, which must reach ``epochs R``;
+    at most ``epochs`` spare passes (a share of 1 or more).
+    """
+    import math
+
+    s = max_unreadable_share
+    if s <= 0:
+        return 0
+    if s >= 1:
+        return epochs
+    return min(epochs, math.ceil(epochs * s / (1 - s)))
 
 
 def steps_per_epoch(rows: int, workers: int, per_worker_batch: int) -> int:

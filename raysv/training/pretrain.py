@@ -26,6 +26,7 @@ from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ConfigError, ManifestError
 from raysv.models.checkpoint import encoder_spec, save_encoder
 from raysv.training import data as tdata
+from raysv.training import unreadable
 from raysv.training.config import PretrainConfig
 
 log = logging.getLogger("raysv")
@@ -179,6 +180,23 @@ def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, ou
     )
 
 
+def fit(trainer):
+    """``trainer.fit()``; a raysv error raised in a worker (bad input met during training,
+    a diverged loss) is re-raised as itself, so the CLI prints one line, not the
+    worker group's traceback. Ray Train has already retried it ``max_failures`` times."""
+    import ray.train
+
+    from raysv.errors import RaysvError
+
+    try:
+        return trainer.fit()
+    except ray.train.WorkerGroupError as exc:
+        for err in exc.worker_failures.values():
+            if isinstance(err, RaysvError):
+                raise err from exc
+        raise
+
+
 def _evaluate(
     encoder, inputs: dict, split: str, n_mels: int, max_seconds: float, cache: dict
 ) -> dict:
@@ -194,9 +212,11 @@ def _evaluate(
     return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
 
 
-def training_dataset(cfg: PretrainConfig, shards: str, epochs: int | None = None):
+def training_dataset(cfg: PretrainConfig, shards: str, epochs: int | None = None, ledger=None):
     """The Stage I Ray Dataset over ``shards``: every epoch (``cfg.train.epochs`` unless
-    ``epochs``) in one stream, featurised as ``cfg.data`` says (see ``build_dataset``)."""
+    ``epochs``) in one stream, featurised as ``cfg.data`` says, with spare passes for
+    rows skipped as unreadable, which ``ledger`` counts (see ``build_dataset``)."""
+    epochs = cfg.train.epochs if epochs is None else epochs
     return tdata.build_dataset(
         shards,
         cfg.data.mode,
@@ -205,8 +225,10 @@ def training_dataset(cfg: PretrainConfig, shards: str, epochs: int | None = None
         cfg.data.n_mels,
         cfg.data.augment,
         task_cpus=cfg.train.data_task_cpus,
-        epochs=cfg.train.epochs if epochs is None else epochs,
+        epochs=epochs,
         seed=cfg.train.seed,
+        spare_epochs=tdata.spare_epochs(epochs, cfg.train.max_unreadable_share),
+        ledger=ledger,
     )
 
 
@@ -226,7 +248,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     shards = tdata.write_shards(
         inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
     )
-    dataset = training_dataset(cfg, shards)  # [2]
+    ledger = unreadable.start_ledger()  # counts rows skipped as unreadable (all tasks)
+    dataset = training_dataset(cfg, shards, ledger=ledger)  # [2]
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     with tracking.resumable_run(
@@ -243,6 +266,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             "steps_per_epoch": tdata.steps_per_epoch(
                 inputs["table"].num_rows, cfg.train.num_workers, cfg.train.per_worker_batch
             ),
+            "ledger": ledger,
+            "unit": inputs["unit"],
         }
         trainer = build_trainer(  # [3] [4]
             train_loop,
@@ -261,9 +286,13 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             cfg.train.num_workers,
             resources,
         )
-        result = trainer.fit()
+        result = fit(trainer)
         summary = _finish(cfg, inputs, result, out)
-        tracking.log_metrics({f"final.{k}": v for k, v in summary["final"].items()})
+        summary.update(unreadable_summary(ledger))
+        tracking.log_metrics(
+            {f"final.{k}": v for k, v in summary["final"].items()}
+            | {"unreadable_rows": summary["unreadable_rows"]}
+        )
         tracking.log_artifact(os.path.join(out, "config.yaml"))
         tracking.log_artifact(os.path.join(out, "best_model.pt"))
     summary.update(
@@ -274,6 +303,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
     return summary
+
+
+def unreadable_summary(ledger) -> dict:
+    """Summary entries for training rows skipped as unreadable during this invocation."""
+    snap = unreadable.snapshot(ledger)
+    if not snap["rows"]:
+        return {"unreadable_rows": 0}
+    return {"unreadable_rows": snap["rows"], "unreadable_examples": snap["examples"]}
 
 
 def last_state(result) -> dict:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from raysv.config import from_dict
+from raysv.errors import DivergedError
+from raysv.training import unreadable
 from raysv.training.config import PretrainConfig
 from raysv.training.data import worker_stream
 from raysv.training.distributed import gather_no_grad, gather_with_grad, where, world
@@ -139,9 +141,23 @@ class Analysis:
 
 
 def run_epoch(
-    cfg, model, loss_fn, rejection, opt, sched, stream, device, st: State, analysis: Analysis
+    cfg,
+    model,
+    loss_fn,
+    rejection,
+    opt,
+    sched,
+    stream,
+    device,
+    st: State,
+    analysis: Analysis,
+    tally: unreadable.Tally | None = None,
 ) -> dict:
-    """One pass over this worker's shard; returns epoch statistics (rank-local timing)."""
+    """One pass over this worker's shard; returns epoch statistics (rank-local timing).
+
+    ``tally``: checks the share of rows skipped as unreadable (rank 0).
+    """
+    tally = tally or unreadable.Tally()
     model.train()
     g = cfg.group_size
     amp = cfg.train.use_gpu and cfg.train.amp
@@ -154,6 +170,7 @@ def run_epoch(
         wait += t_got - t_mark
         feats, idx = batch["feats"], batch["idx"]  # (B, G, F, n_mels), (B,)
         b = feats.shape[0]
+        tally.step()
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             emb = model(feats.reshape(b * g, *feats.shape[2:])).float().reshape(b, g, -1)
         emb = gather_with_grad(emb)  # global batch: negatives from every worker
@@ -171,7 +188,7 @@ def run_epoch(
             opt.zero_grad(set_to_none=True)  # drop the non-finite gradients
             skipped += 1
             if skipped > 10:
-                raise FloatingPointError(
+                raise DivergedError(
                     f"loss is NaN/inf in {skipped} steps of epoch {st.epoch}; lower optim.lr"
                 )
             t_mark = time.perf_counter()
@@ -184,9 +201,7 @@ def run_epoch(
         t_mark = time.perf_counter()
         busy += t_mark - t_got
     if not losses:
-        raise RuntimeError(
-            "this worker received no complete batch: batch_size is larger than its data shard"
-        )
+        raise tally.no_batch_error()
     out = {
         "loss": float(np.mean(losses)),
         "steps_in_epoch": len(losses),
@@ -235,9 +250,13 @@ def train_loop(config: dict) -> None:
     dev = _load_dev(run, cfg) if rank == 0 else None
     truth = np.load(run["truth"]) if rank == 0 and run.get("truth") else None
     analysis = Analysis(truth)
+    tally = worker_tally(cfg, run, rank)
+    tally.flush()  # after a restart: stop at once if the limit was already passed
     while st.epoch < cfg.train.epochs:
         _maybe_fail(cfg, st.epoch, run)
-        stats = run_epoch(cfg, model, loss_fn, rejection, opt, sched, stream, device, st, analysis)
+        stats = run_epoch(
+            cfg, model, loss_fn, rejection, opt, sched, stream, device, st, analysis, tally
+        )
         metrics = {
             "epoch": st.epoch,
             "step": st.step,
@@ -245,6 +264,8 @@ def train_loop(config: dict) -> None:
             **stats,
             **analysis.summary(),
         }
+        seen = tally.flush(check_now=False)
+        metrics["unreadable_rows"] = seen["rows"]
         st.epoch += 1
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -263,6 +284,19 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
             if rank == 0:  # after report: a kill before the checkpoint lands re-runs the epoch,
                 _log(run, metrics)  # and _log logs each epoch once
+        if st.epoch < cfg.train.epochs:  # after the last epoch the summary reports it
+            tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept
+
+
+def worker_tally(cfg, run: dict, rank: int) -> unreadable.Tally:
+    """This worker's :class:`~raysv.training.unreadable.Tally` over the run's ledger
+    (reporting and checking on rank 0 only)."""
+    return unreadable.Tally(
+        run.get("ledger"),
+        cfg.train.max_unreadable_share,
+        run.get("unit", "rows"),
+        active=rank == 0,
+    )
 
 
 def _load_dev(run: dict, cfg: PretrainConfig):

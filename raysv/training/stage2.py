@@ -121,7 +121,8 @@ def run_train(cfg: Stage2Config) -> dict:
     """Run Stage II training; returns the summary (also ``<out>/summary.json``)."""
     from raysv.runtime import ensure_ray
     from raysv.tracking import mlflow_tracking as tracking
-    from raysv.training.pretrain import _resources, build_trainer
+    from raysv.training import unreadable
+    from raysv.training.pretrain import _resources, build_trainer, fit, unreadable_summary
     from raysv.training.stage2_worker import build_classifier, train_loop
 
     t0 = time.monotonic()
@@ -135,6 +136,7 @@ def run_train(cfg: Stage2Config) -> dict:
     shards = tdata.write_shards(
         inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
     )
+    ledger = unreadable.start_ledger()  # counts rows skipped as unreadable (all tasks)
     dataset = tdata.build_dataset(  # [2]
         shards,
         "labelled",
@@ -145,6 +147,8 @@ def run_train(cfg: Stage2Config) -> dict:
         task_cpus=cfg.train.data_task_cpus,
         epochs=cfg.train.epochs,
         seed=cfg.train.seed,
+        spare_epochs=tdata.spare_epochs(cfg.train.epochs, cfg.train.max_unreadable_share),
+        ledger=ledger,
     )
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
@@ -163,6 +167,8 @@ def run_train(cfg: Stage2Config) -> dict:
             "steps_per_epoch": tdata.steps_per_epoch(
                 inputs["table"].num_rows, cfg.train.num_workers, cfg.train.per_worker_batch
             ),
+            "ledger": ledger,
+            "unit": "utterances",
         }
         trainer = build_trainer(  # [3]
             train_loop,
@@ -182,9 +188,13 @@ def run_train(cfg: Stage2Config) -> dict:
             cfg.train.num_workers,
             resources,
         )
-        result = trainer.fit()
+        result = fit(trainer)
         summary = _finish(cfg, inputs, result, out)
-        tracking.log_metrics({f"final.{k}": v for k, v in summary["final"].items()})
+        summary.update(unreadable_summary(ledger))
+        tracking.log_metrics(
+            {f"final.{k}": v for k, v in summary["final"].items()}
+            | {"unreadable_rows": summary["unreadable_rows"]}
+        )
         tracking.log_artifact(os.path.join(out, "config.yaml"))
     summary.update(
         mlflow={"tracking_uri": tracking_uri, "run_id": run_id},

@@ -25,9 +25,17 @@ from torch import nn
 from raysv.config import from_dict
 from raysv.losses import gates
 from raysv.losses.aam import AAMSoftmax
+from raysv.training import unreadable
 from raysv.training.data import worker_stream
 from raysv.training.distributed import gather_no_grad, where, world
-from raysv.training.pretrain_worker import State, _dev_metrics, _load_dev, _log, _maybe_fail
+from raysv.training.pretrain_worker import (
+    State,
+    _dev_metrics,
+    _load_dev,
+    _log,
+    _maybe_fail,
+    worker_tally,
+)
 from raysv.training.stage2_config import Stage2Config
 
 
@@ -134,12 +142,22 @@ def l2_distance(encoder: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
 
 
 def run_epoch(
-    cfg, model, opt, stream, device, st: Stage2State, analysis: GateAnalysis, anchor=None
+    cfg,
+    model,
+    opt,
+    stream,
+    device,
+    st: Stage2State,
+    analysis: GateAnalysis,
+    anchor=None,
+    tally: unreadable.Tally | None = None,
 ):
     """One pass over this worker's shard; returns epoch statistics.
 
     ``anchor``: initial encoder parameters for the ``l2_to_init`` penalty (or None).
+    ``tally``: checks the share of rows skipped as unreadable (rank 0).
     """
+    tally = tally or unreadable.Tally()
     model.train()
     head = _unwrap(model).head
     amp = cfg.train.use_gpu and cfg.train.amp
@@ -151,6 +169,7 @@ def run_epoch(
         t_got = time.perf_counter()
         wait += t_got - t_mark
         feats, labels, idx = batch["feats"], batch["label"], batch["idx"]
+        tally.step()
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             cos = model(feats).float()  # (B, C)
         per = head.per_sample_loss(cos, labels)
@@ -185,9 +204,7 @@ def run_epoch(
         t_mark = time.perf_counter()
         busy += t_mark - t_got
     if not losses:
-        raise RuntimeError(
-            "this worker received no complete batch: batch_size is larger than its data shard"
-        )
+        raise tally.no_batch_error()
     out = {
         "loss": float(np.mean(losses)),
         "train_accuracy": correct / max(seen, 1),
@@ -277,11 +294,15 @@ def train_loop(config: dict) -> None:
         anchor = [p.detach().clone() for p in init.parameters()]
     truth = np.load(run["true_label"]) if rank == 0 and run.get("true_label") else None
     analysis = GateAnalysis(truth)
+    tally = worker_tally(cfg, run, rank)
+    tally.flush()  # after a restart: stop at once if the limit was already passed
     while st.epoch < cfg.train.epochs:
         _maybe_fail(cfg, st.epoch, run)
-        stats = run_epoch(cfg, model, opt, stream, device, st, analysis, anchor)
+        stats = run_epoch(cfg, model, opt, stream, device, st, analysis, anchor, tally)
         losses = analysis.losses()
         metrics = {"epoch": st.epoch, "step": st.step, **stats, **analysis.summary()}
+        seen = tally.flush(check_now=False)
+        metrics["unreadable_rows"] = seen["rows"]
         st.tau = next_tau(cfg, st.epoch, losses)
         st.epoch += 1
         with tempfile.TemporaryDirectory() as tmp:
@@ -299,3 +320,5 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
             if rank == 0:  # after report: a kill before the checkpoint lands re-runs the epoch,
                 _log(run, metrics)  # and _log logs each epoch once
+        if st.epoch < cfg.train.epochs:  # after the last epoch the summary reports it
+            tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept

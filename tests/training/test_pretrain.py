@@ -5,7 +5,7 @@ import os
 import mlflow
 import pytest
 
-from raysv.cli import main
+from raysv.cli import _pretrain_human, main
 from raysv.config import from_dict, load_config
 from raysv.errors import ConfigError, ManifestError
 from raysv.training.config import PretrainConfig
@@ -162,3 +162,55 @@ def test_bad_input_fails_before_workers(tiny_corpus, tmp_path, capsys):
         == 2
     )
     assert "data.mode=utterance (SimCLR) takes loss ntxent" in capsys.readouterr().err
+
+
+def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
+    tiny_corpus, tmp_path, ray_local, capsys
+):
+    """A third of the training dialogues' files turn unreadable after the import. With the
+    default limit (5 %), the run stops after epoch 0's checkpoint with a one-line error
+    naming files (also after Ray Train's restarts). Rerun with a limit that allows it, the
+    same run resumes at epoch 1, skips and counts the rows, and keeps its step count."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from raysv.data.corpus import prepare_corpus
+
+    corpus = str(tmp_path / "corpus")
+    shutil.copytree(tiny_corpus, corpus)
+    out = str(tmp_path / "run")
+    man, _ = prepare_corpus(corpus, os.path.join(out, "manifests"))  # the import: all readable
+    t = pq.read_table(man.utterances, columns=["utt_id", "path"]).to_pydict()
+    path_of = dict(zip(t["utt_id"], t["path"], strict=True))
+    dialogues = pq.read_table(man.dialogues).column("utt_ids").to_pylist()
+    bad = [path_of[u] for d in dialogues[::3] for u in d]
+    for p in bad:
+        with open(p, "wb") as f:
+            f.write(b"RIFF gone bad")
+
+    code = main(
+        ["pretrain", "--config", SMOKE, "--data", corpus, "--out", out]
+        + ["--set", "train.max_failures=1"]  # one restart, which must stop at once
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    line = [ln for ln in err.splitlines() if ln.startswith("raysv pretrain: error:")]
+    assert len(line) == 1 and "had unreadable audio" in line[0], err[-3000:]
+    assert any(p in line[0] for p in bad) and "max_unreadable_share is 0.05" in line[0]
+    assert "Traceback" not in err
+    (kept,) = [  # epoch 0's checkpoint is there (Ray Train's restarts stopped at once)
+        os.path.join(r, "state.pt") for r, _, f in os.walk(out) if "state.pt" in f
+    ]
+    epoch0 = torch.load(kept, weights_only=False)["state"]["history"]
+    assert [e["epoch"] for e in epoch0] == [0] and epoch0[0]["unreadable_rows"] > 0
+
+    s = _run(capsys, "--data", corpus, "--out", out, "--set", "train.max_unreadable_share=0.5")
+    assert s["history"][:1] == epoch0 and s["history"][1]["epoch"] == 1  # resumed at epoch 1
+    assert s["unreadable_rows"] > 0 and any(p in s["unreadable_examples"][0] for p in bad)
+    per_epoch = s["history"][0]["steps_in_epoch"]
+    assert s["history"][1]["steps_in_epoch"] == per_epoch and s["steps"] == 2 * per_epoch
+    client = mlflow.MlflowClient(s["mlflow"]["tracking_uri"])
+    assert client.get_run(s["mlflow"]["run_id"]).data.metrics["unreadable_rows"] > 0
+    assert "WARNING: skipped" in _pretrain_human(s)
