@@ -568,10 +568,14 @@ def _demo_human(s: dict) -> str:
             if "nmi_after" in row:
                 text += f" (clustering with its encoder: {row['nmi_after']:.3f})"
             lines.append(text)
-    if s.get("stage1", {}).get("rejection_auc") is not None:
-        lines.append(
-            f"rejection weights vs multi-speaker dialogues: ROC AUC {s['stage1']['rejection_auc']:.3f}"
-        )
+    s1 = s.get("stage1", {})
+    if s1.get("rejection_auc") is not None:
+        text = f"rejection weights vs multi-speaker dialogues: ROC AUC {s1['rejection_auc']:.3f}"
+        if s1.get("rejection_auc_ceiling") is not None:
+            text += f" (at most {s1['rejection_auc_ceiling']:.3f} with these draws)"
+        if s1.get("rejection_auc_drawn") is not None:
+            text += f"; vs draws that mix speakers: {s1['rejection_auc_drawn']:.3f}"
+        lines.append(text)
     if s.get("report"):
         lines.append(f"report: {s['report']}")
     lines.append(f"MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}")
@@ -630,9 +634,12 @@ def _pretrain_human(s: dict) -> str:
             )
     last = s["history"][-1] if s["history"] else {}
     if "rejection_auc" in last:
-        lines.append(
-            f"rejection weights vs multi-speaker truth: ROC AUC {last['rejection_auc']:.3f} (last epoch)"
-        )
+        text = f"rejection weights vs multi-speaker truth: ROC AUC {last['rejection_auc']:.3f}"
+        if "rejection_auc_ceiling" in last:
+            text += f" (at most {last['rejection_auc_ceiling']:.3f} with these draws)"
+        if "rejection_auc_drawn" in last:
+            text += f"; vs draws that mix speakers: {last['rejection_auc_drawn']:.3f}"
+        lines.append(text + " (last epoch)")
     lines.append(
         f"best model: {s['best_model']}   MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}"
     )

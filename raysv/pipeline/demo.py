@@ -254,6 +254,8 @@ def _stages(cfg: DemoConfig, data: str, out: str, tracking_uri: str) -> dict:
         "steps": s1["steps"],
         "final": s1["final"],
         "rejection_auc": last.get("rejection_auc"),
+        "rejection_auc_ceiling": last.get("rejection_auc_ceiling"),
+        "rejection_auc_drawn": last.get("rejection_auc_drawn"),
         "best_model": s1["best_model"],
     }
     log.info("[6/6] Stage II: %d rounds from the Stage I encoder", cfg.stage2.rounds)

@@ -175,30 +175,31 @@ def featurise_dialogues(
     seed: int | None = None,
     ledger=None,
 ) -> dict[str, np.ndarray]:
-    """Dialogue rows -> ``feats (B, M, F, n_mels)`` float32 and ``idx (B,)``.
+    """Dialogue rows -> ``feats (B, M, F, n_mels)`` float32, ``idx (B,)`` and ``pick (B, M)``.
 
     Draws M distinct utterances of each dialogue (with replacement if it has
-    fewer), a random crop of each, optional augmentation. ``seed`` None draws
-    fresh randomness (every epoch differs).
+    fewer), a random crop of each, optional augmentation. ``pick`` holds the
+    drawn utterances' positions in the dialogue (for analysis of which speakers
+    a draw mixes). ``seed`` None draws fresh randomness (every epoch differs).
     """
     rng = np.random.default_rng(seed)
     aug = _augmenter(augment)
 
-    def one(row) -> np.ndarray:
+    def one(row) -> tuple[np.ndarray, np.ndarray]:
         paths, starts, ends = row
         pick = rng.choice(len(paths), size=m, replace=len(paths) < m)
-        return np.stack(
-            [
-                _crop_features(paths[j], starts[j], ends[j], crop_seconds, rng, aug, n_mels)
-                for j in pick
-            ]
-        )
+        feats = [
+            _crop_features(paths[j], starts[j], ends[j], crop_seconds, rng, aug, n_mels)
+            for j in pick
+        ]
+        return np.stack(feats), pick
 
     rows = zip(batch["paths"], batch["starts"], batch["ends"], strict=True)
     keep, out = _readable(rows, one, ledger)  # a dialogue with an unreadable file is skipped
     return {
-        "feats": _stacked(out, (0, m, _frames(crop_seconds, n_mels), n_mels)),
+        "feats": _stacked([f for f, _ in out], (0, m, _frames(crop_seconds, n_mels), n_mels)),
         "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
+        "pick": np.asarray([p for _, p in out], dtype=np.int64).reshape(len(out), m),
     }
 
 

@@ -126,7 +126,33 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
         )
         res["truth"] = os.path.join(folder, "truth.npy")
         np.save(res["truth"], truth)
+        drawn = dialogue_speakers(table, utts)
+        if drawn is not None:  # analysis only: which speakers each step's draw mixes
+            res["speakers"] = os.path.join(folder, "dialogue_speakers.npz")
+            np.savez(res["speakers"], flat=drawn[0], offsets=drawn[1])
     return res
+
+
+def dialogue_speakers(table: pa.Table, utts: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
+    """ANALYSIS ONLY: the speaker of each utterance of each training dialogue, as codes.
+
+    ``table`` is :func:`~raysv.training.data.dialogue_table`'s (``paths`` lists),
+    ``utts`` the manifest. Returns ``(flat (sum n_d,) int32, offsets (D + 1,) int64)``:
+    dialogue d's utterance j has speaker ``flat[offsets[d] + j]``. None when the
+    manifest lacks a speaker for any of them. Never read by training.
+    """
+    if "speaker" not in utts.column_names:
+        return None
+    speaker = dict(
+        zip(utts.column("path").to_pylist(), utts.column("speaker").to_pylist(), strict=True)
+    )
+    paths = pa.compute.list_flatten(table["paths"]).to_pylist()
+    names = [speaker.get(p) for p in paths]
+    if any(n is None for n in names):
+        return None
+    _, codes = np.unique(np.asarray(names), return_inverse=True)
+    sizes = pa.compute.list_value_length(table["paths"]).to_numpy()
+    return codes.astype(np.int32), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
 def _resources(cfg: PretrainConfig) -> tuple[dict, int]:
@@ -260,6 +286,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             "dev_utts": inputs.get("dev", {}).get("utts"),
             "dev_trials": inputs.get("dev", {}).get("trials"),
             "truth": inputs.get("truth"),
+            "speakers": inputs.get("speakers"),
             "mlflow_run_id": run_id,
             "tracking_uri": tracking_uri,
             "torch_threads": threads,

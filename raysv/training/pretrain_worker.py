@@ -86,26 +86,55 @@ def _restore(ckpt, model, loss, rejection, opt, sched) -> State:
     return State(**blob["state"])
 
 
+def drawn_mixed(
+    flat: np.ndarray, offsets: np.ndarray, idx: np.ndarray, pick: np.ndarray
+) -> np.ndarray:
+    """``(B,)`` bool: whether the M utterances drawn for each item come from more than one
+    speaker. ``idx (B,)`` dialogue rows, ``pick (B, M)`` positions in those dialogues,
+    ``flat``/``offsets`` from :func:`~raysv.training.pretrain.dialogue_speakers`."""
+    spk = flat[offsets[idx][:, None] + pick]  # (B, M)
+    return (spk != spk[:, :1]).any(axis=1)
+
+
 class Analysis:
     """Rank 0's per-epoch record of rejection weights, for analysis only.
 
     With a ground-truth table (generated corpora), reports the ROC AUC of
-    ``1 - w`` for detecting multi-speaker dialogues. Never feeds training.
+    ``1 - w`` for detecting multi-speaker dialogues (``rejection_auc``). A
+    multi-speaker dialogue's M drawn utterances often come from one of its
+    speakers, and then nothing in the batch can tell it from a single-speaker
+    one, so that AUC has a ceiling below 1. With the speakers of the dialogues'
+    utterances (``speakers = (flat, offsets)``), it also reports the AUC for
+    detecting *draws* that mix speakers (``rejection_auc_drawn``), which is
+    what the weights can see, and the dialogue-level AUC that weights detecting
+    exactly the mixed draws would get (``rejection_auc_ceiling``). Never feeds
+    training.
     """
 
-    def __init__(self, truth: np.ndarray | None):
+    def __init__(self, truth: np.ndarray | None, speakers: tuple | None = None):
         self.truth = truth  # (n_dialogues,) bool by idx, or None
+        self.speakers = speakers
         self.reset()
 
     def reset(self):
         self.idx: list[np.ndarray] = []
         self.w: list[np.ndarray] = []
         self.c: list[np.ndarray] = []
+        self.pick: list[np.ndarray] = []
 
-    def add(self, idx: torch.Tensor, w: torch.Tensor, c: torch.Tensor):
+    def add(
+        self, idx: torch.Tensor, w: torch.Tensor, c: torch.Tensor, pick: torch.Tensor | None = None
+    ):
         self.idx.append(idx.cpu().numpy())
         self.w.append(w.detach().float().cpu().numpy())
         self.c.append(c.float().cpu().numpy())
+        if pick is not None:
+            self.pick.append(pick.cpu().numpy())
+
+    def _mixed(self, idx: np.ndarray) -> np.ndarray | None:
+        if self.speakers is None or len(self.pick) != len(self.idx):
+            return None
+        return drawn_mixed(*self.speakers, idx, np.concatenate(self.pick))
 
     def save(self, path: str) -> None:
         """Write this epoch's per-dialogue weights (and truth if known) to ``path`` (.npz)."""
@@ -113,6 +142,9 @@ class Analysis:
             return
         idx = np.concatenate(self.idx)
         extra = {"multi_speaker": self.truth[idx]} if self.truth is not None else {}
+        mixed = self._mixed(idx)
+        if mixed is not None:
+            extra["drawn_mixed"] = mixed
         np.savez(
             path,
             idx=idx,
@@ -124,19 +156,29 @@ class Analysis:
     def summary(self) -> dict:
         if not self.w:
             return {}
+        from sklearn.metrics import roc_auc_score
+
         w, c = np.concatenate(self.w), np.concatenate(self.c)
+        idx = np.concatenate(self.idx)
         out = {
             "rej_w_mean": float(w.mean()),
             "rej_w_std": float(w.std()),
             "compactness_mean": float(c.mean()),
         }
         if self.truth is not None:
-            from sklearn.metrics import roc_auc_score
-
-            y = self.truth[np.concatenate(self.idx)]
+            y = self.truth[idx]
             if 0 < y.sum() < y.size:
                 out["rejection_auc"] = float(roc_auc_score(y, -w))
                 out["compactness_auc"] = float(roc_auc_score(y, -c))
+        mixed = self._mixed(idx)
+        if mixed is not None:
+            out["mixed_draw_share"] = float(mixed.mean())
+            if 0 < mixed.sum() < mixed.size:
+                out["rejection_auc_drawn"] = float(roc_auc_score(mixed, -w))
+            if "rejection_auc" in out:
+                # the dialogue-level AUC of weights that detect every mixed draw: the
+                # multi-speaker dialogues' unmixed draws can only tie with the singles
+                out["rejection_auc_ceiling"] = float(1 - 0.5 * (~mixed[self.truth[idx]]).mean())
         return out
 
 
@@ -181,9 +223,10 @@ def run_epoch(
         # the finite check below), so a GPU never idles while the host waits.
         loss.backward()
         if rejection is not None:
-            ids = gather_no_grad(idx)  # a collective: every rank joins
+            ids = gather_no_grad(idx)  # collectives: every rank joins
+            picks = gather_no_grad(batch["pick"]) if "pick" in batch else None
             if world()[0] == 0:
-                analysis.add(ids, w, c)
+                analysis.add(ids, w, c, picks)
         if not torch.isfinite(loss):  # same value on every rank (global loss): all skip together
             opt.zero_grad(set_to_none=True)  # drop the non-finite gradients
             skipped += 1
@@ -249,7 +292,11 @@ def train_loop(config: dict) -> None:
     stream = worker_stream(run["steps_per_epoch"], cfg.train.per_worker_batch, device)
     dev = _load_dev(run, cfg) if rank == 0 else None
     truth = np.load(run["truth"]) if rank == 0 and run.get("truth") else None
-    analysis = Analysis(truth)
+    speakers = None
+    if rank == 0 and run.get("speakers"):
+        with np.load(run["speakers"]) as z:
+            speakers = (z["flat"], z["offsets"])
+    analysis = Analysis(truth, speakers)
     tally = worker_tally(cfg, run, rank)
     tally.flush()  # after a restart: stop at once if the limit was already passed
     while st.epoch < cfg.train.epochs:

@@ -65,6 +65,9 @@ def test_featurise_dialogues_shapes_and_randomness(small_manifest):
     assert np.array_equal(out["feats"], again["feats"]) and not np.array_equal(
         out["feats"], other["feats"]
     )
+    # the drawn positions: 3 distinct of dialogue a's 3, 3 of b's 2 with repeats
+    assert out["pick"].shape == (2, 3) and out["pick"].dtype == np.int64
+    assert sorted(out["pick"][0]) == [0, 1, 2] and set(out["pick"][1]) <= {0, 1}
 
 
 def test_two_segments_never_overlap():
@@ -117,6 +120,7 @@ def test_rows_with_audio_gone_bad_are_skipped_not_fatal(small_manifest, caplog):
     dbatch["idx"] = d.column("idx").to_numpy()
     dout = tdata.featurise_dialogues(dbatch, m=3, crop_seconds=0.5, n_mels=24, seed=0)
     assert dout["feats"].shape == (1, 3, 48, 24) and dout["idx"].tolist() == [1]
+    assert dout["pick"].shape == (1, 3)
     # every row bad: an empty batch of the right shape, not a crash
     only = {k: v[1:2] for k, v in batch.items()}
     empty = tdata.featurise_pairs(only, crop_seconds=0.5, n_mels=24, seed=0)

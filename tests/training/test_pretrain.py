@@ -50,6 +50,12 @@ def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
     # not exactly the corpus and one epoch can (rarely) hold no multi-speaker dialogue.
     aucs = [e["rejection_auc"] for e in s["history"] if "rejection_auc" in e]
     assert aucs and all(0 <= a <= 1 for a in aucs)
+    # which draws mix speakers (analysis: the manifest's speakers); an epoch with a mixed
+    # draw also reports the AUC against the draws
+    assert all(0 <= e["mixed_draw_share"] < 1 for e in s["history"])
+    assert all(
+        0 <= e["rejection_auc_drawn"] <= 1 for e in s["history"] if e["mixed_draw_share"] > 0
+    )
     assert 0 < h["rej_w_mean"] < 1 and 0 < h["rej_temperature"] < 20
     assert (h["device"], h["backend"]) == ("cpu", "gloo")  # where the step ran
     for k in ("untrained.dev.eer", "best.dev.eer", "untrained.test.eer", "best.test.eer"):
