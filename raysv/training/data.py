@@ -369,8 +369,9 @@ def spare_epochs(epochs: int, max_unreadable_share: float) -> int:
     """Extra passes over the data a stream of ``epochs`` needs so that skipping up to
     ``max_unreadable_share`` of its rows still leaves ``epochs`` full epochs.
 
-    Delivered rows are ``(1 - s) (epochs + spare) R``, which must reach ``epochs R``;
-    at most ``epochs`` spare passes (a share of 1 or more).
+    Delivered rows are ``(1 - s) (epochs + spare) R``, which must reach ``epochs R``.
+    At most ``10 epochs`` spare passes (shares up to ~0.9; beyond, the last epochs
+    may run short).
     """
     import math
 
@@ -378,8 +379,8 @@ def spare_epochs(epochs: int, max_unreadable_share: float) -> int:
     if s <= 0:
         return 0
     if s >= 1:
-        return epochs
-    return min(epochs, math.ceil(epochs * s / (1 - s)))
+        return 10 * epochs
+    return min(10 * epochs, math.ceil(epochs * s / (1 - s) - 1e-9))
 
 
 def steps_per_epoch(rows: int, workers: int, per_worker_batch: int) -> int:

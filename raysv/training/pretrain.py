@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -136,18 +137,22 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
 def dialogue_speakers(table: pa.Table, utts: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
     """ANALYSIS ONLY: the speaker of each utterance of each training dialogue, as codes.
 
-    ``table`` is :func:`~raysv.training.data.dialogue_table`'s (``paths`` lists),
-    ``utts`` the manifest. Returns ``(flat (sum n_d,) int32, offsets (D + 1,) int64)``:
-    dialogue d's utterance j has speaker ``flat[offsets[d] + j]``. None when the
-    manifest lacks a speaker for any of them. Never read by training.
+    ``table`` is :func:`~raysv.training.data.dialogue_table`'s (``paths``, ``starts``,
+    ``ends`` lists), ``utts`` the manifest; utterances are matched on (path, start,
+    end), so segments of one recording keep their own speakers. Returns
+    ``(flat (sum n_d,) int32, offsets (D + 1,) int64)``: dialogue d's utterance j has
+    speaker ``flat[offsets[d] + j]``. None when the manifest lacks a speaker for any
+    of them. Never read by training.
     """
     if "speaker" not in utts.column_names:
         return None
-    speaker = dict(
-        zip(utts.column("path").to_pylist(), utts.column("speaker").to_pylist(), strict=True)
+    cols = [utts.column(c).to_pylist() for c in ("path", "start_s", "end_s", "speaker")]
+    speaker = {(p, a, b): spk for p, a, b, spk in zip(*cols, strict=True)}
+    keys = zip(
+        *(pa.compute.list_flatten(table[c]).to_pylist() for c in ("paths", "starts", "ends")),
+        strict=True,
     )
-    paths = pa.compute.list_flatten(table["paths"]).to_pylist()
-    names = [speaker.get(p) for p in paths]
+    names = [speaker.get(k) for k in keys]
     if any(n is None for n in names):
         return None
     _, codes = np.unique(np.asarray(names), return_inverse=True)
@@ -206,20 +211,39 @@ def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, ou
     )
 
 
-def fit(trainer):
-    """``trainer.fit()``; a raysv error raised in a worker (bad input met during training,
-    a diverged loss) is re-raised as itself, so the CLI prints one line, not the
-    worker group's traceback. Ray Train has already retried it ``max_failures`` times."""
-    import ray.train
-
+def raysv_cause(exc: BaseException):
+    """The first :class:`RaysvError` in ``exc``'s chain (causes, contexts, and the
+    ``cause`` of Ray's wrapped task errors), or None."""
     from raysv.errors import RaysvError
 
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RaysvError) and not hasattr(e, "cause"):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
+def fit(trainer):
+    """``trainer.fit()``; a raysv error raised in a worker (bad input met during training,
+    a diverged loss), or in a data task feeding it, is re-raised as itself, so the CLI
+    prints one line, not the worker group's traceback. Ray Train has already retried
+    it ``max_failures`` times."""
+    import ray.train
+
+    failed = getattr(ray.train, "WorkerGroupError", ())  # Train V2's
     try:
         return trainer.fit()
-    except ray.train.WorkerGroupError as exc:
+    except failed as exc:
         for err in exc.worker_failures.values():
-            if isinstance(err, RaysvError):
-                raise err from exc
+            cause = raysv_cause(err)
+            if cause is not None:
+                raise cause from exc
         raise
 
 
@@ -238,11 +262,20 @@ def _evaluate(
     return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
 
 
-def training_dataset(cfg: PretrainConfig, shards: str, epochs: int | None = None, ledger=None):
+def training_dataset(
+    cfg: PretrainConfig,
+    shards: str,
+    epochs: int | None = None,
+    ledger=None,
+    spare_epochs: int | None = None,
+):
     """The Stage I Ray Dataset over ``shards``: every epoch (``cfg.train.epochs`` unless
     ``epochs``) in one stream, featurised as ``cfg.data`` says, with spare passes for
-    rows skipped as unreadable, which ``ledger`` counts (see ``build_dataset``)."""
+    rows skipped as unreadable (as the limit needs, unless ``spare_epochs``), which
+    ``ledger`` counts (see ``build_dataset``)."""
     epochs = cfg.train.epochs if epochs is None else epochs
+    if spare_epochs is None:
+        spare_epochs = tdata.spare_epochs(epochs, cfg.train.max_unreadable_share)
     return tdata.build_dataset(
         shards,
         cfg.data.mode,
@@ -253,7 +286,7 @@ def training_dataset(cfg: PretrainConfig, shards: str, epochs: int | None = None
         task_cpus=cfg.train.data_task_cpus,
         epochs=epochs,
         seed=cfg.train.seed,
-        spare_epochs=tdata.spare_epochs(epochs, cfg.train.max_unreadable_share),
+        spare_epochs=spare_epochs,
         ledger=ledger,
     )
 
@@ -274,7 +307,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     shards = tdata.write_shards(
         inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
     )
-    ledger = unreadable.start_ledger()  # counts rows skipped as unreadable (all tasks)
+    ledger = unreadable.start_ledger(cfg.train.max_unreadable_share)  # rows skipped as unreadable
     dataset = training_dataset(cfg, shards, ledger=ledger)  # [2]
     resources, threads = _resources(cfg)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
@@ -295,6 +328,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             ),
             "ledger": ledger,
             "unit": inputs["unit"],
+            "token": uuid.uuid4().hex,  # this invocation (the ledger's counts are its own)
         }
         trainer = build_trainer(  # [3] [4]
             train_loop,
@@ -318,7 +352,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         summary.update(unreadable_summary(ledger))
         tracking.log_metrics(
             {f"final.{k}": v for k, v in summary["final"].items()}
-            | {"unreadable_rows": summary["unreadable_rows"]}
+            | {"final.unreadable_rows": summary["unreadable_rows"]}
         )
         tracking.log_artifact(os.path.join(out, "config.yaml"))
         tracking.log_artifact(os.path.join(out, "best_model.pt"))
@@ -333,11 +367,17 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
 
 
 def unreadable_summary(ledger) -> dict:
-    """Summary entries for training rows skipped as unreadable during this invocation."""
-    snap = unreadable.snapshot(ledger)
+    """Summary entries for training row reads skipped as unreadable during the run
+    (earlier invocations' counts included)."""
+    snap = unreadable.snapshot(ledger) or {"rows": 0}
     if not snap["rows"]:
         return {"unreadable_rows": 0}
-    return {"unreadable_rows": snap["rows"], "unreadable_examples": snap["examples"]}
+    return {
+        "unreadable_rows": snap["rows"],
+        "unreadable_files": snap["files"],
+        "unreadable_share": round(unreadable.share(snap), 4),
+        "unreadable_examples": snap["examples"],
+    }
 
 
 def last_state(result) -> dict:

@@ -36,6 +36,8 @@ class State:
     best_eer: float = float("inf")
     best_model: dict | None = None
     history: list[dict] = field(default_factory=list)
+    unreadable: dict | None = None  # the run's unreadable-row counts at this checkpoint
+    unreadable_token: str | None = None  # the invocation that counted them
 
 
 def build_modules(cfg: PretrainConfig):
@@ -111,9 +113,13 @@ class Analysis:
     training.
     """
 
-    def __init__(self, truth: np.ndarray | None, speakers: tuple | None = None):
+    def __init__(
+        self, truth: np.ndarray | None, speakers: tuple | None = None, draws: bool | None = None
+    ):
         self.truth = truth  # (n_dialogues,) bool by idx, or None
         self.speakers = speakers
+        # whether steps gather the drawn positions: the same on every rank (a collective)
+        self.draws = speakers is not None if draws is None else draws
         self.reset()
 
     def reset(self):
@@ -224,7 +230,7 @@ def run_epoch(
         loss.backward()
         if rejection is not None:
             ids = gather_no_grad(idx)  # collectives: every rank joins
-            picks = gather_no_grad(batch["pick"]) if "pick" in batch else None
+            picks = gather_no_grad(batch["pick"]) if analysis.draws else None
             if world()[0] == 0:
                 analysis.add(ids, w, c, picks)
         if not torch.isfinite(loss):  # same value on every rank (global loss): all skip together
@@ -296,9 +302,8 @@ def train_loop(config: dict) -> None:
     if rank == 0 and run.get("speakers"):
         with np.load(run["speakers"]) as z:
             speakers = (z["flat"], z["offsets"])
-    analysis = Analysis(truth, speakers)
-    tally = worker_tally(cfg, run, rank)
-    tally.flush()  # after a restart: stop at once if the limit was already passed
+    analysis = Analysis(truth, speakers, draws=bool(run.get("speakers")))
+    tally = worker_tally(cfg, run, rank, st)
     while st.epoch < cfg.train.epochs:
         _maybe_fail(cfg, st.epoch, run)
         stats = run_epoch(
@@ -313,6 +318,7 @@ def train_loop(config: dict) -> None:
         }
         seen = tally.flush(check_now=False)
         metrics["unreadable_rows"] = seen["rows"]
+        st.unreadable, st.unreadable_token = seen, run.get("token")
         st.epoch += 1
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -335,15 +341,21 @@ def train_loop(config: dict) -> None:
             tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept
 
 
-def worker_tally(cfg, run: dict, rank: int) -> unreadable.Tally:
+def worker_tally(cfg, run: dict, rank: int, st: State) -> unreadable.Tally:
     """This worker's :class:`~raysv.training.unreadable.Tally` over the run's ledger
-    (reporting and checking on rank 0 only)."""
-    return unreadable.Tally(
+    (reporting and checking on rank 0 only), given the counts of an earlier invocation
+    from the restored state ``st``, and checked at once: a restart or a resume stops
+    here if the limit is already passed."""
+    tally = unreadable.Tally(
         run.get("ledger"),
         cfg.train.max_unreadable_share,
         run.get("unit", "rows"),
         active=rank == 0,
     )
+    if st.unreadable_token != run.get("token"):  # counted by an earlier invocation
+        tally.resume(st.unreadable)
+    tally.flush()
+    return tally
 
 
 def _load_dev(run: dict, cfg: PretrainConfig):

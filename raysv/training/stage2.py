@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import replace
 
 import numpy as np
@@ -136,7 +137,7 @@ def run_train(cfg: Stage2Config) -> dict:
     shards = tdata.write_shards(
         inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
     )
-    ledger = unreadable.start_ledger()  # counts rows skipped as unreadable (all tasks)
+    ledger = unreadable.start_ledger(cfg.train.max_unreadable_share)  # rows skipped as unreadable
     dataset = tdata.build_dataset(  # [2]
         shards,
         "labelled",
@@ -169,6 +170,7 @@ def run_train(cfg: Stage2Config) -> dict:
             ),
             "ledger": ledger,
             "unit": "utterances",
+            "token": uuid.uuid4().hex,  # this invocation (the ledger's counts are its own)
         }
         trainer = build_trainer(  # [3]
             train_loop,
@@ -193,7 +195,7 @@ def run_train(cfg: Stage2Config) -> dict:
         summary.update(unreadable_summary(ledger))
         tracking.log_metrics(
             {f"final.{k}": v for k, v in summary["final"].items()}
-            | {"unreadable_rows": summary["unreadable_rows"]}
+            | {"final.unreadable_rows": summary["unreadable_rows"]}
         )
         tracking.log_artifact(os.path.join(out, "config.yaml"))
     summary.update(

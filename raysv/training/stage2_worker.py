@@ -294,8 +294,7 @@ def train_loop(config: dict) -> None:
         anchor = [p.detach().clone() for p in init.parameters()]
     truth = np.load(run["true_label"]) if rank == 0 and run.get("true_label") else None
     analysis = GateAnalysis(truth)
-    tally = worker_tally(cfg, run, rank)
-    tally.flush()  # after a restart: stop at once if the limit was already passed
+    tally = worker_tally(cfg, run, rank, st)
     while st.epoch < cfg.train.epochs:
         _maybe_fail(cfg, st.epoch, run)
         stats = run_epoch(cfg, model, opt, stream, device, st, analysis, anchor, tally)
@@ -303,6 +302,7 @@ def train_loop(config: dict) -> None:
         metrics = {"epoch": st.epoch, "step": st.step, **stats, **analysis.summary()}
         seen = tally.flush(check_now=False)
         metrics["unreadable_rows"] = seen["rows"]
+        st.unreadable, st.unreadable_token = seen, run.get("token")
         st.tau = next_tau(cfg, st.epoch, losses)
         st.epoch += 1
         with tempfile.TemporaryDirectory() as tmp:

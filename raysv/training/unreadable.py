@@ -4,10 +4,18 @@ A file that goes bad after the import (a truncated copy, a vanished mount)
 costs its row, not the run: the featurisation tasks skip it
 (:func:`raysv.audio.io.each_readable`). But a run that silently trains on a
 fraction of its data, or on nothing because the storage went away, wastes the
-compute too. So the tasks report every skipped row to one small actor per run
-(the ``_Ledger``) with the rows they read, and rank 0's :func:`check`
-stops the run with a :class:`UnreadableInputError` naming files
-once the skipped share passes ``train.max_unreadable_share``.
+compute too. So every featurisation task reports the rows it read and skipped
+to one small actor per run (the ``_Ledger``), and:
+
+- rank 0 checks the skipped share against ``train.max_unreadable_share``
+  every 100 steps, at the start (after a restart or a resume) and at the end
+  of each epoch (after its checkpoint), and stops the run with an
+  :class:`UnreadableInputError` naming files;
+- a task that finds most rows unreadable (above :data:`EMERGENCY_SHARE` of at
+  least :data:`EMERGENCY_MIN_READ`) stops the stream itself, since a worker
+  that receives no batch never reaches a check;
+- the counts travel in the checkpoints, so a second invocation of the same
+  run starts from them and stops at once if nothing was fixed.
 
 Driver: :func:`start_ledger` before the trainer, :func:`snapshot` after it.
 Featurisation tasks: :func:`record`. Workers: :class:`Tally`.
@@ -16,93 +24,137 @@ Featurisation tasks: :func:`record`. Workers: :class:`Tally`.
 from __future__ import annotations
 
 import logging
-import time
 
 from raysv.errors import RaysvError
 
 log = logging.getLogger("raysv")
 
 EXAMPLES = 5  # unreadable rows named in messages and summaries
-REPORT_SECONDS = 2.0  # a process sends its count of rows read at most this often
+MAX_FILES = 100_000  # distinct unreadable files remembered (the count stops there)
+EMERGENCY_SHARE = 0.5  # a task stops the stream above max(this, the limit) ...
+EMERGENCY_MIN_READ = 200  # ... of at least this many rows read
 
 
 class UnreadableInputError(RaysvError):
     """Too many training rows had unreadable audio (the run stops; its checkpoints stay)."""
 
 
+def _zero() -> dict:
+    return {"rows": 0, "read": 0, "files": 0, "examples": []}
+
+
 class _Ledger:
-    """Rows read and rows skipped as unreadable, for one run (a Ray actor)."""
+    """Row reads and skipped row reads of one run (a Ray actor), plus what an earlier
+    invocation of the same run counted (``prior``, from its checkpoint)."""
 
-    def __init__(self):
-        self.rows, self.read, self.examples = 0, 0, []
+    def __init__(self, max_share: float):
+        self.max_share = max_share
+        self.rows, self.read, self.files, self.examples = 0, 0, set(), []
+        self.prior = _zero()
 
-    def add(self, read: int, skipped: int, examples: list[str]) -> None:
+    def add(self, read: int, paths: list[str], examples: list[str]) -> bool:
+        """Count a batch; returns whether the stream should stop (see the module)."""
         self.read += read
-        self.rows += skipped
-        self.examples.extend(examples[: EXAMPLES - len(self.examples)])
+        self.rows += len(paths)
+        if len(self.files) < MAX_FILES:
+            self.files.update(paths)
+        for e in examples:
+            if len(self.examples) < EXAMPLES and e not in self.examples:
+                self.examples.append(e)
+        snap = self.snapshot()
+        limit = max(EMERGENCY_SHARE, self.max_share)
+        return snap["read"] >= EMERGENCY_MIN_READ and limit < 1 and share(snap) > limit
+
+    def set_prior(self, prior: dict) -> None:
+        """Counts of earlier invocations (set, not added: every restart may send them)."""
+        self.prior = {**_zero(), **prior}
 
     def snapshot(self) -> dict:
-        return {"rows": self.rows, "read": self.read, "examples": list(self.examples)}
+        p = self.prior
+        examples = list(p["examples"])
+        examples += [e for e in self.examples if e not in examples]
+        return {
+            "rows": p["rows"] + self.rows,
+            "read": p["read"] + self.read,
+            "files": len(self.files),  # distinct, seen by this invocation
+            "examples": examples[:EXAMPLES],
+        }
 
 
-def start_ledger():
+def start_ledger(max_share: float):
     """A new :class:`_Ledger` actor (no CPU reserved), owned by the calling driver."""
     import ray
 
-    return ray.remote(num_cpus=0)(_Ledger).remote()
-
-
-_PENDING: dict = {}  # ledger -> [rows read but not yet sent, time of the last send]
+    return ray.remote(num_cpus=0)(_Ledger).remote(max_share)
 
 
 def record(ledger, n_rows: int, bad: list) -> None:
     """Count a featurised batch of ``n_rows`` rows, of which ``bad`` (``[(row, AudioError)]``)
     were skipped, towards ``ledger`` (None: don't).
 
-    Fire-and-forget, and batched per process: a batch with a skipped row is sent at
-    once; otherwise rows read are sent at most every :data:`REPORT_SECONDS`, so the
-    ledger's count of rows read trails by at most that much of each process's work.
+    A batch without a skipped row is sent fire-and-forget; one with skipped rows
+    waits for the ledger's answer and raises :class:`UnreadableInputError` (failing
+    the stream) when most rows read so far were unreadable.
     """
     if ledger is None:
         return
-    pending = _PENDING.setdefault(ledger, [0, -float("inf")])
-    pending[0] += n_rows
-    now = time.monotonic()
-    if bad or now - pending[1] >= REPORT_SECONDS:
-        ledger.add.remote(pending[0], len(bad), [str(exc) for _, exc in bad[:EXAMPLES]])
-        pending[0], pending[1] = 0, now
-
-
-def snapshot(ledger) -> dict:
-    """``{"rows": skipped, "read", "examples"}`` so far (zeros for ``ledger`` None)."""
-    if ledger is None:
-        return {"rows": 0, "read": 0, "examples": []}
+    if not bad:
+        ledger.add.remote(n_rows, [], [])
+        return
     import ray
 
-    return ray.get(ledger.snapshot.remote())
+    examples = [str(exc) for _, exc in bad[:EXAMPLES]]
+    if ray.get(ledger.add.remote(n_rows, [exc.path for _, exc in bad], examples)):
+        snap = ray.get(ledger.snapshot.remote())
+        raise UnreadableInputError(_message(snap, "rows", "most of them: the stream stopped"))
+
+
+def snapshot(ledger) -> dict | None:
+    """``{"rows": skipped row reads, "read", "files", "examples"}`` so far (``files``: the
+    distinct unreadable files this invocation met; the rest count earlier ones too):
+    zeros for ``ledger`` None, None if the ledger is gone (its node died)."""
+    if ledger is None:
+        return _zero()
+    import ray
+
+    try:
+        return ray.get(ledger.snapshot.remote())
+    except ray.exceptions.RayActorError as exc:
+        log.warning("the unreadable-rows ledger is gone (%s); rows are no longer counted", exc)
+        return None
 
 
 def share(snap: dict) -> float:
-    """Rows skipped over rows read (0 before any row is read)."""
+    """Skipped row reads over row reads (0 before any row is read)."""
     return snap["rows"] / max(snap["read"], snap["rows"], 1)
 
 
+def _files(n: int) -> str:
+    return "" if n == 0 else f" ({n} file{'' if n == 1 else 's'})"
+
+
+def _message(snap: dict, unit: str, why: str) -> str:
+    return (
+        f"{snap['rows']} reads of training {unit}{_files(snap['files'])} had unreadable audio "
+        f"({share(snap):.1%} of those read; {why}); first: {'; '.join(snap['examples'][:3])}. "
+        "The checkpoints so far are kept: fix or restore the files (or re-import the corpus), "
+        "or raise the limit, and run the same command again to resume"
+    )
+
+
 def check(snap: dict, max_share: float, unit: str = "rows") -> None:
-    """Raise :class:`UnreadableInputError` if more than ``max_share`` of the rows read
-    so far were skipped for unreadable audio. The message names examples."""
+    """Raise :class:`UnreadableInputError` if more than ``max_share`` of the row reads so
+    far were skipped for unreadable audio. The message names examples."""
     if snap["rows"] and share(snap) > max_share:
         raise UnreadableInputError(
-            f"{snap['rows']} training {unit} had unreadable audio "
-            f"({share(snap):.1%} of those read; train.max_unreadable_share is {max_share:g}); "
-            f"first: {'; '.join(snap['examples'][:3])}. The checkpoints so far are kept: fix or "
-            "restore the files (or re-import the corpus) and run the same command again to resume"
+            _message(snap, unit, f"train.max_unreadable_share is {max_share:g}")
         )
 
 
 class Tally:
     """A worker's view of the ledger. Rank 0 (``active``) checks the limit every
-    ``every`` steps and at each epoch's end (one small actor call each time); other
-    ranks only name the cause of an empty epoch."""
+    ``every`` steps and wherever :meth:`flush` is called (one small actor call each);
+    other ranks only name the cause of an empty epoch."""
 
     def __init__(
         self,
@@ -116,6 +168,11 @@ class Tally:
         self.active, self.every = active and ledger is not None, every
         self.steps = 0
 
+    def resume(self, prior: dict | None) -> None:
+        """Give the ledger an earlier invocation's counts (from the restored checkpoint)."""
+        if self.active and prior:
+            self.ledger.set_prior.remote(prior)
+
     def step(self) -> None:
         """Count a step; every ``every`` steps, check the limit."""
         if not self.active:
@@ -125,11 +182,12 @@ class Tally:
             self.flush()
 
     def flush(self, check_now: bool = True) -> dict:
-        """The ledger's snapshot (zeros where not active), checked against the limit
-        unless ``check_now`` is False (see :meth:`check`)."""
-        if not self.active:
-            return snapshot(None)
-        snap = snapshot(self.ledger)
+        """The ledger's snapshot (zeros where not active or the ledger is gone), checked
+        against the limit unless ``check_now`` is False (see :meth:`check`)."""
+        snap = snapshot(self.ledger) if self.active else None
+        if snap is None:
+            self.active = False
+            return _zero()
         if check_now:
             self.check(snap)
         return snap
@@ -143,12 +201,10 @@ class Tally:
     def no_batch_error(self) -> RaysvError | RuntimeError:
         """The error for an epoch in which this worker got no complete batch: unreadable
         audio if the ledger counted any, else a batch larger than the worker's shard."""
-        snap = snapshot(self.ledger)
+        snap = snapshot(self.ledger) or _zero()
         if snap["rows"]:
             return UnreadableInputError(
-                f"no complete batch this epoch: {snap['rows']} training {self.unit} had "
-                f"unreadable audio; first: {'; '.join(snap['examples'][:3])}. The checkpoints "
-                "so far are kept: fix or restore the files and run the same command again to resume"
+                "no complete batch this epoch: " + _message(snap, self.unit, "the stream ran dry")
             )
         return RuntimeError(
             "this worker received no complete batch: batch_size is larger than its data shard"

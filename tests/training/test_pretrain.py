@@ -175,8 +175,9 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
 ):
     """A third of the training dialogues' files turn unreadable after the import. With the
     default limit (5 %), the run stops after epoch 0's checkpoint with a one-line error
-    naming files (also after Ray Train's restarts). Rerun with a limit that allows it, the
-    same run resumes at epoch 1, skips and counts the rows, and keeps its step count."""
+    naming files (also after Ray Train's restarts); run again unchanged, it stops before
+    any step. Rerun with a limit that allows it, the same run resumes at epoch 1, skips
+    and counts the rows, and keeps its step count."""
     import shutil
 
     import pyarrow.parquet as pq
@@ -211,12 +212,29 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
     ]
     epoch0 = torch.load(kept, weights_only=False)["state"]["history"]
     assert [e["epoch"] for e in epoch0] == [0] and epoch0[0]["unreadable_rows"] > 0
+    stamp = os.path.getmtime(kept)
+
+    # the same command, nothing fixed: the counts come back from the checkpoint and the
+    # run stops before any step, keeping its checkpoint
+    code = main(
+        ["pretrain", "--config", SMOKE, "--data", corpus, "--out", out, "-q"]
+        + ["--set", "train.max_failures=0"]  # (restarts would stop the same way)
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "max_unreadable_share is 0.05" in err, err[-3000:]
+    assert [
+        os.path.getmtime(os.path.join(r, "state.pt")) for r, _, f in os.walk(out) if "state.pt" in f
+    ] == [stamp]
 
     s = _run(capsys, "--data", corpus, "--out", out, "--set", "train.max_unreadable_share=0.5")
     assert s["history"][:1] == epoch0 and s["history"][1]["epoch"] == 1  # resumed at epoch 1
-    assert s["unreadable_rows"] > 0 and any(p in s["unreadable_examples"][0] for p in bad)
+    assert s["unreadable_rows"] > epoch0[0]["unreadable_rows"]  # earlier counts included
+    assert 0.2 < s["unreadable_share"] < 0.5 and 1 <= s["unreadable_files"] <= len(bad)
+    assert any(p in s["unreadable_examples"][0] for p in bad)
     per_epoch = s["history"][0]["steps_in_epoch"]
     assert s["history"][1]["steps_in_epoch"] == per_epoch and s["steps"] == 2 * per_epoch
     client = mlflow.MlflowClient(s["mlflow"]["tracking_uri"])
-    assert client.get_run(s["mlflow"]["run_id"]).data.metrics["unreadable_rows"] > 0
+    metrics = client.get_run(s["mlflow"]["run_id"]).data.metrics
+    assert metrics["final.unreadable_rows"] == s["unreadable_rows"]
+    assert metrics["unreadable_rows"] == s["history"][1]["unreadable_rows"]  # per epoch
     assert "WARNING: skipped" in _pretrain_human(s)

@@ -14,12 +14,16 @@ def _table_and_manifest():
         {
             "dialogue_id": ["d0", "d1", "d2"],
             "paths": [["a1", "a2"], ["a3", "b1", "b2"], ["c1", "c2", "c3"]],
+            "starts": [[None] * 2, [None] * 3, [None] * 3],
+            "ends": [[None] * 2, [None] * 3, [None] * 3],
         }
     )
     utts = pa.table(
         {
             "utt_id": ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "c3"],
             "path": ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "c3"],
+            "start_s": pa.array([None] * 8, pa.float64()),
+            "end_s": pa.array([None] * 8, pa.float64()),
             "speaker": ["A", "A", "A", "B", "B", "C", "C", "C"],
         }
     )
@@ -34,8 +38,25 @@ def test_dialogue_speakers_and_mixed_draws():
     idx = np.array([0, 1, 1, 1, 2])
     pick = np.array([[0, 1], [0, 1], [1, 2], [2, 0], [2, 2]])
     assert drawn_mixed(flat, offsets, idx, pick).tolist() == [False, True, False, True, False]
+    # segments of one recording (a Kaldi segments file) keep their own speakers
+    rec = pa.table(
+        {
+            "paths": [["r.wav"] * 3],
+            "starts": [[0.0, 2.0, 4.0]],
+            "ends": [[2.0, 4.0, 6.0]],
+        }
+    )
+    seg = pa.table(
+        {
+            "path": ["r.wav"] * 3,
+            "start_s": [4.0, 0.0, 2.0],
+            "end_s": [6.0, 2.0, 4.0],
+            "speaker": ["A", "A", "B"],
+        }
+    )
+    assert dialogue_speakers(rec, seg)[0].tolist() == [0, 1, 0]
     # without a speaker for every utterance there is nothing to analyse
-    unknown = utts.set_column(2, "speaker", pa.array(["A"] * 7 + [None], pa.string()))
+    unknown = utts.set_column(4, "speaker", pa.array(["A"] * 7 + [None], pa.string()))
     assert dialogue_speakers(table, unknown) is None
     assert dialogue_speakers(table, utts.drop_columns(["speaker"])) is None
 
