@@ -211,7 +211,7 @@ def run_epoch(
     amp = cfg.train.use_gpu and cfg.train.amp
     losses, n_samples, wait, busy, skipped = [], 0, 0.0, 0.0, 0
     analysis.reset()
-    it = stream.epoch()  # this epoch's batches of the worker's one data stream
+    it = tally.guard(stream.epoch())  # this epoch's batches of the worker's one data stream
     t_mark = time.perf_counter()
     for batch in it:
         t_got = time.perf_counter()

@@ -163,7 +163,7 @@ def run_epoch(
     amp = cfg.train.use_gpu and cfg.train.amp
     gate, tau = cfg.gate.name, st.tau
     losses, correct, seen, wait, busy = [], 0, 0, 0.0, 0.0
-    it = stream.epoch()  # this epoch's batches of the worker's one data stream
+    it = tally.guard(stream.epoch())  # this epoch's batches of the worker's one data stream
     t_mark = time.perf_counter()
     for batch in it:
         t_got = time.perf_counter()

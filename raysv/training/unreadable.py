@@ -198,6 +198,26 @@ class Tally:
         if self.active:
             check(snap, self.max_share, self.unit)
 
+    def guard(self, batches):
+        """Yield from ``batches``; if the stream fails while the skipped share is over the
+        limit (a task stopped it: Ray Data passes on only the task's traceback text), raise
+        :class:`UnreadableInputError` instead, on every rank."""
+        try:
+            yield from batches
+        except RaysvError:
+            raise
+        except Exception as exc:
+            snap = snapshot(self.ledger) if self.ledger is not None else None
+            if snap and snap["rows"] and share(snap) > self.max_share:
+                raise UnreadableInputError(
+                    _message(
+                        snap,
+                        self.unit,
+                        f"train.max_unreadable_share is {self.max_share:g}; the data stream stopped",
+                    )
+                ) from exc
+            raise
+
     def no_batch_error(self) -> RaysvError | RuntimeError:
         """The error for an epoch in which this worker got no complete batch: unreadable
         audio if the ledger counted any, else a batch larger than the worker's shard."""

@@ -3,6 +3,7 @@
 import os
 
 import mlflow
+import numpy as np
 import pytest
 
 from raysv.cli import _pretrain_human, main
@@ -238,3 +239,31 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
     assert metrics["final.unreadable_rows"] == s["unreadable_rows"]
     assert metrics["unreadable_rows"] == s["history"][1]["unreadable_rows"]  # per epoch
     assert "WARNING: skipped" in _pretrain_human(s)
+
+
+@pytest.mark.slow
+def test_two_workers_gather_ids_and_draws_for_the_analysis(
+    tiny_corpus, tmp_path, ray_local, capsys
+):
+    """Two gloo workers with rejection: every step gathers dialogue ids and drawn positions
+    from both ranks (collectives every rank joins), rank 0 alone checks the unreadable
+    share, and the analysis sees the global batch."""
+    s = _run(
+        capsys,
+        "--data",
+        tiny_corpus,
+        "--out",
+        str(tmp_path / "two"),
+        "--set",
+        "train.num_workers=2",
+        "--set",
+        "train.epochs=1",
+    )
+    h = s["history"][0]
+    assert (h["device"], h["backend"]) == ("cpu", "gloo")
+    assert s["steps"] == h["steps_in_epoch"] >= 1 and s["unreadable_rows"] == 0
+    assert 0 <= h["mixed_draw_share"] < 1 and 0 < h["rej_w_mean"] < 1
+    weights = np.load(os.path.join(s["out"], "rejection_weights.npz"))
+    # both ranks' halves of every global batch of 4 dialogues, in rank order
+    assert weights["idx"].shape == (4 * h["steps_in_epoch"],)
+    assert weights["drawn_mixed"].shape == weights["idx"].shape

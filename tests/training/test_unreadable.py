@@ -181,3 +181,22 @@ def test_a_stream_with_spare_passes_fills_every_epoch_despite_skipped_rows(tmp_p
         assert unreadable.snapshot(ledger)["rows"] >= 6  # 3 per pass
     assert steps[0] == [3, 1]  # 18 readable rows of 24: epoch 2 runs dry
     assert steps[1] == [3, 3]
+
+
+def test_a_failed_stream_is_named_by_the_ledger(ray_local):
+    """Ray Data hands a worker only the traceback text of a task's error: a stream that
+    fails while the skipped share is over the limit is reported as unreadable input."""
+
+    def stream():
+        yield 1
+        raise RuntimeError("UDF failed to process a data block")
+
+    ledger = unreadable.start_ledger(0.05)
+    ledger.add.remote(10, [], [])
+    tally = unreadable.Tally(ledger, 0.05, "dialogues", active=False)  # any rank
+    with pytest.raises(RuntimeError, match="UDF failed"):  # nothing skipped: as it was
+        list(tally.guard(stream()))
+    ledger.add.remote(0, ["gone.wav"], ["gone.wav: unreadable audio"])
+    with pytest.raises(unreadable.UnreadableInputError, match="the data stream stopped"):
+        list(tally.guard(stream()))
+    assert list(tally.guard(iter([1, 2]))) == [1, 2]
