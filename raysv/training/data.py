@@ -156,9 +156,10 @@ def _readable(rows, make, ledger=None) -> tuple[list[int], list]:
     return keep, out
 
 
-def _stacked(out: list, empty_shape: tuple) -> np.ndarray:
-    """``np.stack(out)`` as float32, or an empty array of ``empty_shape`` (all skipped)."""
-    return np.stack(out).astype(np.float32) if out else np.zeros(empty_shape, np.float32)
+def _stacked(out: list, empty_shape) -> np.ndarray:
+    """``np.stack(out)`` as float32, or (all skipped) an empty array of the shape that
+    ``empty_shape()`` gives: computed only then, not for every batch."""
+    return np.stack(out).astype(np.float32) if out else np.zeros(empty_shape(), np.float32)
 
 
 def _frames(seconds: float, n_mels: int) -> int:
@@ -197,7 +198,9 @@ def featurise_dialogues(
     rows = zip(batch["paths"], batch["starts"], batch["ends"], strict=True)
     keep, out = _readable(rows, one, ledger)  # a dialogue with an unreadable file is skipped
     return {
-        "feats": _stacked([f for f, _ in out], (0, m, _frames(crop_seconds, n_mels), n_mels)),
+        "feats": _stacked(
+            [f for f, _ in out], lambda: (0, m, _frames(crop_seconds, n_mels), n_mels)
+        ),
         "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
         "pick": np.asarray([p for _, p in out], dtype=np.int64).reshape(len(out), m),
     }
@@ -245,7 +248,7 @@ def featurise_pairs(
     rows = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
     keep, out = _readable(rows, one, ledger)
     return {
-        "feats": _stacked(out, (0, 2, _frames(crop_seconds, n_mels), n_mels)),
+        "feats": _stacked(out, lambda: (0, 2, _frames(crop_seconds, n_mels), n_mels)),
         "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
     }
 
@@ -266,7 +269,7 @@ def featurise_labelled(
         rows, lambda r: _crop_features(r[0], r[1], r[2], crop_seconds, rng, aug, n_mels), ledger
     )
     return {
-        "feats": _stacked(feats, (0, _frames(crop_seconds, n_mels), n_mels)),
+        "feats": _stacked(feats, lambda: (0, _frames(crop_seconds, n_mels), n_mels)),
         "label": np.asarray(batch["label"], dtype=np.int64)[keep],
         "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
     }
