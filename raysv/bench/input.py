@@ -35,13 +35,31 @@ def _one_thread_rate(table, crop_seconds: float, augment) -> float:
 
 
 def _epochs(
-    shards: str, rows: int, crop_seconds: float, augment, task_cpus: float, batch: int
+    shards: str,
+    rows: int,
+    crop_seconds: float,
+    augment,
+    task_cpus: float,
+    batch: int,
+    ledger=None,
 ) -> list[dict]:
-    """Two epochs from ONE execution of the pipeline, cut by step count, as training reads it."""
+    """Two epochs from ONE execution of the pipeline, cut by step count, as training reads it.
+
+    ``ledger``: count rows read and skipped, as training does (one actor call per
+    featurisation batch; :mod:`raysv.training.unreadable`).
+    """
     from raysv.training.data import EpochStream, build_dataset, steps_per_epoch
 
     ds = build_dataset(
-        shards, "dialogue", 2, crop_seconds, 40, augment, task_cpus=task_cpus, epochs=2
+        shards,
+        "dialogue",
+        2,
+        crop_seconds,
+        40,
+        augment,
+        task_cpus=task_cpus,
+        epochs=2,
+        ledger=ledger,
     )
     stream = EpochStream(
         ds.streaming_split(1, equal=True)[0],
@@ -68,6 +86,17 @@ def _epochs(
     return res
 
 
+def _ledger_call_seconds(ledger, calls: int = 2000) -> float:
+    """Seconds one featurisation task spends counting a clean batch (a fire-and-forget
+    ``ledger.add``), from a Ray task as in training; the counts are added afterwards."""
+    from raysv.training import unreadable
+
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        unreadable.record(ledger, 0, [])
+    return (time.perf_counter() - t0) / calls
+
+
 def run(quick: bool = False) -> dict:
     import ray
 
@@ -76,6 +105,7 @@ def run(quick: bool = False) -> dict:
     from raysv.runtime import ensure_ray
     from raysv.synth.corpus import SynthConfig, synthesize
     from raysv.training import data as tdata
+    from raysv.training import unreadable
     from raysv.training.config import PretrainConfig
     from raysv.training.pretrain import prepare_inputs
 
@@ -107,15 +137,30 @@ def run(quick: bool = False) -> dict:
             "crop_seconds": crop,
             "cpus": cpus,
         }
-        for name, aug, task_cpus in (
-            ("augment", AugmentConfig(prob=0.5), 1.0),
-            ("no_augment", AugmentConfig(prob=0.0), 1.0),
-            ("augment_half_cpu_tasks", AugmentConfig(prob=0.5), 0.5),
+        for name, aug, task_cpus, counted in (
+            ("augment", AugmentConfig(prob=0.5), 1.0, False),
+            ("augment_counted", AugmentConfig(prob=0.5), 1.0, True),
+            ("no_augment", AugmentConfig(prob=0.0), 1.0, False),
+            ("augment_half_cpu_tasks", AugmentConfig(prob=0.5), 0.5, False),
         ):
             one = _one_thread_rate(table, crop, aug)
+            # counted: the unreadable-rows ledger training uses (one actor call per batch)
+            ledger = unreadable.start_ledger(0.05) if counted else None
             ep = _epochs(
-                shards, table.num_rows, crop, aug, task_cpus, min(BATCH, table.num_rows // 2)
+                shards,
+                table.num_rows,
+                crop,
+                aug,
+                task_cpus,
+                min(BATCH, table.num_rows // 2),
+                ledger,
             )
+            if counted:
+                res[f"{name}_rows_counted"] = unreadable.snapshot(ledger)["read"]
+                res["ledger_call_us"] = round(
+                    ray.get(ray.remote(_ledger_call_seconds).remote(ledger)) * 1e6, 1
+                )
+                ray.kill(ledger)
             res[f"{name}_one_thread_crops_per_s"] = round(one, 1)
             res[f"{name}_epochs"] = ep
             res[f"{name}_share_of_ideal"] = round(ep[-1]["crops_per_s"] / (one * cpus), 3)

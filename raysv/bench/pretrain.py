@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-REPEATS = 3
+REPEATS = 5
 
 
 def _plain_step(cfg, device: str = "cpu", amp: bool = False):
@@ -57,11 +57,18 @@ def _plain_step(cfg, device: str = "cpu", amp: bool = False):
 
 
 def plain_step_seconds(cfg, steps: int = 8, device: str = "cpu", amp: bool = False) -> float:
-    """Median seconds of one optimiser step on random in-memory features.
+    """Mean seconds of one optimiser step on random in-memory features.
 
     ``device="cuda"`` runs it on the GPU (``amp``: bfloat16 autocast, as the
     Ray Train worker does on GPU); on CPU it uses one thread.
     """
+    return plain_step_times(cfg, steps, device, amp)["step_s"]
+
+
+def plain_step_times(cfg, steps: int = 8, device: str = "cpu", amp: bool = False) -> dict:
+    """``{"step_s", "step_cpu_s"}``: mean wall and CPU (this thread) seconds of one
+    optimiser step on random in-memory features, after 2 warm-up steps; means, as the
+    worker's per-epoch figures are. See :func:`plain_step_seconds`."""
     import torch
 
     from raysv.audio.features import num_frames
@@ -73,15 +80,16 @@ def plain_step_seconds(cfg, steps: int = 8, device: str = "cpu", amp: bool = Fal
     frames = num_frames(int(cfg.data.crop_seconds * 16000))
     x = torch.randn(b, g, frames, cfg.data.n_mels, device=device)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
-    times = []
+    wall, cpu = [], []
     for i in range(steps + 2):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         step(x)
         sync()
         if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+    return {"step_s": float(np.mean(wall)), "step_cpu_s": float(np.mean(cpu))}
 
 
 def plain_stream_step_seconds(cfg, epochs: int = 2, device: str = "cpu", amp: bool = False) -> dict:
@@ -94,7 +102,8 @@ def plain_stream_step_seconds(cfg, epochs: int = 2, device: str = "cpu", amp: bo
     only Ray Train (worker process, DDP wrapper, gather, reports) is missing.
     ``device="cuda"``: batches arrive on the GPU and the step runs there (``amp``:
     bfloat16 autocast), as in a GPU worker.
-    Returns the last epoch's mean step seconds (data waits excluded) and wait share.
+    Returns the last epoch's mean step seconds, wall and CPU (data waits excluded), and
+    the wait share.
     """
     import torch
 
@@ -120,17 +129,22 @@ def plain_stream_step_seconds(cfg, epochs: int = 2, device: str = "cpu", amp: bo
     )
     step = _plain_step(cfg, device, amp)
     for _ in range(epochs):
-        wait = busy = 0.0
+        wait = busy = cpu = 0.0
         n = 0
         t_mark = time.perf_counter()
         for batch in stream.epoch():
-            t_got = time.perf_counter()
+            t_got, c_got = time.perf_counter(), time.thread_time()
             wait += t_got - t_mark
             step(batch["feats"])
             t_mark = time.perf_counter()
             busy += t_mark - t_got
+            cpu += time.thread_time() - c_got
             n += 1
-    return {"step_s": busy / max(n, 1), "data_wait_share": wait / max(wait + busy, 1e-9)}
+    return {
+        "step_s": busy / max(n, 1),
+        "step_cpu_s": cpu / max(n, 1),
+        "data_wait_share": wait / max(wait + busy, 1e-9),
+    }
 
 
 def run_gpu(quick: bool = False) -> dict:
@@ -249,7 +263,10 @@ def run(quick: bool = False) -> dict:
         }
         # This machine's speed drifts by up to 1.5x over minutes (the same plain step
         # took 0.38-0.56 s in one hour), so the three loops run back to back REPEATS
-        # times and the ratios are medians of per-repeat ratios.
+        # times and the ratios are medians of per-repeat ratios. Wall-clock ratios
+        # moved 0.87-1.23 between repeats (2026-11-23), so CPU seconds of the training
+        # thread are compared too: time the machine gives to other processes (or
+        # other tenants) does not count in them, Ray Train's own work on that thread does.
         reps = 1 if quick else REPEATS
         rows = []
         for r in range(reps):
@@ -258,21 +275,29 @@ def run(quick: bool = False) -> dict:
                 train = {**base["train"], "num_workers": workers}
                 return from_dict(PretrainConfig, {**base, "out": f"{d}/{name}{r}", "train": train})
 
-            row = {"plain": plain_step_seconds(cfg("w", 1))}
+            idle = plain_step_times(cfg("w", 1), steps=16)
+            row = {"plain": idle["step_s"], "plain_cpu": idle["step_cpu_s"]}
             same = plain_stream_step_seconds(cfg("plain", 1))
-            row["same"], row["same_wait"] = same["step_s"], same["data_wait_share"]
+            row.update(same=same["step_s"], same_cpu=same["step_cpu_s"])
+            row["same_wait"] = same["data_wait_share"]
             h = run_pretrain(cfg("w1_", 1))["history"][-1]  # the second epoch: no start-up
             row.update(
-                w1=h["step_seconds"], w1_sps=h["samples_per_s"], w1_wait=h["data_wait_share"]
+                w1=h["step_seconds"],
+                w1_cpu=h["step_cpu_seconds"],
+                w1_sps=h["samples_per_s"],
+                w1_wait=h["data_wait_share"],
             )
             rows.append(row)
         h = run_pretrain(cfg("w2_", 2))["history"][-1]
         med = lambda key: float(np.median([row[key] for row in rows]))  # noqa: E731
         res["repeats"] = reps
         res["plain_step_s"] = round(med("plain"), 4)
+        res["plain_step_cpu_s"] = round(med("plain_cpu"), 4)
         res["plain_same_input_step_s"] = round(med("same"), 4)
+        res["plain_same_input_step_cpu_s"] = round(med("same_cpu"), 4)
         res["plain_same_input_data_wait_share"] = round(med("same_wait"), 3)
         res["workers1_step_s"] = round(med("w1"), 4)
+        res["workers1_step_cpu_s"] = round(med("w1_cpu"), 4)
         res["workers1_samples_per_s"] = round(med("w1_sps"), 1)
         res["workers1_data_wait_share"] = round(med("w1_wait"), 3)
         res["workers2_step_s"] = round(h["step_seconds"], 4)
@@ -281,9 +306,10 @@ def run(quick: bool = False) -> dict:
         # Against the idle machine (features in memory): Ray Train's overhead plus the cost
         # of featurising on the same cores. Against the plain loop fed by the same Ray
         # Data input: Ray Train's own overhead (worker process, reports, the epoch stream).
-        ratio = lambda key: [round(row["w1"] / row[key], 3) for row in rows]  # noqa: E731
-        res["overhead_ratio_1_worker_per_repeat"] = ratio("plain")
-        res["overhead_ratio_1_worker"] = float(np.median(ratio("plain")))
-        res["overhead_ratio_1_worker_same_input_per_repeat"] = ratio("same")
-        res["overhead_ratio_1_worker_same_input"] = float(np.median(ratio("same")))
+        for suffix, base_key in (("", "plain"), ("_same_input", "same")):
+            for kind, w1_key in (("", "w1"), ("_cpu", "w1_cpu")):
+                per = [round(row[w1_key] / row[base_key + kind], 3) for row in rows]
+                name = f"overhead_ratio{kind}_1_worker{suffix}"
+                res[f"{name}_per_repeat"] = per
+                res[name] = float(np.median(per))
     return res

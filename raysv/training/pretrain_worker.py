@@ -209,12 +209,13 @@ def run_epoch(
     model.train()
     g = cfg.group_size
     amp = cfg.train.use_gpu and cfg.train.amp
-    losses, n_samples, wait, busy, skipped = [], 0, 0.0, 0.0, 0
+    losses, n_samples, wait, busy, cpu, skipped = [], 0, 0.0, 0.0, 0.0, 0
     analysis.reset()
     it = tally.guard(stream.epoch())  # this epoch's batches of the worker's one data stream
     t_mark = time.perf_counter()
     for batch in it:
         t_got = time.perf_counter()
+        c_got = time.thread_time()  # this thread's CPU: not inflated by other processes
         wait += t_got - t_mark
         feats, idx = batch["feats"], batch["idx"]  # (B, G, F, n_mels), (B,)
         b = feats.shape[0]
@@ -249,6 +250,7 @@ def run_epoch(
         n_samples += b * world()[1]
         t_mark = time.perf_counter()
         busy += t_mark - t_got
+        cpu += time.thread_time() - c_got
     if not losses:
         raise tally.no_batch_error()
     out = {
@@ -257,6 +259,9 @@ def run_epoch(
         "samples_per_s": n_samples / max(wait + busy, 1e-9),
         "data_wait_share": wait / max(wait + busy, 1e-9),
         "step_seconds": busy / len(losses),
+        # the step's CPU seconds on the training thread (on CPU with one torch thread,
+        # the step's compute): a figure that time stolen by other processes does not move
+        "step_cpu_seconds": cpu / len(losses),
         "nonfinite_steps": skipped,
         **where(device),
     }

@@ -44,8 +44,12 @@ def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
         "rej_temperature",
         "samples_per_s",
         "data_wait_share",
+        "step_seconds",
+        "step_cpu_seconds",
     ):
         assert key in h, key
+    # one thread's CPU time inside a step can't exceed the step's wall time
+    assert 0 < h["step_cpu_seconds"] <= h["step_seconds"] + 1e-3
     # The AUC needs both kinds of dialogue among an epoch's rows. Epochs are cut from
     # one data stream by step count, so on this 25-dialogue corpus an epoch's rows are
     # not exactly the corpus and one epoch can (rarely) hold no multi-speaker dialogue.
