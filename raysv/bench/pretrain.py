@@ -265,8 +265,9 @@ def run(quick: bool = False) -> dict:
         # took 0.38-0.56 s in one hour), so the three loops run back to back REPEATS
         # times and the ratios are medians of per-repeat ratios. Wall-clock ratios
         # moved 0.87-1.23 between repeats (2026-11-23), so CPU seconds of the training
-        # thread are compared too: time the machine gives to other processes (or
-        # other tenants) does not count in them, Ray Train's own work on that thread does.
+        # thread are compared too: time given to other processes does not count in
+        # them. (They turned out to swing with the wall ones, 1-7 % below them: the
+        # machine's speed itself drifts. Kept, as that check.)
         reps = 1 if quick else REPEATS
         rows = []
         for r in range(reps):
