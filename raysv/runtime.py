@@ -17,8 +17,14 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
 
     ``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a
     local instance is started with ``num_cpus`` (default: all cores), no
-    dashboard, and logging to the driver kept quiet.
+    dashboard, and logging to the driver kept quiet. First checks that torch
+    and torchaudio load together (:func:`raysv.environment.check_environment`),
+    so a broken install is one line from the driver, not a traceback from
+    inside an actor.
     """
+    from raysv.environment import check_environment
+
+    check_environment()
     import ray
 
     if ray.is_initialized():  # e.g. inside a Ray Tune trial: same Ray Data settings

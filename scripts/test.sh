@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check raysv tests jobs
-.venv/bin/ruff format --check raysv tests jobs
+.venv/bin/ruff check raysv tests jobs scripts
+.venv/bin/ruff format --check raysv tests jobs scripts
 exec .venv/bin/python -m pytest "$@"
