@@ -248,9 +248,9 @@ def _embed(a: argparse.Namespace) -> dict:
 
     if a.checkpoint:
         from raysv.embedding.torch_embedder import TorchEmbedder
+        from raysv.models.checkpoint import read_checkpoint
 
-        if not os.path.isfile(a.checkpoint):
-            raise RaysvError(f"{a.checkpoint}: no such checkpoint")
+        read_checkpoint(a.checkpoint)  # missing, foreign or unsafe: one line, before Ray
         cls, kwargs = (
             TorchEmbedder,
             {"checkpoint": os.path.abspath(a.checkpoint), "max_seconds": a.max_seconds},
@@ -362,7 +362,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         help="folder for the pseudo-label table (Parquet parts), or for the elbow table and plot",
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--k", type=int, help="number of clusters")
+    which.add_argument(
+        "--k",
+        type=_k_value,
+        help="number of clusters, or auto: chosen from the embeddings (best silhouette "
+        "over a grid; evidence in OUT/_auto_k.json and .png)",
+    )
     which.add_argument(
         "--elbow",
         type=_int_list,
@@ -442,6 +447,18 @@ def _int_list(text: str) -> list[int]:
     return ks
 
 
+def _k_value(text: str) -> int | str:
+    """``--k``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of clusters or auto, got {text!r}"
+        ) from None
+
+
 def _cluster(a: argparse.Namespace) -> dict:
     from raysv.clustering.driver import cluster, elbow, log_to_mlflow
     from raysv.clustering.sharded import KMeansSpec
@@ -507,6 +524,13 @@ def _cluster_human(s: dict) -> str:
         f"purification kept {100 * s['kept_share']:.1f}% in {s['clusters_after_purification']} clusters -> {s['out']}",
         *(f"warning: {w}" for w in s.get("warnings", [])),
     ]
+    if s.get("auto_k"):
+        auto = s["auto_k"]
+        lines.append(
+            f"k = {auto['k']} chosen from the embeddings: best silhouette over k = "
+            + ", ".join(f"{r['k']} ({r['silhouette']:.3f})" for r in auto["table"])
+            + f"; plot {auto['plot']}"
+        )
     for part, r in s.get("analysis", {}).items():
         if isinstance(r, dict):
             lines.append(
@@ -521,8 +545,37 @@ def _mlflow_line(s: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------- demo
+CORPUS_LAYOUT = """\
+a corpus folder (--data DIR) holds any of:
+  DIR/wav/<speaker>/<session>/<utt>.wav    labelled audio (VoxCeleb-style); speakers that
+                                           no trial names are training audio too
+  DIR/unlabeled/**/<any name>.<ext>        unlabeled training audio, any depth
+  DIR/unlabeled.txt                        more training audio: paths relative to DIR
+  DIR/dialogues.jsonl                      {"dialogue_id": ..., "utterances": [paths relative
+                                           to DIR, in any folder]}: Stage I in dialogue mode
+  DIR/trials/dev.txt, DIR/trials/test.txt  VoxCeleb-format trials, paths relative to DIR/wav
+audio: WAV, FLAC, OGG/Vorbis/Opus, MP3 (what libsndfile decodes); .m4a and other
+formats are skipped and listed with the ffmpeg line that converts them.
+Trial utterances and all audio of the wav/ speakers they draw from are never
+trained on. Paths in DIR's files that leave DIR are refused unless
+--allow-outside-paths. Without dialogues.jsonl Stage I trains on utterances (SimCLR).
+"""
+
+
+def _corpus_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="import audio that DIR's dialogues.jsonl / unlabeled.txt name outside DIR "
+        "(../, absolute, file://, s3://)",
+    )
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="corpus folder to use instead of generating one")
+    p.epilog = CORPUS_LAYOUT
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--data", help="corpus folder to use instead of generating one (see below)")
+    _corpus_flag(p)
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--config", help="YAML file with DemoConfig keys")
     p.add_argument(
@@ -540,6 +593,8 @@ def _demo(a: argparse.Namespace) -> dict:
     from raysv.pipeline.demo import DemoConfig, run_demo
 
     overrides = list(a.overrides) + [f"out={a.out}"] + ([f"data={a.data}"] if a.data else [])
+    if a.allow_outside_paths:
+        overrides.append("allow_outside_paths=true")
     return run_demo(load_config(DemoConfig, a.config, overrides))
 
 
@@ -550,6 +605,16 @@ def _demo_human(s: dict) -> str:
         "supervised_reference": "supervised reference (true labels)",
     }
     lines = [f"run folder: {s['out']}  ({s['seconds']}s)"]
+    ing = s.get("ingest", {})
+    if "train_utterances" in ing:
+        lines.append(
+            f"corpus: {ing['utterances']} utterances; training on {ing['train_utterances']}, "
+            f"{ing['held_out_utterances']} held out for evaluation"
+            + (f"; {sum(ing['skipped'].values())} files skipped" if ing.get("skipped") else "")
+        )
+    for r in s.get("stage2", {}).get("rounds", []):
+        if r.get("k_auto"):
+            lines.append(f"round {r['round']}: k = {r['k']} chosen from the embeddings")
     for stage, row in s["results"].items():
         name = names.get(stage, stage.replace("round", "Stage II round "))
         for split in ("dev", "test"):
@@ -584,7 +649,10 @@ def _demo_human(s: dict) -> str:
 
 # ---------------------------------------------------------------- pretrain
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="corpus folder (wav/, dialogues.jsonl, trials/)")
+    p.epilog = CORPUS_LAYOUT
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--data", help="corpus folder (see below)")
+    _corpus_flag(p)
     p.add_argument(
         "--config", help="YAML file with PretrainConfig keys (see configs/pretrain_*.yaml)"
     )
@@ -608,6 +676,7 @@ def _pretrain(a: argparse.Namespace) -> dict:
     from raysv.training.pretrain import run_pretrain
 
     extra = [f"data.data={a.data}"] if a.data else []
+    extra += ["data.allow_outside_paths=true"] if a.allow_outside_paths else []
     extra += [f"out={a.out}"] if a.out else []
     extra += [f"run_name={a.run_name}"] if a.run_name else []
     return run_pretrain(load_config(PretrainConfig, a.config, list(a.overrides) + extra))
@@ -625,6 +694,11 @@ def _unreadable_line(s: dict) -> list[str]:
 
 def _pretrain_human(s: dict) -> str:
     lines = [f"run folder: {s['out']}  ({s['epochs']} epochs, {s['steps']} steps, {s['seconds']}s)"]
+    if "train_utterances" in s:
+        lines.append(
+            f"trained on {s['train_utterances']} utterances; "
+            f"{s['held_out_utterances']} held out for evaluation"
+        )
     f = s["final"]
     for split in ("dev", "test"):
         if f"best.{split}.eer" in f:
@@ -728,7 +802,10 @@ def _train_human(s: dict) -> str:
 
 
 def _iterate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="corpus folder (wav/, trials/)")
+    p.epilog = CORPUS_LAYOUT
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--data", help="corpus folder (see below)")
+    _corpus_flag(p)
     p.add_argument("--init", help="Stage I encoder checkpoint (best_model.pt)")
     p.add_argument("--rounds", type=int, help="number of rounds R")
     _config_args(p, "IterateConfig", "schedule.k=[60,60] train.gate.name=lgl")
@@ -741,6 +818,7 @@ def _iterate(a: argparse.Namespace) -> dict:
     extra = _flag_overrides(
         ("data", a.data), ("init_checkpoint", a.init), ("rounds", a.rounds), ("out", a.out)
     )
+    extra += ["allow_outside_paths=true"] if a.allow_outside_paths else []
     return run_iterate(load_config(IterateConfig, a.config, list(a.overrides) + extra))
 
 
@@ -844,6 +922,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
             "stream",
             "cluster",
             "embed",
+            "autok",
         ],
         help="benchmark to run",
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,98 @@ def test_demo_on_a_user_corpus_folder(tiny_corpus, tmp_path, ray_local, capsys):
 def test_demo_bad_data_folder(tmp_path, capsys):
     assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "not a corpus folder" in capsys.readouterr().err
+
+
+def _user_layout(src: str, dst: str, with_dialogues: bool) -> dict:
+    """The generated corpus re-laid the way a user's unlabeled corpus is: training
+    audio renamed at random under train/ (named by a hand-written dialogues.jsonl)
+    and unlabeled/, no speaker folders for it; dev/test speakers under wav/."""
+    import random
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    splits = dict(
+        zip(
+            *pq.read_table(
+                os.path.join(src, "meta", "speakers.parquet"), columns=["speaker", "split"]
+            )
+            .to_pydict()
+            .values(),
+            strict=True,
+        )
+    )
+    rng = random.Random(7)
+    new_path: dict[str, str] = {}
+    for spk, split in splits.items():
+        for ses in sorted(os.listdir(os.path.join(src, "wav", spk))):
+            for name in sorted(os.listdir(os.path.join(src, "wav", spk, ses))):
+                old = f"wav/{spk}/{ses}/{name}"
+                if split == "train":
+                    folder = "train" if with_dialogues else f"unlabeled/{rng.randrange(3)}"
+                    rel = f"{folder}/{rng.getrandbits(40):010x}.wav"
+                else:
+                    rel = old
+                os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+                shutil.copy(os.path.join(src, old), os.path.join(dst, rel))
+                new_path[old] = rel
+    shutil.copytree(os.path.join(src, "trials"), os.path.join(dst, "trials"))
+    if with_dialogues:
+        with (
+            open(os.path.join(src, "dialogues.jsonl")) as f,
+            open(os.path.join(dst, "dialogues.jsonl"), "w") as g,
+        ):
+            for line in f:
+                d = json.loads(line)
+                paths = [p if isinstance(p, str) else p["path"] for p in d["utterances"]]
+                g.write(
+                    json.dumps(
+                        {
+                            "dialogue_id": d["dialogue_id"],
+                            "utterances": [new_path[p] for p in paths],
+                        }
+                    )
+                    + "\n"
+                )
+    n_train = sum(1 for old in new_path if splits[old.split("/")[1]] == "train")
+    return {"train": n_train, "held_out": len(new_path) - n_train}
+
+
+@pytest.mark.parametrize(
+    "with_dialogues",
+    [True, pytest.param(False, marks=pytest.mark.slow)],
+    ids=["dialogues", "utterances-only"],
+)
+def test_demo_on_a_users_unlabeled_corpus(tmp_path, ray_local, tiny_corpus, capsys, with_dialogues):
+    """`raysv demo --data` on training audio with random names outside speaker folders."""
+    data = str(tmp_path / "corpus")
+    counts = _user_layout(tiny_corpus, data, with_dialogues)
+    pairs = zip(TINY_DEMO[::2], TINY_DEMO[1::2], strict=True)
+    args = []
+    for flag, value in pairs:  # the demo's own settings, without the generator's
+        if not value.startswith("synth."):
+            args += [flag, value.replace("k: [4]", "k: [auto]")]
+    out = str(tmp_path / "run")
+    assert main(["demo", "--data", data, "--out", out, *args, "--json"]) == 0
+    s = cli_json(capsys.readouterr().out)
+    ing = s["ingest"]
+    assert (
+        ing["train_utterances"] == counts["train"]
+        and ing["held_out_utterances"] == counts["held_out"]
+    )
+    assert ("dialogues" in ing) == with_dialogues
+    # Nothing of a trial speaker was trained on, in either stage.
+    stage1 = json.loads(Path(out, "stage1", "summary.json").read_text())
+    assert stage1["train_utterances"] == counts["train"]
+    assert s["stage2"]["train_utterances"] == counts["train"]
+    # k came from the data, with its evidence beside the labels.
+    r1 = s["stage2"]["rounds"][0]
+    assert r1["k_auto"] is True and 2 <= r1["k"] <= counts["train"] // 5
+    auto = json.loads(Path(r1["labels"], "_auto_k.json").read_text())
+    assert auto["k"] == r1["k"] and len(auto["table"]) >= 3
+    assert os.path.isfile(os.path.join(r1["labels"], "_auto_k.png"))
+    assert "chosen from the embeddings" in Path(s["report"]).read_text()
+    assert 0 <= s["results"]["round1"]["test"]["eer"] <= 100
+    # No speaker labels for the training audio: no supervised reference, said so.
+    assert "supervised_reference" not in s["results"]
+    assert "have no speaker label" in s["stage2"]["reference_skipped"]

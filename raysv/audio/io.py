@@ -16,7 +16,20 @@ from raysv.data import fs
 from raysv.errors import AudioError, ManifestError
 
 TARGET_SR = 16000
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".sph")
+# Files libsndfile decodes (by content; the suffix only picks files in folder walks).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".sph")
+# Common audio containers libsndfile cannot decode: imported as a counted problem
+# naming the conversion command, never silently ignored (VoxCeleb2 ships .m4a).
+UNDECODABLE_SUFFIXES = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".amr")
+
+
+def conversion_hint(path: str) -> str:
+    """The message for an audio file in a format soundfile cannot decode."""
+    stem = path.rsplit(".", 1)[0]
+    return (
+        f"format not decodable by libsndfile; convert it first, e.g. "
+        f"ffmpeg -i {path} -ac 1 -ar 16000 {stem}.flac"
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import time
 
 
 def run(name: str, out_dir: str, quick: bool = False) -> dict:
-    from raysv.bench import cluster, embed, featurize, input, pretrain, stream, synth
+    from raysv.bench import autok, cluster, embed, featurize, input, pretrain, stream, synth
 
     fn = {
         "featurize": featurize.run,
@@ -21,6 +21,7 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         "stream": stream.run,
         "cluster": cluster.run,
         "embed": embed.run,
+        "autok": autok.run,
     }[name]
     result = fn(quick=quick)
     result["machine"] = {

@@ -60,7 +60,7 @@ def bare_loop(manifest: str, checkpoint: str, out: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = from_dict(PretrainConfig, blob["config"])
     model = build_encoder(cfg.model.name, cfg.data.n_mels, **cfg.model.kwargs)
     model.load_state_dict(blob["model"])

@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from raysv.clustering import kmeans
 from raysv.clustering.sharded import (
@@ -107,10 +108,40 @@ def start_shards(
     return [actor_cls.remote(group, normalise, threads, use_gpu) for group in groups]
 
 
+def choose_k_from(embeddings: str, out: str, seed: int = 1) -> dict:
+    """Choose k from the embeddings in ``embeddings`` (:mod:`raysv.clustering.auto_k`).
+
+    Reads a sample of at most 8000 rows on the driver; writes the evidence
+    ``_auto_k.json`` (table of k, silhouette, objective) and ``_auto_k.png``
+    under ``out`` and reuses the JSON on a rerun.
+    """
+    from raysv.clustering import auto_k
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "_auto_k.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    table = pa.concat_tables(fs.read_table(f, ["embedding"]) for f in embedding_files(embeddings))
+    x = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32)
+    res = auto_k.choose_k(x.reshape(table.num_rows, -1), seed=seed)
+    res["plot"] = auto_k.plot(res, os.path.join(out, "_auto_k.png"))
+    log.info(
+        "k chosen from the data: %d (best silhouette over k = %s; elbow of the objective: %s)",
+        res["k"],
+        ", ".join(str(r["k"]) for r in res["table"]),
+        res["elbow_k"],
+    )
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(f"{path}.tmp", path)
+    return res
+
+
 def cluster(
     embeddings: str,
     out: str,
-    k: int,
+    k: int | str,
     spec: KMeansSpec | None = None,
     *,
     shards: int | None = None,
@@ -123,7 +154,9 @@ def cluster(
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
-    Returns a summary: objective, iterations, wall time, cluster-size statistics,
+    ``k="auto"`` chooses k from the embeddings first (:func:`choose_k_from`; the
+    summary's ``auto_k`` holds the evidence). Returns a summary: objective,
+    iterations, wall time, cluster-size statistics,
     kept share, and (if ``manifest`` has speakers: analysis only) NMI/ARI/reliable
     share before and after purification. ``spec``: how the iterations run
     (:class:`~raysv.clustering.sharded.KMeansSpec`; default: faiss's settings,
@@ -138,6 +171,12 @@ def cluster(
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
     spec = spec or KMeansSpec()
+    auto = None
+    if k == "auto":
+        auto = choose_k_from(embeddings, out, spec.seed)
+        k = auto["k"]
+    elif not isinstance(k, int):
+        raise ConfigError(f"k must be a number of clusters or auto, got {k!r}")
     actors = start_shards(
         embedding_files(embeddings), shards, normalise=spec.spherical, device=device
     )
@@ -175,6 +214,8 @@ def cluster(
         "clusters_after_purification": pur["clusters_after_purification"],
         "history": res.history,
     }
+    if auto is not None:
+        summary["auto_k"] = auto
     if manifest:
         summary["analysis"] = _analysis(out, manifest)
     # Files starting with "_" are skipped when the folder is read as a Parquet dataset.
@@ -245,6 +286,11 @@ def log_to_mlflow(
         for path in summary.get("plots", {}).values():
             tracking.log_artifact(path)
         tracking.log_artifact(os.path.join(summary["out"], "_summary.json"))
+        if summary.get("auto_k"):  # the evidence for a k chosen from the data
+            tracking.log_metrics({"auto_k": summary["k"]})
+            tracking.log_history(summary["auto_k"]["table"], "k", ["silhouette"], "auto_k.")
+            tracking.log_artifact(os.path.join(summary["out"], "_auto_k.json"))
+            tracking.log_artifact(summary["auto_k"]["plot"])
     return run_id
 
 

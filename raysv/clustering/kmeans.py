@@ -249,7 +249,11 @@ def check_k(k: int, n: int, min_per_cluster: int = 2) -> str | None:
         return (
             f"k = {k} gives {n / k:.1f} embeddings per cluster on average, fewer than the "
             f"{STABLE_POINTS_PER_CENTROID} faiss asks for a stable fit: expect small, noisy "
-            f"clusters (k <= {n // STABLE_POINTS_PER_CENTROID} avoids this)"
+            + (
+                f"clusters (k <= {n // STABLE_POINTS_PER_CENTROID} avoids this)"
+                if n >= STABLE_POINTS_PER_CENTROID
+                else "clusters (too few embeddings for any k to avoid this)"
+            )
         )
     return None
 

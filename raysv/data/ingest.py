@@ -40,6 +40,7 @@ class Candidate:
     dialogue_id: str | None = None
     start_s: float | None = None
     end_s: float | None = None
+    where: str | None = None  # the text line that named it (``file:line``), if any
 
 
 def _relparts(root: str, path: str) -> list[str]:
@@ -53,13 +54,27 @@ def _strip_ext(name: str) -> str:
     return posixpath.splitext(name)[0]
 
 
+def audio_files(root: str, problems: Problems) -> Iterator[str]:
+    """Audio files under ``root`` at any depth, in sorted order.
+
+    Files in a format libsndfile decodes are yielded; files in a common format
+    it cannot decode (``.m4a`` and the like) are reported as
+    ``unsupported_format`` with the conversion command, not yielded.
+    """
+    for path in fs.walk_files(root, audio_io.AUDIO_SUFFIXES + audio_io.UNDECODABLE_SUFFIXES):
+        if path.lower().endswith(audio_io.UNDECODABLE_SUFFIXES):
+            problems.add("unsupported_format", path, audio_io.conversion_hint(path))
+        else:
+            yield path
+
+
 def scan_voxceleb(root: str, problems: Problems) -> Iterator[Candidate]:
     """``ROOT/<speaker>/<session>/<file>.wav``: speaker and session from the folders.
 
     utt_id is ``speaker/session/file`` without extension (the VoxCeleb trial
     convention minus ``.wav``); session_id is ``speaker/session``.
     """
-    for path in fs.walk_files(root, (".wav", ".flac")):
+    for path in audio_files(root, problems):
         parts = _relparts(root, path)
         if len(parts) != 3:
             problems.add("bad_layout", path, "expected ROOT/<speaker>/<session>/<file>.wav")
@@ -75,7 +90,7 @@ def scan_voxceleb(root: str, problems: Problems) -> Iterator[Candidate]:
 
 def scan_librispeech(root: str, problems: Problems) -> Iterator[Candidate]:
     """``ROOT/<speaker>/<chapter>/*.flac``: session_id is ``speaker/chapter``; utt_id the file stem."""
-    for path in fs.walk_files(root, (".flac", ".wav")):
+    for path in audio_files(root, problems):
         parts = _relparts(root, path)
         if len(parts) != 3:
             problems.add("bad_layout", path, "expected ROOT/<speaker>/<chapter>/<file>.flac")
@@ -194,6 +209,7 @@ def scan_dialogues(
                 speaker=meta.get("speaker"),
                 session_id=meta.get("session_id"),
                 dialogue_id=did,
+                where=where,
             )
 
 

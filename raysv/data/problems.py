@@ -28,6 +28,8 @@ KINDS = {
     "short_dialogue": "dialogues with fewer than 2 utterances",
     "unknown_trial_file": "trial entries naming files not in the manifest",
     "bad_value": "rows with invalid values",
+    "unsupported_format": "audio files in a format libsndfile cannot decode",
+    "outside_corpus": "paths that leave the corpus folder",
 }
 
 

@@ -96,6 +96,8 @@ def embed_manifest(
     if not force and os.path.isfile(done_marker):
         log.info("embeddings in %s already complete; skipping (force to redo)", out_dir)
         return {"out": out_dir, "skipped": True}
+    if not fs.exists(manifest):
+        raise ManifestError(f"{manifest}: no such utterances manifest")
     ensure_ray()
     concurrency, num_cpus_per_actor = actor_resources(concurrency, num_cpus_per_actor)
     gpus = actor_gpus(device, concurrency)

@@ -4,12 +4,14 @@ A checkpoint is a ``torch.save``'d dict with ``model`` (the encoder's
 state dict) and ``encoder`` = ``{"name", "n_mels", "kwargs"}``, enough to
 rebuild it; ``config`` holds the resolved config of the run that wrote it.
 Checkpoints written before ``encoder`` existed carry only a Stage I
-``config``, from which the spec is read.
+``config``, from which the spec is read. Loading uses ``weights_only=True``:
+a file whose pickle would run code is refused.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
 
 from raysv.errors import ConfigError
@@ -35,9 +37,17 @@ def read_checkpoint(path: str) -> tuple[dict, dict[str, Any]]:
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such encoder checkpoint")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain values only; a pickle that would import or
+        # call anything else (os.system, ...) is refused, never run.
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(
+            f"{path}: refused: the checkpoint holds more than tensors and plain values "
+            "(only raysv encoder checkpoints load; nothing in it was run)"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise ConfigError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a readable torch checkpoint ({first})") from exc
     if not isinstance(blob, dict) or "model" not in blob:
         raise ConfigError(f"{path}: not a raysv encoder checkpoint (no 'model' entry)")
     spec = blob.get("encoder")

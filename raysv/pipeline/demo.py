@@ -66,14 +66,14 @@ def _small_pretrain() -> PretrainConfig:
 
 
 def _small_stage2() -> IterateConfig:
-    # Two rounds of a few minutes each on 2 CPU cores: k-means with k = 50 over
-    # the ~480 training utterances, purification p = 0.1 / S = 3, then the
+    # Two rounds of a few minutes each on 2 CPU cores: k-means with k chosen from
+    # each round's embeddings (a user's corpus has no known speaker count), purification p = 0.1 / S = 3, then the
     # Stage I encoder + a new AAM head: 1 head-only epoch, 2 ordinary epochs,
     # 3 epochs with the LGL gate (tau from the schedule); then the same
     # training on the true speakers as a supervised reference (comparison only).
     return IterateConfig(
         rounds=2,
-        schedule=Schedule(k=[50], drop_fraction=[0.1], min_cluster_size=[3], tau=[3.0, 3.0]),
+        schedule=Schedule(k=["auto"], drop_fraction=[0.1], min_cluster_size=[3], tau=[3.0, 3.0]),
         cluster=ClusterSpec(iterations=20, shards=1),
         train=Stage2Config(
             data=Stage2Data(crop_seconds=1.5),
@@ -101,6 +101,7 @@ class DemoConfig:
         pretrain: Stage I settings (``out`` and ``data.data`` are set by the demo).
         stage2: Stage II settings (``out``, ``data`` and ``init_checkpoint`` are set by the demo).
         report: write ``<out>/report/report.html`` at the end.
+        allow_outside_paths: import audio that the corpus folder's files name outside it.
     """
 
     out: str = "runs/demo"
@@ -113,6 +114,7 @@ class DemoConfig:
     pretrain: PretrainConfig = field(default_factory=_small_pretrain)
     stage2: IterateConfig = field(default_factory=_small_stage2)
     report: bool = True
+    allow_outside_paths: bool = False
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -137,7 +139,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             log.info("[1/6] generating a corpus in %s", data)
             summary["synth"] = synthesize(cfg.synth, data)
     log.info("[2/6] importing %s", data)
-    manifests, ingest_summary = prepare_corpus(data, os.path.join(out, "manifests"))
+    manifests, ingest_summary = prepare_corpus(
+        data, os.path.join(out, "manifests"), allow_outside=cfg.allow_outside_paths
+    )
     summary["ingest"] = ingest_summary
     if not manifests.trials:
         from raysv.errors import ManifestError
@@ -162,7 +166,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     }
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     if cfg.stage1:
-        summary.update(_stages(cfg, data, out, tracking_uri))
+        summary.update(_stages(cfg, data, out, tracking_uri, manifests.dialogues is not None))
     summary["results"] = results_table(summary)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     with tracking.run(tracking_uri, cfg.experiment, "demo", params=to_dict(cfg)) as run_id:
@@ -219,10 +223,15 @@ def results_table(summary: dict) -> dict:
     return table
 
 
-def _stages(cfg: DemoConfig, data: str, out: str, tracking_uri: str) -> dict:
+def _stages(
+    cfg: DemoConfig, data: str, out: str, tracking_uri: str, dialogues: bool = True
+) -> dict:
     """Stage I, then Stage II rounds from its best encoder.
 
-    Each step is skipped when its output is complete (rerun after a crash).
+    Without dialogues, Stage I in dialogue mode has nothing to train on: it
+    switches to utterance mode (SimCLR: two segments of one utterance, NT-Xent
+    at temperature 0.1, as ``configs/pretrain_simclr.yaml``). Each step is
+    skipped when its output is complete (rerun after a crash).
     """
     from raysv.pipeline.iterate import run_iterate
     from raysv.training.pretrain import run_pretrain
@@ -240,10 +249,17 @@ def _stages(cfg: DemoConfig, data: str, out: str, tracking_uri: str) -> dict:
             cfg.pretrain.loss.name,
             cfg.pretrain.train.epochs,
         )
+        pdata = replace(cfg.pretrain.data, data=data, allow_outside_paths=cfg.allow_outside_paths)
+        ploss = cfg.pretrain.loss
+        if not dialogues and pdata.mode == "dialogue":
+            log.info("[5/6] no dialogues.jsonl in %s: Stage I trains on utterances (SimCLR)", data)
+            pdata = replace(pdata, mode="utterance")
+            ploss = LossSpec(name="ntxent", temperature=0.1)
         pcfg = replace(
             cfg.pretrain,
             out=stage1_out,
-            data=replace(cfg.pretrain.data, data=data),
+            data=pdata,
+            loss=ploss,
             tracking_uri=tracking_uri,
             experiment=cfg.experiment,
         )
@@ -263,6 +279,7 @@ def _stages(cfg: DemoConfig, data: str, out: str, tracking_uri: str) -> dict:
         cfg.stage2,
         out=os.path.join(out, "stage2"),
         data=data,
+        allow_outside_paths=cfg.allow_outside_paths,
         init_checkpoint=s1["best_model"],
         tracking_uri=tracking_uri,
         experiment=cfg.experiment,

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 
 from raysv.config import to_dict
 from raysv.data import fs
-from raysv.errors import ConfigError, ManifestError
+from raysv.data.holdout import training_rows, trial_utt_ids
+from raysv.errors import ConfigError
 from raysv.training.stage2_config import GateSpec, Stage2Config
 
 log = logging.getLogger("raysv")
@@ -43,11 +44,14 @@ log = logging.getLogger("raysv")
 class Schedule:
     """Per-round settings; round r uses entry r-1, the last entry repeats.
 
-    ``k``: clusters; ``drop_fraction`` / ``min_cluster_size``: purification p and S;
+    ``k``: clusters, or ``auto``: chosen from that round's embeddings
+    (:mod:`raysv.clustering.auto_k`: best silhouette over a grid; table and plot
+    in the round's ``labels/_auto_k.*``); ``drop_fraction`` / ``min_cluster_size``:
+    purification p and S;
     ``tau``: the LGL threshold (the LGL paper's 1, 3, 3, 5, 6).
     """
 
-    k: list[int] = field(default_factory=lambda: [60])
+    k: list[int | Literal["auto"]] = field(default_factory=lambda: [60])
     drop_fraction: list[float] = field(default_factory=lambda: [0.1])
     min_cluster_size: list[int] = field(default_factory=lambda: [3])
     tau: list[float] = field(default_factory=lambda: [1.0, 3.0, 3.0, 5.0, 6.0])
@@ -56,6 +60,9 @@ class Schedule:
         for name in ("k", "drop_fraction", "min_cluster_size", "tau"):
             if not getattr(self, name):
                 raise ValueError(f"schedule.{name} needs at least one value")
+        for i, k in enumerate(self.k):  # every round's k before round 1 trains
+            if k != "auto" and k < 2:
+                raise ValueError(f"schedule.k[{i}] must be >= 2 or auto, got {k}")
 
     def at(self, r: int) -> dict:
         """Settings of round ``r`` (1-based)."""
@@ -102,6 +109,7 @@ class IterateConfig:
         out: run folder; each round writes ``round<r>/{labels,train,embeddings}``.
         data: a corpus folder (imported to manifests under ``out``), or give
             ``utterances`` and trial lists.
+        allow_outside_paths: import audio the corpus folder's files name outside it.
         init_checkpoint: the encoder round 1 starts from (Stage I's ``best_model.pt``).
         rounds: R.
         restart: ``continue`` (each round from the previous encoder, new head) or
@@ -116,6 +124,7 @@ class IterateConfig:
 
     out: str = "runs/iterate"
     data: str | None = None
+    allow_outside_paths: bool = False
     utterances: str | None = None
     dev_trials: str | None = None
     test_trials: str | None = None
@@ -138,23 +147,27 @@ class IterateConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
 
 
-def split_manifest(utterances: str, trials: dict[str, str], folder: str) -> dict[str, str]:
-    """Write ``pool.parquet`` (utterances no trial list names) and ``eval.parquet`` (the rest).
+def split_manifest(
+    utterances: str, trials: dict[str, str], folder: str, train: str | None = None
+) -> dict:
+    """Write ``pool.parquet`` (the training pool) and ``eval.parquet`` (utterances trials name).
 
-    Returns their paths (and ``manifest``: the full one). Raises ManifestError if the pool is empty.
+    The pool is ``train`` (a corpus folder's training rows, which already leave
+    out the trial speakers) or ``utterances``, less every utterance a trial list
+    names (:func:`raysv.data.holdout.training_rows`). Returns their paths (and
+    ``manifest``: the full one) and the counts ``train_utterances`` (the pool)
+    and ``held_out_utterances`` (all others). Raises ManifestError if the pool is empty.
     """
     os.makedirs(folder, exist_ok=True)
     utts = fs.read_table(utterances)
-    named: set[str] = set()
-    for uri in trials.values():
-        t = fs.read_table(uri, ["enroll", "test"])
-        named |= set(t.column("enroll").to_pylist()) | set(t.column("test").to_pylist())
-    in_trials = pc.is_in(utts["utt_id"], pa.array(sorted(named), pa.string()))
-    pool, held = utts.filter(pc.invert(in_trials)), utts.filter(in_trials)
-    if pool.num_rows == 0:
-        raise ManifestError(
-            f"{utterances}: every utterance is named by a trial list; nothing left to train on"
-        )
+    pool, _ = training_rows(
+        fs.read_table(train) if train else utts,
+        trials.values(),
+        train or utterances,
+        what="Stage II training",
+    )
+    named = trial_utt_ids(trials.values())
+    held = utts.filter(pc.is_in(utts["utt_id"], pa.array(sorted(named), pa.string())))
     paths = {
         "manifest": utterances,
         "pool": os.path.join(folder, "pool.parquet"),
@@ -162,22 +175,26 @@ def split_manifest(utterances: str, trials: dict[str, str], folder: str) -> dict
     }
     pq.write_table(pool, paths["pool"])
     pq.write_table(held, paths["eval"])
-    log.info("training pool: %d utterances; %d held out for trials", pool.num_rows, held.num_rows)
+    paths["train_utterances"] = pool.num_rows
+    paths["held_out_utterances"] = utts.num_rows - pool.num_rows
     return paths
 
 
-def _manifests(cfg: IterateConfig, out: str) -> tuple[str, dict[str, str]]:
+def _manifests(cfg: IterateConfig, out: str) -> tuple[str, dict[str, str], str | None]:
+    """(all utterances, trials by split, training rows or None) of the run's data."""
     if cfg.data:
         from raysv.data.corpus import prepare_corpus
 
-        man, _ = prepare_corpus(cfg.data, os.path.join(out, "manifests"))
-        return man.utterances, dict(man.trials)
+        man, _ = prepare_corpus(
+            cfg.data, os.path.join(out, "manifests"), allow_outside=cfg.allow_outside_paths
+        )
+        return man.utterances, dict(man.trials), man.train
     if not cfg.utterances:
         raise ConfigError("give data (a corpus folder) or utterances (a manifest) to iterate on")
     trials = {
         s: getattr(cfg, f"{s}_trials") for s in ("dev", "test") if getattr(cfg, f"{s}_trials")
     }
-    return cfg.utterances, trials
+    return cfg.utterances, trials, None
 
 
 def _json(path: str) -> dict | None:
@@ -274,6 +291,7 @@ def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:
     m: dict = {
         "round": r,
         "k": cl["k"],
+        "k_auto": "auto_k" in cl,
         "kept_share": cl["kept_share"],
         "clusters": cl["clusters_after_purification"],
         "cluster_objective": cl["objective"],
@@ -321,16 +339,26 @@ def run_iterate(cfg: IterateConfig) -> dict:
     for r in range(1, cfg.rounds + 1):  # and each round's purification p and S
         sched = cfg.schedule.at(r)
         check_purification(sched["drop_fraction"], sched["min_cluster_size"])
-    utterances, trials = _manifests(cfg, out)
+    utterances, trials, train = _manifests(cfg, out)
     if "test" not in trials and "dev" not in trials:
         raise ConfigError("iterate needs trial lists (dev and/or test) to evaluate each round")
-    split = split_manifest(utterances, trials, os.path.join(out, "inputs"))
+    split = split_manifest(utterances, trials, os.path.join(out, "inputs"), train)
     uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
+    reference_skipped = None
+    if cfg.reference:  # comparison only: needs the true speaker of every training row
+        spk = pq.read_table(split["pool"], columns=["speaker"]).column("speaker")
+        if spk.null_count:
+            reference_skipped = (
+                f"{spk.null_count} of {len(spk)} training utterances have no speaker label"
+            )
+            log.warning("no supervised reference: %s (it is a comparison only)", reference_skipped)
     summary: dict = {
         "out": out,
         "rounds": [],
         "trials": trials,
         "eval_manifest": split["eval"],
+        "train_utterances": split["train_utterances"],
+        "held_out_utterances": split["held_out_utterances"],
         "init_checkpoint": os.path.abspath(cfg.init_checkpoint),
     }
     with tracking.resumable_run(out, uri, cfg.experiment, cfg.run_name, to_dict(cfg)) as parent:
@@ -344,7 +372,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
             sched = cfg.schedule.at(r)
             rdir = os.path.join(out, f"round{r}")
             log.info(
-                "[round %d/%d] k-means (k=%d) + purification (p=%.2f, S=%d)",
+                "[round %d/%d] k-means (k=%s) + purification (p=%.2f, S=%d)",
                 r,
                 cfg.rounds,
                 sched["k"],
@@ -391,10 +419,20 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 tr["mlflow"]["run_id"],
                 [
                     os.path.join(labels_dir, f)
-                    for f in ("_sizes.png", "_objective.png", "_summary.json")
+                    for f in (
+                        "_sizes.png",
+                        "_objective.png",
+                        "_summary.json",
+                        "_auto_k.json",
+                        "_auto_k.png",
+                    )
                 ],
                 "clustering",
             )
+            if "auto_k" in cl:  # the evidence for k: silhouette and objective per k
+                tracking.log_history(
+                    cl["auto_k"]["table"], "k", ["silhouette", "objective"], f"round{r}.auto_k."
+                )
             tracking.log_metrics({k: v for k, v in m.items() if k != "round"}, step=r)
             summary["rounds"].append(
                 {
@@ -420,8 +458,10 @@ def run_iterate(cfg: IterateConfig) -> dict:
             an = cl.get("analysis") or {}
             if isinstance(an.get("all"), dict):
                 tracking.log_metrics({"final.nmi": an["all"]["nmi"], "final.ari": an["all"]["ari"]})
-        if cfg.reference:
+        if cfg.reference and reference_skipped is None:
             summary["reference"] = _reference(cfg, split, trials, parent, uri)
+        elif cfg.reference:
+            summary["reference_skipped"] = reference_skipped
         summary["final_encoder"] = encoder
         summary["seconds"] = round(time.monotonic() - t0, 1)
         tracking.log_dict(summary, "summary.json")

@@ -235,6 +235,7 @@ def _table(stages) -> str:
 
 def _round_table(it: dict) -> str:
     keys = [
+        ("k", "k", "{}"),
         ("clusters", "clusters", "{:.0f}"),
         ("kept_share", "kept", "{:.1%}"),
         ("all.nmi", "NMI", "{:.3f}"),
@@ -251,6 +252,32 @@ def _round_table(it: dict) -> str:
         for r in it["rounds"]
     ]
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _auto_k_sections(it: dict) -> list[str]:
+    """For each round whose k was chosen from the data: the evidence table and plot."""
+    out = []
+    for r in it["rounds"]:
+        path = os.path.join(r.get("labels", ""), "_auto_k.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            auto = json.load(f)
+        rows = "".join(
+            f"<tr><td>{t['k']}</td><td>{t['silhouette']:.4f}</td><td>{t['objective']:.4g}</td></tr>"
+            for t in auto["table"]
+        )
+        out += [
+            f"<h3>Round {r['round']}: k = {auto['k']} chosen from the embeddings</h3>",
+            f"<p>{html.escape(auto['rule'])}, on {auto['sample']} embeddings; "
+            f"the elbow of the objective would give {auto['elbow_k']}.</p>",
+            f"<table><tr><th>k</th><th>silhouette</th><th>objective</th></tr>{rows}</table>",
+            _img(
+                auto.get("plot") if os.path.isfile(auto.get("plot", "")) else None,
+                "silhouette per k",
+            ),
+        ]
+    return out
 
 
 def _img(path: str | None, caption: str) -> str:
@@ -301,6 +328,7 @@ def write_report(run: str, out: str | None = None, log_to_mlflow: bool = True) -
         "<p>NMI, reliable-label shares: analysis against true speakers only; never used by training.</p>",
         _img(figs["rounds"], "NMI and gate pass rate per round"),
         _img(figs["cluster_sizes"], "cluster sizes per round"),
+        *_auto_k_sections(it),
     ]
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"

@@ -18,6 +18,7 @@ class PretrainData:
 
     Args:
         data: a corpus folder (``--data DIR``); imported into manifests under the run folder.
+        allow_outside_paths: import audio the corpus folder's files name outside it.
         utterances / dialogues / dev_trials / test_trials: explicit manifests instead of ``data``.
         dialogue_truth: analysis only: table with ``dialogue_id, multi_speaker`` (generated corpora
             have one) to report how well rejection weights separate multi-speaker dialogues.
@@ -32,6 +33,7 @@ class PretrainData:
     """
 
     data: str | None = None
+    allow_outside_paths: bool = False
     utterances: str | None = None
     dialogues: str | None = None
     dev_trials: str | None = None

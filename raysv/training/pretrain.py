@@ -22,6 +22,7 @@ import yaml
 
 from raysv.config import to_dict
 from raysv.data import fs, ingest
+from raysv.data.holdout import training_rows
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ConfigError, ManifestError
@@ -42,10 +43,13 @@ def _manifests(cfg: PretrainConfig, out: str) -> dict:
     if d.data:
         from raysv.data.corpus import prepare_corpus
 
-        man, _ = prepare_corpus(d.data, os.path.join(out, "manifests"))
+        man, _ = prepare_corpus(
+            d.data, os.path.join(out, "manifests"), allow_outside=d.allow_outside_paths
+        )
         truth = os.path.join(d.data, "meta", "dialogues_truth.parquet")
         return {
             "utterances": man.utterances,
+            "train": man.train,
             "dialogues": man.dialogues,
             "dev_trials": man.trials.get("dev"),
             "test_trials": man.trials.get("test"),
@@ -53,6 +57,7 @@ def _manifests(cfg: PretrainConfig, out: str) -> dict:
         }
     return {
         "utterances": d.utterances,
+        "train": None,
         "dialogues": d.dialogues,
         "dev_trials": d.dev_trials,
         "test_trials": d.test_trials,
@@ -90,47 +95,79 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
     problems = Problems()
     utts = ingest.check_utterances(fs.read_table(man["utterances"]), man["utterances"], problems)
     problems.log_summary()
+    res: dict = {}
+    for split in ("dev", "test"):
+        if man[f"{split}_trials"]:
+            res[split] = _trial_inputs(man[f"{split}_trials"], utts, folder, split)
+    # Evaluation audio is never trained on: a corpus folder's training rows already
+    # leave out the trial speakers; any manifest loses the utterances trials name.
+    train_utts = utts
+    if man["train"]:
+        train_utts = ingest.check_utterances(fs.read_table(man["train"]), man["train"], problems)
+    train_utts, _ = training_rows(
+        train_utts,
+        [res[s]["trials"] for s in res],
+        man["train"] or man["utterances"],
+        what=f"Stage I ({cfg.data.mode} mode) training",
+    )
     if cfg.data.mode == "dialogue":
         if not man["dialogues"]:
             raise ManifestError(
                 "dialogue mode needs a dialogues table (data.dialogues, or dialogues.jsonl in the corpus folder)"
             )
         table = tdata.dialogue_table(
-            utts,
+            train_utts,
             fs.read_table(man["dialogues"]),
             cfg.data.utts_per_dialogue,
             cfg.data.short_dialogues,
         )
         unit = "dialogues"
     else:
-        table = tdata.utterance_table(utts)
+        table = tdata.utterance_table(train_utts)
         unit = "utterances"
     if cfg.train.batch_size > table.num_rows:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) is larger than the data ({table.num_rows} {unit})"
         )
-    res: dict = {"table": table, "unit": unit}
-    for split in ("dev", "test"):
-        if man[f"{split}_trials"]:
-            res[split] = _trial_inputs(man[f"{split}_trials"], utts, folder, split)
-    if man["truth"] and cfg.data.mode == "dialogue":
-        t = fs.read_table(man["truth"], ["dialogue_id", "multi_speaker"])
-        lookup = dict(
-            zip(
-                t.column("dialogue_id").to_pylist(),
-                t.column("multi_speaker").to_pylist(),
-                strict=True,
-            )
-        )
-        truth = np.array(
-            [bool(lookup.get(d, False)) for d in table.column("dialogue_id").to_pylist()]
-        )
-        res["truth"] = os.path.join(folder, "truth.npy")
-        np.save(res["truth"], truth)
+    res.update(
+        table=table,
+        unit=unit,
+        counts={
+            "train_utterances": train_utts.num_rows,
+            "held_out_utterances": utts.num_rows - train_utts.num_rows,
+        },
+    )
+    if cfg.data.mode == "dialogue":
+        # ANALYSIS ONLY (rejection AUC): which training dialogues mix speakers, from a
+        # generator's truth file or, failing that, from the manifest's speakers.
         drawn = dialogue_speakers(table, utts)
-        if drawn is not None:  # analysis only: which speakers each step's draw mixes
-            res["speakers"] = os.path.join(folder, "dialogue_speakers.npz")
-            np.savez(res["speakers"], flat=drawn[0], offsets=drawn[1])
+        truth = None
+        if man["truth"]:
+            t = fs.read_table(man["truth"], ["dialogue_id", "multi_speaker"])
+            lookup = dict(
+                zip(
+                    t.column("dialogue_id").to_pylist(),
+                    t.column("multi_speaker").to_pylist(),
+                    strict=True,
+                )
+            )
+            truth = np.array(
+                [bool(lookup.get(d, False)) for d in table.column("dialogue_id").to_pylist()]
+            )
+        elif drawn is not None:
+            flat, offsets = drawn
+            truth = np.array(
+                [
+                    len(np.unique(flat[a:b])) > 1
+                    for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+                ]
+            )
+        if truth is not None:
+            res["truth"] = os.path.join(folder, "truth.npy")
+            np.save(res["truth"], truth)
+            if drawn is not None:  # analysis only: which speakers each step's draw mixes
+                res["speakers"] = os.path.join(folder, "dialogue_speakers.npz")
+                np.savez(res["speakers"], flat=drawn[0], offsets=drawn[1])
     return res
 
 
@@ -360,6 +397,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         mlflow={"tracking_uri": tracking_uri, "run_id": run_id},
         seconds=round(time.monotonic() - t0, 1),
         out=out,
+        **inputs["counts"],
     )
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)

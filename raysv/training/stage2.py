@@ -20,11 +20,13 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
 from raysv.config import to_dict
 from raysv.data import fs, ingest
+from raysv.data.holdout import training_rows
 from raysv.data.problems import Problems
 from raysv.data.schema import conform
 from raysv.errors import ConfigError
@@ -96,7 +98,24 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
     utts = ingest.check_utterances(fs.read_table(d.utterances), d.utterances, problems)
     problems.log_summary()
     labels = conform(fs.read_table(d.labels), "pseudo_labels", d.labels)
-    table = tdata.labelled_table(labels, utts, d.labels)
+    res: dict = {}
+    for split in ("dev", "test"):
+        trials = getattr(d, f"{split}_trials")
+        if trials:
+            res[split] = _trial_inputs(trials, utts, folder, split)
+    # Evaluation audio is never trained on: labelled rows that a trial list names are dropped.
+    train_utts, held = training_rows(
+        utts, [res[s]["trials"] for s in res], d.utterances, what="Stage II training"
+    )
+    in_trials = pc.is_in(labels["utt_id"], held["utt_id"])
+    dropped = int(pc.sum(pc.and_(in_trials, labels["kept"])).as_py() or 0)
+    if dropped:
+        log.warning(
+            "%s: %d labelled utterances are named by the dev/test trials; not trained on",
+            d.labels,
+            dropped,
+        )
+    table = tdata.labelled_table(labels.filter(pc.invert(in_trials)), train_utts, d.labels)
     n_classes = int(table.column("label").to_numpy().max()) + 1
     if n_classes < 2:
         raise ConfigError(f"{d.labels}: the kept pseudo labels form {n_classes} class; need >= 2")
@@ -105,11 +124,11 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
             f"train.batch_size ({cfg.train.batch_size}) is larger than the data "
             f"({table.num_rows} labelled utterances)"
         )
-    res: dict = {"table": table, "n_classes": n_classes}
-    for split in ("dev", "test"):
-        trials = getattr(d, f"{split}_trials")
-        if trials:
-            res[split] = _trial_inputs(trials, utts, folder, split)
+    res.update(
+        table=table,
+        n_classes=n_classes,
+        counts={"train_utterances": table.num_rows, "held_out_utterances": held.num_rows},
+    )
     if d.analysis:
         truth = true_labels(table, utts)
         if truth is not None:

@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 
 from raysv.environment import check_environment, required_pins
+from tests.conftest import write_empty_manifest
 
 
 def _run(args, tmp_path, shadow: str | None = None):
@@ -39,6 +40,7 @@ def test_raysv_pins_torch_and_torchaudio_as_one_release():
 def test_a_broken_torchaudio_is_one_line_naming_both_versions(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")
+    write_empty_manifest(tmp_path / "m.parquet")  # exists: the next check is the environment
     r = _run(
         ["-m", "raysv.cli", "embed", "--manifest", "m.parquet", "--out", "out"],
         tmp_path,

@@ -122,6 +122,65 @@ def test_simclr_mode(tiny_corpus, tmp_path, ray_local, capsys):
         "train.batch_size=8",
     )
     assert s["epochs"] == 1 and "rej_w_mean" not in s["history"][0]
+    # Evaluation audio is never trained on: the training shards hold no utterance of a
+    # dev/test speaker (which speakers those are: the generator's split, analysis only).
+    import pyarrow.parquet as pq
+
+    splits = pq.read_table(os.path.join(tiny_corpus, "meta", "speakers.parquet")).to_pydict()
+    held = {
+        spk
+        for spk, split in zip(splits["speaker"], splits["split"], strict=True)
+        if split != "train"
+    }
+    trained = pq.read_table(os.path.join(s["out"], "inputs", "train")).column("path").to_pylist()
+    assert trained and not any(p.split(os.sep)[-3] in held for p in trained)
+    n_train = sum(
+        len(files)
+        for spk, split in zip(splits["speaker"], splits["split"], strict=True)
+        if split == "train"
+        for _, _, files in os.walk(os.path.join(tiny_corpus, "wav", spk))
+    )
+    assert len(trained) == s["train_utterances"] == n_train
+    assert s["held_out_utterances"] > 0
+
+
+def test_a_trial_file_left_in_a_training_manifest_is_not_trained_on(tiny_corpus, tmp_path, caplog):
+    """Explicit manifests (no corpus folder): the utterances the trials name are dropped."""
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from raysv.data.corpus import prepare_corpus
+
+    man, _ = prepare_corpus(tiny_corpus, str(tmp_path / "man"))
+    utts = pq.read_table(man.utterances)  # every utterance, trial ones included
+    trials = {s: os.path.join(tiny_corpus, "trials", f"{s}.txt") for s in ("dev", "test")}
+    cfg = _cfg(
+        tmp_path,
+        None,
+        data={
+            "utterances": man.utterances,
+            "mode": "utterance",
+            "dev_trials": trials["dev"],
+            "test_trials": trials["test"],
+        },
+        loss={"name": "ntxent", "rejection": {"enabled": False}},
+    )
+    named = set()
+    for uri in trials.values():
+        with open(uri) as f:
+            named |= {x.rsplit(".", 1)[0] for line in f for x in line.split()[1:]}
+    assert named <= set(utts["utt_id"].to_pylist())
+    with caplog.at_level(logging.INFO, logger="raysv"):
+        inputs = prepare_inputs(cfg)
+    trained = set(inputs["table"].column("utt_id").to_pylist())
+    assert trained and not trained & named
+    assert trained == set(utts["utt_id"].to_pylist()) - named
+    assert inputs["counts"]["held_out_utterances"] == len(named)
+    assert any(
+        "held out for evaluation" in r.getMessage() and f"; {len(named)} held out" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def _cfg(tmp_path, corpus, **over):
