@@ -615,6 +615,8 @@ def _demo_human(s: dict) -> str:
     for r in s.get("stage2", {}).get("rounds", []):
         if r.get("k_auto"):
             lines.append(f"round {r['round']}: k = {r['k']} chosen from the embeddings")
+    if s.get("stage2", {}).get("reference_skipped"):
+        lines.append(f"no supervised reference: {s['stage2']['reference_skipped']}")
     for stage, row in s["results"].items():
         name = names.get(stage, stage.replace("round", "Stage II round "))
         for split in ("dev", "test"):

@@ -22,10 +22,12 @@ class ManifestError(RaysvError):
 class AudioError(RaysvError):
     """An audio file is missing, unreadable, empty, or holds non-finite samples."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, kind: str | None = None):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        # The problem kind (raysv.data.problems.KINDS), chosen where it is detected.
+        self.kind = kind or "unreadable_audio"
 
 
 class DivergedError(RaysvError, FloatingPointError):

@@ -7,6 +7,7 @@ Waveforms are float32 mono numpy arrays in [-1, 1] at ``TARGET_SR``.
 from __future__ import annotations
 
 import io as _io
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,21 +59,24 @@ def _open(path: str):
         with fs.open_input(path) as f:
             return _io.BytesIO(f.read())
     except ManifestError as exc:
-        raise AudioError(path, "file does not exist or cannot be opened") from exc
+        raise AudioError(path, "file does not exist or cannot be opened", "missing_file") from exc
 
 
 def info(path: str) -> AudioInfo:
     """Read the header of ``path``. Raises AudioError if missing, unreadable or empty."""
+    local = fs.resolve(path)[1] if fs.is_local(path) else None
+    if local and os.path.isfile(local) and os.path.getsize(local) == 0:
+        raise AudioError(path, "empty file (0 bytes)", "empty_audio")
     try:
         meta = sf.info(_open(path))
     except FileNotFoundError as exc:
-        raise AudioError(path, "file does not exist") from exc
+        raise AudioError(path, "file does not exist", "missing_file") from exc
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         if fs.is_local(path) and not fs.exists(path):
-            raise AudioError(path, "file does not exist") from exc
+            raise AudioError(path, "file does not exist", "missing_file") from exc
         raise AudioError(path, f"unreadable audio ({exc})") from exc
     if meta.frames <= 0:
-        raise AudioError(path, "empty audio (0 samples)")
+        raise AudioError(path, "empty audio (0 samples)", "empty_audio")
     if meta.samplerate <= 0:
         raise AudioError(path, f"invalid sample rate {meta.samplerate}")
     return AudioInfo(
@@ -110,7 +114,7 @@ def read(
             f.seek(min(start, f.frames))
             data = f.read(max(0, stop - start), dtype="float32", always_2d=True)
     except FileNotFoundError as exc:
-        raise AudioError(path, "file does not exist") from exc
+        raise AudioError(path, "file does not exist", "missing_file") from exc
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(path, f"unreadable audio ({exc})") from exc
     return _finish(data, sr, path, target_sr)
@@ -148,7 +152,7 @@ def read_crop(
             f.seek(seg_start + off)
             data = f.read(want, dtype="float32", always_2d=True)
     except FileNotFoundError as exc:
-        raise AudioError(path, "file does not exist") from exc
+        raise AudioError(path, "file does not exist", "missing_file") from exc
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(path, f"unreadable audio ({exc})") from exc
     return _finish(data, sr, path, target_sr)
@@ -156,11 +160,11 @@ def read_crop(
 
 def _finish(data: np.ndarray, sr: int, path: str, target_sr: int) -> np.ndarray:
     if data.shape[0] == 0:
-        raise AudioError(path, "empty audio (0 samples in the requested range)")
+        raise AudioError(path, "empty audio (0 samples in the requested range)", "empty_audio")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         bad = int((~np.isfinite(mono)).sum())
-        raise AudioError(path, f"{bad} NaN/inf samples")
+        raise AudioError(path, f"{bad} NaN/inf samples", "bad_samples")
     return resample(np.ascontiguousarray(mono, dtype=np.float32), sr, target_sr)
 
 
@@ -173,12 +177,12 @@ def scan_samples(path: str, block: int = 1 << 16) -> None:
                 finite = np.isfinite(chunk)
                 if not finite.all():
                     row = int(np.argwhere(~finite)[0][0])
-                    raise AudioError(path, f"NaN/inf sample at frame {pos + row}")
+                    raise AudioError(path, f"NaN/inf sample at frame {pos + row}", "bad_samples")
                 pos += chunk.shape[0]
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(path, f"unreadable audio ({exc})") from exc
     if pos == 0:
-        raise AudioError(path, "empty audio (0 samples)")
+        raise AudioError(path, "empty audio (0 samples)", "empty_audio")
 
 
 def each_readable(rows, make) -> tuple[list[int], list, list[tuple[int, AudioError]]]:

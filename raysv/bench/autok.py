@@ -37,16 +37,37 @@ def run(quick: bool = False) -> dict:
 
     speakers = int(os.environ.get("RAYSV_BENCH_AUTOK_SPEAKERS", "40"))
     seeds = [0] if quick else [0, 1, 2]
-    root = os.path.abspath(os.path.join("runs", "bench_autok"))
+    if os.environ.get("RAYSV_BENCH_AUTOK_SEEDS"):  # e.g. "0,1": fewer seeds, a partial table
+        seeds = [int(v) for v in os.environ["RAYSV_BENCH_AUTOK_SEEDS"].split(",")]
+    root = os.path.abspath(os.path.join("runs", "bench_autok" + ("_quick" if quick else "")))
     rows = []
     for seed in seeds:
         base = DemoConfig()
         synth = replace(base.synth, train_speakers=speakers, seed=seed)
-        if quick:
-            synth = replace(
-                synth, train_speakers=4, dev_speakers=3, test_speakers=3, utts_per_speaker=6
-            )
+        if quick:  # the pipeline's plumbing in a few minutes, not a measurement
             speakers = 4
+            synth = replace(
+                synth,
+                train_speakers=4,
+                dev_speakers=3,
+                test_speakers=3,
+                utts_per_speaker=8,
+                trials_per_split=40,
+            )
+            base = replace(
+                base,
+                pretrain=replace(
+                    base.pretrain, train=replace(base.pretrain.train, epochs=1, batch_size=4)
+                ),
+                stage2=replace(
+                    base.stage2,
+                    rounds=1,
+                    train=replace(
+                        base.stage2.train,
+                        train=replace(base.stage2.train.train, epochs=2, batch_size=8),
+                    ),
+                ),
+            )
         out = os.path.join(root, f"spk{speakers}_seed{seed}")
         stage2 = replace(base.stage2, reference=False)
         cfg = replace(base, out=out, synth=synth, stage2=stage2, report=False)

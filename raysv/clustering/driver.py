@@ -108,23 +108,55 @@ def start_shards(
     return [actor_cls.remote(group, normalise, threads, use_gpu) for group in groups]
 
 
-def choose_k_from(embeddings: str, out: str, seed: int = 1) -> dict:
+def choose_k_from(embeddings: str, out: str, seed: int = 1, sample: int = 8000) -> dict:
     """Choose k from the embeddings in ``embeddings`` (:mod:`raysv.clustering.auto_k`).
 
-    Reads a sample of at most 8000 rows on the driver; writes the evidence
-    ``_auto_k.json`` (table of k, silhouette, objective) and ``_auto_k.png``
-    under ``out`` and reuses the JSON on a rerun.
+    Reads a seeded sample of at most ``sample`` rows on the driver (each file
+    contributes in proportion to its rows; only the sampled rows are kept in
+    memory); writes the evidence ``_auto_k.json`` (table of k, silhouette,
+    objective) and ``_auto_k.png`` under ``out``. A rerun reuses the JSON only
+    when it was made from the same embeddings (path and row count) and seed.
     """
+    import pyarrow.parquet as pq
+
     from raysv.clustering import auto_k
 
+    out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "_auto_k.json")
+    files = embedding_files(embeddings)
+    counts = [
+        pq.ParquetFile(fs.resolve(f)[1]).metadata.num_rows
+        if fs.is_local(f)
+        else fs.read_table(f, ["utt_id"]).num_rows
+        for f in files
+    ]
+    n = int(sum(counts))
+    source = {
+        "embeddings": os.path.abspath(embeddings) if fs.is_local(embeddings) else embeddings,
+        "rows": n,
+        "seed": seed,
+    }
     if os.path.isfile(path):
         with open(path) as f:
-            return json.load(f)
-    table = pa.concat_tables(fs.read_table(f, ["embedding"]) for f in embedding_files(embeddings))
-    x = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32)
-    res = auto_k.choose_k(x.reshape(table.num_rows, -1), seed=seed)
+            done = json.load(f)
+        if done.get("source") == source:
+            return done
+    if n == 0:
+        raise ManifestError(f"{embeddings}: no embeddings to choose k from")
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(n, min(n, sample), replace=False))
+    parts, start = [], 0
+    for f, c in zip(files, counts, strict=True):
+        rows = take[(take >= start) & (take < start + c)] - start
+        start += c
+        if rows.size:
+            col = fs.read_table(f, ["embedding"]).column("embedding").take(pa.array(rows))
+            parts.append(
+                np.asarray(col.combine_chunks().flatten(), np.float32).reshape(rows.size, -1)
+            )
+    res = auto_k.choose_k(np.concatenate(parts), seed=seed, sample=sample)
+    res["source"] = source
     res["plot"] = auto_k.plot(res, os.path.join(out, "_auto_k.png"))
     log.info(
         "k chosen from the data: %d (best silhouette over k = %s; elbow of the objective: %s)",

@@ -70,29 +70,45 @@ class Manifests:
         }
 
 
-def fingerprint(data_dir: str) -> str:
-    """sha256 over (relative path, size, mtime) of every file under ``data_dir`` but ``meta/``.
+def fingerprint(data_dir: str, skip: tuple[str, ...] = ()) -> str:
+    """sha256 over (relative path, size, mtime) of every file under ``data_dir``.
 
-    Cheap (one ``stat`` per file, no reads); a changed, added, removed or
-    touched file changes it.
+    Leaves out ``meta/`` and the folders in ``skip`` (e.g. a run folder inside
+    DIR). Cheap (one ``stat`` per file, no reads); a changed, added, removed or
+    touched file changes it. Symlinked folders are followed once (loops are cut).
     """
     h = hashlib.sha256(f"format {IMPORT_FORMAT}\n".encode())
     base = os.path.abspath(data_dir)
+    real_base = os.path.realpath(base)
+    skipped = {os.path.realpath(os.path.join(base, "meta"))} | {
+        r  # a skip folder that holds DIR itself would hide everything: ignored
+        for r in (os.path.realpath(p) for p in skip)
+        if os.path.commonpath([r, real_base]) != r
+    }
+    seen: set[str] = set()
 
     def walk(folder: str) -> None:
+        real = os.path.realpath(folder)
+        if real in seen or real in skipped:
+            return
+        seen.add(real)
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
-            rel = os.path.relpath(e.path, base)
             if e.is_dir(follow_symlinks=True):
-                if rel != "meta":
-                    walk(e.path)
+                walk(e.path)
             elif e.is_file(follow_symlinks=True):
                 st = e.stat(follow_symlinks=True)
+                rel = os.path.relpath(e.path, base)
                 h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
 
     walk(base)
     return h.hexdigest()
+
+
+def _key(path: str) -> str:
+    """Identity of an audio file across how it is written (symlinks, ``..``, ``file://``)."""
+    return os.path.realpath(fs.resolve(path)[1]) if fs.is_local(path) else path
 
 
 def _outside(path: str, data_dir: str) -> bool:
@@ -122,7 +138,7 @@ def _list_file(path: str, data_dir: str, problems: Problems) -> list[ingest.Cand
         if not rel or rel.startswith("#"):
             continue
         full = rel if ("://" in rel or os.path.isabs(rel)) else os.path.join(data_dir, rel)
-        uid = rel if _outside(full, data_dir) else _relative_id(full, data_dir)
+        uid = os.path.splitext(rel)[0] if _outside(full, data_dir) else _relative_id(full, data_dir)
         out.append(ingest.Candidate(utt_id=uid, path=full, where=f"{path}:{lineno}"))
     return out
 
@@ -145,7 +161,7 @@ def _candidates(
         ]
         cands += found
         sources["unlabeled"] = len(found)
-    by_path = {os.path.abspath(c.path): c for c in cands}
+    by_path = {_key(c.path): c for c in cands}
     named: list[ingest.Candidate] = []
     lst = os.path.join(data_dir, "unlabeled.txt")
     if os.path.isfile(lst):
@@ -163,7 +179,7 @@ def _candidates(
                 "(pass --allow-outside-paths to import it)",
             )
             continue
-        key = os.path.abspath(cand.path) if fs.is_local(cand.path) else cand.path
+        key = _key(cand.path)
         known = by_path.get(key)
         if known is None:
             if fs.is_local(cand.path) and cand.path.lower().endswith(
@@ -240,7 +256,9 @@ def prepare_corpus(
             if os.path.isfile(os.path.join(data_dir, "trials", f"{s}.txt"))
         },
     )
-    fp = fingerprint(data_dir)
+    # The run folder (out_dir's parent: <run>/manifests) may sit inside DIR: what the
+    # run writes there is not the corpus.
+    fp = fingerprint(data_dir, skip=(out_dir, os.path.dirname(os.path.abspath(out_dir))))
     old = _read_summary(summary_path)
     if not force and old is not None:
         if old.get("fingerprint") == fp and old.get("allow_outside", False) == allow_outside:
@@ -276,6 +294,7 @@ def prepare_corpus(
     mask = held_out_mask(utts, named, by_speaker=True)
     train, held = utts.filter(pc.invert(mask)), utts.filter(mask)
     if train.num_rows == 0:
+        problems.log_summary()  # e.g. every listed path refused: say why first
         raise ManifestError(
             f"{data_dir}: every utterance belongs to a trial speaker; nothing left to train on "
             f"(put training audio under unlabeled/ or name it in dialogues.jsonl)"
@@ -312,3 +331,22 @@ def prepare_corpus(
     )
     _write_json(summary, summary_path)
     return man, {**summary, "reused": False}
+
+
+def refuse_stale(summary: dict, run_dir: str, outputs: tuple[str, ...]) -> None:
+    """Refuse to go on in ``run_dir`` when the corpus was just imported again over results.
+
+    ``summary`` is :func:`prepare_corpus`'s; ``outputs`` are the run folder's
+    result paths (relative) that later steps would reuse. Results made from the
+    old import must not be mixed with the new one (a stale embedding pool, for
+    one, could still hold audio the new import holds out).
+    """
+    if summary.get("reused", True):
+        return
+    found = [o for o in outputs if os.path.exists(os.path.join(run_dir, o))]
+    if found:
+        raise ManifestError(
+            f"{summary['data']}: the corpus changed since {run_dir} was started, and "
+            f"{os.path.join(run_dir, found[0])} was made from the old import; use a new --out "
+            f"(or remove {', '.join(found)} there to redo those steps)"
+        )

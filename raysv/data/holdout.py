@@ -54,12 +54,13 @@ def training_rows(
     trial_uris: Iterable[str | None],
     source: str,
     by_speaker: bool = False,
-    what: str = "training",
+    what: str | None = "training",
 ) -> tuple[pa.Table, pa.Table]:
     """Split ``utts`` into ``(train, held_out)`` by the trial lists ``trial_uris``.
 
-    Logs "training on N utterances; M held out for evaluation" and raises
-    ManifestError (naming ``source``) when nothing is left to train on.
+    Logs "<what> on N utterances; M held out for evaluation" (unless ``what``
+    is None: the caller logs what it trains on) and raises ManifestError
+    (naming ``source``) when nothing is left to train on.
     """
     mask = held_out_mask(utts, trial_utt_ids(trial_uris), by_speaker)
     train, held = utts.filter(pc.invert(mask)), utts.filter(mask)
@@ -69,5 +70,8 @@ def training_rows(
             + (" or of a trial speaker" if by_speaker else "")
             + "); nothing left to train on"
         )
-    log.info("%s on %d utterances; %d held out for evaluation", what, train.num_rows, held.num_rows)
+    if what:
+        log.info(
+            "%s on %d utterances; %d held out for evaluation", what, train.num_rows, held.num_rows
+        )
     return train, held

@@ -41,6 +41,8 @@ def read_checkpoint(path: str) -> tuple[dict, dict[str, Any]]:
         # call anything else (os.system, ...) is refused, never run.
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # a corrupt file, not a refused object
+            raise ConfigError(f"{path}: not a readable torch checkpoint (corrupt pickle)") from exc
         raise ConfigError(
             f"{path}: refused: the checkpoint holds more than tensors and plain values "
             "(only raysv encoder checkpoints load; nothing in it was run)"

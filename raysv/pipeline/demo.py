@@ -4,7 +4,8 @@
 2. import it into Parquet manifests,
 3. embed every utterance with the training-free baseline on Ray Data and
    score the dev and test trials (the reference a trained encoder must beat),
-4. Stage I: contrastive pretraining on the dialogues (``raysv pretrain``),
+4. Stage I: contrastive pretraining on the dialogues, or on utterances
+   (SimCLR) when the corpus has none (``raysv pretrain``),
 5. Stage II: rounds of embed -> k-means -> purify -> AAM-softmax with a loss
    gate -> evaluate (``raysv iterate``), optionally with a supervised
    reference trained on the true speakers (comparison only),
@@ -119,7 +120,7 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo pipeline; returns the summary (also written to ``out/summary.json``)."""
-    from raysv.data.corpus import prepare_corpus
+    from raysv.data.corpus import prepare_corpus, refuse_stale
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
     from raysv.evaluation.evaluate import evaluate
@@ -142,6 +143,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     manifests, ingest_summary = prepare_corpus(
         data, os.path.join(out, "manifests"), allow_outside=cfg.allow_outside_paths
     )
+    refuse_stale(ingest_summary, out, ("embeddings", "stage1", "stage2", "summary.json"))
     summary["ingest"] = ingest_summary
     if not manifests.trials:
         from raysv.errors import ManifestError
@@ -166,7 +168,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     }
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
     if cfg.stage1:
-        summary.update(_stages(cfg, data, out, tracking_uri, manifests.dialogues is not None))
+        dialogues = ingest_summary.get("dialogues", 0) > 0  # usable ones, not just the file
+        summary.update(_stages(cfg, data, out, tracking_uri, dialogues))
     summary["results"] = results_table(summary)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     with tracking.run(tracking_uri, cfg.experiment, "demo", params=to_dict(cfg)) as run_id:
@@ -252,7 +255,7 @@ def _stages(
         pdata = replace(cfg.pretrain.data, data=data, allow_outside_paths=cfg.allow_outside_paths)
         ploss = cfg.pretrain.loss
         if not dialogues and pdata.mode == "dialogue":
-            log.info("[5/6] no dialogues.jsonl in %s: Stage I trains on utterances (SimCLR)", data)
+            log.info("[5/6] no usable dialogues in %s: Stage I trains on utterances (SimCLR)", data)
             pdata = replace(pdata, mode="utterance")
             ploss = LossSpec(name="ntxent", temperature=0.1)
         pcfg = replace(

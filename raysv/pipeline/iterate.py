@@ -9,8 +9,9 @@ Round r = 1..R, starting from an encoder (Stage I's best model):
 3. embed the training pool and the trial utterances with the new encoder
    and score the test (and dev) trials.
 
-The training pool is every utterance of the manifest that no trial list
-names, so evaluation audio is never trained or clustered on.
+The training pool is every utterance of the manifest (of a corpus folder's
+training rows, which also leave out the trial speakers' other audio) that no
+trial list names, so evaluation audio is never trained or clustered on.
 
 Every step writes under ``<out>/round<r>/`` and is skipped when its output is
 complete; training resumes from its last Ray Train checkpoint. MLflow: one
@@ -183,11 +184,12 @@ def split_manifest(
 def _manifests(cfg: IterateConfig, out: str) -> tuple[str, dict[str, str], str | None]:
     """(all utterances, trials by split, training rows or None) of the run's data."""
     if cfg.data:
-        from raysv.data.corpus import prepare_corpus
+        from raysv.data.corpus import prepare_corpus, refuse_stale
 
-        man, _ = prepare_corpus(
+        man, imported = prepare_corpus(
             cfg.data, os.path.join(out, "manifests"), allow_outside=cfg.allow_outside_paths
         )
+        refuse_stale(imported, out, ("inputs", "round0", "round1", "reference", "summary.json"))
         return man.utterances, dict(man.trials), man.train
     if not cfg.utterances:
         raise ConfigError("give data (a corpus folder) or utterances (a manifest) to iterate on")

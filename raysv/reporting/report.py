@@ -259,7 +259,7 @@ def _auto_k_sections(it: dict) -> list[str]:
     out = []
     for r in it["rounds"]:
         path = os.path.join(r.get("labels", ""), "_auto_k.json")
-        if not os.path.isfile(path):
+        if not r.get("k_auto") or not os.path.isfile(path):
             continue
         with open(path) as f:
             auto = json.load(f)

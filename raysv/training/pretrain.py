@@ -41,11 +41,12 @@ def _manifests(cfg: PretrainConfig, out: str) -> dict:
             "no training data: give --data DIR (a corpus folder) or data.utterances in the config"
         )
     if d.data:
-        from raysv.data.corpus import prepare_corpus
+        from raysv.data.corpus import prepare_corpus, refuse_stale
 
-        man, _ = prepare_corpus(
+        man, imported = prepare_corpus(
             d.data, os.path.join(out, "manifests"), allow_outside=d.allow_outside_paths
         )
+        refuse_stale(imported, out, ("ray", "summary.json", "best_model.pt"))
         truth = os.path.join(d.data, "meta", "dialogues_truth.parquet")
         return {
             "utterances": man.utterances,
@@ -105,10 +106,7 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
     if man["train"]:
         train_utts = ingest.check_utterances(fs.read_table(man["train"]), man["train"], problems)
     train_utts, _ = training_rows(
-        train_utts,
-        [res[s]["trials"] for s in res],
-        man["train"] or man["utterances"],
-        what=f"Stage I ({cfg.data.mode} mode) training",
+        train_utts, [res[s]["trials"] for s in res], man["train"] or man["utterances"], None
     )
     if cfg.data.mode == "dialogue":
         if not man["dialogues"]:
@@ -122,9 +120,24 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
             cfg.data.short_dialogues,
         )
         unit = "dialogues"
+        used = int(pa.compute.sum(pa.compute.list_value_length(table["paths"])).as_py() or 0)
+        if used < train_utts.num_rows:
+            log.warning(
+                "Stage I in dialogue mode trains on the %d utterances of %d dialogues; "
+                "%d training utterances belong to no dialogue (Stage II uses them)",
+                used,
+                table.num_rows,
+                train_utts.num_rows - used,
+            )
     else:
         table = tdata.utterance_table(train_utts)
         unit = "utterances"
+        used = table.num_rows
+    log.info(
+        "Stage I training on %d utterances; %d held out for evaluation",
+        used,
+        utts.num_rows - train_utts.num_rows,
+    )
     if cfg.train.batch_size > table.num_rows:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) is larger than the data ({table.num_rows} {unit})"
@@ -133,7 +146,7 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
         table=table,
         unit=unit,
         counts={
-            "train_utterances": train_utts.num_rows,
+            "train_utterances": used,
             "held_out_utterances": utts.num_rows - train_utts.num_rows,
         },
     )

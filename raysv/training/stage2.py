@@ -104,9 +104,7 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
         if trials:
             res[split] = _trial_inputs(trials, utts, folder, split)
     # Evaluation audio is never trained on: labelled rows that a trial list names are dropped.
-    train_utts, held = training_rows(
-        utts, [res[s]["trials"] for s in res], d.utterances, what="Stage II training"
-    )
+    train_utts, held = training_rows(utts, [res[s]["trials"] for s in res], d.utterances, None)
     in_trials = pc.is_in(labels["utt_id"], held["utt_id"])
     dropped = int(pc.sum(pc.and_(in_trials, labels["kept"])).as_py() or 0)
     if dropped:
@@ -116,6 +114,11 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
             dropped,
         )
     table = tdata.labelled_table(labels.filter(pc.invert(in_trials)), train_utts, d.labels)
+    log.info(
+        "Stage II training on %d labelled utterances; %d named by trials held out",
+        table.num_rows,
+        held.num_rows,
+    )
     n_classes = int(table.column("label").to_numpy().max()) + 1
     if n_classes < 2:
         raise ConfigError(f"{d.labels}: the kept pseudo labels form {n_classes} class; need >= 2")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from raysv.data.corpus import prepare_corpus
+from raysv.data.corpus import prepare_corpus, refuse_stale
 from raysv.errors import ManifestError
 from tests.conftest import write_wav
 
@@ -56,6 +56,9 @@ def user_corpus(root) -> dict:
     Path(root, "unlabeled", "voice.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")
     Path(root, "unlabeled", "empty.wav").write_bytes(b"")
     Path(root, "unlabeled", "corrupt.wav").write_bytes(b"RIFF....garbage" * 10)
+    # A folder name that says "empty" must not make a corrupt file count as empty.
+    Path(root, "unlabeled", "empty_room").mkdir()
+    Path(root, "unlabeled", "empty_room", "mic1.wav").write_bytes(b"RIFF....garbage" * 10)
     # Outside the folder: must be refused unless opted in.
     _audio(os.path.join(os.path.dirname(root), "elsewhere.wav"), seed=13)
     lines = [
@@ -114,7 +117,7 @@ def test_training_audio_anywhere_and_trial_speakers_held_out(tmp_path):
     # Bad files are skipped, counted and named; nothing else is lost.
     assert s["skipped"]["unsupported_format"] == 1
     assert s["skipped"]["outside_corpus"] == 1
-    assert s["skipped"]["empty_audio"] + s["skipped"]["unreadable_audio"] == 2
+    assert s["skipped"]["empty_audio"] == 1 and s["skipped"]["unreadable_audio"] == 2
     skipped = [json.loads(x) for x in (tmp_path / "man" / "skipped.jsonl").read_text().splitlines()]
     m4a = next(p for p in skipped if p["kind"] == "unsupported_format")
     assert m4a["where"].endswith("voice.m4a") and "ffmpeg -i" in m4a["message"]
@@ -187,3 +190,33 @@ def test_a_list_file_names_training_audio_anywhere_in_the_folder(tmp_path):
     assert s["skipped"] == {"missing_file": 1, "outside_corpus": 1}
     skipped = [json.loads(x) for x in (tmp_path / "man" / "skipped.jsonl").read_text().splitlines()]
     assert any(p["where"].endswith("unlabeled.txt:6") for p in skipped)
+
+
+def test_results_of_an_old_import_are_not_mixed_with_a_new_one(tmp_path):
+    data = tmp_path / "corpus"
+    user_corpus(data)
+    run = tmp_path / "run"
+    _, s = prepare_corpus(str(data), str(run / "manifests"))
+    refuse_stale(s, str(run), ("stage1",))  # a fresh run folder: nothing to mix
+    (run / "stage1").mkdir()
+    _, s = prepare_corpus(str(data), str(run / "manifests"))
+    refuse_stale(s, str(run), ("stage1",))  # unchanged corpus: its results stand
+    _audio(str(data / "unlabeled" / "late.wav"), seed=5)
+    _, s = prepare_corpus(str(data), str(run / "manifests"))
+    with pytest.raises(ManifestError, match=r"corpus changed since .*stage1 was made from the old"):
+        refuse_stale(s, str(run), ("stage1",))
+
+
+def test_a_run_folder_inside_the_corpus_does_not_change_its_fingerprint(tmp_path):
+    data = tmp_path / "corpus"
+    user_corpus(data)
+    out = data / "runs" / "demo" / "manifests"
+    prepare_corpus(str(data), str(out))
+    (data / "runs" / "demo" / "stage1.log").write_text("results written after the import")
+    _, again = prepare_corpus(str(data), str(out))
+    assert again["reused"] is True  # what the run writes is not the corpus
+    # A run folder that is DIR itself can't hide DIR: a new file is still seen.
+    _, own = prepare_corpus(str(data), str(data / "manifests"))
+    _audio(str(data / "unlabeled" / "late.wav"), seed=5)
+    _, changed = prepare_corpus(str(data), str(data / "manifests"))
+    assert own["reused"] is False and changed["reused"] is False

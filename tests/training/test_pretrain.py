@@ -260,9 +260,19 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
     for p in bad:
         with open(p, "wb") as f:
             f.write(b"RIFF gone bad")
+    # Train from the import's manifests: `--data corpus` would see the folder changed
+    # and import it again, skipping the bad files before training.
+    data = []
+    for key, value in (
+        ("utterances", man.utterances),
+        ("dialogues", man.dialogues),
+        ("dev_trials", man.trials["dev"]),
+        ("test_trials", man.trials["test"]),
+    ):
+        data += ["--set", f"data.{key}={value}"]
 
     code = main(
-        ["pretrain", "--config", SMOKE, "--data", corpus, "--out", out]
+        ["pretrain", "--config", SMOKE, *data, "--out", out]
         + ["--set", "train.max_failures=1"]  # one restart, which must stop at once
     )
     err = capsys.readouterr().err
@@ -281,7 +291,7 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
     # the same command, nothing fixed: the counts come back from the checkpoint and the
     # run stops before any step, keeping its checkpoint
     code = main(
-        ["pretrain", "--config", SMOKE, "--data", corpus, "--out", out, "-q"]
+        ["pretrain", "--config", SMOKE, *data, "--out", out, "-q"]
         + ["--set", "train.max_failures=0"]  # (restarts would stop the same way)
     )
     err = capsys.readouterr().err
@@ -290,7 +300,7 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
         os.path.getmtime(os.path.join(r, "state.pt")) for r, _, f in os.walk(out) if "state.pt" in f
     ] == [stamp]
 
-    s = _run(capsys, "--data", corpus, "--out", out, "--set", "train.max_unreadable_share=0.5")
+    s = _run(capsys, *data, "--out", out, "--set", "train.max_unreadable_share=0.5")
     assert s["history"][:1] == epoch0 and s["history"][1]["epoch"] == 1  # resumed at epoch 1
     assert s["unreadable_rows"] > epoch0[0]["unreadable_rows"]  # earlier counts included
     assert 0.2 < s["unreadable_share"] < 0.5 and 1 <= s["unreadable_files"] <= len(bad)
