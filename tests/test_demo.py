@@ -178,11 +178,8 @@ def _user_layout(src: str, dst: str, with_dialogues: bool) -> dict:
     return {"train": n_train, "held_out": len(new_path) - n_train}
 
 
-@pytest.mark.parametrize(
-    "with_dialogues",
-    [True, pytest.param(False, marks=pytest.mark.slow)],
-    ids=["dialogues", "utterances-only"],
-)
+@pytest.mark.slow  # ~3-5 min each on 2 cores; .ci/run runs both as its second step
+@pytest.mark.parametrize("with_dialogues", [True, False], ids=["dialogues", "utterances-only"])
 def test_demo_on_a_users_unlabeled_corpus(tmp_path, ray_local, tiny_corpus, capsys, with_dialogues):
     """`raysv demo --data` on training audio with random names outside speaker folders."""
     data = str(tmp_path / "corpus")
