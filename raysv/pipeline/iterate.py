@@ -46,7 +46,7 @@ class Schedule:
     """Per-round settings; round r uses entry r-1, the last entry repeats.
 
     ``k``: clusters, or ``auto``: chosen from that round's embeddings
-    (:mod:`raysv.clustering.auto_k`: best silhouette over a grid; table and plot
+    (:mod:`raysv.clustering.auto_k`: silhouette over a grid; table and plot
     in the round's ``labels/_auto_k.*``); ``drop_fraction`` / ``min_cluster_size``:
     purification p and S;
     ``tau``: the LGL threshold (the LGL paper's 1, 3, 3, 5, 6).
