@@ -347,6 +347,11 @@ def _evaluate_human(s: dict) -> str:
         f"EER {s['eer']:.2f}%  minDCF(0.01) {s['min_dcf_0.01']:.3f}  minDCF(0.05) {s['min_dcf_0.05']:.3f}  "
         f"({s['n_target']} target / {s['n_nontarget']} non-target trials)"
     ]
+    if "merge_threshold" in s:
+        lines.append(
+            f"merge threshold for automatic k: {s['merge_threshold']:.4f} (from dev trials: "
+            f"raysv cluster --k auto --merge-threshold)"
+        )
     lines += [f"warning: {p}" for p in s["skipped_examples"]]
     return "\n".join(lines)
 
@@ -365,14 +370,22 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--k",
         type=_k_value,
-        help="number of clusters, or auto: chosen from the embeddings (best silhouette "
-        "over a grid; evidence in OUT/_auto_k.json and .png)",
+        help="number of clusters, or auto: chosen from the embeddings (merging down to "
+        "--merge-threshold, else by the silhouette; evidence in OUT/_auto_k.json and .png)",
     )
     which.add_argument(
         "--elbow",
         type=_int_list,
         metavar="K1,K2,...",
         help="instead of clustering: the objective for each k (table, plot, suggested k)",
+    )
+    p.add_argument(
+        "--merge-threshold",
+        type=float,
+        metavar="COSINE",
+        help="with --k auto: merge groups while their mean cosine similarity is at least this "
+        "(raysv evaluate on the dev trials, plain cosine, prints it); without it, k is the "
+        "silhouette rule's, which under-clusters weak embeddings",
     )
     p.add_argument("--iterations", type=int, default=20, help="at most this many (default 20)")
     p.add_argument(
@@ -486,6 +499,7 @@ def _cluster(a: argparse.Namespace) -> dict:
             round_=a.round,
             manifest=a.manifest,
             plots=True,
+            merge_threshold=a.merge_threshold,
         )
     if not a.no_tracking:
         from raysv.tracking.mlflow_tracking import default_tracking_uri
@@ -526,11 +540,18 @@ def _cluster_human(s: dict) -> str:
     ]
     if s.get("auto_k"):
         auto = s["auto_k"]
-        lines.append(
-            f"k = {auto['k']} chosen from the embeddings: best silhouette over k = "
-            + ", ".join(f"{r['k']} ({r['silhouette']:.3f})" for r in auto["table"])
-            + f"; plot {auto['plot']}"
-        )
+        if auto.get("method") == "merge":
+            curve = ", ".join(f"{r['threshold']:.3f}: {r['k']}" for r in auto["table"][::4])
+            lines.append(
+                f"k = {auto['k']} chosen from the embeddings: {auto['rule']} "
+                f"(k at other thresholds: {curve}); plot {auto['plot']}"
+            )
+        else:
+            lines.append(
+                f"k = {auto['k']} chosen from the embeddings: best silhouette over k = "
+                + ", ".join(f"{r['k']} ({r['silhouette']:.3f})" for r in auto["table"])
+                + f"; plot {auto['plot']}"
+            )
     for part, r in s.get("analysis", {}).items():
         if isinstance(r, dict):
             lines.append(

@@ -115,6 +115,7 @@ def test_synth_ingest_evaluate_roundtrip(tmp_path, capsys):
     )
     r = json.loads(capsys.readouterr().out)
     assert 0 <= r["eer"] <= 100 and r["n_target"] + r["n_nontarget"] == 12
+    assert -1 <= r["merge_threshold"] <= 1  # plain cosine: automatic k's threshold is given
     assert (
         main(
             [
@@ -134,7 +135,8 @@ def test_synth_ingest_evaluate_roundtrip(tmp_path, capsys):
         )
         == 0
     )
-    assert "EER" in capsys.readouterr().out
+    human = capsys.readouterr().out
+    assert "EER" in human and "merge threshold" not in human  # centred + AS-norm: not cosine
     assert main(["evaluate", "--trials", str(tmp_path / "none.txt"), "--embeddings", emb]) == 2
     assert "none.txt" in capsys.readouterr().err
 

@@ -206,9 +206,12 @@ def test_demo_on_a_users_unlabeled_corpus(tmp_path, ray_local, tiny_corpus, caps
     assert s["stage2"]["train_utterances"] == counts["train"]
     # k came from the data, with its evidence beside the labels.
     r1 = s["stage2"]["rounds"][0]
-    assert r1["k_auto"] is True and 2 <= r1["k"] <= counts["train"] // 5
+    assert r1["k_auto"] is True and 2 <= r1["k"] <= counts["train"] // 3
     auto = json.loads(Path(r1["labels"], "_auto_k.json").read_text())
     assert auto["k"] == r1["k"] and len(auto["table"]) >= 3
+    # merged down to the threshold calibrated on the dev trials of the same encoder
+    dev = json.loads(Path(out, "stage2", "round0", "embeddings", "_scores.json").read_text())["dev"]
+    assert auto["method"] == "merge" and auto["threshold"] == dev["merge_threshold"]
     assert os.path.isfile(os.path.join(r1["labels"], "_auto_k.png"))
     assert "chosen from the embeddings" in Path(s["report"]).read_text()
     assert 0 <= s["results"]["round1"]["test"]["eer"] <= 100

@@ -50,13 +50,18 @@ def init_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_run(tiny_corpus, init_ckpt, tmp_path_factory, ray_local):
+    """The smoke config with round 1's k chosen from the data (round 2: k = 6)."""
     out = str(tmp_path_factory.mktemp("it") / "full")
     import io
     from contextlib import redirect_stdout
 
+    cfg = Path(out).parent / "auto_then_6.yaml"
+    cfg.write_text(Path(SMOKE).read_text().replace("k: [6]", "k: [auto, 6]"))
     buf = io.StringIO()
     with redirect_stdout(buf):
-        code = main([*_argv(tiny_corpus, init_ckpt, out), "--json"])
+        argv = _argv(tiny_corpus, init_ckpt, out)
+        argv[argv.index(SMOKE)] = str(cfg)
+        code = main([*argv, "--json"])
     assert code == 0
     return out, cli_json(buf.getvalue())
 
@@ -76,6 +81,15 @@ def test_two_rounds_report_eer_nmi_and_gate_per_round(full_run):
             assert key in r, key
         assert 0 < r["kept_share"] <= 1 and r["clusters"] >= 2
     assert s["rounds"][1]["gate.gate_tau"] == 4.0  # the schedule's tau for round 2
+    # Round 1's k came from merging down to the dev trials' threshold; round 2's was given.
+    r1, r2 = s["rounds"]
+    assert r1["k_auto"] and not r2["k_auto"] and r2["k"] == 6
+    auto = json.loads(Path(out, "round1/labels/_auto_k.json").read_text())
+    dev = json.loads(Path(out, "round0/embeddings/_scores.json").read_text())["dev"]
+    assert auto["k"] == r1["k"] >= 2 and dev["merge_false_accepts"] == 0.02
+    assert auto["source"]["threshold"] == dev["merge_threshold"]
+    # (the tiny untrained encoder may map all utterances alike: then the silhouette decides)
+    assert auto["method"] == "merge" or "fallback_from_merging" in auto
     assert "test" in s["initial"] and "nmi" in s["final_clustering"]["analysis"]["all"]
     for rel in ARTIFACTS:
         assert os.path.isfile(os.path.join(out, rel)), rel
@@ -104,6 +118,14 @@ def test_mlflow_has_a_parent_run_and_a_nested_run_per_round(full_run):
         assert {"test.eer", "all.nmi", "kept_share", "clusters", "loss"} <= set(c.data.metrics)
         plots = {a.path for a in client.list_artifacts(c.info.run_id, "clustering")}
         assert {"clustering/_sizes.png", "clustering/_objective.png"} <= plots
+    # the evidence for round 1's k: k per merge threshold (or the silhouette per k)
+    merged = "fallback_from_merging" not in json.loads(
+        Path(s["rounds"][0]["labels"], "_auto_k.json").read_text()
+    )
+    hist = client.get_metric_history(
+        parent.info.run_id, "round1.auto_k." + ("k" if merged else "silhouette")
+    )
+    assert len(hist) >= 10
 
 
 def test_a_rerun_of_a_finished_pipeline_redoes_nothing(full_run, tiny_corpus, init_ckpt):

@@ -108,14 +108,23 @@ def start_shards(
     return [actor_cls.remote(group, normalise, threads, use_gpu) for group in groups]
 
 
-def choose_k_from(embeddings: str, out: str, seed: int = 1, sample: int = 8000) -> dict:
+def choose_k_from(
+    embeddings: str,
+    out: str,
+    seed: int = 1,
+    threshold: float | None = None,
+    sample: int | None = None,
+) -> dict:
     """Choose k from the embeddings in ``embeddings`` (:mod:`raysv.clustering.auto_k`).
 
-    Reads a seeded sample of at most ``sample`` rows on the driver (each file
-    contributes in proportion to its rows; only the sampled rows are kept in
-    memory); writes the evidence ``_auto_k.json`` (table of k, silhouette,
-    objective) and ``_auto_k.png`` under ``out``. A rerun reuses the JSON only
-    when it was made from the same embeddings (path and row count) and seed.
+    ``threshold`` (a cosine similarity, e.g. from dev trials): the merging
+    rule; ``None``: the silhouette rule. Reads a seeded sample of at most
+    ``sample`` rows (default: 20000 for merging, 8000 for the silhouette) on
+    the driver (each file contributes in proportion to its rows; only the
+    sampled rows are kept in memory); writes the evidence ``_auto_k.json``
+    (the rule's table) and ``_auto_k.png`` under ``out``. A rerun reuses the
+    JSON only when it was made from the same embeddings (path and row count),
+    seed and threshold.
     """
     import pyarrow.parquet as pq
 
@@ -136,7 +145,9 @@ def choose_k_from(embeddings: str, out: str, seed: int = 1, sample: int = 8000) 
         "embeddings": os.path.abspath(embeddings) if fs.is_local(embeddings) else embeddings,
         "rows": n,
         "seed": seed,
+        "threshold": threshold,
     }
+    sample = sample or (20000 if threshold is not None else 8000)
     if os.path.isfile(path):
         with open(path) as f:
             done = json.load(f)
@@ -155,15 +166,28 @@ def choose_k_from(embeddings: str, out: str, seed: int = 1, sample: int = 8000) 
             parts.append(
                 np.asarray(col.combine_chunks().flatten(), np.float32).reshape(rows.size, -1)
             )
-    res = auto_k.choose_k(np.concatenate(parts), seed=seed, sample=sample)
+    x = np.concatenate(parts)
+    res, fallback = None, None
+    if threshold is not None:
+        try:
+            res = auto_k.choose_k_by_merging(x, threshold, seed=seed, sample=sample)
+        except ConfigError as e:  # e.g. an encoder that maps every utterance alike
+            if "too few to cluster" not in str(e):
+                raise
+            log.warning("%s; falling back to the silhouette rule", e)
+            fallback = str(e)
+    if fallback is not None:
+        res = auto_k.choose_k(x, seed=seed, sample=min(sample, 8000))
+        res["fallback_from_merging"] = fallback
+    elif res is None:
+        log.warning(
+            "choosing k by the silhouette rule (no merge threshold from dev trials): it "
+            "under-clusters weak embeddings; give k or a threshold where you can"
+        )
+        res = auto_k.choose_k(x, seed=seed, sample=sample)
     res["source"] = source
     res["plot"] = auto_k.plot(res, os.path.join(out, "_auto_k.png"))
-    log.info(
-        "k chosen from the data: %d (best silhouette over k = %s; elbow of the objective: %s)",
-        res["k"],
-        ", ".join(str(r["k"]) for r in res["table"]),
-        res["elbow_k"],
-    )
+    log.info("k chosen from the data: %d (%s)", res["k"], res["rule"])
     with open(f"{path}.tmp", "w") as f:
         json.dump(res, f, indent=1)
     os.replace(f"{path}.tmp", path)
@@ -183,11 +207,13 @@ def cluster(
     round_: int = 1,
     manifest: str | None = None,
     plots: bool = False,
+    merge_threshold: float | None = None,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
-    ``k="auto"`` chooses k from the embeddings first (:func:`choose_k_from`; the
-    summary's ``auto_k`` holds the evidence). Returns a summary: objective,
+    ``k="auto"`` chooses k from the embeddings first (:func:`choose_k_from`,
+    merging down to ``merge_threshold`` where given, else by the silhouette;
+    the summary's ``auto_k`` holds the evidence). Returns a summary: objective,
     iterations, wall time, cluster-size statistics,
     kept share, and (if ``manifest`` has speakers: analysis only) NMI/ARI/reliable
     share before and after purification. ``spec``: how the iterations run
@@ -205,7 +231,7 @@ def cluster(
     spec = spec or KMeansSpec()
     auto = None
     if k == "auto":
-        auto = choose_k_from(embeddings, out, spec.seed)
+        auto = choose_k_from(embeddings, out, spec.seed, merge_threshold)
         k = auto["k"]
     elif not isinstance(k, int):
         raise ConfigError(f"k must be a number of clusters or auto, got {k!r}")
@@ -266,6 +292,13 @@ def cluster(
     return summary
 
 
+def auto_k_columns(auto: dict) -> tuple[str, list[str]]:
+    """The x column and y columns of an automatic-k evidence table (for MLflow histories)."""
+    if auto.get("method") == "merge":
+        return "index", ["threshold", "k", "groups"]  # MLflow steps are integers
+    return "k", ["silhouette", "objective"]
+
+
 def log_to_mlflow(
     summary: dict, tracking_uri: str, experiment: str, run_name: str, params: dict
 ) -> str:
@@ -320,7 +353,9 @@ def log_to_mlflow(
         tracking.log_artifact(os.path.join(summary["out"], "_summary.json"))
         if summary.get("auto_k"):  # the evidence for a k chosen from the data
             tracking.log_metrics({"auto_k": summary["k"]})
-            tracking.log_history(summary["auto_k"]["table"], "k", ["silhouette"], "auto_k.")
+            auto = summary["auto_k"]
+            x, ys = auto_k_columns(auto)
+            tracking.log_history(auto["table"], x, ys, "auto_k.")
             tracking.log_artifact(os.path.join(summary["out"], "_auto_k.json"))
             tracking.log_artifact(summary["auto_k"]["plot"])
     return run_id

@@ -95,6 +95,12 @@ def evaluate(
         _, cohort = embedding_matrix(fs.read_table(cohort_uri), cohort_uri)
     scores = score_trials(trials, ids, emb, center=center, cohort=cohort, top_k=top_k)
     report = verification_report(scores, trials.column("label").to_numpy())
+    if not center and cohort is None:  # plain cosine, as the clustering compares embeddings
+        from raysv.clustering.auto_k import FALSE_ACCEPTS, merge_threshold
+
+        # for `raysv cluster --k auto --merge-threshold` (from dev trials)
+        report["merge_threshold"] = merge_threshold(scores, trials.column("label").to_numpy())
+        report["merge_false_accepts"] = FALSE_ACCEPTS
     if keep_scores:
         report["scores"], report["labels"] = scores, trials.column("label").to_numpy()
     report["skipped"] = problems.counts()

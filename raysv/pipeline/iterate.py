@@ -46,8 +46,9 @@ class Schedule:
     """Per-round settings; round r uses entry r-1, the last entry repeats.
 
     ``k``: clusters, or ``auto``: chosen from that round's embeddings
-    (:mod:`raysv.clustering.auto_k`: silhouette over a grid; table and plot
-    in the round's ``labels/_auto_k.*``); ``drop_fraction`` / ``min_cluster_size``:
+    (:mod:`raysv.clustering.auto_k`: merging down to a threshold calibrated on
+    the dev trials, see ``cluster.auto_k_false_accepts``; table and plot in
+    the round's ``labels/_auto_k.*``); ``drop_fraction`` / ``min_cluster_size``:
     purification p and S;
     ``tau``: the LGL threshold (the LGL paper's 1, 3, 3, 5, 6).
     """
@@ -88,6 +89,15 @@ class ClusterSpec:
     shards: int | None = None  # two per node (one per GPU on GPUs)
     device: Literal["auto", "cpu", "gpu"] = "auto"
     init: Literal["random", "kmeans++"] = "random"  # kmeans++: D^2 seeding on a sample
+    # k: auto merges while groups are as similar as the dev-trial score this share of
+    # non-target trials reaches (raysv.clustering.auto_k; without dev trials: silhouette)
+    auto_k_false_accepts: float = 0.02
+
+    def __post_init__(self):
+        if not 0.0 < self.auto_k_false_accepts < 0.5:
+            raise ValueError(
+                f"cluster.auto_k_false_accepts must be in (0, 0.5), got {self.auto_k_false_accepts}"
+            )
 
     def kmeans(self):
         """The k-means settings as a :class:`~raysv.clustering.sharded.KMeansSpec`."""
@@ -207,9 +217,20 @@ def _json(path: str) -> dict | None:
 
 
 def _embed_and_score(
-    checkpoint: str, split: dict[str, str], trials: dict[str, str], folder: str
+    checkpoint: str,
+    split: dict[str, str],
+    trials: dict[str, str],
+    folder: str,
+    false_accepts: float = 0.02,
 ) -> dict:
-    """Embed pool and held-out utterances with ``checkpoint``; score the trials."""
+    """Embed pool and held-out utterances with ``checkpoint``; score the trials.
+
+    The dev split's entry also holds ``merge_threshold``: automatic k's merge
+    threshold for clustering these embeddings
+    (:func:`raysv.clustering.auto_k.merge_threshold` of the dev trials' plain
+    cosine scores, uncentred like the clustering).
+    """
+    from raysv.clustering.auto_k import merge_threshold
     from raysv.embedding.extract import embed_manifest
     from raysv.embedding.torch_embedder import TorchEmbedder
     from raysv.evaluation.evaluate import evaluate
@@ -219,23 +240,37 @@ def _embed_and_score(
         embed_manifest(
             split[part], os.path.join(folder, part), TorchEmbedder, {"checkpoint": checkpoint}
         )
-    if done is not None:
+    if done is not None and (
+        "dev" not in trials or done.get("dev", {}).get("merge_false_accepts") == false_accepts
+    ):
         return done
     scores = {}
     for s, uri in trials.items():
         r = evaluate(uri, os.path.join(folder, "eval"), split["eval"], center=True)
         scores[s] = {k: v for k, v in r.items() if k != "skipped_examples"}
+        if s == "dev":  # calibrates automatic k; test trials never do
+            # plain cosine, as the clustering compares the pool's embeddings (not centred)
+            plain = evaluate(uri, os.path.join(folder, "eval"), split["eval"], keep_scores=True)
+            scores[s]["merge_threshold"] = merge_threshold(
+                plain["scores"], plain["labels"], false_accepts
+            )
+            scores[s]["merge_false_accepts"] = false_accepts
     with open(os.path.join(folder, "_scores.json"), "w") as f:
         json.dump(scores, f, indent=1)
     return scores
 
 
-def _cluster(cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, pool: str) -> dict:
+def _cluster(
+    cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, pool: str, scores: dict
+) -> dict:
     from raysv.clustering.driver import cluster
 
     done = _json(os.path.join(folder, "_summary.json"))
     if done is not None:
         return done
+    threshold = scores.get("dev", {}).get("merge_threshold")
+    if sched["k"] == "auto" and threshold is None:
+        log.warning("[round %d] no dev trials: k is chosen by the silhouette rule", r)
     return cluster(
         emb,
         folder,
@@ -248,6 +283,7 @@ def _cluster(cfg: IterateConfig, emb: str, folder: str, r: int, sched: dict, poo
         round_=r,
         manifest=pool,
         plots=True,
+        merge_threshold=threshold,
     )
 
 
@@ -367,7 +403,9 @@ def run_iterate(cfg: IterateConfig) -> dict:
         log.info("[round 0] embedding with the initial encoder and scoring trials")
         encoder = os.path.abspath(cfg.init_checkpoint)
         emb_folder = os.path.join(out, "round0", "embeddings")
-        scores = _embed_and_score(encoder, split, trials, emb_folder)
+        scores = _embed_and_score(
+            encoder, split, trials, emb_folder, cfg.cluster.auto_k_false_accepts
+        )
         summary["initial"] = scores
         tracking.log_metrics(_flat_scores(scores), step=0)
         for r in range(1, cfg.rounds + 1):
@@ -388,6 +426,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 r,
                 sched,
                 split["pool"],
+                scores,
             )
             log.info(
                 "[round %d/%d] training on pseudo labels (gate %s, tau=%g)",
@@ -412,7 +451,9 @@ def run_iterate(cfg: IterateConfig) -> dict:
             log.info(
                 "[round %d/%d] embedding with the new encoder and scoring trials", r, cfg.rounds
             )
-            scores = _embed_and_score(encoder, split, trials, emb_folder)
+            scores = _embed_and_score(
+                encoder, split, trials, emb_folder, cfg.cluster.auto_k_false_accepts
+            )
             m = _round_metrics(r, cl, tr, scores)
             tracking.log_metrics_to(uri, tr["mlflow"]["run_id"], m)
             labels_dir = os.path.join(rdir, "labels")
@@ -431,10 +472,11 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 ],
                 "clustering",
             )
-            if "auto_k" in cl:  # the evidence for k: silhouette and objective per k
-                tracking.log_history(
-                    cl["auto_k"]["table"], "k", ["silhouette", "objective"], f"round{r}.auto_k."
-                )
+            if "auto_k" in cl:  # the evidence for k: the rule's table
+                from raysv.clustering.driver import auto_k_columns
+
+                x, ys = auto_k_columns(cl["auto_k"])
+                tracking.log_history(cl["auto_k"]["table"], x, ys, f"round{r}.auto_k.")
             tracking.log_metrics({k: v for k, v in m.items() if k != "round"}, step=r)
             summary["rounds"].append(
                 {
@@ -453,6 +495,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 cfg.rounds + 1,
                 sched,
                 split["pool"],
+                scores,
             )
             summary["final_clustering"] = {
                 k: cl[k] for k in ("k", "kept_share", "analysis") if k in cl

@@ -263,19 +263,30 @@ def _auto_k_sections(it: dict) -> list[str]:
             continue
         with open(path) as f:
             auto = json.load(f)
-        rows = "".join(
-            f"<tr><td>{t['k']}</td><td>{t['silhouette']:.4f}</td><td>{t['objective']:.4g}</td></tr>"
-            for t in auto["table"]
-        )
+        if auto.get("method") == "merge":
+            head = "<tr><th>merge threshold</th><th>k</th><th>all groups</th></tr>"
+            rows = "".join(
+                f"<tr><td>{t['threshold']:.3f}</td><td>{t['k']}</td><td>{t['groups']}</td></tr>"
+                for t in auto["table"]
+            )
+            note = f"{html.escape(auto['rule'])}, on {auto['sample']} embeddings."
+            caption = "k against the merge threshold"
+        else:
+            head = "<tr><th>k</th><th>silhouette</th><th>objective</th></tr>"
+            rows = "".join(
+                f"<tr><td>{t['k']}</td><td>{t['silhouette']:.4f}</td><td>{t['objective']:.4g}</td></tr>"
+                for t in auto["table"]
+            )
+            note = (
+                f"{html.escape(auto['rule'])}, on {auto['sample']} embeddings; "
+                f"the elbow of the objective would give {auto['elbow_k']}."
+            )
+            caption = "silhouette per k"
         out += [
             f"<h3>Round {r['round']}: k = {auto['k']} chosen from the embeddings</h3>",
-            f"<p>{html.escape(auto['rule'])}, on {auto['sample']} embeddings; "
-            f"the elbow of the objective would give {auto['elbow_k']}.</p>",
-            f"<table><tr><th>k</th><th>silhouette</th><th>objective</th></tr>{rows}</table>",
-            _img(
-                auto.get("plot") if os.path.isfile(auto.get("plot", "")) else None,
-                "silhouette per k",
-            ),
+            f"<p>{note}</p>",
+            f"<table>{head}{rows}</table>",
+            _img(auto.get("plot") if os.path.isfile(auto.get("plot", "")) else None, caption),
         ]
     return out
 
