@@ -36,12 +36,18 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
 
 def _synth(a: argparse.Namespace) -> dict:
     from raysv.config import load_config
-    from raysv.synth.corpus import SynthConfig, synthesize
+    from raysv.synth.corpus import SYNTH_MARKER, SynthConfig, synthesize_replacing
 
     cfg = load_config(SynthConfig, a.config, a.overrides)
-    if os.path.isdir(a.out) and os.listdir(a.out) and not a.force:
-        raise RaysvError(f"{a.out} is not empty; pass --force to write into it")
-    return synthesize(cfg, a.out)
+    if os.path.isdir(a.out) and os.listdir(a.out):
+        if not a.force:
+            raise RaysvError(f"{a.out} is not empty; pass --force to replace a corpus synth wrote")
+        if not os.path.isfile(os.path.join(a.out, *SYNTH_MARKER)):
+            raise RaysvError(
+                f"{a.out}: not a corpus raysv synth wrote (no {'/'.join(SYNTH_MARKER)}); "
+                "--force only replaces those; give a new or empty folder"
+            )
+    return synthesize_replacing(cfg, a.out)
 
 
 def _synth_human(s: dict) -> str:
@@ -77,6 +83,12 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
         help="for 'dialogues': folder the utterance paths are relative to (default: the file's folder)",
     )
     p.add_argument(
+        "--wav-root",
+        help="for 'kaldi': folder the relative paths of wav.scp are relative to (default: the "
+        "data dir if the first one exists there, else the current folder, as Kaldi recipes "
+        "write them; the summary names the base used)",
+    )
+    p.add_argument(
         "--manifest", help="for 'trials': utterances manifest to resolve trial entries against"
     )
     p.add_argument(
@@ -105,10 +117,11 @@ def _ingest(a: argparse.Namespace) -> dict:
         fs.write_table(trials, a.out)
         summary.update(rows=trials.num_rows, target=int(sum(trials.column("label").to_pylist())))
     else:
+        info: dict = {}
         scan = {
             "voxceleb": ingest.scan_voxceleb,
             "librispeech": ingest.scan_librispeech,
-            "kaldi": ingest.scan_kaldi,
+            "kaldi": lambda src, pr: ingest.scan_kaldi(src, pr, a.wav_root, info),
         }.get(a.format)
         cands = (
             scan(a.source, problems)
@@ -127,6 +140,7 @@ def _ingest(a: argparse.Namespace) -> dict:
             fs.write_table(dialogues, dpath)
             summary.update(dialogues=dialogues.num_rows, dialogues_out=dpath)
         fs.write_table(utts, a.out)
+        summary.update(info)  # kaldi: the base of wav.scp's relative paths
         spk = utts.column("speaker").drop_null().unique()
         summary.update(
             rows=utts.num_rows,
@@ -144,6 +158,11 @@ def _ingest(a: argparse.Namespace) -> dict:
 
 def _ingest_human(s: dict) -> str:
     lines = [f"{s['format']}: wrote {s['rows']} rows to {s['out']}"]
+    if s.get("relative_paths_base"):
+        lines.append(
+            f"{s['relative_paths']} relative path(s) in wav.scp taken relative to "
+            f"{s['relative_paths_base']} (stored absolute; --wav-root to choose)"
+        )
     if "speakers" in s:
         lines[0] += f" ({s['speakers']} speakers, {s['hours']} h)"
     if "dialogues" in s:
@@ -246,6 +265,10 @@ def _embed(a: argparse.Namespace) -> dict:
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
 
+    if a.average_sessions and os.path.realpath(a.average_sessions) == os.path.realpath(a.out):
+        raise RaysvError(
+            f"--average-sessions {a.average_sessions} is the --out folder; give another"
+        )
     if a.checkpoint:
         from raysv.embedding.torch_embedder import TorchEmbedder
         from raysv.models.checkpoint import read_checkpoint

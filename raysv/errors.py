@@ -32,3 +32,7 @@ class AudioError(RaysvError):
 
 class DivergedError(RaysvError, FloatingPointError):
     """Training diverged (a NaN/inf loss in too many steps): the settings, e.g. the learning rate."""
+
+
+class OutputError(RaysvError):
+    """An output folder is incomplete, foreign, of an older format, or not ours to replace."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,21 @@ def test_an_epoch_re_run_after_a_resume_is_logged_once(mlflow_server):
     assert tracking.log_epoch_once(mlflow_server, run_id, {"loss": 1.2, "epoch": 2}, 2)
     history = mlflow.MlflowClient(mlflow_server).get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.5), (2, 1.2)]
+
+
+def test_a_local_store_keeps_artifacts_in_the_run_folder_not_the_cwd(tmp_path, monkeypatch):
+    from raysv.tracking import mlflow_tracking as tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run_folder = tmp_path / "run"
+    uri = tracking.default_tracking_uri(str(run_folder))
+    note = tmp_path / "note.txt"
+    note.write_text("evidence")
+    with tracking.run(uri, "exp", "r"):
+        tracking.log_artifact(str(note))
+    assert os.listdir(cwd) == []  # no ./mlruns where the command ran
+    found = [os.path.join(d, n) for d, _, ns in os.walk(run_folder / "mlartifacts") for n in ns]
+    assert [Path(f).read_text() for f in found] == ["evidence"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -19,22 +19,17 @@ from raysv.clustering.sharded import (
     sharded_kmeans,
     split_files,
 )
-from raysv.data import fs
+from raysv.data import fs, outputs
+from raysv.data.outputs import write_json_atomic
 from raysv.errors import ConfigError, ManifestError
 
 log = logging.getLogger("raysv")
 
 
 def embedding_files(uri: str) -> list[str]:
-    """Parquet files of an embeddings file or folder (sorted)."""
-    if fs.is_dir(uri):
-        files = sorted(fs.walk_files(uri, (".parquet",)))
-        if not files:
-            raise ManifestError(f"{uri}: no .parquet files in this folder")
-        return files
-    if not fs.exists(uri):
-        raise ManifestError(f"{uri}: no such file or folder")
-    return [uri]
+    """Parquet files of an embeddings file or folder (a folder's: those its completion
+    marker lists, see :func:`raysv.data.fs.parquet_files`)."""
+    return fs.parquet_files(uri)
 
 
 DEVICES = ("auto", "cpu", "gpu")
@@ -114,8 +109,12 @@ def choose_k_from(
     seed: int = 1,
     threshold: float | None = None,
     sample: int | None = None,
+    final: str | None = None,
 ) -> dict:
     """Choose k from the embeddings in ``embeddings`` (:mod:`raysv.clustering.auto_k`).
+
+    ``final``: where ``out`` will be moved when its command completes (the
+    evidence names its plot there, and an earlier output there is reused).
 
     ``threshold`` (a cosine similarity, e.g. from dev trials): the merging
     rule; ``None``: the silhouette rule. Reads a seeded sample of at most
@@ -131,8 +130,10 @@ def choose_k_from(
     from raysv.clustering import auto_k
 
     out = os.path.abspath(out)
+    final = os.path.abspath(final or out)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "_auto_k.json")
+    earlier = os.path.join(final, "_auto_k.json")
     files = embedding_files(embeddings)
     counts = [
         pq.ParquetFile(fs.resolve(f)[1]).metadata.num_rows
@@ -148,11 +149,12 @@ def choose_k_from(
         "threshold": threshold,
     }
     sample = sample or (20000 if threshold is not None else 8000)
-    if os.path.isfile(path):
-        with open(path) as f:
-            done = json.load(f)
-        if done.get("source") == source:
-            return done
+    done = outputs.read_json(earlier) if outputs.complete(final) else None
+    if done is not None and done.get("source") == source:
+        outputs.write_json_atomic(path, done)
+        if os.path.isfile(os.path.join(final, "_auto_k.png")):
+            shutil.copy(os.path.join(final, "_auto_k.png"), os.path.join(out, "_auto_k.png"))
+        return done
     if n == 0:
         raise ManifestError(f"{embeddings}: no embeddings to choose k from")
     rng = np.random.default_rng(seed)
@@ -186,11 +188,10 @@ def choose_k_from(
         )
         res = auto_k.choose_k(x, seed=seed, sample=sample)
     res["source"] = source
-    res["plot"] = auto_k.plot(res, os.path.join(out, "_auto_k.png"))
+    auto_k.plot(res, os.path.join(out, "_auto_k.png"))
+    res["plot"] = os.path.join(final, "_auto_k.png")
     log.info("k chosen from the data: %d (%s)", res["k"], res["rule"])
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    outputs.write_json_atomic(path, res)
     return res
 
 
@@ -223,27 +224,66 @@ def cluster(
     under ``out``. ``device``: where the shards search (see
     :func:`start_shards`; ``"auto"`` uses GPUs where the Ray cluster has them).
     """
-    import ray
-
     kmeans.check_purification(drop_fraction, min_cluster_size)  # before any work
     t0 = time.monotonic()
-    os.makedirs(out, exist_ok=True)
     spec = spec or KMeansSpec()
+    if k != "auto" and not isinstance(k, int):
+        raise ConfigError(f"k must be a number of clusters or auto, got {k!r}")
+    files = embedding_files(embeddings)  # a complete embeddings output, before any work
+    with outputs.staged(out, "raysv cluster") as tmp:
+        summary = _cluster_into(
+            files,
+            embeddings,
+            tmp,
+            out,
+            k,
+            spec,
+            shards,
+            device,
+            drop_fraction,
+            min_cluster_size,
+            round_,
+            plots,
+            merge_threshold,
+        )
+        outputs.commit(tmp, out, "raysv cluster", summary["embeddings"], {"k": summary["k"]})
+    if manifest:  # analysis only: reads the committed table
+        summary["analysis"] = _analysis(out, manifest)
+    summary["seconds"] = round(time.monotonic() - t0, 2)
+    outputs.write_json_atomic(os.path.join(out, "_summary.json"), summary)
+    return summary
+
+
+def _cluster_into(
+    files,
+    embeddings,
+    tmp,
+    out,
+    k,
+    spec,
+    shards,
+    device,
+    drop_fraction,
+    min_cluster_size,
+    round_,
+    plots,
+    merge_threshold,
+) -> dict:
+    """:func:`cluster`'s work: the table's parts, centroids and plots into ``tmp``;
+    paths in the summary name ``out``, where ``tmp`` is moved when complete."""
+    import ray
+
     auto = None
     if k == "auto":
-        auto = choose_k_from(embeddings, out, spec.seed, merge_threshold)
+        auto = choose_k_from(embeddings, tmp, spec.seed, merge_threshold, final=out)
         k = auto["k"]
-    elif not isinstance(k, int):
-        raise ConfigError(f"k must be a number of clusters or auto, got {k!r}")
-    actors = start_shards(
-        embedding_files(embeddings), shards, normalise=spec.spherical, device=device
-    )
+    actors = start_shards(files, shards, normalise=spec.spherical, device=device)
     try:
         res = sharded_kmeans(actors, k, spec)
         cref = ray.put(res.centroids)
         assigned = ray.get([a.final_assign.remote(cref) for a in actors])
         sizes = np.sum([c for c, _ in assigned], axis=0)
-        pur = purify_shards(actors, sizes, drop_fraction, min_cluster_size, round_, out)
+        pur = purify_shards(actors, sizes, drop_fraction, min_cluster_size, round_, tmp)
     finally:
         for a in actors:
             ray.kill(a)
@@ -259,7 +299,6 @@ def cluster(
         "max_iterations": spec.iterations,
         "objective": res.objective,
         "objective_all_points": float(sum(o for _, o in assigned)),
-        "seconds": round(time.monotonic() - t0, 2),
         "kmeans_seconds": round(res.seconds, 2),
         "shard_load_seconds": round(res.load_seconds, 2),
         "cluster_sizes": {
@@ -274,21 +313,17 @@ def cluster(
     }
     if auto is not None:
         summary["auto_k"] = auto
-    if manifest:
-        summary["analysis"] = _analysis(out, manifest)
-    # Files starting with "_" are skipped when the folder is read as a Parquet dataset.
-    np.save(os.path.join(out, "_centroids.npy"), res.centroids)
+    # Files starting with "_" are not parts: only the marker's list is read.
+    np.save(os.path.join(tmp, "_centroids.npy"), res.centroids)
     if plots:
         from raysv.clustering import plots as plot
 
+        plot.cluster_sizes(sizes, os.path.join(tmp, "_sizes.png"))
+        plot.objective_per_iteration(res.history, os.path.join(tmp, "_objective.png"))
         summary["plots"] = {
-            "sizes": plot.cluster_sizes(sizes, os.path.join(out, "_sizes.png")),
-            "objective": plot.objective_per_iteration(
-                res.history, os.path.join(out, "_objective.png")
-            ),
+            "sizes": os.path.join(out, "_sizes.png"),
+            "objective": os.path.join(out, "_objective.png"),
         }
-    with open(os.path.join(out, "_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
     return summary
 
 
@@ -421,8 +456,7 @@ def elbow(
         "seconds": round(time.monotonic() - t0, 2),
         "files": files,
     }
-    with open(files["json"], "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomic(files["json"], summary)
     plots.elbow(rows, suggested, files["png"])
     return summary
 

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from raysv.data import fs, ingest
 from raysv.data.holdout import held_out_mask
+from raysv.data.outputs import write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ManifestError
@@ -215,10 +216,7 @@ def _read_summary(path: str) -> dict | None:
 
 
 def _write_json(obj: dict, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 def prepare_corpus(

@@ -115,16 +115,43 @@ def _read_kv(path: str, problems: Problems, min_fields: int) -> Iterator[tuple[i
         yield lineno, fields
 
 
-def scan_kaldi(data_dir: str, problems: Problems) -> Iterator[Candidate]:
+def kaldi_base(data_dir: str, relative: list[str], wav_root: str | None = None) -> str:
+    """The folder the relative paths of a ``wav.scp`` are relative to (absolute).
+
+    ``wav_root`` when given; else the data dir if the first relative path
+    exists under it, else the current folder if it exists there (Kaldi
+    recipes write paths relative to the recipe's root, where its scripts
+    run), else the data dir (the missing files are then reported).
+    """
+    if wav_root is not None:
+        return fs.resolve(wav_root)[1] if fs.is_local(wav_root) else wav_root
+    base = fs.resolve(data_dir)[1] if fs.is_local(data_dir) else data_dir
+    if relative and fs.is_local(data_dir):
+        first = relative[0]
+        if not os.path.exists(os.path.join(base, first)) and os.path.exists(first):
+            return os.getcwd()
+    return base
+
+
+def scan_kaldi(
+    data_dir: str,
+    problems: Problems,
+    wav_root: str | None = None,
+    info: dict | None = None,
+) -> Iterator[Candidate]:
     """Kaldi data dir: ``wav.scp`` (plain paths), ``utt2spk``, optional ``segments``.
 
-    Relative paths in wav.scp are taken relative to the data dir. Piped
-    commands (``... |``) are reported as bad lines: decode them to files first.
+    Relative paths in wav.scp are resolved against :func:`kaldi_base` and
+    stored absolute (the manifest works from any folder); ``info`` (if given)
+    receives ``relative_paths_base`` and the count of relative paths. A
+    recording id given twice keeps its first line (the second is reported).
+    Piped commands (``... |``) are reported as bad lines: decode them to files first.
     """
     scp = fs.join(data_dir, "wav.scp")
     if not fs.exists(scp):
         raise ManifestError(f"{data_dir}: not a Kaldi data directory (no wav.scp)")
-    recs: dict[str, str] = {}
+    lines: list[tuple[int, str, str]] = []
+    seen: dict[str, int] = {}
     for lineno, fields in _read_kv(scp, problems, 2):
         rec, rest = fields[0], " ".join(fields[1:])
         if rest.endswith("|"):
@@ -134,8 +161,22 @@ def scan_kaldi(data_dir: str, problems: Problems) -> Iterator[Candidate]:
                 "piped commands are not supported; give plain audio paths",
             )
             continue
-        path = rest if (os.path.isabs(rest) or "://" in rest) else fs.join(data_dir, rest)
-        recs[rec] = path
+        if rec in seen:
+            problems.add(
+                "duplicate_utt_id",
+                f"{scp}:{lineno}",
+                f"recording {rec!r} already given on line {seen[rec]}; this line is ignored",
+            )
+            continue
+        seen[rec] = lineno
+        lines.append((lineno, rec, rest))
+    relative = [r for _, _, r in lines if not (os.path.isabs(r) or "://" in r)]
+    base = kaldi_base(data_dir, relative, wav_root)
+    if info is not None:
+        info.update(relative_paths=len(relative), relative_paths_base=base if relative else None)
+    recs: dict[str, str] = {}
+    for _, rec, rest in lines:
+        recs[rec] = rest if (os.path.isabs(rest) or "://" in rest) else fs.join(base, rest)
     utt2spk: dict[str, str] = {}
     u2s = fs.join(data_dir, "utt2spk")
     if fs.exists(u2s):

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 
-from raysv.data import fs
+from raysv.data import fs, outputs
 from raysv.embedding.rows import read_skipped
 from raysv.errors import ConfigError, ManifestError
 
@@ -79,8 +79,9 @@ def embed_manifest(
 ) -> dict:
     """Embed all rows of ``manifest`` into ``out_dir`` (Parquet shards).
 
-    Skips the work if ``out_dir/_SUCCESS`` exists, unless ``force``.
-    ``device``: ``"auto"`` gives the actors the cluster's GPUs where it has
+    Skips the work if ``out_dir`` is a complete output (:mod:`raysv.data.outputs`),
+    unless ``force``; refuses an ``out_dir`` holding files raysv did not write; the
+    parts appear at ``out_dir`` only when all are written. ``device``: ``"auto"`` gives the actors the cluster's GPUs where it has
     them (each an equal share: decoding and features stay on the actor's CPU
     share, the forward pass runs on the GPU), ``"cpu"`` never, ``"gpu"`` always.
     ``embedder_cls`` is built with ``embedder_kwargs`` plus ``skipped_to`` (the
@@ -88,16 +89,43 @@ def embed_manifest(
     :mod:`raysv.embedding.rows`). Returns a summary with rows, seconds,
     utterances/s and the count of unreadable rows skipped.
     """
-    import ray.data
-
-    from raysv.runtime import ensure_ray
-
-    done_marker = os.path.join(out_dir, "_SUCCESS")
-    if not force and os.path.isfile(done_marker):
+    if not force and outputs.complete(out_dir):
         log.info("embeddings in %s already complete; skipping (force to redo)", out_dir)
         return {"out": out_dir, "skipped": True}
     if not fs.exists(manifest):
         raise ManifestError(f"{manifest}: no such utterances manifest")
+    with outputs.staged(out_dir, "raysv embed") as tmp:
+        return _embed_into(
+            manifest,
+            out_dir,
+            tmp,
+            embedder_cls,
+            embedder_kwargs,
+            concurrency,
+            batch_size,
+            num_cpus_per_actor,
+            normalise,
+            device,
+        )
+
+
+def _embed_into(
+    manifest,
+    out_dir,
+    tmp,
+    embedder_cls,
+    embedder_kwargs,
+    concurrency,
+    batch_size,
+    num_cpus_per_actor,
+    normalise,
+    device,
+) -> dict:
+    """:func:`embed_manifest`'s work: parts into ``tmp``, committed to ``out_dir`` when whole."""
+    import ray.data
+
+    from raysv.runtime import ensure_ray
+
     ensure_ray()
     concurrency, num_cpus_per_actor = actor_resources(concurrency, num_cpus_per_actor)
     gpus = actor_gpus(device, concurrency)
@@ -112,7 +140,7 @@ def embed_manifest(
     # slower (35.7 vs 22.5 s) for reasons not found.
     ds = ds.repartition(max(4 * concurrency, 1))
     kwargs = dict(embedder_kwargs or {})
-    kwargs.setdefault("skipped_to", os.path.abspath(out_dir))  # unreadable rows: see rows.py
+    kwargs.setdefault("skipped_to", tmp)  # unreadable rows: see rows.py
     ds = ds.map_batches(  # [2]
         embedder_cls,
         fn_constructor_kwargs=kwargs,
@@ -124,20 +152,15 @@ def embed_manifest(
     )
     if normalise:
         ds = ds.map_batches(normalise_rows, batch_format="pyarrow")  # [4]
-    if os.path.isdir(out_dir):
-        for name in os.listdir(out_dir):
-            os.remove(os.path.join(out_dir, name))
-    # Made here, not by Ray Data, which deletes a folder it made if no row was
-    # written: the record of skipped rows must survive a job that embedded nothing.
-    os.makedirs(out_dir, exist_ok=True)
-    ds.write_parquet(out_dir)  # [3]
-    skipped = read_skipped(out_dir)
-    n = fs.read_table(out_dir, ["utt_id"]).num_rows if _has_parquet(out_dir) else 0
+    # The staging folder is made by raysv, not Ray Data (which deletes a folder it made
+    # if no row was written): the record of skipped rows survives a job that embedded nothing.
+    ds.write_parquet(tmp)  # [3]
+    skipped = read_skipped(tmp)
+    n = _rows(tmp)
     if n == 0:
         first = f" (the first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
         raise ManifestError(f"{manifest}: no utterance could be embedded{first}")
-    with open(done_marker, "w") as f:
-        f.write(f"{n}\n")
+    outputs.commit(tmp, out_dir, "raysv embed", n, {"unreadable": len(skipped)})
     secs = time.monotonic() - t0
     summary = {
         "out": out_dir,
@@ -162,8 +185,15 @@ def embed_manifest(
     return summary
 
 
-def _has_parquet(folder: str) -> bool:
-    return any(n.endswith(".parquet") for n in os.listdir(folder))
+def _rows(folder: str) -> int:
+    """Rows in the Parquet files of a staging folder (from their footers)."""
+    import pyarrow.parquet as pq
+
+    return sum(
+        pq.ParquetFile(os.path.join(folder, n)).metadata.num_rows
+        for n in os.listdir(folder)
+        if n.endswith(".parquet") and not n.startswith(("_", "."))
+    )
 
 
 def normalise_rows(batch):
@@ -217,26 +247,35 @@ def average_sessions(embeddings: str, manifest: str, out_dir: str, force: bool =
     Runs in Ray Data (an actor tags rows with their session from a small key
     table, then a group-by): the driver never holds the embeddings.
     Utterances whose session is null count as their own session. Skipped when
-    ``out_dir/_SUCCESS`` exists, unless ``force``.
+    ``out_dir`` is a complete output, unless ``force``; written like :func:`embed_manifest`.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    import ray.data
 
     from raysv.runtime import ensure_ray
 
-    done_marker = os.path.join(out_dir, "_SUCCESS")
-    if not force and os.path.isfile(done_marker):
+    if not force and outputs.complete(out_dir):
         return {"out": out_dir, "skipped": True}
-    ensure_ray()
-    t0 = time.monotonic()
-    man = fs.read_table(manifest, ["utt_id", "session_id"])
-    sessions = pc.coalesce(man["session_id"], man["utt_id"])
-    os.makedirs(out_dir, exist_ok=True)
-    keys = os.path.join(out_dir, "_sessions.parquet")  # O(N) metadata, read once per actor
-    pq.write_table(pa.table({"utt_id": man["utt_id"], "session_id": sessions}), keys)
-    emb = ray.data.read_parquet(fs.resolve(embeddings)[1], columns=["utt_id", "embedding"])
+    files = [fs.resolve(f)[1] for f in fs.parquet_files(embeddings)]  # a complete output only
+    with outputs.staged(out_dir, "raysv embed --average-sessions") as tmp:
+        ensure_ray()
+        t0 = time.monotonic()
+        man = fs.read_table(manifest, ["utt_id", "session_id"])
+        sessions = pc.coalesce(man["session_id"], man["utt_id"])
+        keys = os.path.join(tmp, "_sessions.parquet")  # O(N) metadata, read once per actor
+        pq.write_table(pa.table({"utt_id": man["utt_id"], "session_id": sessions}), keys)
+        n = _average_into(files, keys, tmp)
+        outputs.commit(tmp, out_dir, "raysv embed --average-sessions", n)
+    log.info("averaged embeddings into %d sessions in %.1fs", n, time.monotonic() - t0)
+    return {"out": out_dir, "sessions": n, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def _average_into(files: list[str], keys: str, tmp: str) -> int:
+    """Session means of the embeddings in ``files`` as Parquet parts in ``tmp``; their rows."""
+    import ray.data
+
+    emb = ray.data.read_parquet(files, columns=["utt_id", "embedding"])
     tagged = emb.map_batches(
         SessionTagger,
         fn_constructor_kwargs={"keys": keys},
@@ -245,12 +284,5 @@ def average_sessions(embeddings: str, manifest: str, out_dir: str, force: bool =
         num_cpus=0.5,
     )
     means = tagged.groupby("session_id").map_groups(_session_mean, batch_format="pyarrow")
-    for name in os.listdir(out_dir):
-        if not name.startswith("_"):
-            os.remove(os.path.join(out_dir, name))
-    means.write_parquet(out_dir)
-    n = fs.read_table(out_dir, ["utt_id"]).num_rows
-    with open(done_marker, "w") as f:
-        f.write(f"{n}\n")
-    log.info("averaged embeddings into %d sessions in %.1fs", n, time.monotonic() - t0)
-    return {"out": out_dir, "sessions": n, "seconds": round(time.monotonic() - t0, 2)}
+    means.write_parquet(tmp)
+    return _rows(tmp)

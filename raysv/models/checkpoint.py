@@ -21,12 +21,25 @@ def encoder_spec(name: str, n_mels: int, kwargs: dict[str, Any]) -> dict[str, An
     return {"name": name, "n_mels": int(n_mels), "kwargs": dict(kwargs)}
 
 
+# The checkpoint format this raysv writes. Checkpoints without a format entry
+# (written before it existed) hold the same entries and still load; a newer
+# or foreign format is refused with what to do.
+FORMAT = "raysv-encoder/1"
+
+
 def save_encoder(path: str, state: dict, spec: dict[str, Any], config: dict | None = None) -> str:
-    """Write an encoder checkpoint; returns ``path``."""
+    """Write an encoder checkpoint (through a temporary file and a rename: a kill
+    leaves the old checkpoint or the new one); returns ``path``."""
     import torch
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"model": state, "encoder": spec, "config": config or {}}, path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save({"format": FORMAT, "model": state, "encoder": spec, "config": config or {}}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -52,6 +65,11 @@ def read_checkpoint(path: str) -> tuple[dict, dict[str, Any]]:
         raise ConfigError(f"{path}: not a readable torch checkpoint ({first})") from exc
     if not isinstance(blob, dict) or "model" not in blob:
         raise ConfigError(f"{path}: not a raysv encoder checkpoint (no 'model' entry)")
+    if blob.get("format", FORMAT) != FORMAT:
+        raise ConfigError(
+            f"{path}: encoder checkpoint format {blob['format']!r}, this raysv reads {FORMAT!r}; "
+            "use the raysv version that wrote it, or retrain"
+        )
     spec = blob.get("encoder")
     if spec is None:
         cfg = blob.get("config") or {}
@@ -74,3 +92,34 @@ def load_encoder(path: str):
     model = build_encoder(spec["name"], spec["n_mels"], **spec["kwargs"])
     model.load_state_dict(state)
     return model, spec
+
+
+def plain_values(obj):
+    """``obj`` with numpy scalars and arrays turned into Python numbers and lists
+    (recursively through dicts, lists and tuples), so that ``torch.load(...,
+    weights_only=True)`` reads it back: checkpoints hold tensors and plain values only."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: plain_values(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_values(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def load_training_state(path: str) -> dict:
+    """A Ray Train checkpoint's ``state.pt``, tensors and plain values only (a pickle
+    that would run code is refused, never run)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(
+            f"{path}: refused: the training checkpoint holds more than tensors and plain "
+            "values (nothing in it was run); resume only run folders raysv wrote"
+        ) from exc

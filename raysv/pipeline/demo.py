@@ -17,13 +17,13 @@ rerun after a crash continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
 
 from raysv.config import to_dict
+from raysv.data.outputs import read_json, write_json_atomic
 from raysv.pipeline.iterate import ClusterSpec, IterateConfig, Schedule
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import (
@@ -124,7 +124,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
     from raysv.evaluation.evaluate import evaluate
-    from raysv.synth.corpus import synthesize
+    from raysv.synth.corpus import synthesize_replacing
     from raysv.tracking import mlflow_tracking as tracking
 
     t0 = time.monotonic()
@@ -138,7 +138,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             log.info("[1/6] corpus already generated in %s", data)
         else:
             log.info("[1/6] generating a corpus in %s", data)
-            summary["synth"] = synthesize(cfg.synth, data)
+            summary["synth"] = synthesize_replacing(cfg.synth, data)
     log.info("[2/6] importing %s", data)
     manifests, ingest_summary = prepare_corpus(
         data, os.path.join(out, "manifests"), allow_outside=cfg.allow_outside_paths
@@ -184,14 +184,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                     tracking.log_metrics({f"{stage}.nmi": r})
         tracking.log_dict(summary, "summary.json")
     summary["mlflow"] = {"tracking_uri": tracking_uri, "run_id": run_id}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=float)
+    write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
     if cfg.stage1 and cfg.report:
         from raysv.reporting.report import write_report
 
         summary["report"] = write_report(out)["report"]
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1, default=float)
+        write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
     log.info("demo finished in %.0fs", time.monotonic() - t0)
     return summary
 
@@ -244,8 +242,7 @@ def _stages(
     done = os.path.join(stage1_out, "summary.json")
     if os.path.isfile(done):
         log.info("[5/6] Stage I already trained in %s", stage1_out)
-        with open(done) as f:
-            s1 = json.load(f)
+        s1 = read_json(done)
     else:
         log.info(
             "[5/6] Stage I: contrastive pretraining (%s, %d epochs)",

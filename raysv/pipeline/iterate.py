@@ -21,7 +21,6 @@ run, which also gets the round's clustering metrics).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 from raysv.config import to_dict
 from raysv.data import fs
 from raysv.data.holdout import training_rows, trial_utt_ids
+from raysv.data.outputs import write_json_atomic
 from raysv.errors import ConfigError
 from raysv.training.stage2_config import GateSpec, Stage2Config
 
@@ -210,10 +210,9 @@ def _manifests(cfg: IterateConfig, out: str) -> tuple[str, dict[str, str], str |
 
 
 def _json(path: str) -> dict | None:
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
+    from raysv.data.outputs import read_json
+
+    return read_json(path)
 
 
 def _embed_and_score(
@@ -255,8 +254,7 @@ def _embed_and_score(
                 plain["scores"], plain["labels"], false_accepts
             )
             scores[s]["merge_false_accepts"] = false_accepts
-    with open(os.path.join(folder, "_scores.json"), "w") as f:
-        json.dump(scores, f, indent=1)
+    write_json_atomic(os.path.join(folder, "_scores.json"), scores)
     return scores
 
 
@@ -511,8 +509,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
         summary["seconds"] = round(time.monotonic() - t0, 1)
         tracking.log_dict(summary, "summary.json")
     summary["mlflow"] = {"tracking_uri": uri, "run_id": parent}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=float)
+    write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
     return summary
 
 
@@ -551,6 +548,5 @@ def _reference(cfg: IterateConfig, split: dict, trials: dict, parent: str, uri: 
     tr = run_train(tcfg)
     scores = _embed_and_score(tr["best_model"], split, trials, os.path.join(folder, "embeddings"))
     res = {"scores": scores, "epochs": tr["epochs"], "encoder": tr["best_model"]}
-    with open(os.path.join(folder, "_result.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    write_json_atomic(os.path.join(folder, "_result.json"), res)
     return res

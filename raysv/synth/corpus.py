@@ -357,3 +357,44 @@ def _write_meta(cfg: SynthConfig, plan: _Plan, out_dir: str) -> None:
     )
     with open(os.path.join(meta, "synth.yaml"), "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+# What marks a folder as a corpus synth wrote (it is written last).
+SYNTH_MARKER = ("meta", "synth.yaml")
+# What synth writes at the top of a corpus folder: all that --force replaces.
+SYNTH_ENTRIES = ("wav", "dialogues.jsonl", "trials", "meta")
+
+
+def synthesize_replacing(cfg: SynthConfig, out_dir: str) -> dict:
+    """:func:`synthesize` into a hidden sibling, then move its entries into ``out_dir``.
+
+    An earlier synth corpus there loses exactly the entries synth writes
+    (:data:`SYNTH_ENTRIES`: no old utterance survives to be imported with the
+    new ones); anything else in the folder is left alone. A kill during
+    rendering leaves ``out_dir`` as it was.
+    """
+    import shutil
+    import uuid
+
+    out_dir = os.path.abspath(out_dir)
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        summary = synthesize(cfg, tmp)
+        os.makedirs(out_dir, exist_ok=True)
+        os.makedirs(old)
+        marker = os.path.join(out_dir, *SYNTH_MARKER)
+        if os.path.isfile(marker):  # the old corpus stops counting as complete first
+            os.remove(marker)
+        for entry in SYNTH_ENTRIES:
+            if os.path.lexists(os.path.join(out_dir, entry)):
+                os.rename(os.path.join(out_dir, entry), os.path.join(old, entry))
+        for entry in sorted(os.listdir(tmp), key=lambda e: e == SYNTH_MARKER[0]):
+            os.rename(os.path.join(tmp, entry), os.path.join(out_dir, entry))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    summary["out"] = out_dir
+    return summary

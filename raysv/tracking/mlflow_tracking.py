@@ -28,6 +28,26 @@ def default_tracking_uri(root: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(root, 'mlflow.db'))}"
 
 
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where a local store keeps artifacts: ``mlartifacts/`` beside its SQLite file (the
+    run folder), not MLflow's default ``./mlruns`` under whatever folder a command runs
+    from. ``None`` for a tracking server (it decides)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = tracking_uri[len("sqlite:///") :]
+    return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
+
+
+def _experiment(mlflow, tracking_uri: str, name: str) -> None:
+    """Make ``name`` the active experiment, creating it with :func:`artifact_root`."""
+    root = artifact_root(tracking_uri)
+    if root and mlflow.get_experiment_by_name(name) is None:
+        # (another process may create it meanwhile)
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            mlflow.create_experiment(name, artifact_location=f"{root}/{name}")
+    mlflow.set_experiment(name)
+
+
 @contextlib.contextmanager
 def run(
     tracking_uri: str,
@@ -52,7 +72,7 @@ def run(
     saved_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        mlflow.set_experiment(experiment)
+        _experiment(mlflow, tracking_uri, experiment)
         if run_id:
             kwargs: dict[str, Any] = {"run_id": run_id, "nested": nested}
         else:

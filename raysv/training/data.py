@@ -288,8 +288,9 @@ def write_shards(
     import pyarrow.parquet as pq
 
     os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
+    for name in os.listdir(folder):  # an earlier table of ours; nothing else is touched
+        if name.startswith("part-") and name.endswith(".parquet"):
+            os.remove(os.path.join(folder, name))
     n = table.num_rows
     per = rows_per_shard or max(1, min(20000, -(-n // 64)))
     order = np.random.default_rng(seed).permutation(n)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,12 +16,12 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import yaml
 
 from raysv.config import to_dict
 from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
+from raysv.data.outputs import write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ConfigError, ManifestError
@@ -412,8 +411,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         out=out,
         **inputs["counts"],
     )
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=float)
+    write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
     return summary
 
 
@@ -436,7 +434,9 @@ def last_state(result) -> dict:
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        from raysv.models.checkpoint import load_training_state
+
+        return load_training_state(os.path.join(d, "state.pt"))
 
 
 def evaluate_encoders(models: dict, inputs: dict, n_mels: int, max_seconds: float) -> dict:

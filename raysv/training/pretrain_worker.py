@@ -21,6 +21,7 @@ import torch
 
 from raysv.config import from_dict
 from raysv.errors import DivergedError
+from raysv.models.checkpoint import load_training_state, plain_values
 from raysv.training import unreadable
 from raysv.training.config import PretrainConfig
 from raysv.training.data import worker_stream
@@ -70,7 +71,7 @@ def _save(path: str, model, loss, rejection, opt, sched, st: State) -> None:
             "rejection": rejection.state_dict() if rejection is not None else None,
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
-            "state": st.__dict__,
+            "state": plain_values(st.__dict__),
         },
         os.path.join(path, "state.pt"),
     )
@@ -78,7 +79,7 @@ def _save(path: str, model, loss, rejection, opt, sched, st: State) -> None:
 
 def _restore(ckpt, model, loss, rejection, opt, sched) -> State:
     with ckpt.as_directory() as d:
-        blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        blob = load_training_state(os.path.join(d, "state.pt"))
     _unwrap(model).load_state_dict(blob["model"])
     loss.load_state_dict(blob["loss"])
     if rejection is not None and blob["rejection"] is not None:

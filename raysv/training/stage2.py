@@ -11,7 +11,6 @@ reliable-label share among passed and rejected samples; never for training.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ import yaml
 from raysv.config import to_dict
 from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
+from raysv.data.outputs import write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.schema import conform
 from raysv.errors import ConfigError
@@ -227,8 +227,7 @@ def run_train(cfg: Stage2Config) -> dict:
         n_classes=inputs["n_classes"],
         train_utterances=inputs["table"].num_rows,
     )
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=float)
+    write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
     return summary
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from raysv.config import from_dict
 from raysv.losses import gates
 from raysv.losses.aam import AAMSoftmax
+from raysv.models.checkpoint import load_training_state, plain_values
 from raysv.training import unreadable
 from raysv.training.data import worker_stream
 from raysv.training.distributed import gather_no_grad, where, world
@@ -240,14 +241,18 @@ def next_tau(cfg: Stage2Config, epoch_done: int, losses: np.ndarray) -> float | 
 
 def _save(path: str, model, opt, st: Stage2State) -> None:
     torch.save(
-        {"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "state": st.__dict__},
+        {
+            "model": _unwrap(model).state_dict(),
+            "optimizer": opt.state_dict(),
+            "state": plain_values(st.__dict__),
+        },
         os.path.join(path, "state.pt"),
     )
 
 
 def _restore(ckpt, model, opt) -> Stage2State:
     with ckpt.as_directory() as d:
-        blob = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        blob = load_training_state(os.path.join(d, "state.pt"))
     _unwrap(model).load_state_dict(blob["model"])
     opt.load_state_dict(blob["optimizer"])
     return Stage2State(**blob["state"])

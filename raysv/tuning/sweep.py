@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from raysv.config import apply_overrides, from_dict, to_dict
+from raysv.data.outputs import write_json_atomic
 from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
@@ -236,8 +237,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         )
         summary["seconds"] = round(time.monotonic() - t0, 1)
         path = os.path.join(out, "summary.json")
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=1)
+        write_json_atomic(path, summary)
         tracking.log_artifact(path)
     summary["mlflow"] = {"tracking_uri": uri, "run_id": parent}
     return summary

@@ -324,3 +324,35 @@ def test_walk_streams_a_large_folder(tmp_path):
     first = next(gen)  # a generator: the first row comes before the walk ends
     assert first.utt_id == "s0/x/0"
     assert sum(1 for _ in gen) == 9999
+
+
+def test_kaldi_relative_paths_work_from_any_folder(tmp_path, monkeypatch, capsys):
+    """A Kaldi recipe's wav.scp names audio relative to the recipe root (where its
+    scripts run); the manifest stores absolute paths and says which base it used."""
+    recipe = tmp_path / "s5"
+    write_wav(recipe / "wavs" / "r1.wav", seconds=0.5)
+    write_wav(recipe / "wavs" / "r2.wav", seconds=0.5)
+    d = recipe / "data" / "train"
+    d.mkdir(parents=True)
+    (d / "wav.scp").write_text("r1 wavs/r1.wav\nr2 wavs/r2.wav\nr1 wavs/r2.wav\n")
+    (d / "utt2spk").write_text("r1 A\nr2 B\n")
+    monkeypatch.chdir(recipe)
+    out = str(tmp_path / "m.parquet")
+    assert main(["ingest", "kaldi", "data/train", "--out", out, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["relative_paths_base"] == str(recipe) and s["relative_paths"] == 2
+    # the duplicate recording id: its first line kept, the second reported
+    assert s["skipped"] == {"duplicate_utt_id": 1}
+    assert "wav.scp:3" in s["problems"][0] and "line 1" in s["problems"][0]
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert paths == [str(recipe / "wavs" / "r1.wav"), str(recipe / "wavs" / "r2.wav")]
+    # relative to the data dir when they exist there; --wav-root decides when given
+    (d / "wav.scp").write_text("r1 ../../wavs/r1.wav\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "kaldi", str(d), "--out", out, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["relative_paths_base"] == str(d)
+    (d / "wav.scp").write_text("r1 r1.wav\n")
+    argv = ["ingest", "kaldi", str(d), "--out", out, "--wav-root", str(recipe / "wavs")]
+    assert main([*argv, "--json"]) == 0
+    capsys.readouterr()
+    assert pq.read_table(out).column("path").to_pylist() == [str(recipe / "wavs" / "r1.wav")]

@@ -38,9 +38,8 @@ def test_raysv_pins_torch_and_torchaudio_as_one_release():
 
 
 def test_a_broken_torchaudio_is_one_line_naming_both_versions(tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "mine.txt").write_text("keep")
-    write_empty_manifest(tmp_path / "m.parquet")  # exists: the next check is the environment
+    (tmp_path / "mine.txt").write_text("keep")
+    write_empty_manifest(tmp_path / "m.parquet")  # exists, --out is free: next, the environment
     r = _run(
         ["-m", "raysv.cli", "embed", "--manifest", "m.parquet", "--out", "out"],
         tmp_path,
@@ -55,7 +54,7 @@ def test_a_broken_torchaudio_is_one_line_naming_both_versions(tmp_path):
     assert "OSError: Could not load this library" in msg
     assert "bash scripts/setup.sh" in msg and "pip install torch==" in msg
     assert "Traceback" not in r.stderr
-    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+    assert (tmp_path / "mine.txt").read_text() == "keep" and not (tmp_path / "out").exists()
 
 
 def test_setup_check_exits_nonzero_on_a_broken_pair(tmp_path):

@@ -1,0 +1,199 @@
+"""Output folders of Parquet parts: written whole or not at all, read only as listed.
+
+A command that writes a folder of parts (``raysv embed``, the session
+averages, ``raysv cluster``'s pseudo labels) goes through :func:`staged`:
+
+1. :func:`check_out` refuses an ``out`` that holds files raysv did not write
+   (no completion marker of ours): nothing of the user's is ever deleted.
+2. The parts are written into a hidden sibling ``.<name>.tmp-<id>``.
+3. :func:`commit` writes the completion marker ``_SUCCESS`` into it (JSON:
+   format, the command, rows, and the list of parts), then renames it into
+   place; an earlier output of ours at ``out`` is renamed aside first and
+   removed after. A kill at any point leaves either the old complete output
+   or the new one at ``out`` (plus a hidden sibling that the next run of the
+   same command removes), never a mix, and stale parts can't survive.
+
+Readers (:func:`parts`, used by :func:`raysv.data.fs.read_table` for every
+local folder) read only the parts the marker lists and refuse a folder
+without one, naming it. A folder another tool wrote (e.g. Spark, whose
+``_SUCCESS`` is empty) is read whole: its marker says it completed but not
+which parts it holds. A marker of an older raysv (a row count, no format) is
+refused with how to redo it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+from raysv.errors import ManifestError, OutputError
+
+MARKER = "_SUCCESS"
+FORMAT = "raysv-output/1"
+
+
+def read_marker(folder: str) -> dict | None:
+    """The completion marker of ``folder``: ``None`` without one, ``{}`` for a foreign
+    (empty) one, else its JSON. Raises OutputError for an older raysv's marker."""
+    path = os.path.join(folder, MARKER)
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace").strip()
+    if not text:
+        return {}
+    try:
+        marker = json.loads(text)
+    except json.JSONDecodeError:
+        marker = None
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+        raise OutputError(
+            f"{folder}: written by an older raysv or another tool (its {MARKER} is not a "
+            f"{FORMAT} marker); rerun the command that wrote it into a new folder"
+        )
+    return marker
+
+
+def parts(folder: str) -> list[str]:
+    """The Parquet parts of output ``folder`` (full paths, in the marker's order).
+
+    Refuses a folder without a completion marker and a marker listing a part
+    that is missing.
+    """
+    marker = read_marker(folder)
+    if marker is None:
+        raise OutputError(
+            f"{folder}: no {MARKER} marker, so it is incomplete (a command was stopped while "
+            "writing it: rerun it) or another tool's folder (if that tool finished, create an "
+            f"empty {MARKER} in it to read all its .parquet files)"
+        )
+    if not marker:  # another tool's: complete, parts not listed
+        return sorted(glob.glob(os.path.join(folder, "*.parquet")))
+    listed = [os.path.join(folder, p) for p in marker.get("parts", [])]
+    missing = [p for p in listed if not os.path.isfile(p)]
+    if missing:
+        raise OutputError(
+            f"{folder}: {len(missing)} part(s) its {MARKER} lists are missing (the first: "
+            f"{os.path.basename(missing[0])}); rerun the command that wrote it"
+        )
+    return listed
+
+
+def _ours(folder: str) -> bool:
+    try:
+        return bool(read_marker(folder))
+    except OutputError:
+        return False
+
+
+def check_out(out: str, command: str) -> None:
+    """Refuse ``out`` if it holds anything but an earlier complete output of raysv.
+
+    ``command``: named in the error (e.g. ``raysv embed``).
+    """
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise OutputError(f"{out}: exists and is not a folder; {command} writes a folder there")
+    entries = os.listdir(out)
+    if entries and not _ours(out):
+        raise OutputError(
+            f"{out}: holds {len(entries)} file(s) {command} did not write (e.g. "
+            f"{sorted(entries)[0]}); give a new or empty folder (raysv never deletes what it "
+            "did not write)"
+        )
+
+
+def _sibling(out: str, kind: str) -> str:
+    parent, name = os.path.split(os.path.abspath(out))
+    return os.path.join(parent, f".{name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove_leftovers(out: str) -> None:
+    """Remove hidden siblings of ``out`` that an interrupted run of ours left behind."""
+    parent, name = os.path.split(os.path.abspath(out))
+    for kind in ("tmp", "old"):
+        for p in glob.glob(os.path.join(parent, f".{glob.escape(name)}.{kind}-*")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def commit(tmp: str, out: str, command: str, rows: int, extra: dict | None = None) -> dict:
+    """Mark ``tmp`` complete (listing its ``*.parquet`` parts, not ``_*``) and move it to ``out``.
+
+    Returns the marker. ``out``, if it exists, must be an output of ours
+    (:func:`check_out` ran before the work).
+    """
+    names = sorted(  # "_" and "." files are the command's own records, not parts
+        n for n in os.listdir(tmp) if n.endswith(".parquet") and not n.startswith(("_", "."))
+    )
+    marker = {"format": FORMAT, "command": command, "rows": int(rows), "parts": names}
+    marker.update(extra or {})
+    write_json_atomic(os.path.join(tmp, MARKER), marker)
+    old = None
+    if os.path.exists(out):
+        check_out(out, command)
+        old = _sibling(out, "old")
+        os.rename(out, old)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    os.rename(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+    return marker
+
+
+@contextlib.contextmanager
+def staged(out: str, command: str) -> Iterator[str]:
+    """Check ``out`` (:func:`check_out`) and yield a fresh hidden sibling to write into.
+
+    The caller calls :func:`commit` when its parts are complete; if the body
+    raises, the sibling is removed and ``out`` is untouched.
+    """
+    check_out(out, command)
+    _remove_leftovers(out)
+    tmp = _sibling(out, "tmp")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def complete(folder: str) -> bool:
+    """True when ``folder`` holds a complete output of this raysv (raises for an older one)."""
+    return bool(read_marker(folder)) if os.path.isdir(folder) else False
+
+
+def write_json_atomic(path: str, obj, **kwargs) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename.
+
+    A kill leaves the old file or the new one, never a truncated one.
+    """
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, **{"indent": 1, **kwargs})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_json(path: str) -> dict | None:
+    """A JSON file of ours, or ``None`` if absent; a damaged one is one clear error."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(
+            f"{path}: damaged ({exc.__class__.__name__}: {exc}); delete it to redo that step"
+        ) from None
