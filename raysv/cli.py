@@ -1077,6 +1077,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def raysv_cause(exc: BaseException) -> RaysvError | None:
+    """The raysv error behind ``exc``: itself, or the first one along the chain of
+    causes that Ray's wrappers keep (``cause``, ``__cause__``, ``__context__``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(e, RaysvError) and not isinstance(cause, RaysvError):
+            return e
+        todo += [cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -1089,12 +1106,13 @@ def main(argv: list[str] | None = None) -> int:
     _, _, run, human = COMMANDS[args.command]
     try:
         summary = run(args)
-    except RaysvError as exc:
-        # Raised in a Ray task or actor, the error arrives wrapped (a RayTaskError that
-        # is also a RaysvError) whose text is the remote traceback: print its cause.
-        cause = getattr(exc, "cause", None)
-        msg = cause if isinstance(cause, RaysvError) else exc
-        print(f"raysv {args.command}: error: {msg}", file=sys.stderr)
+    except Exception as exc:
+        # Raised in a Ray task or actor (or a Ray Data UDF, or a Train worker), a raysv
+        # error arrives wrapped, with the remote traceback as its text: print its cause.
+        err = raysv_cause(exc)
+        if err is None:
+            raise  # a bug: the traceback is what a report needs
+        print(f"raysv {args.command}: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1, default=str) if args.json else human(summary))
     return 0

@@ -177,3 +177,34 @@ def test_evaluate_pseudo_labels(tmp_path, capsys):
     assert c["kept"]["nmi"] == 1.0 and c["without_speaker_label"] == 1
     assert main(["evaluate", "--pseudo-labels", str(labels)]) == 2
     assert "needs --manifest" in capsys.readouterr().err
+
+
+def test_raysv_errors_raised_in_ray_tasks_and_actors_are_found_behind_rays_wrappers(
+    ray_local,
+):
+    # (Ray Data 2.60 keeps only the text of a UDF's error, in a UserCodeException:
+    # raysv's UDFs never raise for bad rows, they skip and list them.)
+    import ray
+
+    from raysv.cli import raysv_cause
+    from raysv.errors import ManifestError
+
+    @ray.remote
+    def task():
+        raise ManifestError("rows.parquet: row 7 is bad")
+
+    @ray.remote
+    class Actor:
+        def go(self):
+            try:
+                raise KeyError("inner")
+            except KeyError as exc:
+                raise ManifestError("rows.parquet: row 9 is bad") from exc
+
+    with pytest.raises(Exception) as info:
+        ray.get(task.remote())
+    assert str(raysv_cause(info.value)) == "rows.parquet: row 7 is bad"
+    with pytest.raises(Exception) as info:
+        ray.get(Actor.remote().go.remote())
+    assert str(raysv_cause(info.value)) == "rows.parquet: row 9 is bad"
+    assert raysv_cause(ValueError("a bug")) is None
