@@ -1002,7 +1002,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
         _ingest_human,
     ),
     "validate": (
-        "check manifests (and optionally their audio) for bad rows",
+        "check manifests (and optionally their audio) for bad rows (exit 1 if any)",
         _validate_args,
         _validate,
         _validate_human,
@@ -1115,7 +1115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raysv {args.command}: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1, default=str) if args.json else human(summary))
-    return 0
+    # validate: exit 1 when it found problems (a script can tell), 2 stays for errors
+    return 1 if args.command == "validate" and summary.get("ok") is False else 0
 
 
 if __name__ == "__main__":
