@@ -95,8 +95,16 @@ def open_input(uri: str):
 
 
 def read_text(uri: str) -> str:
+    """A UTF-8 text file; binary content is one error naming the file and the line."""
     with open_input(uri) as f:
-        return f.read().decode("utf-8")
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            f"{uri}: not UTF-8 text (byte {exc.start}, line {line}): is it the right file?"
+        ) from None
 
 
 def parquet_files(uri: str) -> list[str]:

@@ -220,6 +220,7 @@ def scan_dialogues(
     root = audio_root or (
         os.path.dirname(fs.resolve(jsonl)[1]) if fs.is_local(jsonl) else jsonl.rsplit("/", 1)[0]
     )
+    first_line: dict[str, int] = {}
     for lineno, line in enumerate(fs.read_text(jsonl).splitlines(), 1):
         if not line.strip():
             continue
@@ -236,13 +237,39 @@ def scan_dialogues(
         ):
             problems.add("bad_line", where, 'expected {"dialogue_id": ..., "utterances": [...]}')
             continue
-        did = str(obj["dialogue_id"])
+        did = obj["dialogue_id"]
+        if not isinstance(did, (str, int)) or isinstance(did, bool) or str(did) == "":
+            problems.add("bad_value", where, f"dialogue_id must be a string, got {did!r}")
+            continue
+        did = str(did)
+        if did in first_line:  # two lines would silently merge into one dialogue
+            problems.add(
+                "bad_line",
+                where,
+                f"dialogue {did!r} already given on line {first_line[did]}; this line is ignored",
+            )
+            continue
+        first_line[did] = lineno
         for item in obj["utterances"]:
             meta = item if isinstance(item, dict) else {"path": item}
             rel = meta.get("path")
             if not isinstance(rel, str) or not rel:
                 problems.add("bad_line", where, f"utterance without a path: {item!r}")
                 continue
+            bad = [
+                k
+                for k in ("utt_id", "speaker", "session_id")
+                if meta.get(k) is not None and not isinstance(meta[k], (str, int))
+            ]
+            if bad:
+                problems.add(
+                    "bad_value", where, f"{bad[0]} must be a string, got {meta[bad[0]]!r} ({rel})"
+                )
+                continue
+            meta = {
+                k: (str(v) if k in ("utt_id", "speaker", "session_id") and v is not None else v)
+                for k, v in meta.items()
+            }
             path = rel if (os.path.isabs(rel) or "://" in rel) else fs.join(root, rel)
             yield Candidate(
                 utt_id=str(meta.get("utt_id") or _strip_ext(rel)),

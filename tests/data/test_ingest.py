@@ -357,3 +357,31 @@ def test_kaldi_relative_paths_work_from_any_folder(tmp_path, monkeypatch, capsys
     assert main([*argv, "--json"]) == 0
     capsys.readouterr()
     assert pq.read_table(out).column("path").to_pylist() == [str(recipe / "wavs" / "r1.wav")]
+
+
+def test_dialogue_lines_that_would_merge_or_hold_wrong_types_are_reported(tmp_path):
+    for i in range(4):
+        write_wav(tmp_path / "a" / f"{i}.wav", seconds=0.5)
+    jl = tmp_path / "d.jsonl"
+    jl.write_text(
+        '{"dialogue_id": "d1", "utterances": ["a/0.wav", "a/1.wav"]}\n'
+        '{"dialogue_id": "d1", "utterances": ["a/2.wav"]}\n'
+        '{"dialogue_id": ["x"], "utterances": ["a/3.wav"]}\n'
+        '{"dialogue_id": 7, "utterances": [{"path": "a/3.wav", "speaker": {"n": 1}}]}\n'
+        '{"dialogue_id": 8, "utterances": [{"path": "a/2.wav", "speaker": 12}]}\n'
+    )
+    problems = Problems()
+    got = list(ingest.scan_dialogues(str(jl), problems))
+    assert [(c.dialogue_id, os.path.basename(c.path), c.speaker) for c in got] == [
+        ("d1", "0.wav", None),
+        ("d1", "1.wav", None),
+        ("8", "2.wav", "12"),
+    ]
+    lines = [str(p) for p in problems.items]
+    assert "d.jsonl:2: dialogue 'd1' already given on line 1" in lines[0]
+    assert "d.jsonl:3: dialogue_id must be a string" in lines[1]
+    assert "d.jsonl:4: speaker must be a string" in lines[2] and len(lines) == 3
+    binary = tmp_path / "b.jsonl"
+    binary.write_bytes(b'{"dialogue_id": "d1"}\n\xff\xfe\x00binary')
+    with pytest.raises(ManifestError, match=r"b.jsonl: not UTF-8 text \(byte 22, line 2\)"):
+        list(ingest.scan_dialogues(str(binary), Problems()))
