@@ -30,7 +30,8 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         "when": time.strftime("%Y-%m-%d %H:%M"),
     }
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{name}{'_quick' if quick else ''}.json")
+    suffix = result.pop("file_suffix", "")  # e.g. autok's "_spk100": one file per setting
+    path = os.path.join(out_dir, f"{name}{suffix}{'_quick' if quick else ''}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     result["written_to"] = path
