@@ -125,7 +125,9 @@ def test_mlflow_has_a_parent_run_and_a_nested_run_per_round(full_run):
     hist = client.get_metric_history(
         parent.info.run_id, "round1.auto_k." + ("k" if merged else "silhouette")
     )
-    assert len(hist) >= 10
+    # (the merge grid is threshold +- 0.2 in 17 steps, clipped at cosine 1)
+    assert len(hist) >= 5
+    assert not merged or s["rounds"][0]["k"] in {m.value for m in hist}
 
 
 def test_a_rerun_of_a_finished_pipeline_redoes_nothing(full_run, tiny_corpus, init_ckpt):
