@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,8 @@ def _synth(a: argparse.Namespace) -> dict:
     from raysv.synth.corpus import SYNTH_MARKER, SynthConfig, synthesize_replacing
 
     cfg = load_config(SynthConfig, a.config, a.overrides)
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise RaysvError(f"{a.out}: exists and is not a folder; synth writes a corpus folder there")
     if os.path.isdir(a.out) and os.listdir(a.out):
         if not a.force:
             raise RaysvError(f"{a.out} is not empty; pass --force to replace a corpus synth wrote")
@@ -107,6 +110,8 @@ def _ingest(a: argparse.Namespace) -> dict:
     from raysv.data.trials import parse_trials, resolve_trials
 
     problems = Problems(strict=a.strict)
+    if fs.is_local(a.out) and os.path.isdir(fs.resolve(a.out)[1]):
+        raise RaysvError(f"--out {a.out} is a folder; give the Parquet file to write")
     summary: dict = {"format": a.format, "source": a.source, "out": a.out}
     if a.format == "trials":
         trials = parse_trials(a.source, problems)
@@ -261,10 +266,38 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_manifest(uri: str) -> None:
+    """An utterances manifest ``embed`` can read: Parquet with utt_id, path, start_s, end_s."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysv.data import fs
+
+    if not fs.exists(uri) or fs.is_dir(uri):
+        return  # embed_manifest names a missing manifest; a folder is checked by its reader
+    fsys, path = fs.resolve(uri)
+    try:
+        cols = set(pq.read_schema(path, filesystem=fsys).names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise RaysvError(f"{uri}: not a Parquet manifest ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in ("utt_id", "path", "start_s", "end_s") if c not in cols]
+    if missing:
+        raise RaysvError(
+            f"{uri}: the manifest lacks column(s) {', '.join(missing)}; make it with raysv ingest"
+        )
+
+
 def _embed(a: argparse.Namespace) -> dict:
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
 
+    if not (math.isfinite(a.max_seconds) and a.max_seconds > 0):
+        raise RaysvError(f"--max-seconds must be a positive number of seconds, got {a.max_seconds}")
+    if a.n_mels < 3:
+        raise RaysvError(f"--n-mels must be at least 3, got {a.n_mels}")
+    if a.concurrency is not None and a.concurrency < 1:
+        raise RaysvError(f"--concurrency must be at least 1 actor, got {a.concurrency}")
+    _check_manifest(a.manifest)
     if a.average_sessions and os.path.realpath(a.average_sessions) == os.path.realpath(a.out):
         raise RaysvError(
             f"--average-sessions {a.average_sessions} is the --out folder; give another"

@@ -131,7 +131,7 @@ def choose_k_from(
 
     out = os.path.abspath(out)
     final = os.path.abspath(final or out)
-    os.makedirs(out, exist_ok=True)
+    outputs.ensure_folder(out, "raysv cluster")
     path = os.path.join(out, "_auto_k.json")
     earlier = os.path.join(final, "_auto_k.json")
     files = embedding_files(embeddings)
@@ -425,7 +425,7 @@ def elbow(
     from raysv.clustering import plots
 
     t0 = time.monotonic()
-    os.makedirs(out, exist_ok=True)
+    outputs.ensure_folder(out, "raysv cluster")
     spec = spec or KMeansSpec(init="kmeans++")
     actors = start_shards(
         embedding_files(embeddings), shards, normalise=spec.spherical, device=device

@@ -191,9 +191,22 @@ def read_json(path: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(
             f"{path}: damaged ({exc.__class__.__name__}: {exc}); delete it to redo that step"
         ) from None
+
+
+def ensure_folder(path: str, command: str = "raysv") -> str:
+    """``os.makedirs(path, exist_ok=True)``, with one clear error when ``path`` (or a
+    parent) is a file."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(
+            f"{path}: exists and is not a folder (or sits under a file); {command} writes a "
+            "folder there"
+        ) from None
+    return path

@@ -38,9 +38,26 @@ def embedding_matrix(
         dims = {len(r) for r in rows}
         if len(dims) != 1:
             raise ManifestError(f"{source}: embeddings have different lengths {sorted(dims)[:5]}")
-        mat = np.asarray(rows)
+        try:
+            mat = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ManifestError(
+                f"{source}: the embedding column holds non-numbers ({col.type})"
+            ) from None
     ids = table.column("utt_id")
-    return (ids.to_pylist() if ids_as_list else ids), mat.astype(np.float32, copy=False)
+    try:
+        mat = mat.astype(np.float32, copy=False)
+    except (TypeError, ValueError):
+        raise ManifestError(
+            f"{source}: the embedding column holds non-numbers ({col.type})"
+        ) from None
+    bad = ~np.isfinite(mat).all(axis=1)
+    if bad.any():
+        raise ManifestError(
+            f"{source}: {int(bad.sum())} embedding(s) hold NaN/inf values (the first: utt_id "
+            f"{table.column('utt_id')[int(np.argmax(bad))].as_py()})"
+        )
+    return (ids.to_pylist() if ids_as_list else ids), mat
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -84,6 +101,15 @@ def as_norm(
     """
     if cohort.shape[0] == 0:
         raise RaysvError("AS-norm needs a non-empty cohort")
+    if cohort.shape[1] != enroll_emb.shape[1]:
+        raise RaysvError(
+            f"the cohort's embeddings have {cohort.shape[1]} dimensions, the trials' "
+            f"{enroll_emb.shape[1]}: score with a cohort embedded by the same encoder"
+        )
+    if top_k < 1:
+        raise RaysvError(f"AS-norm top_k must be at least 1, got {top_k}")
+    if not np.isfinite(cohort).all():
+        raise RaysvError("the cohort's embeddings hold NaN/inf values")
     k = min(top_k, cohort.shape[0])
     cohort = l2_normalise(cohort)
 

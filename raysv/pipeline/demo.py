@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from raysv.config import to_dict
-from raysv.data.outputs import read_json, write_json_atomic
+from raysv.data.outputs import ensure_folder, read_json, write_json_atomic
 from raysv.pipeline.iterate import ClusterSpec, IterateConfig, Schedule
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import (
@@ -129,7 +129,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     t0 = time.monotonic()
     out = os.path.abspath(cfg.out)
-    os.makedirs(out, exist_ok=True)
+    ensure_folder(out, "raysv demo")
     summary: dict = {"out": out}
     data = cfg.data
     if data is None:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from raysv.config import to_dict
 from raysv.data import fs
 from raysv.data.holdout import training_rows, trial_utt_ids
-from raysv.data.outputs import write_json_atomic
+from raysv.data.outputs import ensure_folder, write_json_atomic
 from raysv.errors import ConfigError
 from raysv.training.stage2_config import GateSpec, Stage2Config
 
@@ -363,7 +363,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
 
     t0 = time.monotonic()
     out = os.path.abspath(cfg.out)
-    os.makedirs(out, exist_ok=True)
+    ensure_folder(out, "raysv iterate")
     if not cfg.init_checkpoint:
         raise ConfigError("iterate needs init_checkpoint: the Stage I encoder (best_model.pt)")
     from raysv.models.checkpoint import read_checkpoint

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from raysv.errors import ConfigError
+from raysv.errors import ConfigError, RaysvError
 
 log = logging.getLogger("raysv")
 
@@ -32,8 +32,14 @@ def _load_run(run: str) -> tuple[dict, dict]:
     path = os.path.join(run, "summary.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{run}: no summary.json; is this a finished raysv iterate/demo folder?")
-    with open(path) as f:
-        top = json.load(f)
+    from raysv.data.outputs import read_json
+
+    try:
+        top = read_json(path)
+    except RaysvError as exc:
+        raise ConfigError(str(exc)) from None
+    if not isinstance(top, dict):
+        raise ConfigError(f"{path}: not a raysv run summary (a JSON object); delete it and rerun")
     if "rounds" in top:
         return top, {}
     stage2 = top.get("stage2")

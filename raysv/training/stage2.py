@@ -26,7 +26,7 @@ import yaml
 from raysv.config import to_dict
 from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
-from raysv.data.outputs import write_json_atomic
+from raysv.data.outputs import ensure_folder, write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.schema import conform
 from raysv.errors import ConfigError
@@ -285,7 +285,7 @@ def speaker_label_table(manifest: str, out: str) -> str:
             "round": np.zeros(len(ids), np.int32),
         }
     )
-    os.makedirs(out, exist_ok=True)
+    ensure_folder(out, "raysv train")
     path = os.path.join(out, "speaker_labels.parquet")
     pq.write_table(conform(table, "pseudo_labels", path), path)
     return path
