@@ -211,7 +211,10 @@ def test_demo_on_a_users_unlabeled_corpus(tmp_path, ray_local, tiny_corpus, caps
     assert auto["k"] == r1["k"] and len(auto["table"]) >= 3
     # merged down to the threshold calibrated on the dev trials of the same encoder
     dev = json.loads(Path(out, "stage2", "round0", "embeddings", "_scores.json").read_text())["dev"]
-    assert auto["method"] == "merge" and auto["threshold"] == dev["merge_threshold"]
+    assert auto["source"]["threshold"] == dev["merge_threshold"]
+    # (on this tiny corpus, 36 training utterances, merging may leave no group of 3:
+    # then the silhouette rule decides, and the evidence says why)
+    assert auto["method"] == "merge" or "too few to cluster" in auto["fallback_from_merging"]
     assert os.path.isfile(os.path.join(r1["labels"], "_auto_k.png"))
     assert "chosen from the embeddings" in Path(s["report"]).read_text()
     assert 0 <= s["results"]["round1"]["test"]["eer"] <= 100
