@@ -338,7 +338,7 @@ def _embed_human(s: dict) -> str:
         if s.get("unreadable"):
             first = s["unreadable_examples"][0]
             text += (
-                f"\nskipped {s['unreadable']} with unreadable audio (first: {first['path']}: "
+                f"\nskipped {s['unreadable']} with missing or unreadable audio (first: {first['path']}: "
                 f"{first['reason']}); all listed in {s['out']}/_skipped-*.jsonl"
             )
     sess = s.get("sessions")
@@ -446,7 +446,7 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=20, help="at most this many (default 20)")
     p.add_argument(
         "--early-stop",
-        type=float,
+        type=_early_stop,
         default=0.0,
         metavar="FRACTION",
         help="stop once the objective falls by at most this fraction of its last value "
@@ -466,12 +466,16 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--drop-fraction",
-        type=float,
+        type=_auto_or(float),
         default=0.0,
-        help="purification p: share farthest from centroids dropped",
+        help="purification p: share farthest from centroids dropped; auto: from the mean "
+        "cluster size (raysv.clustering.auto_schedule)",
     )
     p.add_argument(
-        "--min-cluster-size", type=int, default=1, help="purification S: smaller clusters dropped"
+        "--min-cluster-size",
+        type=_auto_or(int),
+        default=1,
+        help="purification S: smaller clusters dropped; auto: from the mean cluster size",
     )
     p.add_argument("--round", type=int, default=1, help="round number written into the table")
     p.add_argument(
@@ -514,6 +518,37 @@ def _int_list(text: str) -> list[int]:
     if not ks or min(ks) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
     return ks
+
+
+def _early_stop(text: str) -> float:
+    """``--early-stop``: a fraction in [0, 1), or -1 (never stop early)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction such as 0.001, got {text!r}"
+        ) from None
+    if v != -1 and not 0 <= v < 1:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction in [0, 1), or -1 (never), got {text!r}"
+        )
+    return v
+
+
+def _auto_or(kind):
+    """An argparse type: ``auto`` or a value of ``kind``."""
+
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {kind.__name__} or auto, got {text!r}"
+            ) from None
+
+    return parse
 
 
 def _k_value(text: str) -> int | str:

@@ -275,7 +275,11 @@ def validate(manifest, *flags):
 
 def embed_with(checkpoint=None, *flags, manifest=True):
     def build(t):
-        argv = ["embed", "--manifest", _manifest(t) if manifest else t / "none.parquet"]
+        if callable(manifest):
+            man = manifest(t)
+        else:
+            man = _manifest(t) if manifest else t / "none.parquet"
+        argv = ["embed", "--manifest", man]
         argv += ["--out", t / "emb"]
         if checkpoint is not None:
             argv += ["--checkpoint", checkpoint(t)]
@@ -1706,6 +1710,145 @@ CASES = [
         "gate.tau: expected a finite number, got inf",
         id="train-gate-tau-inf",
     ),
+    # -- nonsense numbers in configs, and bad model/loss settings, refused before Ray
+    pytest.param(
+        pretrain_with(None, "--set", "train.max_failures=-3"),
+        "train: max_failures (worker-group restarts) must be >= 0, or -1 (no limit), got -3",
+        id="pretrain-max-failures-negative",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "train.num_to_keep=0"),
+        "train: num_to_keep (checkpoints kept) must be >= 1, got 0",
+        id="pretrain-num-to-keep-0",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "train.cpus_per_worker=-1"),
+        "train: cpus_per_worker must be > 0 (or null: automatic), got -1",
+        id="pretrain-cpus-per-worker-negative",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "train.seed=-3"),
+        "train: seed must be >= 0, got -3",
+        id="pretrain-seed-negative",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "optim.weight_decay=-0.1"),
+        "optim: weight_decay must be >= 0, got -0.1",
+        id="pretrain-weight-decay-negative",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "data.eval_max_seconds=0"),
+        "data: eval_max_seconds must be > 0, got 0",
+        id="pretrain-eval-max-seconds-0",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "loss.scale=-1"),
+        "loss: scale must be > 0, got -1",
+        id="pretrain-loss-scale-negative",
+    ),
+    pytest.param(
+        pretrain_with(
+            None,
+            "--set",
+            "loss.name=ntxent",
+            "--set",
+            "data.mode=utterance",
+            "--set",
+            "loss.temperature=-1",
+        ),
+        "loss: temperature must be > 0 (or null: none), got -1",
+        id="pretrain-ntxent-temperature-negative",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "model.kwargs={channels: -4}"),
+        ("model.kwargs {'channels': -4} of encoder 'ecapa'", "negative dimension -4"),
+        id="pretrain-kwargs-channels-negative",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "model.kwargs={channels: 64, embed_dim: 0}"),
+        "model.kwargs {'channels': 64, 'embed_dim': 0} of encoder 'ecapa'",
+        id="pretrain-kwargs-embed-dim-0",
+    ),
+    pytest.param(
+        pretrain_with(None, "--set", "model.kwargs={channels: 12}"),
+        "ECAPA channels (12) must be divisible by scale (8)",
+        id="pretrain-kwargs-channels-not-divisible",
+    ),
+    pytest.param(
+        pretrain_with(
+            corpus_variant(lambda r: _text(r / "trials" / "dev.txt", "1 t1/a/0.wav t1/b/0.wav\n"))
+        ),
+        ("dev", "1 target and 0 non-target trials"),
+        id="pretrain-dev-trials-only-target",
+    ),
+    pytest.param(
+        train_with("--set", "model.kwargs={channels: -4}", manifest=False),
+        ("model.kwargs {'channels': -4} of encoder 'ecapa'", "negative dimension -4"),
+        id="train-kwargs-channels-negative",
+    ),
+    pytest.param(
+        train_with("--set", "data.n_mels=0", manifest=False),
+        "data: n_mels must be >= 8 (or null: the checkpoint's), got 0",
+        id="train-n-mels-0",
+    ),
+    pytest.param(
+        train_with("--set", "train.num_to_keep=0", manifest=False),
+        "train: num_to_keep (checkpoints kept) must be >= 1, got 0",
+        id="train-num-to-keep-0",
+    ),
+    pytest.param(
+        train_with("--set", "gate.seed=-1", manifest=False),
+        "gate.seed must be >= 0, got -1",
+        id="train-gate-seed-negative",
+    ),
+    pytest.param(
+        iterate_with("--set", "cluster.shards=0"),
+        "cluster.shards must be >= 1 (or null: automatic), got 0",
+        id="iterate-shards-0",
+    ),
+    pytest.param(
+        iterate_with("--set", "cluster.early_stop=-0.5"),
+        "cluster.early_stop must be a fraction in [0, 1), or -1 (never), got -0.5",
+        id="iterate-early-stop-negative",
+    ),
+    pytest.param(
+        iterate_with("--set", "train.train.max_failures=-2"),
+        "max_failures (worker-group restarts) must be >= 0, or -1 (no limit), got -2",
+        id="iterate-max-failures-negative",
+    ),
+    pytest.param(
+        synth_set("workers=-5"),
+        "workers must be >= 0 (0: all cores), got -5",
+        id="synth-workers-negative",
+    ),
+    pytest.param(
+        synth_config("workers: -5\n"),
+        "workers must be >= 0 (0: all cores), got -5",
+        id="synth-config-workers-negative",
+    ),
+    pytest.param(synth_set("seed=-1"), "seed must be >= 0, got -1", id="synth-seed-negative"),
+    *[
+        pytest.param(
+            cluster_with(_good_embeddings, "--k", "2", "--early-stop", v),
+            f"argument --early-stop: expected a fraction in [0, 1), or -1 (never), got '{v}'",
+            id=f"cluster-early-stop-{v}",
+        )
+        for v in ("nan", "inf", "-0.5", "1.5")
+    ],
+    pytest.param(
+        evaluate_with(
+            _good_embeddings, lambda t: _text(t / "t.txt", "u0 u1 target\nu2 u3 target\n")
+        ),
+        "t.txt: 2 target and 0 non-target trials",
+        id="evaluate-trials-only-target",
+    ),
+    pytest.param(
+        evaluate_with(
+            _good_embeddings, lambda t: _text(t / "t.txt", "u0 u1 nontarget\nu2 u3 nontarget\n")
+        ),
+        "t.txt: 0 target and 2 non-target trials",
+        id="evaluate-trials-only-nontarget",
+    ),
     # -- bench and the top level
     pytest.param(
         lambda t: ["bench", "everything"],
@@ -1894,6 +2037,27 @@ RAY_CASES = [
         cluster_with(_good_embeddings, "--k", "2", "--shards", "0"),
         "shards must be >= 1, got 0",
         id="cluster-shards-0",
+    ),
+    pytest.param(
+        cluster_with(
+            lambda t: _embeddings(
+                t / "emb.parquet",
+                [f"u{i}" for i in range(6)],
+                [[1.0, 0], [0, 1], [1, 1], [0, 1], [np.inf, 0], [1, 0]],
+            ),
+            "--k",
+            "auto",
+        ),
+        ("emb.parquet: 1 embedding(s) hold NaN/inf values", "utt_id u4"),
+        id="cluster-auto-k-nan-embeddings",
+    ),
+    pytest.param(
+        embed_with(
+            None,
+            manifest=lambda t: _manifest(t, path=[str(t / "gone" / f"{i}.wav") for i in range(4)]),
+        ),
+        ("gone/0.wav: file does not exist", "no utterance could be embedded"),
+        id="embed-audio-files-missing",
     ),
     pytest.param(
         cluster_with(_good_embeddings, "--elbow", "2,100"),

@@ -54,7 +54,12 @@ def bound(v) -> float | None:
 def _open(path: str):
     """soundfile accepts a local path; other URIs are opened through pyarrow."""
     if fs.is_local(path):
-        return fs.resolve(path)[1]
+        local = fs.resolve(path)[1]
+        # libsndfile reports a missing file as a generic open error ("System error"):
+        # tell it apart here, where the file is opened
+        if not os.path.exists(local):
+            raise AudioError(path, "file does not exist", "missing_file")
+        return local
     try:
         with fs.open_input(path) as f:
             return _io.BytesIO(f.read())

@@ -8,7 +8,8 @@ reuses finished stages).
 
 Other corpus sizes: ``RAYSV_BENCH_AUTOK_SPEAKERS=100`` (and
 ``RAYSV_BENCH_AUTOK_SEEDS=0,1``) write ``autok_spk100.json``; tens of minutes
-per seed on 2 cores.
+per seed on 2 cores. ``RAYSV_BENCH_AUTOK_GPU=1`` trains Stage I and II on a
+CUDA GPU (same settings otherwise; the file name gains ``_gpu``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def run(quick: bool = False) -> dict:
     seeds = [0] if quick else [0, 1, 2]
     if os.environ.get("RAYSV_BENCH_AUTOK_SEEDS"):  # e.g. "0,1": fewer seeds, a partial table
         seeds = [int(v) for v in os.environ["RAYSV_BENCH_AUTOK_SEEDS"].split(",")]
-    root = os.path.abspath(os.path.join("runs", "bench_autok" + ("_quick" if quick else "")))
+    gpu = os.environ.get("RAYSV_BENCH_AUTOK_GPU") == "1"
+    root = os.path.abspath(
+        os.path.join("runs", "bench_autok" + ("_quick" if quick else "") + ("_gpu" if gpu else ""))
+    )
     rows = []
     for seed in seeds:
         base = DemoConfig()
@@ -66,6 +70,18 @@ def run(quick: bool = False) -> dict:
                     train=replace(
                         base.stage2.train,
                         train=replace(base.stage2.train.train, epochs=2, batch_size=8),
+                    ),
+                ),
+            )
+        if gpu:  # the same settings, trained on the GPU
+            base = replace(
+                base,
+                pretrain=replace(base.pretrain, train=replace(base.pretrain.train, use_gpu=True)),
+                stage2=replace(
+                    base.stage2,
+                    train=replace(
+                        base.stage2.train,
+                        train=replace(base.stage2.train.train, use_gpu=True),
                     ),
                 ),
             )
@@ -105,7 +121,8 @@ def run(quick: bool = False) -> dict:
 
     return {
         "benchmark": "autok",
-        "file_suffix": "" if speakers == 40 else f"_spk{speakers}",
+        "file_suffix": ("" if speakers == 40 else f"_spk{speakers}") + ("_gpu" if gpu else ""),
+        "device": "cuda" if gpu else "cpu",
         "training_speakers": speakers,
         "rows": rows,
         "test_eer": {"auto": spread("test_eer", "auto"), "true_k": spread("test_eer", "true_k")},

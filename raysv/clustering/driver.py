@@ -128,6 +128,7 @@ def choose_k_from(
     import pyarrow.parquet as pq
 
     from raysv.clustering import auto_k
+    from raysv.evaluation.scoring import embedding_matrix
 
     out = os.path.abspath(out)
     final = os.path.abspath(final or out)
@@ -164,10 +165,9 @@ def choose_k_from(
         rows = take[(take >= start) & (take < start + c)] - start
         start += c
         if rows.size:
-            col = fs.read_table(f, ["embedding"]).column("embedding").take(pa.array(rows))
-            parts.append(
-                np.asarray(col.combine_chunks().flatten(), np.float32).reshape(rows.size, -1)
-            )
+            # embedding_matrix names the file and the first utt_id with NaN/inf or no vector
+            sampled = fs.read_table(f, ["utt_id", "embedding"]).take(pa.array(rows))
+            parts.append(embedding_matrix(sampled, f, ids_as_list=False)[1])
     x = np.concatenate(parts)
     res, fallback = None, None
     if threshold is not None:
@@ -203,8 +203,8 @@ def cluster(
     *,
     shards: int | None = None,
     device: str = "auto",
-    drop_fraction: float = 0.0,
-    min_cluster_size: int = 1,
+    drop_fraction: float | str = 0.0,
+    min_cluster_size: int | str = 1,
     round_: int = 1,
     manifest: str | None = None,
     plots: bool = False,
@@ -224,7 +224,7 @@ def cluster(
     under ``out``. ``device``: where the shards search (see
     :func:`start_shards`; ``"auto"`` uses GPUs where the Ray cluster has them).
     """
-    kmeans.check_purification(drop_fraction, min_cluster_size)  # before any work
+    check_auto_purification(drop_fraction, min_cluster_size)  # before any work
     t0 = time.monotonic()
     spec = spec or KMeansSpec()
     if k != "auto" and not isinstance(k, int):
@@ -252,6 +252,28 @@ def cluster(
     summary["seconds"] = round(time.monotonic() - t0, 2)
     outputs.write_json_atomic(os.path.join(out, "_summary.json"), summary)
     return summary
+
+
+def check_auto_purification(drop_fraction, min_cluster_size) -> None:
+    """Refuse bad purification settings before any work; ``auto`` is resolved later."""
+    kmeans.check_purification(
+        0.0 if drop_fraction == "auto" else drop_fraction,
+        1 if min_cluster_size == "auto" else min_cluster_size,
+    )
+
+
+def purification_rule(rows: int, k: int, round_: int, drop_fraction, min_cluster_size) -> dict:
+    """The round's p and S: as given, or where ``auto`` derived from the mean cluster
+    size rows / k (:func:`raysv.clustering.auto_schedule.auto_purification`)."""
+    from raysv.clustering.auto_schedule import auto_purification
+
+    p_auto, s_auto = auto_purification(rows, k, round_)
+    return {
+        "p": p_auto if drop_fraction == "auto" else float(drop_fraction),
+        "S": s_auto if min_cluster_size == "auto" else int(min_cluster_size),
+        "auto": [n for n, v in (("p", drop_fraction), ("S", min_cluster_size)) if v == "auto"],
+        "mean_cluster_size": round(rows / k, 2),
+    }
 
 
 def _cluster_into(
@@ -283,6 +305,8 @@ def _cluster_into(
         cref = ray.put(res.centroids)
         assigned = ray.get([a.final_assign.remote(cref) for a in actors])
         sizes = np.sum([c for c, _ in assigned], axis=0)
+        rule = purification_rule(int(sizes.sum()), k, round_, drop_fraction, min_cluster_size)
+        drop_fraction, min_cluster_size = rule["p"], rule["S"]
         pur = purify_shards(actors, sizes, drop_fraction, min_cluster_size, round_, tmp)
     finally:
         for a in actors:
@@ -307,6 +331,7 @@ def _cluster_into(
             "max": int(sizes.max()),
             "empty": int((sizes == 0).sum()),
         },
+        "purification": rule,
         "kept_share": pur["kept"] / pur["rows"],
         "clusters_after_purification": pur["clusters_after_purification"],
         "history": res.history,

@@ -108,20 +108,18 @@ def read_text(uri: str) -> str:
 
 
 def parquet_files(uri: str) -> list[str]:
-    """The Parquet files of a file or folder: a local folder is an output folder and
-    yields only the parts its completion marker lists (:mod:`raysv.data.outputs`)."""
+    """The Parquet files of a file or folder: a folder is an output folder and yields
+    only the parts its completion marker lists (:mod:`raysv.data.outputs`), on local
+    disks and object stores alike."""
+    from raysv.data.outputs import parts
+
     fs, path = resolve(uri)
     kind = fs.get_file_info(path).type
     if kind == pafs.FileType.NotFound:
         raise ManifestError(f"{uri}: no such file or folder")
     if kind != pafs.FileType.Directory:
         return [uri]
-    if is_local(uri):
-        from raysv.data.outputs import parts
-
-        files = parts(path)
-    else:
-        files = sorted(walk_files(uri, (".parquet",)))
+    files = parts(uri)
     if not files:
         raise ManifestError(f"{uri}: no .parquet files in this folder")
     return files
@@ -130,14 +128,15 @@ def parquet_files(uri: str) -> list[str]:
 def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file or folder of Parquet shards; errors name the URI.
 
-    A local folder must be a complete output folder: only the parts its marker
+    A folder must be a complete output folder: only the parts its marker
     lists are read (:func:`parquet_files`).
     """
     fs, path = resolve(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
         raise ManifestError(f"{uri}: no such file or folder")
     try:
-        if is_local(uri) and os.path.isdir(path):
+        if kind == pafs.FileType.Directory:
             files = [resolve(f)[1] for f in parquet_files(uri)]
             return pq.ParquetDataset(files, filesystem=fs).read(columns=columns)
         return pq.read_table(path, filesystem=fs, columns=columns)

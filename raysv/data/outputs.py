@@ -37,13 +37,26 @@ MARKER = "_SUCCESS"
 FORMAT = "raysv-output/1"
 
 
+def _store(folder: str):
+    """``(filesystem, path)`` of a local folder or an object-store URI (pyarrow.fs)."""
+    from raysv.data import fs
+
+    return fs.resolve(folder)
+
+
 def read_marker(folder: str) -> dict | None:
     """The completion marker of ``folder``: ``None`` without one, ``{}`` for a foreign
-    (empty) one, else its JSON. Raises OutputError for an older raysv's marker."""
-    path = os.path.join(folder, MARKER)
-    if not os.path.isfile(path):
+    (empty) one, else its JSON. Raises OutputError for an older raysv's marker.
+
+    ``folder``: a local path or an object-store URI (read through pyarrow.fs).
+    """
+    import pyarrow.fs as pafs
+
+    store, base = _store(folder)
+    path = f"{base.rstrip('/')}/{MARKER}"
+    if store.get_file_info(path).type != pafs.FileType.File:
         return None
-    with open(path, "rb") as f:
+    with store.open_input_stream(path) as f:
         text = f.read().decode("utf-8", "replace").strip()
     if not text:
         return {}
@@ -60,11 +73,17 @@ def read_marker(folder: str) -> dict | None:
 
 
 def parts(folder: str) -> list[str]:
-    """The Parquet parts of output ``folder`` (full paths, in the marker's order).
+    """The Parquet parts of output ``folder`` (full paths or URIs, in the marker's order).
 
     Refuses a folder without a completion marker and a marker listing a part
-    that is missing.
+    that is missing. The same for local folders and object stores: on an object
+    store, where nothing renames atomically, the marker's list alone decides
+    what is read (parts not listed, e.g. of a writer that was killed, are ignored).
     """
+    import pyarrow.fs as pafs
+
+    from raysv.data import fs
+
     marker = read_marker(folder)
     if marker is None:
         raise OutputError(
@@ -72,16 +91,29 @@ def parts(folder: str) -> list[str]:
             "writing it: rerun it) or another tool's folder (if that tool finished, create an "
             f"empty {MARKER} in it to read all its .parquet files)"
         )
+    store, base = _store(folder)
     if not marker:  # another tool's: complete, parts not listed
-        return sorted(glob.glob(os.path.join(folder, "*.parquet")))
-    listed = [os.path.join(folder, p) for p in marker.get("parts", [])]
-    missing = [p for p in listed if not os.path.isfile(p)]
+        infos = store.get_file_info(pafs.FileSelector(base, recursive=False))
+        names = sorted(
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+        )
+    else:
+        names = list(marker.get("parts", []))
+    bad = [n for n in names if not isinstance(n, str) or "/" in n or n in ("", ".", "..")]
+    if bad:
+        raise OutputError(
+            f"{folder}: its {MARKER} lists a part that is not a file name: {bad[0]!r}"
+        )
+    infos = store.get_file_info([f"{base.rstrip('/')}/{n}" for n in names]) if names else []
+    missing = [n for n, i in zip(names, infos, strict=True) if i.type != pafs.FileType.File]
     if missing:
         raise OutputError(
             f"{folder}: {len(missing)} part(s) its {MARKER} lists are missing (the first: "
-            f"{os.path.basename(missing[0])}); rerun the command that wrote it"
+            f"{missing[0]}); rerun the command that wrote it"
         )
-    return listed
+    return [fs.join(folder, n) for n in names]
 
 
 def _ours(folder: str) -> bool:
@@ -153,6 +185,14 @@ def staged(out: str, command: str) -> Iterator[str]:
     The caller calls :func:`commit` when its parts are complete; if the body
     raises, the sibling is removed and ``out`` is untouched.
     """
+    from raysv.data import fs
+
+    if not fs.is_local(out):  # no atomic rename there; the writer side is not built yet
+        raise OutputError(
+            f"{out}: {command} writes its output folders on a local or shared file system "
+            "only; write there, then copy the folder (with its _SUCCESS) to object storage, "
+            "where readers take only the parts its _SUCCESS lists"
+        )
     check_out(out, command)
     _remove_leftovers(out)
     tmp = _sibling(out, "tmp")
@@ -197,6 +237,42 @@ def read_json(path: str) -> dict | None:
         raise ManifestError(
             f"{path}: damaged ({exc.__class__.__name__}: {exc}); delete it to redo that step"
         ) from None
+
+
+RUN_MARKER = "_raysv_run.json"
+RUN_FORMAT = "raysv-run/1"
+
+
+def claim_run(folder: str, command: str) -> str:
+    """Make ``folder`` a run folder of this raysv, or check that it is one (to resume).
+
+    A new or empty folder gets :data:`RUN_MARKER` (``{"format": RUN_FORMAT, ...}``);
+    one holding that marker is resumed; one whose marker names another format
+    (an older or newer raysv) or that holds files but no marker (another tool's,
+    or a raysv from before run folders carried a format) is refused in one line
+    that says how to go on. Returns the folder's absolute path.
+    """
+    folder = os.path.abspath(folder)
+    ensure_folder(folder, command)
+    path = os.path.join(folder, RUN_MARKER)
+    rec = read_json(path)
+    if rec is None:
+        entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
+        if entries:
+            raise OutputError(
+                f"{folder}: holds {len(entries)} file(s) (e.g. {entries[0]}) but no {RUN_MARKER}: "
+                f"not a run folder of this raysv; give {command} a new or empty --out (a run "
+                f"made by raysv before run folders carried a format can't be resumed: rerun it)"
+            )
+        write_json_atomic(path, {"format": RUN_FORMAT, "command": command})
+        return folder
+    if not isinstance(rec, dict) or rec.get("format") != RUN_FORMAT:
+        found = rec.get("format") if isinstance(rec, dict) else None
+        raise OutputError(
+            f"{folder}: a run folder of format {found!r}, this raysv reads {RUN_FORMAT!r}; "
+            f"rerun {command} into a new --out (or resume it with the raysv that wrote it)"
+        )
+    return folder
 
 
 def ensure_folder(path: str, command: str = "raysv") -> str:

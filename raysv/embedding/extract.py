@@ -174,7 +174,7 @@ def _embed_into(
     }
     if skipped:
         log.warning(
-            "embed: %d utterance(s) skipped, unreadable audio (first: %s: %s); all listed in "
+            "embed: %d utterance(s) skipped, missing or unreadable audio (first: %s: %s); all listed in "
             "%s/_skipped-*.jsonl",
             len(skipped),
             skipped[0]["path"],

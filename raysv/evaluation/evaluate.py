@@ -8,7 +8,7 @@ import pyarrow as pa
 from raysv.data import fs
 from raysv.data.problems import Problems
 from raysv.data.trials import PathMatcher, parse_trials, resolve_trials
-from raysv.evaluation.metrics import verification_report
+from raysv.evaluation.metrics import check_trial_labels, verification_report
 from raysv.evaluation.scoring import as_norm, cosine_scores, embedding_matrix, l2_normalise
 
 
@@ -90,6 +90,7 @@ def evaluate(
                 "an utterance of this trial has no embedding",
             )
         trials = trials.take(keep)
+    check_trial_labels(trials.column("label").to_numpy(), trials_uri)
     cohort = None
     if cohort_uri:
         _, cohort = embedding_matrix(fs.read_table(cohort_uri), cohort_uri)

@@ -12,7 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from raysv.errors import RaysvError
+from raysv.errors import ManifestError, RaysvError
+
+
+def check_trial_labels(labels, source: str) -> None:
+    """Raise ManifestError naming ``source`` (the trial list) unless ``labels`` hold both
+    target (1) and non-target (0) trials: EER and minDCF need both."""
+    labels = np.asarray(labels).ravel()
+    n_tar = int((labels == 1).sum())
+    if n_tar == 0 or n_tar == labels.shape[0]:
+        raise ManifestError(
+            f"{source}: {n_tar} target and {labels.shape[0] - n_tar} non-target trials "
+            "(of those scored); EER/minDCF need both"
+        )
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from raysv.config import to_dict
 from raysv.data import fs
 from raysv.data.holdout import training_rows, trial_utt_ids
-from raysv.data.outputs import ensure_folder, write_json_atomic
+from raysv.data.outputs import claim_run, write_json_atomic
 from raysv.errors import ConfigError
 from raysv.training.stage2_config import GateSpec, Stage2Config
 
@@ -49,14 +49,18 @@ class Schedule:
     (:mod:`raysv.clustering.auto_k`: merging down to a threshold calibrated on
     the dev trials, see ``cluster.auto_k_false_accepts``; table and plot in
     the round's ``labels/_auto_k.*``); ``drop_fraction`` / ``min_cluster_size``:
-    purification p and S;
-    ``tau``: the LGL threshold (the LGL paper's 1, 3, 3, 5, 6).
+    purification p and S, or ``auto``: from the mean cluster size N / k
+    (:mod:`raysv.clustering.auto_schedule`, written to ``labels/_summary.json``);
+    ``tau``: the LGL threshold (the LGL paper's 1, 3, 3, 5, 6), or ``auto``:
+    in each gated epoch the previous epoch's loss quantile that lets through
+    0.5 + 0.1 (r - 1) of the samples (at most 0.9; the paper's aim of >= 10 %
+    more selected data per round, stated directly).
     """
 
     k: list[int | Literal["auto"]] = field(default_factory=lambda: [60])
-    drop_fraction: list[float] = field(default_factory=lambda: [0.1])
-    min_cluster_size: list[int] = field(default_factory=lambda: [3])
-    tau: list[float] = field(default_factory=lambda: [1.0, 3.0, 3.0, 5.0, 6.0])
+    drop_fraction: list[float | Literal["auto"]] = field(default_factory=lambda: [0.1])
+    min_cluster_size: list[int | Literal["auto"]] = field(default_factory=lambda: [3])
+    tau: list[float | Literal["auto"]] = field(default_factory=lambda: [1.0, 3.0, 3.0, 5.0, 6.0])
 
     def __post_init__(self):
         for name in ("k", "drop_fraction", "min_cluster_size", "tau"):
@@ -94,6 +98,12 @@ class ClusterSpec:
     auto_k_false_accepts: float = 0.02
 
     def __post_init__(self):
+        if self.shards is not None and self.shards < 1:
+            raise ValueError(f"cluster.shards must be >= 1 (or null: automatic), got {self.shards}")
+        if self.early_stop != -1 and not 0 <= self.early_stop < 1:
+            raise ValueError(
+                f"cluster.early_stop must be a fraction in [0, 1), or -1 (never), got {self.early_stop}"
+            )
         if not 0.0 < self.auto_k_false_accepts < 0.5:
             raise ValueError(
                 f"cluster.auto_k_false_accepts must be in (0, 0.5), got {self.auto_k_false_accepts}"
@@ -306,13 +316,28 @@ def _train(
             dev_trials=trials.get("dev"),
             test_trials=None,
         ),
-        gate=replace(cfg.train.gate, tau=tau),
+        gate=_round_gate(cfg.train.gate, r, tau),
         tracking_uri=uri,
         experiment=cfg.experiment,
         parent_run_id=parent,
     )
     tcfg = _with_init(tcfg, init, cfg.restart)
     return run_train(tcfg)
+
+
+def _share(r: int) -> float:
+    from raysv.clustering.auto_schedule import lgl_share
+
+    return lgl_share(r)
+
+
+def _round_gate(gate: GateSpec, r: int, tau) -> GateSpec:
+    """Round ``r``'s gate: LGL's fixed ``tau``, or (``auto``) the share it lets through."""
+    from raysv.clustering.auto_schedule import lgl_share
+
+    if tau == "auto":
+        return replace(gate, share=lgl_share(r))
+    return replace(gate, tau=tau, share=None)
 
 
 def _with_init(tcfg: Stage2Config, init: str, restart: str) -> Stage2Config:
@@ -333,6 +358,9 @@ def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:
         "cluster_objective": cl["objective"],
         "train_epochs": tr["epochs"],
     }
+    if "purification" in cl:  # the p and S used (given, or derived: auto)
+        m["purification.p"] = cl["purification"]["p"]
+        m["purification.S"] = cl["purification"]["S"]
     an = cl.get("analysis") or {}
     for part in ("all", "kept"):
         if isinstance(an.get(part), dict):
@@ -363,18 +391,18 @@ def run_iterate(cfg: IterateConfig) -> dict:
 
     t0 = time.monotonic()
     out = os.path.abspath(cfg.out)
-    ensure_folder(out, "raysv iterate")
+    claim_run(out, "raysv iterate")
     if not cfg.init_checkpoint:
         raise ConfigError("iterate needs init_checkpoint: the Stage I encoder (best_model.pt)")
     from raysv.models.checkpoint import read_checkpoint
 
     read_checkpoint(cfg.init_checkpoint)  # a bad path fails here, before any work
     cfg.cluster.kmeans()  # and so do bad k-means settings
-    from raysv.clustering.kmeans import check_purification
+    from raysv.clustering.driver import check_auto_purification
 
     for r in range(1, cfg.rounds + 1):  # and each round's purification p and S
         sched = cfg.schedule.at(r)
-        check_purification(sched["drop_fraction"], sched["min_cluster_size"])
+        check_auto_purification(sched["drop_fraction"], sched["min_cluster_size"])
     utterances, trials, train = _manifests(cfg, out)
     if "test" not in trials and "dev" not in trials:
         raise ConfigError("iterate needs trial lists (dev and/or test) to evaluate each round")
@@ -410,7 +438,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
             sched = cfg.schedule.at(r)
             rdir = os.path.join(out, f"round{r}")
             log.info(
-                "[round %d/%d] k-means (k=%s) + purification (p=%.2f, S=%d)",
+                "[round %d/%d] k-means (k=%s) + purification (p=%s, S=%s)",
                 r,
                 cfg.rounds,
                 sched["k"],
@@ -427,11 +455,11 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 scores,
             )
             log.info(
-                "[round %d/%d] training on pseudo labels (gate %s, tau=%g)",
+                "[round %d/%d] training on pseudo labels (gate %s, tau=%s)",
                 r,
                 cfg.rounds,
                 cfg.train.gate.name,
-                sched["tau"],
+                sched["tau"] if sched["tau"] != "auto" else f"auto: share {_share(r)}",
             )
             tr = _train(
                 cfg,

@@ -102,6 +102,10 @@ class SynthConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.trials_per_split < 2:
             raise ValueError(f"trials_per_split must be >= 2, got {self.trials_per_split}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: all cores), got {self.workers}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     @property
     def total_speakers(self) -> int:

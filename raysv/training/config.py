@@ -56,6 +56,8 @@ class PretrainData:
             raise ValueError(f"crop_seconds must be >= 0.1, got {self.crop_seconds}")
         if self.n_mels < 8:
             raise ValueError(f"n_mels must be >= 8, got {self.n_mels}")
+        if self.eval_max_seconds <= 0:
+            raise ValueError(f"eval_max_seconds must be > 0, got {self.eval_max_seconds}")
 
 
 @dataclass
@@ -104,6 +106,12 @@ class LossSpec:
     temperature: float | None = 0.1
     rejection: RejectionSpec = field(default_factory=RejectionSpec)
 
+    def __post_init__(self):
+        if self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (or null: none), got {self.temperature}")
+
     def kwargs(self) -> dict[str, Any]:
         if self.name == "ntxent":
             return {"temperature": self.temperature}
@@ -125,6 +133,8 @@ class OptimSpec:
             raise ValueError(
                 f"bad optimiser settings: lr={self.lr}, decay={self.decay}, decay_every={self.decay_every}"
             )
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -178,6 +188,23 @@ class TrainSpec:
         if self.epochs < 1 or self.num_workers < 1:
             raise ValueError(
                 f"epochs and num_workers must be >= 1, got {self.epochs}, {self.num_workers}"
+            )
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(
+                f"cpus_per_worker must be > 0 (or null: automatic), got {self.cpus_per_worker}"
+            )
+        if self.max_failures < -1:  # Ray's FailureConfig: -1 retries without end
+            raise ValueError(
+                "max_failures (worker-group restarts) must be >= 0, or -1 (no limit), "
+                f"got {self.max_failures}"
+            )
+        if self.num_to_keep < 1:
+            raise ValueError(f"num_to_keep (checkpoints kept) must be >= 1, got {self.num_to_keep}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.inject_failure_at_epoch is not None and self.inject_failure_at_epoch < 0:
+            raise ValueError(
+                f"inject_failure_at_epoch must be >= 0, got {self.inject_failure_at_epoch}"
             )
         if self.batch_size < 2 * self.num_workers or self.batch_size % self.num_workers:
             raise ValueError(

@@ -21,7 +21,7 @@ import yaml
 from raysv.config import to_dict
 from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
-from raysv.data.outputs import write_json_atomic
+from raysv.data.outputs import claim_run, write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ConfigError, ManifestError
@@ -69,6 +69,9 @@ def _trial_inputs(trials_uri: str, utts: pa.Table, folder: str, split: str) -> d
     problems = Problems()
     trials = resolve_trials(parse_trials(trials_uri, problems), utts, trials_uri, problems)
     problems.log_summary()
+    from raysv.evaluation.metrics import check_trial_labels
+
+    check_trial_labels(trials.column("label").to_numpy(), trials_uri)  # before Ray, not in a worker
     needed = pa.array(
         sorted(set(trials.column("enroll").to_pylist()) | set(trials.column("test").to_pylist()))
     )
@@ -234,6 +237,62 @@ def _resources(cfg: PretrainConfig) -> tuple[dict, int]:
     return res, max(1, int(cpw))
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_encoder(name: str, n_mels: int, kwargs: dict):
+    """Build encoder ``name`` with ``model.kwargs`` and embed two inputs of silence, on the
+    driver: a constructor argument it refuses (a negative width, an unknown keyword) or a
+    network that gives no embeddings raises ConfigError naming them, not a traceback from
+    the Ray Train workers. Returns the encoder."""
+    import torch
+
+    from raysv.errors import RaysvError
+    from raysv.models import build_encoder
+
+    what = f"model.kwargs {dict(kwargs)} of encoder {name!r} (n_mels {n_mels})"
+    try:
+        encoder = build_encoder(name, n_mels, **kwargs)
+        was = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            y = encoder(torch.zeros(2, 100, n_mels))
+        encoder.train(was)
+    except RaysvError:
+        raise
+    except Exception as exc:  # whatever the constructor or its first forward pass raise
+        raise ConfigError(f"{what}: {_one_line(exc)}") from exc
+    if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != 2 or y.shape[1] < 1:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ConfigError(
+            f"{what}: gives embeddings of shape {shape} for 2 inputs, not (2, D >= 1)"
+        )
+    return encoder
+
+
+def check_modules(cfg: PretrainConfig) -> None:
+    """Stage I's encoder, loss and rejection built once on the driver (see
+    :func:`check_encoder`): bad settings fail in one line before Ray starts."""
+    from raysv.errors import RaysvError
+    from raysv.losses import build_loss
+    from raysv.training.pretrain_worker import build_modules
+
+    check_encoder(cfg.model.name, cfg.data.n_mels, cfg.model.kwargs)
+    try:
+        build_loss(cfg.loss.name, **cfg.loss.kwargs())
+    except RaysvError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"loss {cfg.loss.name!r} {cfg.loss.kwargs()}: {_one_line(exc)}") from exc
+    try:
+        build_modules(cfg)
+    except RaysvError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"loss.rejection: {_one_line(exc)}") from exc
+
+
 def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, out: str, dataset):
     """The TorchTrainer of a training stage (Stage I or II).
 
@@ -344,11 +403,12 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     """Run Stage I; returns the summary (also ``<out>/summary.json``)."""
     from raysv.runtime import ensure_ray
     from raysv.tracking import mlflow_tracking as tracking
-    from raysv.training.pretrain_worker import build_modules, train_loop
+    from raysv.training.pretrain_worker import train_loop
 
     t0 = time.monotonic()
     out = os.path.abspath(cfg.out)
-    build_modules(cfg)  # unknown encoder/loss names and bad kwargs fail here, before Ray
+    check_modules(cfg)  # unknown encoder/loss names and bad kwargs fail here, before Ray
+    claim_run(out, "raysv pretrain")  # a new folder, or one of ours to resume
     inputs = prepare_inputs(cfg)  # [1]
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

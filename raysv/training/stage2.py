@@ -26,10 +26,10 @@ import yaml
 from raysv.config import to_dict
 from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
-from raysv.data.outputs import ensure_folder, write_json_atomic
+from raysv.data.outputs import claim_run, ensure_folder, write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.schema import conform
-from raysv.errors import ConfigError
+from raysv.errors import ConfigError, RaysvError
 from raysv.training import data as tdata
 from raysv.training.config import ModelSpec
 from raysv.training.stage2_config import Stage2Config
@@ -145,14 +145,31 @@ def run_train(cfg: Stage2Config) -> dict:
     from raysv.runtime import ensure_ray
     from raysv.tracking import mlflow_tracking as tracking
     from raysv.training import unreadable
-    from raysv.training.pretrain import _resources, build_trainer, fit, unreadable_summary
+    from raysv.training.pretrain import (
+        _resources,
+        build_trainer,
+        check_encoder,
+        fit,
+        unreadable_summary,
+    )
     from raysv.training.stage2_worker import build_classifier, train_loop
 
     t0 = time.monotonic()
     cfg = resolve(cfg)
+    # bad encoder settings (model.kwargs, n_mels) fail here in one line, before any folder or Ray
+    check_encoder(cfg.model.name, cfg.data.n_mels, cfg.model.kwargs)
     out = os.path.abspath(cfg.out)
+    claim_run(out, "raysv train")  # a new folder, or one of ours to resume
     inputs = prepare_inputs(cfg)  # [1]
-    build_classifier(cfg, inputs["n_classes"])  # bad encoder settings fail before Ray
+    try:  # the AAM head on the encoder's output, built once before Ray
+        build_classifier(cfg, inputs["n_classes"])
+    except RaysvError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"model {cfg.model.name!r} + head (margin {cfg.head.margin}, scale {cfg.head.scale}, "
+            f"{inputs['n_classes']} classes): {' '.join(str(exc).split())}"
+        ) from exc
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     ensure_ray()

@@ -43,6 +43,10 @@ class Stage2Data:
     def __post_init__(self):
         if self.crop_seconds < 0.1:
             raise ValueError(f"crop_seconds must be >= 0.1, got {self.crop_seconds}")
+        if self.n_mels is not None and self.n_mels < 8:
+            raise ValueError(f"n_mels must be >= 8 (or null: the checkpoint's), got {self.n_mels}")
+        if self.eval_max_seconds <= 0:
+            raise ValueError(f"eval_max_seconds must be > 0, got {self.eval_max_seconds}")
 
 
 @dataclass
@@ -71,6 +75,9 @@ class GateSpec:
         tau2: LC's confidence threshold: a rejected sample whose top class posterior exceeds
             it is trained towards that class.
         seed: seed of the mixture fit (DLG).
+        share: LGL only: instead of the fixed ``tau``, each gated epoch's threshold is
+            the quantile of the previous epoch's per-sample losses that lets this share
+            through (``schedule.tau: auto`` in ``raysv iterate`` sets it per round).
     """
 
     name: Literal["none", "lgl", "dlg", "dlg-lc"] = "none"
@@ -78,12 +85,17 @@ class GateSpec:
     warmup_epochs: int = 1
     tau2: float = 0.8
     seed: int = 0
+    share: float | None = None
 
     def __post_init__(self):
         if self.tau <= 0:
             raise ValueError(f"gate.tau must be > 0, got {self.tau}")
+        if self.share is not None and not 0.0 < self.share <= 1.0:
+            raise ValueError(f"gate.share is a share in (0, 1], got {self.share}")
         if not 0.0 < self.tau2 < 1.0:
             raise ValueError(f"gate.tau2 is a probability in (0, 1), got {self.tau2}")
+        if self.seed < 0:
+            raise ValueError(f"gate.seed must be >= 0, got {self.seed}")
         if self.warmup_epochs < 0:
             raise ValueError(f"gate.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.name in ("dlg", "dlg-lc") and self.warmup_epochs < 1:

@@ -235,6 +235,8 @@ def next_tau(cfg: Stage2Config, epoch_done: int, losses: np.ndarray) -> float | 
     if cfg.gate.name == "none" or nxt < cfg.gate.warmup_epochs:
         return None
     if cfg.gate.name == "lgl":
+        if cfg.gate.share is not None and len(losses):  # tau: auto (see GateSpec.share)
+            return float(np.quantile(losses, cfg.gate.share))
         return cfg.gate.tau
     return gates.mixture_threshold(losses, seed=cfg.gate.seed + epoch_done)
 

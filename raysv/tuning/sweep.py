@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from raysv.config import apply_overrides, from_dict, to_dict
-from raysv.data.outputs import write_json_atomic
+from raysv.data.outputs import claim_run, write_json_atomic
 from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
@@ -162,8 +162,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from raysv.tracking import mlflow_tracking as tracking
 
     t0 = time.monotonic()
-    out = os.path.abspath(cfg.out)
-    os.makedirs(out, exist_ok=True)
+    out = claim_run(cfg.out, "raysv tune")
     points = grid_points(cfg)
     for i, p in enumerate(points):  # [1] before Ray or any trial starts
         trial_config(cfg, i, p, None)

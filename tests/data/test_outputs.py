@@ -219,3 +219,81 @@ def test_killed_embed_and_cluster_leave_the_old_output_and_a_rerun_ends_whole(
         assert len(ids) == n == len(set(ids.to_pylist()))
         assert not _staging(tmp_path, folder.name)
     assert (tmp_path / "mine.txt").read_text() == "not raysv's"
+
+
+def _table(n: int, start: int = 0):
+    import pyarrow as pa
+
+    return pa.table({"utt_id": [f"u{i}" for i in range(start, start + n)]})
+
+
+def test_readers_take_only_the_listed_parts_through_pyarrow_fs(tmp_path):
+    """The marker logic reads through pyarrow.fs (the code object stores use): a part
+    a killed writer left unlisted is ignored; a listed part that is missing, a part
+    name that leaves the folder, and a folder without a marker are refused."""
+    from raysv.data import fs
+
+    d = tmp_path / "emb"
+    d.mkdir()
+    pq.write_table(_table(3), d / "part-0.parquet")
+    pq.write_table(_table(2, 3), d / "part-1.parquet")
+    pq.write_table(_table(5, 100), d / "part-9.parquet")  # a killed writer's, not listed
+    with pytest.raises(OutputError, match="no _SUCCESS marker"):
+        fs.read_table(str(d))
+    marker = {"format": outputs.FORMAT, "command": "t", "rows": 5}
+    (d / "_SUCCESS").write_text(
+        json.dumps({**marker, "parts": ["part-0.parquet", "part-1.parquet"]})
+    )
+    uri = "file://" + str(d)
+    assert [os.path.basename(p) for p in fs.parquet_files(uri)] == [
+        "part-0.parquet",
+        "part-1.parquet",
+    ]
+    assert fs.read_table(uri).column("utt_id").to_pylist() == [f"u{i}" for i in range(5)]
+    (d / "_SUCCESS").write_text(json.dumps({**marker, "parts": ["../x.parquet"]}))
+    with pytest.raises(OutputError, match="not a file name"):
+        fs.read_table(str(d))
+    (d / "_SUCCESS").write_text(
+        json.dumps({**marker, "parts": ["part-0.parquet", "part-7.parquet"]})
+    )
+    with pytest.raises(OutputError, match="missing.*part-7.parquet"):
+        fs.read_table(str(d))
+    (d / "_SUCCESS").write_text("")  # another tool's: every .parquet file
+    assert len(fs.read_table(str(d))) == 10
+
+
+def test_outputs_are_not_staged_on_object_storage(tmp_path):
+    """No atomic rename there: a command refuses an object-store --out in one line
+    instead of writing a local folder called 's3:'."""
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with (
+            pytest.raises(OutputError, match="local or shared file system"),
+            outputs.staged("s3://bucket/emb", "raysv embed"),
+        ):
+            pass
+        assert os.listdir(tmp_path) == []
+    finally:
+        os.chdir(cwd)
+
+
+def test_run_folders_carry_a_format_and_foreign_ones_are_refused(tmp_path, capsys):
+    """A run folder is claimed with its format; resuming checks it; a folder of
+    another format, or holding files and no marker, is refused in one line through
+    the real CLI, and nothing in it is touched."""
+    run = tmp_path / "run"
+    assert outputs.claim_run(str(run), "raysv iterate") == str(run)
+    assert json.loads((run / outputs.RUN_MARKER).read_text())["format"] == outputs.RUN_FORMAT
+    outputs.claim_run(str(run), "raysv iterate")  # ours: resumed
+    (run / outputs.RUN_MARKER).write_text(json.dumps({"format": "raysv-run/0"}))
+    with pytest.raises(OutputError, match="raysv-run/0.*new --out"):
+        outputs.claim_run(str(run), "raysv iterate")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    code = main(["demo", "--out", str(foreign)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "notes.txt" in err and outputs.RUN_MARKER in err
+    assert sorted(os.listdir(foreign)) == ["notes.txt"]

@@ -248,10 +248,12 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
     import torch
 
     from raysv.data.corpus import prepare_corpus
+    from raysv.data.outputs import claim_run
 
     corpus = str(tmp_path / "corpus")
     shutil.copytree(tiny_corpus, corpus)
     out = str(tmp_path / "run")
+    claim_run(out, "raysv pretrain")  # the run's own import, as its first step does it
     man, _ = prepare_corpus(corpus, os.path.join(out, "manifests"))  # the import: all readable
     t = pq.read_table(man.utterances, columns=["utt_id", "path"]).to_pydict()
     path_of = dict(zip(t["utt_id"], t["path"], strict=True))
