@@ -147,8 +147,18 @@ def _sibling(out: str, kind: str) -> str:
 
 
 def _remove_leftovers(out: str) -> None:
-    """Remove hidden siblings of ``out`` that an interrupted run of ours left behind."""
+    """Remove hidden siblings of ``out`` that an interrupted run of ours left behind.
+
+    A kill between :func:`commit`'s two renames leaves no ``out`` and the earlier
+    complete output at ``.<name>.old-*``: that one is put back first, so nothing
+    already done is lost.
+    """
     parent, name = os.path.split(os.path.abspath(out))
+    if not os.path.exists(out):
+        for p in sorted(glob.glob(os.path.join(parent, f".{glob.escape(name)}.old-*"))):
+            if _ours(p):
+                os.rename(p, out)
+                break
     for kind in ("tmp", "old"):
         for p in glob.glob(os.path.join(parent, f".{glob.escape(name)}.{kind}-*")):
             shutil.rmtree(p, ignore_errors=True)

@@ -297,3 +297,26 @@ def test_run_folders_carry_a_format_and_foreign_ones_are_refused(tmp_path, capsy
     assert code == 2 and "Traceback" not in err
     assert "notes.txt" in err and outputs.RUN_MARKER in err
     assert sorted(os.listdir(foreign)) == ["notes.txt"]
+
+
+def test_a_kill_between_commits_renames_loses_nothing(tmp_path):
+    """commit() renames the earlier output aside, then the new one into place: a kill
+    between the two leaves no out, the old output hidden and the new one staged. The
+    next run of the command puts the old complete output back before anything else,
+    and removes the half-done sibling; a reader then sees the old output whole."""
+    from raysv.data import fs
+
+    out = str(tmp_path / "labels")
+    with outputs.staged(out, "raysv cluster") as tmp:
+        pq.write_table(_table(3), os.path.join(tmp, "part-0.parquet"))
+        outputs.commit(tmp, out, "raysv cluster", 3)
+    old = str(tmp_path / ".labels.old-deadbeef")
+    os.rename(out, old)  # commit's first rename ... and the kill
+    half = tmp_path / ".labels.tmp-cafe0000"
+    half.mkdir()
+    pq.write_table(_table(5, 10), half / "part-0.parquet")
+    assert not os.path.exists(out)
+    with pytest.raises(RuntimeError), outputs.staged(out, "raysv cluster"):
+        raise RuntimeError("this run fails too")
+    assert sorted(os.listdir(tmp_path)) == ["labels"]
+    assert fs.read_table(out).column("utt_id").to_pylist() == ["u0", "u1", "u2"]
