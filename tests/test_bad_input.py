@@ -1836,6 +1836,11 @@ CASES = [
         for v in ("nan", "inf", "-0.5", "1.5")
     ],
     pytest.param(
+        cluster_with(_good_embeddings, "--k", "2", "--seed", "-1"),
+        "k-means seed must be >= 0, got -1",
+        id="cluster-seed-negative",
+    ),
+    pytest.param(
         evaluate_with(
             _good_embeddings, lambda t: _text(t / "t.txt", "u0 u1 target\nu2 u3 target\n")
         ),

@@ -265,6 +265,12 @@ class KMeansSpec:
             raise ConfigError(
                 f"init_points_per_centroid must be >= 1, got {self.init_points_per_centroid}"
             )
+        if self.seed < 0:
+            raise ConfigError(f"k-means seed must be >= 0, got {self.seed}")
+        if not (self.early_stop == -1 or 0.0 <= self.early_stop < 1.0):  # NaN fails too
+            raise ConfigError(
+                f"early_stop must be a fraction in [0, 1), or -1 (never), got {self.early_stop}"
+            )
 
 
 def _gather_sample(
