@@ -710,6 +710,38 @@ def _demo(a: argparse.Namespace) -> dict:
     return run_demo(load_config(DemoConfig, a.config, overrides))
 
 
+def round_kept_line(r: dict) -> str | None:
+    """One line when Stage II round ``r`` kept the encoder it started from, with why."""
+    if r.get("train.best_epoch") != -1:
+        return None
+    init, best = r.get("train.init_dev_eer"), r.get("train.best_epoch_dev_eer")
+    why = (
+        f"no training epoch beat its dev EER of {init:.2f}%"
+        if init is not None
+        else "no training epoch beat it on the dev trials"
+    )
+    if best is not None:
+        why += f", the best reached {best:.2f}%"
+    return (
+        f"round {r['round']}: kept the encoder it started from ({why}; "
+        f"{r.get('train_epochs', '?')} epochs trained): its figures repeat the previous row's"
+    )
+
+
+def label_free_ratio(results: dict) -> str | None:
+    """``label-free / supervised`` test EER of the last stage against the reference."""
+    ref = results.get("supervised_reference", {}).get("test")
+    rounds = [k for k in results if k.startswith("round")]
+    last = results.get(rounds[-1] if rounds else "stage1", {}).get("test")
+    if not ref or not last or not ref.get("eer"):
+        return None
+    name = rounds[-1].replace("round", "Stage II round ") if rounds else "Stage I"
+    return (
+        f"label-free / supervised test EER: {last['eer'] / ref['eer']:.2f}x "
+        f"({name} {last['eer']:.2f}% vs {ref['eer']:.2f}% with the true speakers)"
+    )
+
+
 def _demo_human(s: dict) -> str:
     names = {
         "baseline": "baseline (log-mel mean+std, cosine)",
@@ -727,6 +759,9 @@ def _demo_human(s: dict) -> str:
     for r in s.get("stage2", {}).get("rounds", []):
         if r.get("k_auto"):
             lines.append(f"round {r['round']}: k = {r['k']} chosen from the embeddings")
+        kept = round_kept_line(r)
+        if kept:
+            lines.append(kept)
     if s.get("stage2", {}).get("reference_skipped"):
         lines.append(f"no supervised reference: {s['stage2']['reference_skipped']}")
     for stage, row in s["results"].items():
@@ -747,6 +782,9 @@ def _demo_human(s: dict) -> str:
             if "nmi_after" in row:
                 text += f" (clustering with its encoder: {row['nmi_after']:.3f})"
             lines.append(text)
+    ratio = label_free_ratio(s["results"])
+    if ratio:
+        lines.append(ratio)
     s1 = s.get("stage1", {})
     if s1.get("rejection_auc") is not None:
         text = f"rejection weights vs multi-speaker dialogues: ROC AUC {s1['rejection_auc']:.3f}"

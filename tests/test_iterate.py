@@ -77,9 +77,15 @@ def test_two_rounds_report_eer_nmi_and_gate_per_round(full_run):
             "kept_share",
             "clusters",
             "gate.gate_pass_share",
+            "train.best_epoch",
+            "train.init_dev_eer",
+            "train.best_epoch_dev_eer",
+            "purification.p",
+            "purification.S",
         ):
             assert key in r, key
         assert 0 < r["kept_share"] <= 1 and r["clusters"] >= 2
+        assert r["train.best_epoch"] >= -1 and r["train.best_epoch"] < r["train_epochs"]
     assert s["rounds"][1]["gate.gate_tau"] == 4.0  # the schedule's tau for round 2
     # Round 1's k came from merging down to the dev trials' threshold; round 2's was given.
     r1, r2 = s["rounds"]

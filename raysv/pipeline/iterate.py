@@ -358,6 +358,13 @@ def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:
         "cluster_objective": cl["objective"],
         "train_epochs": tr["epochs"],
     }
+    # which encoder the round kept: -1 = no epoch beat the incoming one on dev (kept)
+    for key in ("best_epoch", "init_dev_eer", "best_dev_eer"):
+        if tr.get(key) is not None:
+            m[f"train.{key}"] = tr[key]
+    epoch_eers = [h["dev_eer"] for h in tr.get("history") or [] if h.get("dev_eer") is not None]
+    if epoch_eers:  # the best any trained epoch reached (kept or not)
+        m["train.best_epoch_dev_eer"] = min(epoch_eers)
     if "purification" in cl:  # the p and S used (given, or derived: auto)
         m["purification.p"] = cl["purification"]["p"]
         m["purification.S"] = cl["purification"]["S"]
