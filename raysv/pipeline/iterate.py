@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raysv.clustering.auto_schedule import lgl_share
 from raysv.config import to_dict
 from raysv.data import fs
 from raysv.data.holdout import training_rows, trial_utt_ids
@@ -325,16 +326,8 @@ def _train(
     return run_train(tcfg)
 
 
-def _share(r: int) -> float:
-    from raysv.clustering.auto_schedule import lgl_share
-
-    return lgl_share(r)
-
-
 def _round_gate(gate: GateSpec, r: int, tau) -> GateSpec:
     """Round ``r``'s gate: LGL's fixed ``tau``, or (``auto``) the share it lets through."""
-    from raysv.clustering.auto_schedule import lgl_share
-
     if tau == "auto":
         return replace(gate, share=lgl_share(r))
     return replace(gate, tau=tau, share=None)
@@ -466,7 +459,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 r,
                 cfg.rounds,
                 cfg.train.gate.name,
-                sched["tau"] if sched["tau"] != "auto" else f"auto: share {_share(r)}",
+                sched["tau"] if sched["tau"] != "auto" else f"auto: share {lgl_share(r)}",
             )
             tr = _train(
                 cfg,
