@@ -36,3 +36,20 @@ class DivergedError(RaysvError, FloatingPointError):
 
 class OutputError(RaysvError):
     """An output folder is incomplete, foreign, of an older format, or not ours to replace."""
+
+
+def raysv_cause(exc: BaseException) -> RaysvError | None:
+    """The raysv error behind ``exc``: itself, or the first one along the chain of
+    causes that Ray's wrappers keep (``cause``, ``__cause__``, ``__context__``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(e, RaysvError) and not isinstance(cause, RaysvError):
+            return e
+        todo += [cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__]
+    return None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
 
 
@@ -49,3 +52,92 @@ class Progress:
         if elapsed >= self.every_s:
             self._emit(now)
         return elapsed
+
+
+# Training epochs: rank 0 of a Ray Train run appends one JSON line per epoch to
+# ``<run folder>/_progress.jsonl`` (:func:`record_epoch`); the driver, blocked in
+# ``trainer.fit()``, follows that file in a thread (:class:`EpochFollower`) and
+# logs a line per epoch with the time left. A local Ray keeps its workers' own
+# logs out of the terminal, so a newcomer sees raysv's lines only.
+EPOCHS_FILE = "_progress.jsonl"
+
+
+def record_epoch(out: str, metrics: dict) -> None:
+    """Append ``epoch``, ``loss`` and ``dev_eer`` (where present) of one epoch (rank 0)."""
+    keep = {k: metrics[k] for k in ("epoch", "loss", "dev_eer", "gate_pass_share") if k in metrics}
+    with open(os.path.join(out, EPOCHS_FILE), "a") as f:
+        f.write(json.dumps({**keep, "time": time.time()}, default=float) + "\n")
+
+
+def epoch_line(label: str, rec: dict, epochs: int, per_epoch_s: float | None) -> str:
+    """``"Stage I epoch 3/30: loss 1.52, dev EER 30.2 % (6 s/epoch, ~3 min left)"``."""
+    done = int(rec["epoch"]) + 1
+    parts = [f"loss {rec['loss']:.3g}"] if "loss" in rec else []
+    if rec.get("dev_eer") is not None:
+        parts.append(f"dev EER {rec['dev_eer']:.1f} %")
+    if "gate_pass_share" in rec and rec["gate_pass_share"] < 1:
+        parts.append(f"{100 * rec['gate_pass_share']:.0f} % through the gate")
+    text = f"{label} epoch {done}/{epochs}: {', '.join(parts)}"
+    if per_epoch_s:
+        left = per_epoch_s * (epochs - done)
+        eta = f"~{left / 60:.1f} min left" if left >= 90 else f"~{left:.0f} s left"
+        text += f" ({per_epoch_s:.0f} s/epoch, {eta})" if done < epochs else ""
+    return text
+
+
+class EpochFollower:
+    """Context manager: log each epoch line that rank 0 records while the block runs."""
+
+    def __init__(self, out: str, label: str, epochs: int, every_s: float = 1.0):
+        self.path = os.path.join(out, EPOCHS_FILE)
+        self.label, self.epochs, self.every_s = label, epochs, every_s
+        self.log = logging.getLogger("raysv")
+        # a resumed run appends: only what this invocation adds is shown
+        self.offset = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        self.t0 = time.time()
+        self.done = 0
+        self._lock = threading.Lock()  # the thread and a final poll() never read twice
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="raysv-epochs")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.poll()  # the last epoch's line, if it landed after the final wait
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def poll(self) -> None:
+        """Log the lines appended since the last poll (complete lines only)."""
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind("\n")
+        if end < 0:
+            return
+        self.offset += len(chunk[: end + 1].encode())
+        for line in chunk[: end + 1].splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.done += 1
+            now = rec.get("time", time.time())
+            if self.done == 1:  # includes the workers' start: a rough first estimate
+                self.first, per_epoch = now, now - self.t0
+            else:  # from the epochs themselves
+                per_epoch = (now - self.first) / (self.done - 1)
+            self.log.info(epoch_line(self.label, rec, self.epochs, per_epoch))

@@ -364,6 +364,17 @@ def train_with(*flags, labels=None, manifest=True):
     return build
 
 
+def train_head_init(embeddings):
+    """``raysv train`` on 4 labelled rows (batch 2) with ``data.head_init=embeddings(t)``."""
+    return train_with(
+        "--set",
+        lambda t: f"data.head_init={embeddings(t)}",
+        "--set",
+        "train.batch_size=2",
+        labels=labels_file([0, 1, 0, 1]),
+    )
+
+
 def labels_file(cluster, kept=None, ids=None):
     def build(t):
         n = len(cluster)
@@ -1405,6 +1416,21 @@ CASES = [
         id="train-head-warmup-too-long",
     ),
     pytest.param(
+        train_head_init(lambda t: t / "no-such-embeddings"),
+        "no-such-embeddings",
+        id="train-head-init-missing",
+    ),
+    pytest.param(
+        train_head_init(lambda t: _good_embeddings(t, dim=8)),
+        "data.head_init: class directions of shape (2, 8)",
+        id="train-head-init-other-dimension",
+    ),
+    pytest.param(
+        train_head_init(lambda t: _embeddings(t / "x.parquet", ["z0", "z1"], np.eye(2))),
+        "holds none of the",
+        id="train-head-init-other-utterances",
+    ),
+    pytest.param(
         train_with("--gate", "soft", labels=labels_file([0, 1, 0, 1])),
         "argument --gate: invalid choice: 'soft'",
         id="train-gate-unknown",
@@ -1458,13 +1484,50 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "schedule.drop_fraction=[0.1, 1.0]"),
-        "drop fraction p must be in [0, 1), got 1.0",
+        "schedule.drop_fraction[1] must be a fraction in [0, 1) or auto, got 1.0",
         id="iterate-round-2-drop-fraction-1",
     ),
     pytest.param(
         iterate_with("--set", "schedule.min_cluster_size=[0]"),
-        "min cluster size S must be >= 1, got 0",
+        "schedule.min_cluster_size[0] must be >= 1 or auto, got 0",
         id="iterate-min-size-0",
+    ),
+    pytest.param(
+        iterate_with("--set", "train.gate.tau=5"),
+        "train.gate.tau is set by each round from schedule.tau; remove it",
+        id="iterate-train-key-set-by-rounds",
+    ),
+    pytest.param(
+        iterate_with("--set", "train.model.name=resnet"),
+        "train.model is set by each round from the checkpoint it starts from; remove it",
+        id="iterate-train-model-ignored",
+    ),
+    pytest.param(
+        train_with(
+            "--init",
+            lambda t: _checkpoint(t),
+            "--set",
+            "model.kwargs={channels: 32, embed_dim: 16}",
+            labels=labels_file([0, 1, 0, 1]),
+        ),
+        "differs from the encoder of",
+        id="train-model-not-the-checkpoints",
+    ),
+    pytest.param(
+        train_with(
+            "--init",
+            lambda t: _checkpoint(t),
+            "--set",
+            "data.n_mels=80",
+            labels=labels_file([0, 1, 0, 1]),
+        ),
+        "data.n_mels 80 differs from the 40 of",
+        id="train-n-mels-not-the-checkpoints",
+    ),
+    pytest.param(
+        iterate_with("--set", "schedule.tau=[3, 0]"),
+        "schedule.tau[1] must be > 0 or auto, got 0",
+        id="iterate-round-2-tau-0",
     ),
     pytest.param(
         iterate_with("--set", "cluster.iterations=0"),

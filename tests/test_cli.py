@@ -186,8 +186,7 @@ def test_raysv_errors_raised_in_ray_tasks_and_actors_are_found_behind_rays_wrapp
     # raysv's UDFs never raise for bad rows, they skip and list them.)
     import ray
 
-    from raysv.cli import raysv_cause
-    from raysv.errors import ManifestError
+    from raysv.errors import ManifestError, raysv_cause
 
     @ray.remote
     def task():
@@ -208,27 +207,3 @@ def test_raysv_errors_raised_in_ray_tasks_and_actors_are_found_behind_rays_wrapp
         ray.get(Actor.remote().go.remote())
     assert str(raysv_cause(info.value)) == "rows.parquet: row 9 is bad"
     assert raysv_cause(ValueError("a bug")) is None
-
-
-def test_demo_summary_says_when_a_round_kept_its_encoder_and_the_ratio():
-    from raysv.cli import label_free_ratio, round_kept_line
-
-    kept = {"round": 2, "train.best_epoch": -1, "train.init_dev_eer": 13.0, "train_epochs": 6}
-    line = round_kept_line(kept)
-    assert line.startswith("round 2: kept the encoder it started from")
-    assert "dev EER of 13.00%" in line
-    line = round_kept_line({**kept, "train.best_epoch_dev_eer": 18.2})
-    assert "dev EER of 13.00%, the best reached 18.20%" in line
-    assert round_kept_line({**kept, "train.best_epoch": 3}) is None
-    assert round_kept_line({"round": 1}) is None  # a summary without the field says nothing
-    results = {
-        "stage1": {"test": {"eer": 20.0}},
-        "round1": {"test": {"eer": 18.0}},
-        "round2": {"test": {"eer": 16.5}},
-        "supervised_reference": {"test": {"eer": 15.0}},
-    }
-    assert label_free_ratio(results) == (
-        "label-free / supervised test EER: 1.10x (Stage II round 2 16.50% vs 15.00% "
-        "with the true speakers)"
-    )
-    assert label_free_ratio({"stage1": {"test": {"eer": 20.0}}}) is None

@@ -92,7 +92,13 @@ def test_demo_runs_logs_and_resumes(demo_run, capsys):
     # A rerun reuses every finished stage (no re-synthesis, no re-embedding).
     assert main(["demo", "--out", demo_run, *TINY_DEMO]) == 0
     out, err = capsys.readouterr()
-    assert "baseline (log-mel mean+std, cosine) test: EER" in out
+
+    def row(name: str) -> list[str]:  # a table row's cells after the stage's name
+        (line,) = [x for x in out.splitlines() if x.startswith(name + " ")]
+        return line[len(name) :].split()
+
+    assert row("baseline (log-mel)")[2] == f"{s['results']['baseline']['test']['eer']:.2f}"
+    assert row("Stage II round 1")[0] == f"{s['results']['round1']['dev']['eer']:.2f}"
     with open(os.path.join(demo_run, "summary.json")) as f:
         again = json.load(f)
     assert again["embed"] == {"out": s["embed"]["out"], "skipped": True}

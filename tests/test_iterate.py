@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysv.cli import main
+from raysv.config import load_config
 from raysv.data.corpus import prepare_corpus
 from raysv.errors import ConfigError, ManifestError
 from raysv.pipeline.iterate import IterateConfig, Schedule, run_iterate, split_manifest
@@ -222,16 +223,16 @@ def test_bad_iterate_input_is_reported_before_work(tiny_corpus, tmp_path, init_c
         )
     with pytest.raises(ValueError, match="at least one value"):
         Schedule(k=[])
-    with pytest.raises(ConfigError, match="drop fraction p must be in"):
-        run_iterate(
-            IterateConfig(
-                out=str(tmp_path / "c"),
-                data=tiny_corpus,
-                init_checkpoint=init_ckpt,
-                schedule=Schedule(drop_fraction=[0.1, 1.5]),
-            )
-        )
-    assert not os.path.exists(tmp_path / "c" / "round0")  # refused before any work
+    with pytest.raises(ValueError, match=r"schedule.drop_fraction\[1\] must be a fraction in"):
+        Schedule(drop_fraction=[0.1, 1.5])  # round 2's value, refused when the config is read
+    with pytest.raises(ConfigError, match=r"schedule.tau\[1\] must be > 0"):
+        load_config(IterateConfig, None, ["schedule.tau=[3, 0]"])
+    with pytest.raises(ConfigError, match="train.gate.tau is set by each round"):
+        load_config(IterateConfig, None, ["train.gate.tau=5"])
+    cfg = load_config(
+        IterateConfig, None, ["head_init=false"]
+    )  # the class-direction start is optional
+    assert cfg.head_init is False
     man, _ = prepare_corpus(tiny_corpus, str(tmp_path / "m"))
     only_trials = {"dev": man.trials["dev"], "test": man.trials["test"]}
     t = pq.read_table(man.utterances)

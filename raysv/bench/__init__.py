@@ -10,7 +10,17 @@ import time
 
 
 def run(name: str, out_dir: str, quick: bool = False) -> dict:
-    from raysv.bench import autok, cluster, embed, featurize, input, pretrain, stream, synth
+    from raysv.bench import (
+        autok,
+        cluster,
+        demo,
+        embed,
+        featurize,
+        input,
+        pretrain,
+        stream,
+        synth,
+    )
 
     fn = {
         "featurize": featurize.run,
@@ -22,6 +32,7 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         "cluster": cluster.run,
         "embed": embed.run,
         "autok": autok.run,
+        "demo": demo.run,
     }[name]
     result = fn(quick=quick)
     result["machine"] = {

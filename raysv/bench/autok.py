@@ -34,6 +34,7 @@ def _last_round(st2: dict) -> dict:
 
 
 def run(quick: bool = False) -> dict:
+    from raysv.bench.demo import quick_demo
     from raysv.pipeline.demo import DemoConfig, run_demo
     from raysv.pipeline.iterate import run_iterate
 
@@ -51,28 +52,8 @@ def run(quick: bool = False) -> dict:
         synth = replace(base.synth, train_speakers=speakers, seed=seed)
         if quick:  # the pipeline's plumbing in a few minutes, not a measurement
             speakers = 4
-            synth = replace(
-                synth,
-                train_speakers=4,
-                dev_speakers=3,
-                test_speakers=3,
-                utts_per_speaker=8,
-                trials_per_split=40,
-            )
-            base = replace(
-                base,
-                pretrain=replace(
-                    base.pretrain, train=replace(base.pretrain.train, epochs=1, batch_size=4)
-                ),
-                stage2=replace(
-                    base.stage2,
-                    rounds=1,
-                    train=replace(
-                        base.stage2.train,
-                        train=replace(base.stage2.train.train, epochs=2, batch_size=8),
-                    ),
-                ),
-            )
+            base = quick_demo(base)
+            synth = replace(base.synth, seed=seed)
         if gpu:  # the same settings, trained on the GPU
             base = replace(
                 base,

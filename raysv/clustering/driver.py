@@ -1,4 +1,7 @@
-"""``raysv cluster``: sharded k-means over embedding shards, purification, pseudo-label table."""
+"""``raysv cluster``: sharded k-means over embedding shards, purification, pseudo-label table.
+
+The Ray actors (starting, assigning, stopping shards) live in ``sharded``; this
+module reads and writes files and composes them."""
 
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ import pyarrow as pa
 
 from raysv.clustering import kmeans
 from raysv.clustering.sharded import (
-    EmbeddingShard,
     KMeansSpec,
     elbow_table,
+    final_assign,
     purify_shards,
+    resolve_device,
     sharded_kmeans,
-    split_files,
+    start_shards,
+    stop_shards,
 )
 from raysv.data import fs, outputs
 from raysv.data.outputs import write_json_atomic
@@ -30,77 +35,6 @@ def embedding_files(uri: str) -> list[str]:
     """Parquet files of an embeddings file or folder (a folder's: those its completion
     marker lists, see :func:`raysv.data.fs.parquet_files`)."""
     return fs.parquet_files(uri)
-
-
-DEVICES = ("auto", "cpu", "gpu")
-
-
-def resolve_device(device: str) -> str:
-    """``"cpu"`` or ``"gpu"`` for a requested ``device`` (``auto``: GPU where the Ray cluster has one)."""
-    import ray
-
-    from raysv.runtime import ensure_ray
-
-    if device not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
-    ensure_ray()
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    if device == "gpu" and gpus == 0:
-        raise ConfigError("k-means device 'gpu' asked for, but the Ray cluster has no GPUs")
-    return "gpu" if device == "gpu" or (device == "auto" and gpus > 0) else "cpu"
-
-
-def default_shards(use_gpu: bool) -> int:
-    """One shard per GPU when the shards search on GPUs, else two per node with CPUs.
-
-    Each CPU shard's faiss search uses its half of the node's cores (faiss
-    threads). On 2 cores, 1 shard x 2 threads and 2 x 1 searched at the same
-    speed (3.3 vs 3.1-3.6 s per iteration, 1M x 192, k = 1000), and two actors
-    read their Parquet files in parallel (3.6 vs 5.0 s); per node rather than a
-    fixed count, so a bigger cluster gets more shards.
-    """
-    import ray
-
-    if use_gpu:
-        return max(1, int(ray.cluster_resources().get("GPU", 0)))
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-    return max(1, 2 * len(nodes))
-
-
-def start_shards(
-    files: list[str],
-    shards: int | None,
-    normalise: bool,
-    cpus: float = 0.5,
-    device: str = "auto",
-) -> list:
-    """Start ``shards`` actors (default :func:`default_shards`), each reading its share of ``files``.
-
-    ``device``: ``"gpu"`` gives each actor a share of the cluster's GPUs (its rows
-    then live on the GPU), ``"cpu"`` none, ``"auto"`` GPUs where the cluster has them.
-    Actors are spread over the nodes; each uses ``CPUs of the cluster / shards``
-    faiss threads.
-    """
-    import ray
-
-    from raysv.runtime import ensure_ray
-
-    ensure_ray()
-    use_gpu = resolve_device(device) == "gpu"
-    if shards is None:
-        shards = default_shards(use_gpu)
-    if shards < 1:
-        raise ConfigError(f"shards must be >= 1, got {shards}")
-    groups = split_files(files, shards)
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    opts: dict = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
-    if use_gpu:  # shards share the GPUs (fractions of one when shards > GPUs)
-        opts["num_gpus"] = min(1.0, gpus / len(groups))
-        log.info("k-means shards on GPU (%.2f GPU each)", opts["num_gpus"])
-    actor_cls = ray.remote(**opts)(EmbeddingShard)
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(groups))
-    log.info("k-means: %d shard(s), %d faiss thread(s) each", len(groups), threads)
-    return [actor_cls.remote(group, normalise, threads, use_gpu) for group in groups]
 
 
 def choose_k_from(
@@ -293,8 +227,6 @@ def _cluster_into(
 ) -> dict:
     """:func:`cluster`'s work: the table's parts, centroids and plots into ``tmp``;
     paths in the summary name ``out``, where ``tmp`` is moved when complete."""
-    import ray
-
     auto = None
     if k == "auto":
         auto = choose_k_from(embeddings, tmp, spec.seed, merge_threshold, final=out)
@@ -302,15 +234,13 @@ def _cluster_into(
     actors = start_shards(files, shards, normalise=spec.spherical, device=device)
     try:
         res = sharded_kmeans(actors, k, spec)
-        cref = ray.put(res.centroids)
-        assigned = ray.get([a.final_assign.remote(cref) for a in actors])
+        assigned = final_assign(actors, res.centroids)
         sizes = np.sum([c for c, _ in assigned], axis=0)
         rule = purification_rule(int(sizes.sum()), k, round_, drop_fraction, min_cluster_size)
         drop_fraction, min_cluster_size = rule["p"], rule["S"]
         pur = purify_shards(actors, sizes, drop_fraction, min_cluster_size, round_, tmp)
     finally:
-        for a in actors:
-            ray.kill(a)
+        stop_shards(actors)
     summary = {
         "out": out,
         "embeddings": pur["rows"],
@@ -445,8 +375,6 @@ def elbow(
     k-means++ init, so that one unlucky random init does not put a kink in the
     curve.
     """
-    import ray
-
     from raysv.clustering import plots
 
     t0 = time.monotonic()
@@ -458,8 +386,7 @@ def elbow(
     try:
         rows = elbow_table(actors, ks, spec)
     finally:
-        for a in actors:
-            ray.kill(a)
+        stop_shards(actors)
     suggested = kmeans.suggest_k([r["k"] for r in rows], [r["objective"] for r in rows])
     files = {
         "csv": os.path.join(out, "_elbow.csv"),

@@ -131,6 +131,11 @@ def partial_stats(
     return sums, np.bincount(labels, minlength=k).astype(np.int64)
 
 
+# faiss's relative split perturbation (Clustering.cpp: "a bit above machine epsilon
+# for float16"); raysv used an additive 1e-4 of the mean |coordinate| before #19.
+SPLIT_EPS = 1.0 / 1024
+
+
 def update(
     sums: np.ndarray,
     counts: np.ndarray,
@@ -141,8 +146,10 @@ def update(
     """New centroids from summed statistics; empty clusters are re-seeded by splitting.
 
     An empty cluster takes a copy of a large cluster's centroid (chosen with
-    probability proportional to its size) with a small symmetric perturbation,
-    as faiss does. Returns ``(centroids (k, d) float32, number re-seeded)``.
+    probability proportional to its size minus one) and the two are pushed apart
+    as faiss does: each coordinate scaled by ``1 + SPLIT_EPS`` on one and
+    ``1 - SPLIT_EPS`` on the other, the signs alternating over dimensions.
+    Returns ``(centroids (k, d) float32, number re-seeded)``.
     """
     k = counts.shape[0]
     cent = previous.astype(np.float64).copy()
@@ -150,15 +157,14 @@ def update(
     cent[full] = sums[full] / counts[full, None]
     counts = counts.astype(np.float64).copy()
     empty = np.flatnonzero(~full)
+    sign = np.where(np.arange(cent.shape[1]) % 2 == 0, 1.0, -1.0) * SPLIT_EPS  # (d,)
     for e in empty:
         p = np.maximum(counts - 1, 0)
         if p.sum() == 0:
             break
         big = int(rng.choice(k, p=p / p.sum()))
-        eps = 1e-4 * (np.abs(cent[big]).mean() + 1e-12)
-        sign = rng.choice([-1.0, 1.0], size=cent.shape[1])
-        cent[e] = cent[big] + sign * eps
-        cent[big] = cent[big] - sign * eps
+        cent[e] = cent[big] * (1.0 + sign)
+        cent[big] = cent[big] * (1.0 - sign)
         counts[e] = counts[big] / 2
         counts[big] -= counts[e]
     if spherical:

@@ -4,7 +4,9 @@ The checkpoint (``best_model.pt`` from ``raysv pretrain`` or ``raysv train``,
 see :mod:`raysv.models.checkpoint`) is loaded once per actor.
 Utterances are embedded whole up to ``max_seconds``, cut (centre) to a
 multiple of ``bucket_seconds`` so that equal lengths batch together and memory
-stays bounded by ``max_seconds`` whatever the corpus.
+stays bounded by ``max_seconds`` whatever the corpus. The same cut is used
+when training scores its dev trials (:func:`utterance_fbank`), so the dev EER
+that selects an epoch is the dev EER this embedder gives (the pipeline's).
 """
 
 from __future__ import annotations
@@ -14,10 +16,31 @@ import numpy as np
 from raysv.audio import features, io
 from raysv.data.schema import embeddings_table
 
+# 0.1 s: at most 0.1 s of an utterance is cut (a 0.5 s bucket cut ~9 % of the demo's
+# 3-s utterances and moved dev EER 18.8 -> 20.2 % for the same encoder).
+BUCKET_SECONDS = 0.1
+
 
 def bucket_length(n: int, bucket: int, cap: int) -> int:
     """Samples kept of an utterance of ``n`` samples: a multiple of ``bucket``, at most ``cap``."""
     return max(bucket, min(cap, (n // bucket) * bucket))
+
+
+def utterance_fbank(
+    path: str,
+    start_s: float | None,
+    end_s: float | None,
+    n_mels: int,
+    max_seconds: float,
+    bucket_seconds: float = BUCKET_SECONDS,
+) -> np.ndarray:
+    """Log-mel ``(frames, n_mels)`` of one utterance as evaluation embeds it: at most
+    ``max_seconds`` from its centre, cut (centre) to a multiple of ``bucket_seconds``."""
+    cap = int(max_seconds * io.TARGET_SR)
+    bucket = int(bucket_seconds * io.TARGET_SR)
+    wave = io.read_crop(path, cap / io.TARGET_SR, None, start_s, end_s)
+    wave = features.crop(wave, bucket_length(wave.shape[0], bucket, cap))
+    return features.fbank(wave, n_mels=n_mels)
 
 
 class TorchEmbedder:
@@ -27,7 +50,7 @@ class TorchEmbedder:
         self,
         checkpoint: str,
         max_seconds: float = 10.0,
-        bucket_seconds: float = 0.5,
+        bucket_seconds: float = BUCKET_SECONDS,
         device: str | None = None,
         skipped_to: str | None = None,
     ):
@@ -39,8 +62,7 @@ class TorchEmbedder:
         self.n_mels = spec["n_mels"]
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
-        self.cap = int(max_seconds * io.TARGET_SR)
-        self.bucket = int(bucket_seconds * io.TARGET_SR)
+        self.max_seconds, self.bucket_seconds = max_seconds, bucket_seconds
         self.skipped_to = skipped_to  # folder for the record of unreadable rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,6 +94,6 @@ class TorchEmbedder:
 
     def _features(self, path: str, start_s: float | None, end_s: float | None) -> np.ndarray:
         """Log-mel ``(frames, n_mels)`` of one utterance, cut to its length bucket."""
-        wave = io.read_crop(path, self.cap / io.TARGET_SR, None, start_s, end_s)
-        wave = features.crop(wave, bucket_length(wave.shape[0], self.bucket, self.cap))
-        return features.fbank(wave, n_mels=self.n_mels)
+        return utterance_fbank(
+            path, start_s, end_s, self.n_mels, self.max_seconds, self.bucket_seconds
+        )

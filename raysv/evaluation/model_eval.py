@@ -1,7 +1,8 @@
 """Evaluating a torch encoder on trials in-process (dev set each epoch, final reports).
 
-Utterances are embedded whole (centre crop of at most ``max_seconds``);
-features are computed once and can be cached across epochs.
+Utterances are embedded as ``raysv embed`` embeds them (centre crop of at most
+``max_seconds``, cut to the embedder's length bucket: the dev EER that selects
+an epoch is the pipeline's); features are computed once and cached across epochs.
 """
 
 from __future__ import annotations
@@ -9,22 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from raysv.audio import features, io
 from raysv.evaluation.evaluate import score_trials
 from raysv.evaluation.metrics import verification_report
 
 
 def trial_features(utts: pa.Table, n_mels: int, max_seconds: float) -> dict[str, np.ndarray]:
     """``utt_id -> fbank (F, n_mels)`` for every row of ``utts`` (utt_id, path, start_s, end_s)."""
-    out = {}
-    for uid, path, st, en in zip(
-        *(utts.column(c).to_pylist() for c in ("utt_id", "path", "start_s", "end_s")), strict=True
-    ):
-        wave = io.read_crop(path, max_seconds, None, st, en)
-        if wave.shape[0] < 400:
-            wave = features.crop(wave, 400)
-        out[uid] = features.fbank(wave, n_mels=n_mels)
-    return out
+    from raysv.embedding.torch_embedder import utterance_fbank
+
+    cols = (utts.column(c).to_pylist() for c in ("utt_id", "path", "start_s", "end_s"))
+    return {
+        uid: utterance_fbank(path, st, en, n_mels, max_seconds)
+        for uid, path, st, en in zip(*cols, strict=True)
+    }
 
 
 def embed_features(

@@ -67,9 +67,17 @@ class Schedule:
         for name in ("k", "drop_fraction", "min_cluster_size", "tau"):
             if not getattr(self, name):
                 raise ValueError(f"schedule.{name} needs at least one value")
-        for i, k in enumerate(self.k):  # every round's k before round 1 trains
-            if k != "auto" and k < 2:
-                raise ValueError(f"schedule.k[{i}] must be >= 2 or auto, got {k}")
+        # every round's values are checked when the config is read, before round 1 trains
+        checks = {
+            "k": (lambda v: v >= 2, ">= 2"),
+            "drop_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+            "min_cluster_size": (lambda v: v >= 1, ">= 1"),
+            "tau": (lambda v: v > 0, "> 0"),
+        }
+        for name, (ok, want) in checks.items():
+            for i, v in enumerate(getattr(self, name)):
+                if v != "auto" and not ok(v):
+                    raise ValueError(f"schedule.{name}[{i}] must be {want} or auto, got {v}")
 
     def at(self, r: int) -> dict:
         """Settings of round ``r`` (1-based)."""
@@ -142,6 +150,8 @@ class IterateConfig:
             for comparison only; needs speakers in the manifest).
         final_clustering: cluster once more with the last encoder, for the NMI after the
             last round (analysis).
+        head_init: start each round's AAM head at the class mean directions of the
+            round's clustering input (``train.data.head_init``); false: a random head.
     """
 
     out: str = "runs/iterate"
@@ -160,6 +170,7 @@ class IterateConfig:
     )
     reference: bool = False
     final_clustering: bool = True
+    head_init: bool = True
     tracking_uri: str | None = None
     experiment: str = "raysv-iterate"
     run_name: str = "iterate"
@@ -167,6 +178,45 @@ class IterateConfig:
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        # keys of train that each round sets itself: a value given there would be ignored
+        set_train = set_by_rounds(self.train)
+        if set_train:
+            key, by = set_train[0]
+            raise ValueError(f"train.{key} is set by each round from {by}; remove it")
+
+
+# train.<key> -> what each round of raysv iterate sets it from
+SET_BY_ROUNDS = {
+    "out": "out (<out>/round<r>/train)",
+    "run_name": "the round (round<r>)",
+    "init_checkpoint": "init_checkpoint, then the previous round's best_model.pt",
+    "model": "the checkpoint it starts from",
+    "data.n_mels": "the checkpoint it starts from",
+    "data.labels": "the round's clustering",
+    "data.utterances": "the training pool",
+    "data.dev_trials": "dev_trials (or the corpus folder)",
+    "data.test_trials": "nothing (rounds score test trials after training)",
+    "data.head_init": "the round's embeddings (head_init: false turns it off)",
+    "gate.tau": "schedule.tau",
+    "gate.share": "schedule.tau: auto",
+    "tracking_uri": "tracking_uri",
+    "experiment": "experiment",
+    "parent_run_id": "the iterate run",
+}
+
+
+def set_by_rounds(train: Stage2Config) -> list[tuple[str, str]]:
+    """``(key, source)`` of each key in :data:`SET_BY_ROUNDS` whose value in ``train``
+    differs from :class:`Stage2Config`'s default (it would be silently replaced)."""
+    default = Stage2Config()
+    found = []
+    for key, by in SET_BY_ROUNDS.items():
+        a, b = train, default
+        for part in key.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        if a != b:
+            found.append((key, by))
+    return found
 
 
 def split_manifest(
@@ -186,10 +236,15 @@ def split_manifest(
         fs.read_table(train) if train else utts,
         trials.values(),
         train or utterances,
-        what="Stage II training",
+        what=None,  # logged below with what the trials hold out of the whole manifest
     )
     named = trial_utt_ids(trials.values())
     held = utts.filter(pc.is_in(utts["utt_id"], pa.array(sorted(named), pa.string())))
+    log.info(
+        "Stage II: a pool of %d training utterances; %d named by the trials held out",
+        pool.num_rows,
+        held.num_rows,
+    )
     paths = {
         "manifest": utterances,
         "pool": os.path.join(folder, "pool.parquet"),
@@ -297,8 +352,19 @@ def _cluster(
 
 
 def _train(
-    cfg: IterateConfig, r: int, init: str, labels: str, manifest: str, trials, tau, parent, uri
+    cfg: IterateConfig,
+    r: int,
+    init: str,
+    labels: str,
+    manifest: str,
+    trials,
+    tau,
+    parent,
+    uri,
+    embeddings: str,
 ):
+    """Round ``r``'s Stage II run; its AAM head starts at the class directions of
+    ``embeddings`` (the clustering input, made by ``init``: see ``data.head_init``)."""
     from raysv.training.stage2 import run_train
 
     folder = os.path.join(os.path.abspath(cfg.out), f"round{r}", "train")
@@ -316,6 +382,7 @@ def _train(
             utterances=manifest,  # labels pick the pool's rows; trials resolve against all
             dev_trials=trials.get("dev"),
             test_trials=None,
+            head_init=embeddings if cfg.head_init else None,
         ),
         gate=_round_gate(cfg.train.gate, r, tau),
         tracking_uri=uri,
@@ -337,7 +404,10 @@ def _with_init(tcfg: Stage2Config, init: str, restart: str) -> Stage2Config:
     """``continue``: start from ``init``'s weights; ``scratch``: same architecture, fresh weights."""
     from raysv.training.stage2 import adopt_encoder
 
-    return adopt_encoder(tcfg, init, weights=restart == "continue")
+    tcfg = adopt_encoder(tcfg, init, weights=restart == "continue")
+    if restart != "continue":  # fresh weights: the old encoder's class directions don't apply
+        tcfg = replace(tcfg, data=replace(tcfg.data, head_init=None))
+    return tcfg
 
 
 def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:
@@ -471,6 +541,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 sched["tau"],
                 parent,
                 uri,
+                os.path.join(emb_folder, "pool"),
             )
             encoder = tr["best_model"]
             emb_folder = os.path.join(rdir, "embeddings")
@@ -566,6 +637,10 @@ def _reference(cfg: IterateConfig, split: dict, trials: dict, parent: str, uri: 
             utterances=split["manifest"],
             dev_trials=trials.get("dev"),
             test_trials=None,
+            # the initial encoder's embeddings (round 0), as round 1 starts from
+            head_init=os.path.join(os.path.abspath(cfg.out), "round0", "embeddings", "pool")
+            if cfg.head_init
+            else None,
         ),
         gate=GateSpec(name="none"),
         tracking_uri=uri,

@@ -1,9 +1,11 @@
-"""Driver of Stage I: prepares inputs, builds the TorchTrainer, reports the result.
+"""Stage I (``raysv pretrain``): its inputs, its checks and its summary.
 
-# [1] inputs are checked and prepared before any worker starts (clear errors);
-# [2] the dataset is a Ray Dataset of metadata rows, featurised per epoch;
-# [3] ScalingConfig / RunConfig / FailureConfig / CheckpointConfig;
-# [4] the same run name under the same storage path resumes from its last checkpoint.
+# [1] inputs are checked and prepared before any worker starts (clear errors):
+#     the training table of dialogues or utterances, evaluation audio held out;
+# [2] the dataset is a Ray Dataset of metadata rows, featurised per epoch.
+The TorchTrainer, the run and its MLflow record are the shared driver's
+(``raysv.training.driver.train_stage``); the workers run ``pretrain_worker``'s
+objective in the shared skeleton.
 """
 
 from __future__ import annotations
@@ -11,24 +13,27 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import yaml
 
 from raysv.config import to_dict
 from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
 from raysv.data.outputs import claim_run, write_json_atomic
 from raysv.data.problems import Problems
-from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ConfigError, ManifestError
 from raysv.models.checkpoint import encoder_spec, save_encoder
 from raysv.training import data as tdata
-from raysv.training import unreadable
 from raysv.training.config import PretrainConfig
+from raysv.training.driver import (
+    check_encoder,
+    evaluate_encoders,
+    last_state,
+    one_line,
+    train_stage,
+    trial_inputs,
+)
 
 log = logging.getLogger("raysv")
 
@@ -65,26 +70,6 @@ def _manifests(cfg: PretrainConfig, out: str) -> dict:
     }
 
 
-def _trial_inputs(trials_uri: str, utts: pa.Table, folder: str, split: str) -> dict:
-    problems = Problems()
-    trials = resolve_trials(parse_trials(trials_uri, problems), utts, trials_uri, problems)
-    problems.log_summary()
-    from raysv.evaluation.metrics import check_trial_labels
-
-    check_trial_labels(trials.column("label").to_numpy(), trials_uri)  # before Ray, not in a worker
-    needed = pa.array(
-        sorted(set(trials.column("enroll").to_pylist()) | set(trials.column("test").to_pylist()))
-    )
-    sub = utts.filter(pa.compute.is_in(utts["utt_id"], needed))
-    paths = {
-        "trials": os.path.join(folder, f"{split}_trials.parquet"),
-        "utts": os.path.join(folder, f"{split}_utts.parquet"),
-    }
-    pq.write_table(trials, paths["trials"])
-    pq.write_table(sub.select(["utt_id", "path", "start_s", "end_s"]), paths["utts"])
-    return paths
-
-
 def prepare_inputs(cfg: PretrainConfig) -> dict:
     """[1] Read and check manifests, build the training table, write small eval inputs.
 
@@ -101,14 +86,14 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
     res: dict = {}
     for split in ("dev", "test"):
         if man[f"{split}_trials"]:
-            res[split] = _trial_inputs(man[f"{split}_trials"], utts, folder, split)
+            res[split] = trial_inputs(man[f"{split}_trials"], utts, folder, split)
     # Evaluation audio is never trained on: a corpus folder's training rows already
     # leave out the trial speakers; any manifest loses the utterances trials name.
     train_utts = utts
     if man["train"]:
         train_utts = ingest.check_utterances(fs.read_table(man["train"]), man["train"], problems)
-    train_utts, _ = training_rows(
-        train_utts, [res[s]["trials"] for s in res], man["train"] or man["utterances"], None
+    train_utts, _ = training_rows(  # the counts are logged below, once
+        train_utts, [res[s]["trials"] for s in res], man["train"] or man["utterances"], what=None
     )
     if cfg.data.mode == "dialogue":
         if not man["dialogues"]:
@@ -212,65 +197,6 @@ def dialogue_speakers(table: pa.Table, utts: pa.Table) -> tuple[np.ndarray, np.n
     return codes.astype(np.int32), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-def _resources(cfg: PretrainConfig) -> tuple[dict, int]:
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 1))
-    cpw = cfg.train.cpus_per_worker
-    if cpw is None:
-        # Leave one CPU for Ray Data's featurisation tasks, or the input pipeline starves.
-        # A GPU worker needs little CPU (its step runs on the GPU): two each, and every
-        # other CPU featurises, which is what a GPU's appetite for batches needs.
-        cpw = (
-            max(0.25, (total - 1.0) / cfg.train.num_workers)
-            if not cfg.train.use_gpu
-            else max(1.0, min(2.0, (total - 1.0) / cfg.train.num_workers))
-        )
-    if cpw * cfg.train.num_workers > total - 0.5 and not cfg.train.use_gpu:
-        raise ConfigError(
-            f"{cfg.train.num_workers} workers x {cpw} CPUs leave no CPU for data loading on a {total:g}-CPU cluster; "
-            "lower train.num_workers or train.cpus_per_worker"
-        )
-    res = {"CPU": cpw}
-    if cfg.train.use_gpu:
-        res["GPU"] = 1
-    return res, max(1, int(cpw))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def check_encoder(name: str, n_mels: int, kwargs: dict):
-    """Build encoder ``name`` with ``model.kwargs`` and embed two inputs of silence, on the
-    driver: a constructor argument it refuses (a negative width, an unknown keyword) or a
-    network that gives no embeddings raises ConfigError naming them, not a traceback from
-    the Ray Train workers. Returns the encoder."""
-    import torch
-
-    from raysv.errors import RaysvError
-    from raysv.models import build_encoder
-
-    what = f"model.kwargs {dict(kwargs)} of encoder {name!r} (n_mels {n_mels})"
-    try:
-        encoder = build_encoder(name, n_mels, **kwargs)
-        was = encoder.training
-        encoder.eval()
-        with torch.no_grad():
-            y = encoder(torch.zeros(2, 100, n_mels))
-        encoder.train(was)
-    except RaysvError:
-        raise
-    except Exception as exc:  # whatever the constructor or its first forward pass raise
-        raise ConfigError(f"{what}: {_one_line(exc)}") from exc
-    if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != 2 or y.shape[1] < 1:
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ConfigError(
-            f"{what}: gives embeddings of shape {shape} for 2 inputs, not (2, D >= 1)"
-        )
-    return encoder
-
-
 def check_modules(cfg: PretrainConfig) -> None:
     """Stage I's encoder, loss and rejection built once on the driver (see
     :func:`check_encoder`): bad settings fail in one line before Ray starts."""
@@ -284,90 +210,13 @@ def check_modules(cfg: PretrainConfig) -> None:
     except RaysvError:
         raise
     except Exception as exc:
-        raise ConfigError(f"loss {cfg.loss.name!r} {cfg.loss.kwargs()}: {_one_line(exc)}") from exc
+        raise ConfigError(f"loss {cfg.loss.name!r} {cfg.loss.kwargs()}: {one_line(exc)}") from exc
     try:
         build_modules(cfg)
     except RaysvError:
         raise
     except Exception as exc:
-        raise ConfigError(f"loss.rejection: {_one_line(exc)}") from exc
-
-
-def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, out: str, dataset):
-    """The TorchTrainer of a training stage (Stage I or II).
-
-    # [3] ScalingConfig / RunConfig / FailureConfig / CheckpointConfig;
-    # [4] the same ``name`` under the same storage path resumes from its last checkpoint.
-    ``train`` is a :class:`~raysv.training.config.TrainSpec`.
-    """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    return TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=train.storage_path or os.path.join(out, "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.num_to_keep),
-        ),
-        datasets={"train": dataset},
-    )
-
-
-def raysv_cause(exc: BaseException):
-    """The first :class:`RaysvError` in ``exc``'s chain (causes, contexts, and the
-    ``cause`` of Ray's wrapped task errors), or None."""
-    from raysv.errors import RaysvError
-
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, RaysvError) and not hasattr(e, "cause"):
-            return e
-        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
-
-
-def fit(trainer):
-    """``trainer.fit()``; a raysv error raised in a worker (bad input met during training,
-    a diverged loss), or in a data task feeding it, is re-raised as itself, so the CLI
-    prints one line, not the worker group's traceback. Ray Train has already retried
-    it ``max_failures`` times."""
-    import ray.train
-
-    failed = getattr(ray.train, "WorkerGroupError", ())  # Train V2's
-    try:
-        return trainer.fit()
-    except failed as exc:
-        for err in exc.worker_failures.values():
-            cause = raysv_cause(err)
-            if cause is not None:
-                raise cause from exc
-        raise
-
-
-def _evaluate(
-    encoder, inputs: dict, split: str, n_mels: int, max_seconds: float, cache: dict
-) -> dict:
-    from raysv.evaluation.model_eval import evaluate_model, trial_features
-
-    if split not in cache:
-        cache[split] = (
-            pq.read_table(inputs[split]["trials"]),
-            trial_features(pq.read_table(inputs[split]["utts"]), n_mels, max_seconds),
-        )
-    trials, feats = cache[split]
-    r = evaluate_model(encoder, trials, feats)
-    return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
+        raise ConfigError(f"loss.rejection: {one_line(exc)}") from exc
 
 
 def training_dataset(
@@ -401,8 +250,6 @@ def training_dataset(
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Run Stage I; returns the summary (also ``<out>/summary.json``)."""
-    from raysv.runtime import ensure_ray
-    from raysv.tracking import mlflow_tracking as tracking
     from raysv.training.pretrain_worker import train_loop
 
     t0 = time.monotonic()
@@ -410,105 +257,21 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     check_modules(cfg)  # unknown encoder/loss names and bad kwargs fail here, before Ray
     claim_run(out, "raysv pretrain")  # a new folder, or one of ours to resume
     inputs = prepare_inputs(cfg)  # [1]
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    ensure_ray()
-    shards = tdata.write_shards(
-        inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
+    summary = train_stage(
+        cfg,
+        inputs,
+        train_loop,
+        lambda shards, ledger: training_dataset(cfg, shards, ledger=ledger),
+        lambda result: _finish(cfg, inputs, result, out),
+        label="Stage I",
+        what=f"{cfg.model.name}, loss {cfg.loss.name}",
+        run_extra={"truth": inputs.get("truth"), "speakers": inputs.get("speakers")},
+        artifacts=("best_model.pt",),
+        t0=t0,
     )
-    ledger = unreadable.start_ledger(cfg.train.max_unreadable_share)  # rows skipped as unreadable
-    dataset = training_dataset(cfg, shards, ledger=ledger)  # [2]
-    resources, threads = _resources(cfg)
-    tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
-    with tracking.resumable_run(
-        out, tracking_uri, cfg.experiment, cfg.run_name, to_dict(cfg), cfg.parent_run_id
-    ) as run_id:
-        run = {
-            "out": out,
-            "dev_utts": inputs.get("dev", {}).get("utts"),
-            "dev_trials": inputs.get("dev", {}).get("trials"),
-            "truth": inputs.get("truth"),
-            "speakers": inputs.get("speakers"),
-            "mlflow_run_id": run_id,
-            "tracking_uri": tracking_uri,
-            "torch_threads": threads,
-            "steps_per_epoch": tdata.steps_per_epoch(
-                inputs["table"].num_rows, cfg.train.num_workers, cfg.train.per_worker_batch
-            ),
-            "ledger": ledger,
-            "unit": inputs["unit"],
-            "token": uuid.uuid4().hex,  # this invocation (the ledger's counts are its own)
-        }
-        trainer = build_trainer(  # [3] [4]
-            train_loop,
-            {"cfg": to_dict(cfg), "run": run},
-            cfg.train,
-            resources,
-            cfg.run_name,
-            out,
-            dataset,
-        )
-        log.info(
-            "training %s on %d %s with %d worker(s) x %s",
-            cfg.model.name,
-            inputs["table"].num_rows,
-            inputs["unit"],
-            cfg.train.num_workers,
-            resources,
-        )
-        result = fit(trainer)
-        summary = _finish(cfg, inputs, result, out)
-        summary.update(unreadable_summary(ledger))
-        tracking.log_metrics(
-            {f"final.{k}": v for k, v in summary["final"].items()}
-            | {"final.unreadable_rows": summary["unreadable_rows"]}
-        )
-        tracking.log_artifact(os.path.join(out, "config.yaml"))
-        tracking.log_artifact(os.path.join(out, "best_model.pt"))
-    summary.update(
-        mlflow={"tracking_uri": tracking_uri, "run_id": run_id},
-        seconds=round(time.monotonic() - t0, 1),
-        out=out,
-        **inputs["counts"],
-    )
+    summary.update(inputs["counts"])
     write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
     return summary
-
-
-def unreadable_summary(ledger) -> dict:
-    """Summary entries for training row reads skipped as unreadable during the run
-    (earlier invocations' counts included)."""
-    snap = unreadable.snapshot(ledger) or {"rows": 0}
-    if not snap["rows"]:
-        return {"unreadable_rows": 0}
-    return {
-        "unreadable_rows": snap["rows"],
-        "unreadable_files": snap["files"],
-        "unreadable_share": round(unreadable.share(snap), 4),
-        "unreadable_examples": snap["examples"],
-    }
-
-
-def last_state(result) -> dict:
-    """The ``state.pt`` dict of a Ray Train result's last checkpoint."""
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        from raysv.models.checkpoint import load_training_state
-
-        return load_training_state(os.path.join(d, "state.pt"))
-
-
-def evaluate_encoders(models: dict, inputs: dict, n_mels: int, max_seconds: float) -> dict:
-    """``{"<name>.<split>.<metric>": value}`` for each encoder on the dev/test inputs."""
-    final: dict = {}
-    cache: dict = {}
-    for split in ("dev", "test"):
-        if split in inputs:
-            for name, model in models.items():
-                for k, v in _evaluate(model, inputs, split, n_mels, max_seconds, cache).items():
-                    final[f"{name}.{split}.{k}"] = v
-    return final
 
 
 def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:

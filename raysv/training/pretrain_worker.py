@@ -1,44 +1,26 @@
-"""Stage I training loop: runs inside each Ray Train worker (one DDP rank).
+"""Stage I's objective: contrastive losses over dialogue segments (or SimCLR views),
+with the rejection module, inside the shared worker skeleton (``raysv.training.worker``).
 
-Takes a plain dict (``{"cfg": ..., "run": ...}``); nothing here builds a
-trainer. Points where Ray plugs in are numbered:
-
-# [1] ray.train.get_checkpoint(): resume after a restart or a rerun;
-# [2] ray.train.torch.prepare_model(): DDP (gloo on CPU, NCCL on GPU);
-# [3] ray.train.get_dataset_shard(): this worker's stream of batches;
-# [4] ray.train.report(): metrics every epoch, with a checkpoint from rank 0.
+Runs in each Ray Train worker (one DDP rank). What this module fills in: the
+encoder, loss and rejection modules (:func:`build_modules`), one epoch of steps
+with global negatives from every worker (:func:`run_epoch`) and rank 0's
+rejection-weight analysis (:class:`Analysis`). Checkpointing, resume, dev
+scoring, best-encoder keeping and logging are the skeleton's.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from raysv.config import from_dict
 from raysv.errors import DivergedError
-from raysv.models.checkpoint import load_training_state, plain_values
 from raysv.training import unreadable
 from raysv.training.config import PretrainConfig
-from raysv.training.data import worker_stream
 from raysv.training.distributed import gather_no_grad, gather_with_grad, where, world
-
-
-@dataclass
-class State:
-    """Everything a checkpoint holds besides tensors' owners."""
-
-    epoch: int = 0  # next epoch to run
-    step: int = 0
-    best_eer: float = float("inf")
-    best_model: dict | None = None
-    history: list[dict] = field(default_factory=list)
-    unreadable: dict | None = None  # the run's unreadable-row counts at this checkpoint
-    unreadable_token: str | None = None  # the invocation that counted them
+from raysv.training.worker import Objective, State, train_worker
 
 
 def build_modules(cfg: PretrainConfig):
@@ -57,36 +39,6 @@ def build_modules(cfg: PretrainConfig):
         else None
     )
     return encoder, loss, rejection
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def _save(path: str, model, loss, rejection, opt, sched, st: State) -> None:
-    torch.save(
-        {
-            "model": _unwrap(model).state_dict(),
-            "loss": loss.state_dict(),
-            "rejection": rejection.state_dict() if rejection is not None else None,
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "state": plain_values(st.__dict__),
-        },
-        os.path.join(path, "state.pt"),
-    )
-
-
-def _restore(ckpt, model, loss, rejection, opt, sched) -> State:
-    with ckpt.as_directory() as d:
-        blob = load_training_state(os.path.join(d, "state.pt"))
-    _unwrap(model).load_state_dict(blob["model"])
-    loss.load_state_dict(blob["loss"])
-    if rejection is not None and blob["rejection"] is not None:
-        rejection.load_state_dict(blob["rejection"])
-    opt.load_state_dict(blob["optimizer"])
-    sched.load_state_dict(blob["scheduler"])
-    return State(**blob["state"])
 
 
 def drawn_mixed(
@@ -271,136 +223,72 @@ def run_epoch(
     return out
 
 
+class ContrastiveObjective(Objective):
+    """Stage I: the encoder under a contrastive loss (and rejection), Adam + StepLR."""
+
+    def __init__(self, cfg: PretrainConfig, run: dict, device, prepare):
+        self.cfg, self.device = cfg, device
+        encoder, self.loss_fn, self.rejection = build_modules(cfg)
+        self.model = prepare(encoder)
+        self.loss_fn.to(device)
+        extra = list(self.loss_fn.parameters())
+        if self.rejection is not None:
+            self.rejection.to(device)
+            extra += list(self.rejection.parameters())
+        self.opt = torch.optim.Adam(
+            list(self.model.parameters()) + extra,
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.sched = torch.optim.lr_scheduler.StepLR(
+            self.opt, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay
+        )
+        rank = world()[0]
+        truth = np.load(run["truth"]) if rank == 0 and run.get("truth") else None
+        speakers = None
+        if rank == 0 and run.get("speakers"):
+            with np.load(run["speakers"]) as z:
+                speakers = (z["flat"], z["offsets"])
+        self.analysis = Analysis(truth, speakers, draws=bool(run.get("speakers")))
+
+    def train_epoch(self, stream, st: State, tally: unreadable.Tally) -> dict:
+        stats = run_epoch(
+            self.cfg,
+            self.model,
+            self.loss_fn,
+            self.rejection,
+            self.opt,
+            self.sched,
+            stream,
+            self.device,
+            st,
+            self.analysis,
+            tally,
+        )
+        return {"lr": self.sched.get_last_lr()[0], **stats}
+
+    def end_epoch(self, st: State) -> dict:
+        return self.analysis.summary()
+
+    def checkpoint(self) -> dict:
+        return {
+            "loss": self.loss_fn.state_dict(),
+            "rejection": self.rejection.state_dict() if self.rejection is not None else None,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+        }
+
+    def restore(self, blob: dict) -> None:
+        self.loss_fn.load_state_dict(blob["loss"])
+        if self.rejection is not None and blob["rejection"] is not None:
+            self.rejection.load_state_dict(blob["rejection"])
+        self.opt.load_state_dict(blob["optimizer"])
+        self.sched.load_state_dict(blob["scheduler"])
+
+    def after_epoch(self, run: dict) -> None:
+        self.analysis.save(os.path.join(run["out"], "rejection_weights.npz"))
+
+
 def train_loop(config: dict) -> None:
     """Ray Train entry point: ``config = {"cfg": PretrainConfig as dict, "run": {...}}``."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    cfg = from_dict(PretrainConfig, config["cfg"])
-    run = config["run"]
-    torch.set_num_threads(max(1, int(run.get("torch_threads", 1))))
-    rank, _ = world()
-    device = ray.train.torch.get_device()
-    encoder, loss_fn, rejection = build_modules(cfg)
-    model = ray.train.torch.prepare_model(encoder)  # [2]
-    loss_fn.to(device)
-    extra = list(loss_fn.parameters()) + (
-        list(rejection.parameters()) if rejection is not None else []
-    )
-    if rejection is not None:
-        rejection.to(device)
-    opt = torch.optim.Adam(
-        list(model.parameters()) + extra, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.StepLR(
-        opt, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay
-    )
-    st = State()
-    ckpt = ray.train.get_checkpoint()  # [1]
-    if ckpt is not None:
-        st = _restore(ckpt, model, loss_fn, rejection, opt, sched)
-    # [3] one pass of the data for all epochs, cut into epochs by step count
-    stream = worker_stream(run["steps_per_epoch"], cfg.train.per_worker_batch, device)
-    dev = _load_dev(run, cfg) if rank == 0 else None
-    truth = np.load(run["truth"]) if rank == 0 and run.get("truth") else None
-    speakers = None
-    if rank == 0 and run.get("speakers"):
-        with np.load(run["speakers"]) as z:
-            speakers = (z["flat"], z["offsets"])
-    analysis = Analysis(truth, speakers, draws=bool(run.get("speakers")))
-    tally = worker_tally(cfg, run, rank, st)
-    while st.epoch < cfg.train.epochs:
-        _maybe_fail(cfg, st.epoch, run)
-        stats = run_epoch(
-            cfg, model, loss_fn, rejection, opt, sched, stream, device, st, analysis, tally
-        )
-        metrics = {
-            "epoch": st.epoch,
-            "step": st.step,
-            "lr": sched.get_last_lr()[0],
-            **stats,
-            **analysis.summary(),
-        }
-        seen = tally.flush(check_now=False)
-        metrics["unreadable_rows"] = seen["rows"]
-        st.unreadable, st.unreadable_token = seen, run.get("token")
-        st.epoch += 1
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                metrics.update(_dev_metrics(model, dev, device))
-                if metrics.get("dev_eer", np.inf) < st.best_eer:
-                    st.best_eer = metrics["dev_eer"]
-                    st.best_model = {
-                        k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
-                    }
-                metrics["best_dev_eer"] = st.best_eer
-                st.history.append(metrics)
-                analysis.save(os.path.join(run["out"], "rejection_weights.npz"))
-                _save(tmp, model, loss_fn, rejection, opt, sched, st)
-                checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)  # [4]
-            if rank == 0:  # after report: a kill before the checkpoint lands re-runs the epoch,
-                _log(run, metrics)  # and _log logs each epoch once
-        if st.epoch < cfg.train.epochs:  # after the last epoch the summary reports it
-            tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept
-
-
-def worker_tally(cfg, run: dict, rank: int, st: State) -> unreadable.Tally:
-    """This worker's :class:`~raysv.training.unreadable.Tally` over the run's ledger
-    (reporting and checking on rank 0 only), given the counts of an earlier invocation
-    from the restored state ``st``, and checked at once: a restart or a resume stops
-    here if the limit is already passed."""
-    tally = unreadable.Tally(
-        run.get("ledger"),
-        cfg.train.max_unreadable_share,
-        run.get("unit", "rows"),
-        active=rank == 0,
-    )
-    if st.unreadable_token != run.get("token"):  # counted by an earlier invocation
-        tally.resume(st.unreadable)
-    tally.flush()
-    return tally
-
-
-def _load_dev(run: dict, cfg: PretrainConfig):
-    if not run.get("dev_utts"):
-        return None
-    import pyarrow.parquet as pq
-
-    from raysv.evaluation.model_eval import trial_features
-
-    utts = pq.read_table(run["dev_utts"])
-    trials = pq.read_table(run["dev_trials"])
-    return trials, trial_features(utts, cfg.data.n_mels, cfg.data.eval_max_seconds)
-
-
-def _dev_metrics(model, dev, device) -> dict:
-    if dev is None:
-        return {}
-    from raysv.evaluation.model_eval import evaluate_model
-
-    r = evaluate_model(_unwrap(model), dev[0], dev[1], str(device))
-    return {
-        "dev_eer": r["eer"],
-        "dev_min_dcf_0.01": r["min_dcf_0.01"],
-        "dev_min_dcf_0.05": r["min_dcf_0.05"],
-    }
-
-
-def _log(run: dict, metrics: dict) -> None:
-    if run.get("mlflow_run_id"):
-        from raysv.tracking.mlflow_tracking import log_epoch_once
-
-        log_epoch_once(run["tracking_uri"], run["mlflow_run_id"], metrics, int(metrics["epoch"]))
-
-
-def _maybe_fail(cfg: PretrainConfig, epoch: int, run: dict) -> None:
-    """Testing aid: fail once (marker file) at ``train.inject_failure_at_epoch``."""
-    if cfg.train.inject_failure_at_epoch != epoch or world()[0] != 0:
-        return
-    marker = os.path.join(run["out"], f".injected_failure_{epoch}")
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        raise RuntimeError(f"injected failure at epoch {epoch} (train.inject_failure_at_epoch)")
+    train_worker(config, PretrainConfig, ContrastiveObjective)

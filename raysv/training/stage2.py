@@ -1,8 +1,10 @@
-"""Driver of Stage II (``raysv train``): AAM-softmax on pseudo labels with a loss gate.
+"""Stage II (``raysv train``): AAM-softmax on pseudo labels with a loss gate.
 
 # [1] inputs are read and checked before any worker starts (clear errors);
-# [2] the dataset is a Ray Dataset of labelled metadata rows, cropped per epoch;
-# [3] the TorchTrainer is Stage I's (same scaling, failure and resume rules).
+# [2] the dataset is a Ray Dataset of labelled metadata rows, cropped per epoch.
+The TorchTrainer, the run and its MLflow record are the shared driver's
+(``raysv.training.driver.train_stage``, the same scaling, failure and resume rules
+as Stage I); the workers run ``stage2_worker``'s objective in the shared skeleton.
 
 Speaker labels, where the manifest has them, are read only to write the
 analysis table (``true_label.npy``) that rank 0 uses for reporting the
@@ -11,17 +13,16 @@ reliable-label share among passed and rejected samples; never for training.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 
 from raysv.config import to_dict
 from raysv.data import fs, ingest
@@ -32,9 +33,23 @@ from raysv.data.schema import conform
 from raysv.errors import ConfigError, RaysvError
 from raysv.training import data as tdata
 from raysv.training.config import ModelSpec
+from raysv.training.driver import (
+    check_encoder,
+    evaluate_encoders,
+    last_state,
+    one_line,
+    train_stage,
+    trial_inputs,
+)
 from raysv.training.stage2_config import Stage2Config
 
 log = logging.getLogger("raysv")
+
+
+def _same(a, b) -> bool:
+    """Equal as YAML would write them (a tuple and a list are the same setting)."""
+    dump = lambda x: json.dumps(to_dict(x), sort_keys=True, default=str)  # noqa: E731
+    return dump(a) == dump(b)
 
 
 def adopt_encoder(cfg: Stage2Config, checkpoint: str, weights: bool = True) -> Stage2Config:
@@ -44,10 +59,23 @@ def adopt_encoder(cfg: Stage2Config, checkpoint: str, weights: bool = True) -> S
 
     path = os.path.abspath(checkpoint)
     _, spec = read_checkpoint(path)
+    model = ModelSpec(name=spec["name"], kwargs=spec["kwargs"])
+    # the default ModelSpec stands for "not given" (a config cannot tell it from the
+    # default given): that one, and only that one, is replaced without a word
+    if not _same(cfg.model, ModelSpec()) and not _same(cfg.model, model):
+        raise ConfigError(
+            f"model {to_dict(cfg.model)} differs from the encoder of {checkpoint} "
+            f"({to_dict(model)}), which is the one trained; remove model from the config"
+        )
+    if cfg.data.n_mels is not None and cfg.data.n_mels != spec["n_mels"]:
+        raise ConfigError(
+            f"data.n_mels {cfg.data.n_mels} differs from the {spec['n_mels']} of {checkpoint}'s "
+            "encoder, which is the one trained; remove data.n_mels from the config"
+        )
     return replace(
         cfg,
         init_checkpoint=path if weights else None,
-        model=ModelSpec(name=spec["name"], kwargs=spec["kwargs"]),
+        model=model,
         data=replace(cfg.data, n_mels=spec["n_mels"]),
     )
 
@@ -81,10 +109,50 @@ def true_labels(table: pa.Table, utts: pa.Table) -> np.ndarray | None:
     return np.array([cluster_of.get(s, -1) for s in speakers], dtype=np.int64)
 
 
+def class_directions(
+    labels: np.ndarray, n_classes: int, rows: np.ndarray, emb: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Mean direction of each class's embeddings: the AAM head's starting weights.
+
+    ``labels (n,)`` class of each training row; ``rows (n,)`` that row's index into
+    ``emb (m, D)`` or -1 when it has no embedding. Returns ``(weights (C, D) float32,
+    classes without any embedding)``; such classes (and only they) get a zero row,
+    which the caller replaces with its random initialisation.
+    """
+    have = rows >= 0
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sums = np.zeros((n_classes, emb.shape[1]), np.float64)
+    np.add.at(sums, labels[have], unit[rows[have]])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    empty = norms[:, 0] < 1e-12
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32), int(empty.sum())
+
+
+def head_weights(table: pa.Table, n_classes: int, embeddings: str, out: str) -> str:
+    """``data.head_init``: class directions from an embeddings table, saved to ``out`` (.npy)."""
+    from raysv.evaluation.scoring import embedding_matrix
+
+    ids, emb = embedding_matrix(fs.read_table(embeddings), embeddings)
+    index = {u: i for i, u in enumerate(ids)}
+    rows = np.array([index.get(u, -1) for u in table.column("utt_id").to_pylist()], np.int64)
+    if not (rows >= 0).any():
+        raise ConfigError(
+            f"data.head_init: {embeddings} holds none of the {table.num_rows} training utterances"
+        )
+    weights, empty = class_directions(table.column("label").to_numpy(), n_classes, rows, emb)
+    log.info(
+        "AAM head starts at the class mean directions of %s (%d of %d rows embedded%s)",
+        embeddings,
+        int((rows >= 0).sum()),
+        table.num_rows,
+        f"; {empty} classes random" if empty else "",
+    )
+    np.save(out, weights)
+    return out
+
+
 def prepare_inputs(cfg: Stage2Config) -> dict:
     """[1] Training table, class count, eval inputs and (analysis) truth, under ``<out>/inputs``."""
-    from raysv.training.pretrain import _trial_inputs
-
     d = cfg.data
     if not d.labels or not d.utterances:
         raise ConfigError(
@@ -102,9 +170,11 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
     for split in ("dev", "test"):
         trials = getattr(d, f"{split}_trials")
         if trials:
-            res[split] = _trial_inputs(trials, utts, folder, split)
+            res[split] = trial_inputs(trials, utts, folder, split)
     # Evaluation audio is never trained on: labelled rows that a trial list names are dropped.
-    train_utts, held = training_rows(utts, [res[s]["trials"] for s in res], d.utterances, None)
+    train_utts, held = training_rows(  # the counts are logged below, once
+        utts, [res[s]["trials"] for s in res], d.utterances, what=None
+    )
     in_trials = pc.is_in(labels["utt_id"], held["utt_id"])
     dropped = int(pc.sum(pc.and_(in_trials, labels["kept"])).as_py() or 0)
     if dropped:
@@ -129,9 +199,14 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
         )
     res.update(
         table=table,
+        unit="utterances",
         n_classes=n_classes,
         counts={"train_utterances": table.num_rows, "held_out_utterances": held.num_rows},
     )
+    if d.head_init:
+        res["head_init"] = head_weights(
+            table, n_classes, d.head_init, os.path.join(folder, "head_init.npy")
+        )
     if d.analysis:
         truth = true_labels(table, utts)
         if truth is not None:
@@ -142,16 +217,6 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
 
 def run_train(cfg: Stage2Config) -> dict:
     """Run Stage II training; returns the summary (also ``<out>/summary.json``)."""
-    from raysv.runtime import ensure_ray
-    from raysv.tracking import mlflow_tracking as tracking
-    from raysv.training import unreadable
-    from raysv.training.pretrain import (
-        _resources,
-        build_trainer,
-        check_encoder,
-        fit,
-        unreadable_summary,
-    )
     from raysv.training.stage2_worker import build_classifier, train_loop
 
     t0 = time.monotonic()
@@ -161,89 +226,43 @@ def run_train(cfg: Stage2Config) -> dict:
     out = os.path.abspath(cfg.out)
     claim_run(out, "raysv train")  # a new folder, or one of ours to resume
     inputs = prepare_inputs(cfg)  # [1]
-    try:  # the AAM head on the encoder's output, built once before Ray
-        build_classifier(cfg, inputs["n_classes"])
+    try:  # the AAM head on the encoder's output (and its start, data.head_init), once before Ray
+        build_classifier(cfg, inputs["n_classes"], inputs.get("head_init"))
     except RaysvError:
         raise
     except Exception as exc:
         raise ConfigError(
             f"model {cfg.model.name!r} + head (margin {cfg.head.margin}, scale {cfg.head.scale}, "
-            f"{inputs['n_classes']} classes): {' '.join(str(exc).split())}"
+            f"{inputs['n_classes']} classes): {one_line(exc)}"
         ) from exc
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    ensure_ray()
-    shards = tdata.write_shards(
-        inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
-    )
-    ledger = unreadable.start_ledger(cfg.train.max_unreadable_share)  # rows skipped as unreadable
-    dataset = tdata.build_dataset(  # [2]
-        shards,
-        "labelled",
-        1,
-        cfg.data.crop_seconds,
-        cfg.data.n_mels,
-        cfg.data.augment,
-        task_cpus=cfg.train.data_task_cpus,
-        epochs=cfg.train.epochs,
-        seed=cfg.train.seed,
-        spare_epochs=tdata.spare_epochs(cfg.train.epochs, cfg.train.max_unreadable_share),
-        ledger=ledger,
-    )
-    resources, threads = _resources(cfg)
-    tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
-    with tracking.resumable_run(
-        out, tracking_uri, cfg.experiment, cfg.run_name, to_dict(cfg), cfg.parent_run_id
-    ) as run_id:
-        run = {
-            "out": out,
+    summary = train_stage(
+        cfg,
+        inputs,
+        train_loop,
+        lambda shards, ledger: tdata.build_dataset(  # [2]
+            shards,
+            "labelled",
+            1,
+            cfg.data.crop_seconds,
+            cfg.data.n_mels,
+            cfg.data.augment,
+            task_cpus=cfg.train.data_task_cpus,
+            epochs=cfg.train.epochs,
+            seed=cfg.train.seed,
+            spare_epochs=tdata.spare_epochs(cfg.train.epochs, cfg.train.max_unreadable_share),
+            ledger=ledger,
+        ),
+        lambda result: _finish(cfg, inputs, result, out),
+        label=f"Stage II ({cfg.run_name})",
+        what=f"{cfg.model.name} + AAM head ({inputs['n_classes']} classes), gate {cfg.gate.name}",
+        run_extra={
             "n_classes": inputs["n_classes"],
-            "dev_utts": inputs.get("dev", {}).get("utts"),
-            "dev_trials": inputs.get("dev", {}).get("trials"),
             "true_label": inputs.get("true_label"),
-            "mlflow_run_id": run_id,
-            "tracking_uri": tracking_uri,
-            "torch_threads": threads,
-            "steps_per_epoch": tdata.steps_per_epoch(
-                inputs["table"].num_rows, cfg.train.num_workers, cfg.train.per_worker_batch
-            ),
-            "ledger": ledger,
-            "unit": "utterances",
-            "token": uuid.uuid4().hex,  # this invocation (the ledger's counts are its own)
-        }
-        trainer = build_trainer(  # [3]
-            train_loop,
-            {"cfg": to_dict(cfg), "run": run},
-            cfg.train,
-            resources,
-            cfg.run_name,
-            out,
-            dataset,
-        )
-        log.info(
-            "Stage II: %s + AAM head (%d classes) on %d utterances, gate %s, %d worker(s) x %s",
-            cfg.model.name,
-            inputs["n_classes"],
-            inputs["table"].num_rows,
-            cfg.gate.name,
-            cfg.train.num_workers,
-            resources,
-        )
-        result = fit(trainer)
-        summary = _finish(cfg, inputs, result, out)
-        summary.update(unreadable_summary(ledger))
-        tracking.log_metrics(
-            {f"final.{k}": v for k, v in summary["final"].items()}
-            | {"final.unreadable_rows": summary["unreadable_rows"]}
-        )
-        tracking.log_artifact(os.path.join(out, "config.yaml"))
-    summary.update(
-        mlflow={"tracking_uri": tracking_uri, "run_id": run_id},
-        seconds=round(time.monotonic() - t0, 1),
-        out=out,
-        n_classes=inputs["n_classes"],
-        train_utterances=inputs["table"].num_rows,
+            "head_init": inputs.get("head_init"),
+        },
+        t0=t0,
     )
+    summary.update(n_classes=inputs["n_classes"], train_utterances=inputs["table"].num_rows)
     write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
     return summary
 
@@ -252,7 +271,6 @@ def _finish(cfg: Stage2Config, inputs: dict, result, out: str) -> dict:
     """Save the best encoder; evaluate the initial encoder and the best one on dev/test."""
     from raysv.models import build_encoder
     from raysv.models.checkpoint import encoder_spec, save_encoder
-    from raysv.training.pretrain import evaluate_encoders, last_state
 
     blob = last_state(result)
     st = blob["state"]

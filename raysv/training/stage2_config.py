@@ -28,6 +28,11 @@ class Stage2Data:
         eval_max_seconds: evaluation embeds at most this much of each utterance.
         analysis: where the manifest has speakers, report per epoch (analysis only, never
             used for training) the reliable-label share among passed and rejected samples.
+        head_init: an embeddings table (``raysv embed`` output) of the training utterances
+            made with the initial encoder: each AAM class weight starts at the mean
+            direction of its class's embeddings instead of at random, so the first
+            gradients reaching a pretrained encoder come from a head that already agrees
+            with it (``raysv iterate`` passes the round's clustering input). None = random.
     """
 
     labels: str | None = None
@@ -39,6 +44,7 @@ class Stage2Data:
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3))
     eval_max_seconds: float = 10.0
     analysis: bool = True
+    head_init: str | None = None
 
     def __post_init__(self):
         if self.crop_seconds < 0.1:

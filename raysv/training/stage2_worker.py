@@ -1,11 +1,11 @@
-"""Stage II training loop on pseudo labels: runs inside each Ray Train worker.
+"""Stage II's objective: AAM-softmax on pseudo labels behind a loss gate, inside the
+shared worker skeleton (``raysv.training.worker``).
 
-Takes a plain dict (``{"cfg": ..., "run": ...}``). Ray plugs in at:
-
-# [1] ray.train.get_checkpoint(): resume after a restart or a rerun;
-# [2] ray.train.torch.prepare_model(): DDP over encoder + AAM head;
-# [3] ray.train.get_dataset_shard(): this worker's stream of labelled crops;
-# [4] ray.train.report(): metrics every epoch, with a checkpoint from rank 0.
+Runs in each Ray Train worker (one DDP rank). What this module fills in: the
+encoder + AAM head (:func:`build_classifier`, one module so DDP synchronises
+both), one epoch of gated steps (:func:`run_epoch`), the gate threshold for the
+next epoch (:func:`next_tau`) and the gate analysis. The starting encoder is
+scored on dev first and is the one to beat (the skeleton keeps the best).
 
 Every rank sees the global per-sample losses of each step (one small
 all-gather), so the DLG threshold is fitted to the same numbers everywhere.
@@ -13,8 +13,6 @@ all-gather), so the DLG threshold is fitted to the same numbers everywhere.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -22,22 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysv.config import from_dict
 from raysv.losses import gates
 from raysv.losses.aam import AAMSoftmax
-from raysv.models.checkpoint import load_training_state, plain_values
 from raysv.training import unreadable
-from raysv.training.data import worker_stream
 from raysv.training.distributed import gather_no_grad, where, world
-from raysv.training.pretrain_worker import (
-    State,
-    _dev_metrics,
-    _load_dev,
-    _log,
-    _maybe_fail,
-    worker_tally,
-)
 from raysv.training.stage2_config import Stage2Config
+from raysv.training.worker import Objective, State, train_worker, unwrap
 
 
 class Classifier(nn.Module):
@@ -56,11 +44,9 @@ class Classifier(nn.Module):
 
 @dataclass
 class Stage2State(State):
-    """Stage I's state plus the gate threshold for the next epoch (None = open)."""
+    """The skeleton's state plus the gate threshold for the next epoch (None = open)."""
 
     tau: float | None = None
-    init_dev_eer: float | None = None
-    best_epoch: int = -1  # -1: the initial encoder is still the best on dev
 
 
 def embed_dim(encoder: nn.Module, n_mels: int) -> int:
@@ -73,8 +59,12 @@ def embed_dim(encoder: nn.Module, n_mels: int) -> int:
     return d
 
 
-def build_classifier(cfg: Stage2Config, n_classes: int) -> Classifier:
-    """Encoder (from ``init_checkpoint`` if given) + a new AAM head, same on every rank."""
+def build_classifier(cfg: Stage2Config, n_classes: int, head_init: str | None = None) -> Classifier:
+    """Encoder (from ``init_checkpoint`` if given) + a new AAM head, same on every rank.
+
+    ``head_init``: a ``(C, D)`` .npy of class directions (``data.head_init``); its zero
+    rows (classes with no embedding) keep the random initialisation.
+    """
     from raysv.models import build_encoder
     from raysv.models.checkpoint import read_checkpoint
 
@@ -86,11 +76,19 @@ def build_classifier(cfg: Stage2Config, n_classes: int) -> Classifier:
     head = AAMSoftmax(
         embed_dim(encoder, cfg.data.n_mels), n_classes, cfg.head.margin, cfg.head.scale
     )
+    if head_init:
+        w = torch.from_numpy(np.load(head_init))
+        if tuple(w.shape) != tuple(head.weight.shape):
+            raise ValueError(
+                f"data.head_init: class directions of shape {tuple(w.shape)}, the head needs "
+                f"{tuple(head.weight.shape)} (embeddings made by the encoder being trained)"
+            )
+        with torch.no_grad():
+            # the random rows are ~N(0, 2/(C+D)): scale the directions to their norm
+            scale = head.weight.norm(dim=1).mean()
+            known = w.norm(dim=1) > 0
+            head.weight[known] = w[known] * scale
     return Classifier(encoder, head)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 class GateAnalysis:
@@ -160,7 +158,7 @@ def run_epoch(
     """
     tally = tally or unreadable.Tally()
     model.train()
-    head = _unwrap(model).head
+    head = unwrap(model).head
     amp = cfg.train.use_gpu and cfg.train.amp
     gate, tau = cfg.gate.name, st.tau
     losses, correct, seen, wait, busy = [], 0, 0, 0.0, 0.0
@@ -181,7 +179,7 @@ def run_epoch(
         per_used = head.per_sample_loss(cos, d.labels) if gate == "dlg-lc" else per
         loss = gates.gated_mean(per_used, d.train)
         if anchor is not None:
-            loss = loss + cfg.l2_to_init * l2_distance(_unwrap(model).encoder, anchor)
+            loss = loss + cfg.l2_to_init * l2_distance(unwrap(model).encoder, anchor)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         set_learning_rate(cfg, opt, st.step, st.epoch)
@@ -241,91 +239,64 @@ def next_tau(cfg: Stage2Config, epoch_done: int, losses: np.ndarray) -> float | 
     return gates.mixture_threshold(losses, seed=cfg.gate.seed + epoch_done)
 
 
-def _save(path: str, model, opt, st: Stage2State) -> None:
-    torch.save(
-        {
-            "model": _unwrap(model).state_dict(),
-            "optimizer": opt.state_dict(),
-            "state": plain_values(st.__dict__),
-        },
-        os.path.join(path, "state.pt"),
-    )
+class GatedAAMObjective(Objective):
+    """Stage II: encoder + AAM head on pseudo labels, the loss gate, Adam with two groups
+    (encoder, head; see :func:`set_learning_rate`)."""
 
+    state_cls = Stage2State
 
-def _restore(ckpt, model, opt) -> Stage2State:
-    with ckpt.as_directory() as d:
-        blob = load_training_state(os.path.join(d, "state.pt"))
-    _unwrap(model).load_state_dict(blob["model"])
-    opt.load_state_dict(blob["optimizer"])
-    return Stage2State(**blob["state"])
+    def __init__(self, cfg: Stage2Config, run: dict, device, prepare):
+        self.cfg, self.device = cfg, device
+        self.model = prepare(build_classifier(cfg, run["n_classes"], run.get("head_init")))
+        inner = unwrap(self.model)
+        self.opt = torch.optim.Adam(
+            [
+                {"params": list(inner.encoder.parameters())},
+                {"params": list(inner.head.parameters())},
+            ],
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        # the initial encoder is the candidate to beat when there is one
+        self.score_initial = bool(cfg.init_checkpoint)
+        self.anchor = None
+        if cfg.l2_to_init > 0:
+            # The weights the run started from (checkpoint restore keeps this the same
+            # on resume: build_classifier reloads init_checkpoint before restoring).
+            init = build_classifier(cfg, run["n_classes"]).encoder.to(device)
+            self.anchor = [p.detach().clone() for p in init.parameters()]
+        truth = np.load(run["true_label"]) if world()[0] == 0 and run.get("true_label") else None
+        self.analysis = GateAnalysis(truth)
 
+    def encoder(self) -> nn.Module:
+        return unwrap(self.model).encoder
 
-def _encoder_state(model) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).encoder.state_dict().items()}
+    def train_epoch(self, stream, st: Stage2State, tally: unreadable.Tally) -> dict:
+        return run_epoch(
+            self.cfg,
+            self.model,
+            self.opt,
+            stream,
+            self.device,
+            st,
+            self.analysis,
+            self.anchor,
+            tally,
+        )
+
+    def end_epoch(self, st: Stage2State) -> dict:
+        losses = self.analysis.losses()
+        summary = self.analysis.summary()
+        st.tau = next_tau(self.cfg, st.epoch, losses)
+        return summary
+
+    def checkpoint(self) -> dict:
+        return {"optimizer": self.opt.state_dict()}
+
+    def restore(self, blob: dict) -> None:
+        self.opt.load_state_dict(blob["optimizer"])
 
 
 def train_loop(config: dict) -> None:
     """Ray Train entry point: ``config = {"cfg": Stage2Config as dict, "run": {...}}``."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    cfg = from_dict(Stage2Config, config["cfg"])
-    run = config["run"]
-    torch.set_num_threads(max(1, int(run.get("torch_threads", 1))))
-    rank, _ = world()
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(build_classifier(cfg, run["n_classes"]))  # [2]
-    inner = _unwrap(model)
-    opt = torch.optim.Adam(
-        [{"params": list(inner.encoder.parameters())}, {"params": list(inner.head.parameters())}],
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-    )
-    st = Stage2State()
-    ckpt = ray.train.get_checkpoint()  # [1]
-    if ckpt is not None:
-        st = _restore(ckpt, model, opt)
-    # [3] one pass of the data for all epochs, cut into epochs by step count
-    stream = worker_stream(run["steps_per_epoch"], cfg.train.per_worker_batch, device)
-    dev = _load_dev(run, cfg) if rank == 0 else None
-    if rank == 0 and ckpt is None and cfg.init_checkpoint and dev is not None:
-        # The initial encoder is the candidate to beat: a round never ends worse on dev.
-        st.init_dev_eer = st.best_eer = _dev_metrics(inner.encoder, dev, device)["dev_eer"]
-        st.best_model = _encoder_state(model)
-    anchor = None
-    if cfg.l2_to_init > 0:
-        # The weights the run started from (checkpoint restore keeps this the same
-        # on resume: build_classifier reloads init_checkpoint before restoring).
-        init = build_classifier(cfg, run["n_classes"]).encoder.to(device)
-        anchor = [p.detach().clone() for p in init.parameters()]
-    truth = np.load(run["true_label"]) if rank == 0 and run.get("true_label") else None
-    analysis = GateAnalysis(truth)
-    tally = worker_tally(cfg, run, rank, st)
-    while st.epoch < cfg.train.epochs:
-        _maybe_fail(cfg, st.epoch, run)
-        stats = run_epoch(cfg, model, opt, stream, device, st, analysis, anchor, tally)
-        losses = analysis.losses()
-        metrics = {"epoch": st.epoch, "step": st.step, **stats, **analysis.summary()}
-        seen = tally.flush(check_now=False)
-        metrics["unreadable_rows"] = seen["rows"]
-        st.unreadable, st.unreadable_token = seen, run.get("token")
-        st.tau = next_tau(cfg, st.epoch, losses)
-        st.epoch += 1
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                metrics.update(_dev_metrics(inner.encoder, dev, device))
-                if metrics.get("dev_eer", np.inf) < st.best_eer:
-                    st.best_eer = metrics["dev_eer"]
-                    st.best_model = _encoder_state(model)
-                    st.best_epoch = metrics["epoch"]
-                metrics["best_dev_eer"] = st.best_eer
-                st.history.append(metrics)
-                _save(tmp, model, opt, st)
-                checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)  # [4]
-            if rank == 0:  # after report: a kill before the checkpoint lands re-runs the epoch,
-                _log(run, metrics)  # and _log logs each epoch once
-        if st.epoch < cfg.train.epochs:  # after the last epoch the summary reports it
-            tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept
+    train_worker(config, Stage2Config, GatedAAMObjective)

@@ -194,7 +194,8 @@ def test_update_reseeds_empty_clusters():
     counts = np.array([10, 0, 3])
     cent, n_empty = kmeans.update(sums, counts, np.zeros((3, 2), np.float32), False, rng)
     assert n_empty == 1
-    assert np.allclose(cent[1], cent[0], atol=1e-3) or np.allclose(cent[1], cent[2], atol=1e-3)
+    # twins differ by 2/1024 of each coordinate (faiss's split; see test_kmeans_parity.py)
+    assert np.allclose(cent[1], cent[0], atol=3e-3) or np.allclose(cent[1], cent[2], atol=3e-3)
     assert not np.array_equal(cent[1], cent[0])
 
 
@@ -392,8 +393,8 @@ def test_kmeans_plus_plus_is_seeded_and_spreads_over_blobs():
 
 
 def test_kmeanspp_init_beats_random_init_and_is_reproducible(tmp_path, ray_local):
-    from raysv.clustering.driver import embedding_files, start_shards
-    from raysv.clustering.sharded import sharded_kmeans
+    from raysv.clustering.driver import embedding_files
+    from raysv.clustering.sharded import sharded_kmeans, start_shards
 
     x, _ = _blobs()
     actors = start_shards(embedding_files(_write_shards(x, str(tmp_path / "emb"))), 2, False)

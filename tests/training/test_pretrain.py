@@ -6,9 +6,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from raysv.cli import _pretrain_human, main
+from raysv.cli import main
 from raysv.config import from_dict, load_config
 from raysv.errors import ConfigError, ManifestError
+from raysv.reporting.text import pretrain_text
 from raysv.training.config import PretrainConfig
 from raysv.training.pretrain import prepare_inputs, run_pretrain
 from tests.conftest import cli_json, write_empty_manifest
@@ -313,7 +314,7 @@ def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
     metrics = client.get_run(s["mlflow"]["run_id"]).data.metrics
     assert metrics["final.unreadable_rows"] == s["unreadable_rows"]
     assert metrics["unreadable_rows"] == s["history"][1]["unreadable_rows"]  # per epoch
-    assert "WARNING: skipped" in _pretrain_human(s)
+    assert "WARNING: skipped" in pretrain_text(s)
 
 
 @pytest.mark.slow

@@ -77,3 +77,38 @@ def test_rounds_continue_from_or_restart_the_previous_encoder(tmp_path):
     b = build_classifier(scratch, 3).encoder.state_dict()
     key = next(k for k in prev if prev[k].dtype.is_floating_point and prev[k].numel() > 16)
     assert torch.equal(a[key], prev[key]) and not torch.equal(b[key], prev[key])
+
+
+def test_class_directions_are_unit_means_and_count_empty_classes():
+    from raysv.training.stage2 import class_directions
+
+    emb = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0], [0.0, -1.0]], np.float32)  # (4, 2)
+    labels = np.array([0, 0, 2, 0])  # class 1 has no rows
+    rows = np.array([0, 1, 2, -1])  # the last row has no embedding
+    w, empty = class_directions(labels, 3, rows, emb)
+    assert w.shape == (3, 2) and empty == 1
+    np.testing.assert_allclose(w[0], np.array([1.0, 1.0]) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(w[2], np.array([1.0, 1.0]) / np.sqrt(2), rtol=1e-6)
+    assert not w[1].any()  # left for the random initialisation
+
+
+def test_head_init_sets_the_class_directions_and_keeps_random_rows(tmp_path):
+    from raysv.training.stage2_worker import build_classifier
+
+    cfg = load_config(
+        Stage2Config,
+        None,
+        ["data.n_mels=20", "model.name=ecapa", "model.kwargs={channels: 16, embed_dim: 8}"],
+    )
+    w = np.zeros((3, 8), np.float32)
+    w[0, 0], w[2, 5] = 1.0, 1.0
+    np.save(tmp_path / "w.npy", w)
+    random_head = build_classifier(cfg, 3).head.weight.detach()
+    head = build_classifier(cfg, 3, str(tmp_path / "w.npy")).head.weight.detach()
+    direction = torch.nn.functional.normalize(head, dim=1)
+    assert torch.allclose(direction[0], torch.eye(8)[0], atol=1e-6)
+    assert torch.allclose(direction[2], torch.eye(8)[5], atol=1e-6)
+    assert torch.equal(head[1], random_head[1])  # same seed: the class without rows is untouched
+    np.save(tmp_path / "bad.npy", np.ones((4, 8), np.float32))
+    with pytest.raises(ValueError, match="data.head_init: class directions of shape"):
+        build_classifier(cfg, 3, str(tmp_path / "bad.npy"))

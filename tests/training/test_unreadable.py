@@ -123,7 +123,7 @@ def test_a_task_stops_the_stream_when_most_rows_are_unreadable(tmp_path, ray_loc
 
 
 def test_raysv_errors_are_found_inside_wrapped_errors():
-    from raysv.training.pretrain import raysv_cause
+    from raysv.errors import raysv_cause
 
     err = unreadable.UnreadableInputError("a.wav: gone")
     try:

@@ -1,0 +1,3 @@
+from raysv.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,311 @@
+"""The driver every training stage shares: inputs common to all stages, the
+TorchTrainer, the run, its MLflow record and the final evaluation.
+
+A stage (``pretrain`` for Stage I, ``stage2`` for Stage II) prepares its own
+training table and checks its own modules, then calls :func:`train_stage` with
+its Ray Train entry point (a ``raysv.training.worker`` objective) and a
+``finish`` that turns the last checkpoint into its summary. This module and
+``raysv.training.worker`` are the training code that imports Ray (Train):
+
+# [1] inputs are checked and prepared before any worker starts (clear errors);
+# [2] the dataset is a Ray Dataset of metadata rows, featurised per epoch;
+# [3] ScalingConfig / RunConfig / FailureConfig / CheckpointConfig;
+# [4] the same run name under the same storage path resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from raysv.config import to_dict
+from raysv.data.problems import Problems
+from raysv.data.trials import parse_trials, resolve_trials
+from raysv.errors import ConfigError
+from raysv.training import data as tdata
+from raysv.training import unreadable
+
+log = logging.getLogger("raysv")
+
+
+def trial_inputs(trials_uri: str, utts: pa.Table, folder: str, split: str) -> dict:
+    """Resolve a trial list against the manifest ``utts``; write the trials and the
+    utterances they name under ``folder`` (``<split>_trials/_utts.parquet``) for rank 0's
+    dev scoring and the final evaluation. Bad labels fail here, before Ray."""
+    problems = Problems()
+    trials = resolve_trials(parse_trials(trials_uri, problems), utts, trials_uri, problems)
+    problems.log_summary()
+    from raysv.evaluation.metrics import check_trial_labels
+
+    check_trial_labels(trials.column("label").to_numpy(), trials_uri)  # before Ray, not in a worker
+    needed = pa.array(
+        sorted(set(trials.column("enroll").to_pylist()) | set(trials.column("test").to_pylist()))
+    )
+    sub = utts.filter(pa.compute.is_in(utts["utt_id"], needed))
+    paths = {
+        "trials": os.path.join(folder, f"{split}_trials.parquet"),
+        "utts": os.path.join(folder, f"{split}_utts.parquet"),
+    }
+    pq.write_table(trials, paths["trials"])
+    pq.write_table(sub.select(["utt_id", "path", "start_s", "end_s"]), paths["utts"])
+    return paths
+
+
+def worker_resources(train) -> tuple[dict, int]:
+    """Ray resources of one training worker and its torch threads, from ``train``
+    (a :class:`~raysv.training.config.TrainSpec`) and the cluster's CPUs."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1))
+    cpw = train.cpus_per_worker
+    if cpw is None:
+        # Leave one CPU for Ray Data's featurisation tasks, or the input pipeline starves.
+        # A GPU worker needs little CPU (its step runs on the GPU): two each, and every
+        # other CPU featurises, which is what a GPU's appetite for batches needs.
+        cpw = (
+            max(0.25, (total - 1.0) / train.num_workers)
+            if not train.use_gpu
+            else max(1.0, min(2.0, (total - 1.0) / train.num_workers))
+        )
+    if cpw * train.num_workers > total - 0.5 and not train.use_gpu:
+        raise ConfigError(
+            f"{train.num_workers} workers x {cpw} CPUs leave no CPU for data loading on a {total:g}-CPU cluster; "
+            "lower train.num_workers or train.cpus_per_worker"
+        )
+    res = {"CPU": cpw}
+    if train.use_gpu:
+        res["GPU"] = 1
+    return res, max(1, int(cpw))
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_encoder(name: str, n_mels: int, kwargs: dict):
+    """Build encoder ``name`` with ``model.kwargs`` and embed two inputs of silence, on the
+    driver: a constructor argument it refuses (a negative width, an unknown keyword) or a
+    network that gives no embeddings raises ConfigError naming them, not a traceback from
+    the Ray Train workers. Returns the encoder."""
+    import torch
+
+    from raysv.errors import RaysvError
+    from raysv.models import build_encoder
+
+    what = f"model.kwargs {dict(kwargs)} of encoder {name!r} (n_mels {n_mels})"
+    try:
+        encoder = build_encoder(name, n_mels, **kwargs)
+        was = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            y = encoder(torch.zeros(2, 100, n_mels))
+        encoder.train(was)
+    except RaysvError:
+        raise
+    except Exception as exc:  # whatever the constructor or its first forward pass raise
+        raise ConfigError(f"{what}: {one_line(exc)}") from exc
+    if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != 2 or y.shape[1] < 1:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ConfigError(
+            f"{what}: gives embeddings of shape {shape} for 2 inputs, not (2, D >= 1)"
+        )
+    return encoder
+
+
+def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, out: str, dataset):
+    """The TorchTrainer of a training stage (Stage I or II).
+
+    # [3] ScalingConfig / RunConfig / FailureConfig / CheckpointConfig;
+    # [4] the same ``name`` under the same storage path resumes from its last checkpoint.
+    ``train`` is a :class:`~raysv.training.config.TrainSpec`.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=train.storage_path or os.path.join(out, "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.num_to_keep),
+        ),
+        datasets={"train": dataset},
+    )
+
+
+def fit(trainer, out: str, label: str, epochs: int):
+    """``trainer.fit()``, logging a line per epoch as rank 0 records it (``label``
+    ``epoch i/epochs`` with the time left, :class:`raysv.progress.EpochFollower`).
+
+    A raysv error raised in a worker (bad input met during training, a diverged
+    loss), or in a data task feeding it, is re-raised as itself, so the CLI prints
+    one line, not the worker group's traceback. Ray Train has already retried it
+    ``max_failures`` times."""
+    import ray.train
+
+    from raysv.errors import raysv_cause
+    from raysv.progress import EpochFollower
+
+    failed = getattr(ray.train, "WorkerGroupError", ())  # Train V2's
+    try:
+        with EpochFollower(out, label, epochs):
+            return trainer.fit()
+    except failed as exc:
+        for err in exc.worker_failures.values():
+            cause = raysv_cause(err)
+            if cause is not None:
+                raise cause from exc
+        raise
+
+
+def _evaluate(
+    encoder, inputs: dict, split: str, n_mels: int, max_seconds: float, cache: dict
+) -> dict:
+    from raysv.evaluation.model_eval import evaluate_model, trial_features
+
+    if split not in cache:
+        cache[split] = (
+            pq.read_table(inputs[split]["trials"]),
+            trial_features(pq.read_table(inputs[split]["utts"]), n_mels, max_seconds),
+        )
+    trials, feats = cache[split]
+    r = evaluate_model(encoder, trials, feats)
+    return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
+
+
+def unreadable_summary(ledger) -> dict:
+    """Summary entries for training row reads skipped as unreadable during the run
+    (earlier invocations' counts included)."""
+    snap = unreadable.snapshot(ledger) or {"rows": 0}
+    if not snap["rows"]:
+        return {"unreadable_rows": 0}
+    return {
+        "unreadable_rows": snap["rows"],
+        "unreadable_files": snap["files"],
+        "unreadable_share": round(unreadable.share(snap), 4),
+        "unreadable_examples": snap["examples"],
+    }
+
+
+def last_state(result) -> dict:
+    """The ``state.pt`` dict of a Ray Train result's last checkpoint."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        from raysv.models.checkpoint import load_training_state
+
+        return load_training_state(os.path.join(d, "state.pt"))
+
+
+def evaluate_encoders(models: dict, inputs: dict, n_mels: int, max_seconds: float) -> dict:
+    """``{"<name>.<split>.<metric>": value}`` for each encoder on the dev/test inputs."""
+    final: dict = {}
+    cache: dict = {}
+    for split in ("dev", "test"):
+        if split in inputs:
+            for name, model in models.items():
+                for k, v in _evaluate(model, inputs, split, n_mels, max_seconds, cache).items():
+                    final[f"{name}.{split}.{k}"] = v
+    return final
+
+
+def train_stage(
+    cfg,
+    inputs: dict,
+    loop: Callable[[dict], None],
+    dataset: Callable,
+    finish: Callable,
+    *,
+    label: str,
+    what: str,
+    run_extra: dict,
+    artifacts: tuple[str, ...] = (),
+    t0: float | None = None,
+) -> dict:
+    """Train one stage on Ray Train; returns its summary (the caller writes it).
+
+    ``cfg`` is the stage's config (``out``, ``run_name``, ``train``, ``tracking_uri``,
+    ``experiment``, ``parent_run_id``), ``inputs`` its prepared inputs (``table``,
+    ``unit``, the dev/test trial inputs); ``loop`` the workers' entry point;
+    ``dataset(shards, ledger)`` the stage's Ray Dataset [2]; ``finish(result)`` the
+    summary from the last checkpoint (best encoder saved, final evaluation);
+    ``label`` names the stage on the progress lines, ``what`` on the start line;
+    ``run_extra`` adds the objective's own keys to the workers' ``run``; ``artifacts``
+    are files under ``out`` logged to MLflow besides ``config.yaml``; ``t0`` the
+    ``time.monotonic()`` the stage's command started at (for ``seconds``).
+    """
+    from raysv.runtime import ensure_ray
+    from raysv.tracking import mlflow_tracking as tracking
+
+    t0 = time.monotonic() if t0 is None else t0
+    out = os.path.abspath(cfg.out)
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    ensure_ray()
+    shards = tdata.write_shards(
+        inputs["table"], os.path.join(out, "inputs", "train"), seed=cfg.train.seed
+    )
+    ledger = unreadable.start_ledger(cfg.train.max_unreadable_share)  # rows skipped as unreadable
+    data = dataset(shards, ledger)  # [2]
+    resources, threads = worker_resources(cfg.train)
+    tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri(out)
+    with tracking.resumable_run(
+        out, tracking_uri, cfg.experiment, cfg.run_name, to_dict(cfg), cfg.parent_run_id
+    ) as run_id:
+        run = {
+            "out": out,
+            "dev_utts": inputs.get("dev", {}).get("utts"),
+            "dev_trials": inputs.get("dev", {}).get("trials"),
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking_uri,
+            "torch_threads": threads,
+            "steps_per_epoch": tdata.steps_per_epoch(
+                inputs["table"].num_rows, cfg.train.num_workers, cfg.train.per_worker_batch
+            ),
+            "ledger": ledger,
+            "unit": inputs["unit"],
+            "token": uuid.uuid4().hex,  # this invocation (the ledger's counts are its own)
+            **run_extra,
+        }
+        trainer = build_trainer(  # [3] [4]
+            loop, {"cfg": to_dict(cfg), "run": run}, cfg.train, resources, cfg.run_name, out, data
+        )
+        log.info(
+            "%s: %s on %d %s with %d worker(s) x %s: %d epochs of %d steps "
+            "(a line per epoch, with the time left)",
+            label,
+            what,
+            inputs["table"].num_rows,
+            inputs["unit"],
+            cfg.train.num_workers,
+            resources,
+            cfg.train.epochs,
+            run["steps_per_epoch"],
+        )
+        result = fit(trainer, out, label, cfg.train.epochs)
+        summary = finish(result)
+        summary.update(unreadable_summary(ledger))
+        tracking.log_metrics(
+            {f"final.{k}": v for k, v in summary["final"].items()}
+            | {"final.unreadable_rows": summary["unreadable_rows"]}
+        )
+        for name in ("config.yaml", *artifacts):
+            tracking.log_artifact(os.path.join(out, name))
+    summary.update(
+        mlflow={"tracking_uri": tracking_uri, "run_id": run_id},
+        seconds=round(time.monotonic() - t0, 1),
+        out=out,
+    )
+    return summary
