@@ -83,7 +83,7 @@ def _small_stage2() -> IterateConfig:
         cluster=ClusterSpec(iterations=20, shards=1),
         train=Stage2Config(
             data=Stage2Data(crop_seconds=1.5),
-            gate=GateSpec(name="lgl", warmup_epochs=3),
+            gate=GateSpec(name="lgl", warmup_epochs=2),  # closes at epoch 1 + 2
             head_warmup_epochs=1,
             optim=OptimSpec(lr=1e-3, decay=1.0),
             train=TrainSpec(epochs=6, batch_size=32),

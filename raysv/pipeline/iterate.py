@@ -166,7 +166,7 @@ class IterateConfig:
     schedule: Schedule = field(default_factory=Schedule)
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     train: Stage2Config = field(
-        default_factory=lambda: Stage2Config(gate=GateSpec(name="lgl", warmup_epochs=2))
+        default_factory=lambda: Stage2Config(gate=GateSpec(name="lgl", warmup_epochs=1))
     )
     reference: bool = False
     final_clustering: bool = True

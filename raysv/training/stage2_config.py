@@ -76,8 +76,12 @@ class GateSpec:
     Args:
         name: ``none``, ``lgl``, ``dlg`` or ``dlg-lc``.
         tau: LGL's fixed threshold on the per-sample AAM loss (paper: 1, 3, 3, 5, 6 over rounds).
-        warmup_epochs: epochs of ordinary training before the gate closes (LGL trains normally
-            first; DLG needs one epoch of losses to fit its mixture). Must be < train.epochs.
+        warmup_epochs: epochs of ordinary training of the whole network (encoder and head)
+            before the gate closes, counted after the head-only epochs
+            (``head_warmup_epochs``): the gate closes at epoch ``head_warmup_epochs +
+            warmup_epochs``, which must be < train.epochs. The LGL paper trains on all
+            pseudo labels before gating; DLG needs one epoch of losses to fit its mixture.
+            0 (LGL with a fixed ``tau`` only): gated from the first full-network epoch.
         tau2: LC's confidence threshold: a rejected sample whose top class posterior exceeds
             it is trained towards that class.
         seed: seed of the mixture fit (DLG).
@@ -158,8 +162,20 @@ class Stage2Config:
             raise ValueError(
                 f"head_warmup_epochs ({self.head_warmup_epochs}) must be in [0, train.epochs)"
             )
-        if self.gate.name != "none" and self.gate.warmup_epochs >= self.train.epochs:
+        if self.gate.name != "none" and self.gate_closes_at >= self.train.epochs:
             raise ValueError(
-                f"gate {self.gate.name!r} with warmup_epochs={self.gate.warmup_epochs} never closes "
-                f"in train.epochs={self.train.epochs}; raise epochs or lower warmup_epochs"
+                f"gate {self.gate.name!r} with warmup_epochs={self.gate.warmup_epochs} after "
+                f"head_warmup_epochs={self.head_warmup_epochs} never closes in "
+                f"train.epochs={self.train.epochs}; raise epochs or lower warmup_epochs"
             )
+        if self.gate.name == "lgl" and self.gate.share is not None and self.gate_closes_at == 0:
+            raise ValueError(
+                "gate.share sets each gated epoch's threshold from the previous epoch's losses: "
+                "with head_warmup_epochs=0 it needs gate.warmup_epochs >= 1"
+            )
+
+    @property
+    def gate_closes_at(self) -> int:
+        """The first epoch (0-based) the gate filters: after the head-only epochs and the
+        gate's own warm-up of full-network training."""
+        return self.head_warmup_epochs + self.gate.warmup_epochs

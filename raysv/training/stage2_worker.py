@@ -227,10 +227,19 @@ def set_learning_rate(cfg: Stage2Config, opt, step: int, epoch: int) -> float:
     return lr
 
 
+def first_tau(cfg: Stage2Config) -> float | None:
+    """Gate threshold of epoch 0: LGL's fixed ``tau`` when the gate closes at once
+    (no head-only epoch, ``gate.warmup_epochs: 0``), else None (open)."""
+    if cfg.gate.name == "lgl" and cfg.gate_closes_at == 0 and cfg.gate.share is None:
+        return cfg.gate.tau
+    return None
+
+
 def next_tau(cfg: Stage2Config, epoch_done: int, losses: np.ndarray) -> float | None:
-    """Gate threshold for epoch ``epoch_done + 1`` (None = open gate)."""
+    """Gate threshold for epoch ``epoch_done + 1`` (None = open gate); the gate closes at
+    ``cfg.gate_closes_at`` (after the head-only epochs and the gate's warm-up)."""
     nxt = epoch_done + 1
-    if cfg.gate.name == "none" or nxt < cfg.gate.warmup_epochs:
+    if cfg.gate.name == "none" or nxt < cfg.gate_closes_at:
         return None
     if cfg.gate.name == "lgl":
         if cfg.gate.share is not None and len(losses):  # tau: auto (see GateSpec.share)
@@ -270,6 +279,9 @@ class GatedAAMObjective(Objective):
 
     def encoder(self) -> nn.Module:
         return unwrap(self.model).encoder
+
+    def initial_state(self) -> Stage2State:
+        return Stage2State(tau=first_tau(self.cfg))
 
     def train_epoch(self, stream, st: Stage2State, tally: unreadable.Tally) -> dict:
         return run_epoch(

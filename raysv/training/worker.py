@@ -75,6 +75,10 @@ class Objective:
         """The (unwrapped) encoder that dev trials score and the best model saves."""
         return unwrap(self.model)
 
+    def initial_state(self) -> State:
+        """The state of a run that starts (a resumed one restores its checkpoint's)."""
+        return self.state_cls()
+
     def train_epoch(self, stream, st: State, tally: unreadable.Tally) -> dict:
         """One pass over this worker's batches (``stream.epoch()``); advances ``st.step``
         and returns the epoch's statistics."""
@@ -112,7 +116,7 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
     rank, _ = world()
     device = ray.train.torch.get_device()
     obj = objective(cfg, run, device, ray.train.torch.prepare_model)  # [2]
-    st = obj.state_cls()
+    st = obj.initial_state()
     ckpt = ray.train.get_checkpoint()  # [1]
     if ckpt is not None:
         st = _restore(ckpt, obj)

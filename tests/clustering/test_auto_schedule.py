@@ -41,7 +41,9 @@ def test_next_tau_lets_the_share_through():
     from raysv.training.stage2_worker import next_tau
 
     cfg = load_config(
-        Stage2Config, None, ["gate.name=lgl", "gate.share=0.7", "gate.warmup_epochs=1"]
+        Stage2Config,
+        None,
+        ["gate.name=lgl", "gate.share=0.7", "gate.warmup_epochs=1", "head_warmup_epochs=0"],
     )
     losses = np.random.default_rng(0).exponential(2.0, 1000)
     tau = next_tau(cfg, 0, losses)

@@ -6,7 +6,7 @@ import torch
 
 from raysv.config import load_config
 from raysv.training.stage2_config import Stage2Config
-from raysv.training.stage2_worker import l2_distance, next_tau, set_learning_rate
+from raysv.training.stage2_worker import first_tau, l2_distance, next_tau, set_learning_rate
 
 
 def _cfg(**over) -> Stage2Config:
@@ -40,10 +40,39 @@ def test_gate_threshold_schedule():
     losses = np.r_[np.random.default_rng(0).normal(1, 0.2, 300), np.full(100, 9.0)]
     assert next_tau(_cfg(), 3, losses) is None  # gate none
     lgl = _cfg(**{"gate.name": "lgl", "gate.tau": 2.5, "gate.warmup_epochs": 2})
-    assert next_tau(lgl, 0, losses) is None  # epoch 1 is still warm-up
-    assert next_tau(lgl, 1, losses) == 2.5
-    dlg = _cfg(**{"gate.name": "dlg", "gate.warmup_epochs": 1})
+    # 1 head-only epoch (the default) + 2 epochs on all labels: the gate closes at epoch 3
+    assert lgl.gate_closes_at == 3 and first_tau(lgl) is None
+    assert next_tau(lgl, 0, losses) is None and next_tau(lgl, 1, losses) is None
+    assert next_tau(lgl, 2, losses) == 2.5
+    dlg = _cfg(**{"gate.name": "dlg", "gate.warmup_epochs": 1, "head_warmup_epochs": 0})
     assert 1.5 < next_tau(dlg, 0, losses) < 9.0
+
+
+def test_raysv_train_defaults_train_the_encoder_on_all_labels_before_the_gate():
+    """The head-only epoch and the gate's warm-up no longer coincide (issue #21)."""
+    cfg = _cfg(**{"gate.name": "lgl"})  # raysv train --gate lgl with every other default
+    assert cfg.head_warmup_epochs == 1 and cfg.gate.warmup_epochs == 1
+    assert next_tau(cfg, 0, np.ones(4)) is None  # epoch 1: encoder and head, all labels
+    assert next_tau(cfg, 1, np.ones(4)) == cfg.gate.tau  # epoch 2: gated
+
+
+def test_lgl_warmup_0_gates_from_the_first_step():
+    """``gate.warmup_epochs: 0`` without a head-only epoch gates epoch 0 (it acted as 1)."""
+    cfg = _cfg(
+        **{"gate.name": "lgl", "gate.tau": 2.0, "gate.warmup_epochs": 0, "head_warmup_epochs": 0}
+    )
+    assert first_tau(cfg) == 2.0 and next_tau(cfg, 0, np.ones(4)) == 2.0
+    from raysv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gate.share sets each gated epoch"):
+        _cfg(
+            **{
+                "gate.name": "lgl",
+                "gate.share": 0.5,
+                "gate.warmup_epochs": 0,
+                "head_warmup_epochs": 0,
+            }
+        )
 
 
 def test_stage2_config_rejects_bad_values():
@@ -112,3 +141,17 @@ def test_head_init_sets_the_class_directions_and_keeps_random_rows(tmp_path):
     np.save(tmp_path / "bad.npy", np.ones((4, 8), np.float32))
     with pytest.raises(ValueError, match="data.head_init: class directions of shape"):
         build_classifier(cfg, 3, str(tmp_path / "bad.npy"))
+
+
+def test_the_objectives_first_epoch_is_gated_when_the_gate_closes_at_once():
+    """The worker skeleton starts from ``initial_state()``: epoch 0 gets LGL's tau."""
+    from raysv.training.stage2 import resolve
+    from raysv.training.stage2_worker import GatedAAMObjective
+
+    over = {"gate.name": "lgl", "gate.tau": 2.0, "gate.warmup_epochs": 0, "head_warmup_epochs": 0}
+    obj = GatedAAMObjective(resolve(_cfg(**over)), {"n_classes": 3}, "cpu", lambda m: m)
+    assert obj.initial_state().tau == 2.0
+    late = GatedAAMObjective(
+        resolve(_cfg(**{"gate.name": "lgl"})), {"n_classes": 3}, "cpu", lambda m: m
+    )
+    assert late.initial_state().tau is None and late.initial_state().epoch == 0
