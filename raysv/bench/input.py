@@ -48,19 +48,13 @@ def _epochs(
     ``ledger``: count rows read and skipped, as training does (one actor call per
     featurisation batch; :mod:`raysv.training.unreadable`).
     """
-    from raysv.training.data import EpochStream, build_dataset, steps_per_epoch
+    from raysv.training.data import InputSpec, steps_per_epoch
+    from raysv.training.stream import EpochStream, build_dataset
 
-    ds = build_dataset(
-        shards,
-        "dialogue",
-        2,
-        crop_seconds,
-        40,
-        augment,
-        task_cpus=task_cpus,
-        epochs=2,
-        ledger=ledger,
+    spec = InputSpec(
+        "dialogue", crop_seconds, 40, augment, utts_per_dialogue=2, task_cpus=task_cpus, epochs=2
     )
+    ds = build_dataset(shards, spec, ledger)
     stream = EpochStream(
         ds.streaming_split(1, equal=True)[0],
         steps_per_epoch(rows, 1, batch),

@@ -96,8 +96,8 @@ def plain_stream_step_seconds(cfg, epochs: int = 2, device: str = "cpu", amp: bo
     """The plain loop fed by the same Ray Data input as training, in this process, one thread.
 
     Same shards, featurisation tasks, batch size, prefetch and shuffle buffer as a
-    1-worker run (:func:`~raysv.training.data.build_dataset`, an
-    :class:`~raysv.training.data.EpochStream` over ``iter_torch_batches``), so
+    1-worker run (:func:`~raysv.training.stream.build_dataset`, an
+    :class:`~raysv.training.stream.EpochStream` over ``iter_torch_batches``), so
     featurisation competes for the machine exactly as it does under Ray Train;
     only Ray Train (worker process, DDP wrapper, gather, reports) is missing.
     ``device="cuda"``: batches arrive on the GPU and the step runs there (``amp``:
@@ -110,6 +110,7 @@ def plain_stream_step_seconds(cfg, epochs: int = 2, device: str = "cpu", amp: bo
     from raysv.runtime import ensure_ray
     from raysv.training import data as tdata
     from raysv.training.pretrain import prepare_inputs, training_dataset
+    from raysv.training.stream import EpochStream
 
     if device == "cpu":
         torch.set_num_threads(1)
@@ -118,7 +119,7 @@ def plain_stream_step_seconds(cfg, epochs: int = 2, device: str = "cpu", amp: bo
     shards = tdata.write_shards(inputs["table"], f"{cfg.out}/inputs/plain", seed=cfg.train.seed)
     ds = training_dataset(cfg, shards, epochs)
     b = cfg.train.batch_size
-    stream = tdata.EpochStream(
+    stream = EpochStream(
         ds,
         tdata.steps_per_epoch(inputs["table"].num_rows, 1, b),
         batch_size=b,

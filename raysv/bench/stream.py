@@ -50,9 +50,10 @@ CHILD = r"""
 import json, sys, time, threading
 from raysv.bench.stream import _driver_peak_mb, _ray_worker_peak_mb, ROWS_READ
 from raysv.runtime import ensure_ray
-from raysv.training.data import build_dataset
+from raysv.training.data import InputSpec
+from raysv.training.stream import build_dataset
 ensure_ray(num_cpus=2)
-ds = build_dataset(sys.argv[1], "utterance", 2, 1.0, 40, None, batch_rows=32)
+ds = build_dataset(sys.argv[1], InputSpec("utterance", 1.0, 40, batch_rows=32))
 it = ds.streaming_split(1, equal=True)[0].iter_torch_batches(batch_size=64, prefetch_batches=2)
 worker_peak = [0.0]
 stop = threading.Event()

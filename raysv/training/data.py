@@ -1,4 +1,7 @@
-"""Stage I input: training tables (driver) and batch featurisers (Ray Data tasks).
+"""Training input without Ray: training tables (driver) and pure batch featurisers.
+
+The Ray Data pipeline that streams them to the workers is
+:mod:`raysv.training.stream`; :class:`InputSpec` says what it builds.
 
 Driver side, once: :func:`dialogue_table` joins dialogues with utterance paths
 into one row per dialogue (lists of paths and segment bounds), so that
@@ -17,6 +20,9 @@ utterance (SimCLR). Both are pure functions of a batch and a random generator.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +30,48 @@ import pyarrow.compute as pc
 
 from raysv.audio import features, io
 from raysv.audio.augment import AugmentConfig, Augmenter
-from raysv.data import fs
 from raysv.errors import ManifestError
 
 log = logging.getLogger("raysv")
 
 SR = io.TARGET_SR
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a stage's training rows become batches: one object from the stage's config
+    to the Ray Data pipeline (:func:`raysv.training.stream.build_dataset`).
+
+    ``mode``: ``dialogue`` (M utterances of each dialogue: ``feats (B, M, F, n_mels)``),
+    ``utterance`` (two disjoint segments: ``(B, 2, F, n_mels)``) or ``labelled`` (one
+    crop and its pseudo label: ``(B, F, n_mels)``). ``batch_rows``: rows per
+    featurisation task; ``epochs + spare_epochs`` passes over the shards stream in one
+    execution (see :func:`spare_epochs`); ``task_cpus``: CPUs per featurisation task.
+    """
+
+    mode: Literal["dialogue", "utterance", "labelled"]
+    crop_seconds: float
+    n_mels: int
+    augment: AugmentConfig | None = None
+    utts_per_dialogue: int = 2
+    batch_rows: int = 8
+    task_cpus: float = 1.0
+    epochs: int = 1
+    seed: int = 0
+    spare_epochs: int = 0
+
+
+def featuriser(spec: InputSpec) -> tuple[Callable, dict]:
+    """``(fn, kwargs)``: the pure batch function of ``spec.mode`` and its keyword arguments
+    (``fn(batch, **kwargs, ledger=...)``; no Ray, testable on plain dicts)."""
+    common = {"crop_seconds": spec.crop_seconds, "n_mels": spec.n_mels, "augment": spec.augment}
+    if spec.mode == "labelled":
+        return featurise_labelled, common
+    if spec.mode == "dialogue":
+        return featurise_dialogues, {"m": spec.utts_per_dialogue, **common}
+    if spec.mode == "utterance":
+        return featurise_pairs, common
+    raise ValueError(f"unknown input mode {spec.mode!r}")
 
 
 def dialogue_table(
@@ -302,73 +344,6 @@ def write_shards(
     return folder
 
 
-def build_dataset(
-    shards: str,
-    mode: str,
-    m: int,
-    crop_seconds: float,
-    n_mels: int,
-    augment: AugmentConfig | None,
-    batch_rows: int = 8,
-    task_cpus: float = 1.0,
-    epochs: int = 1,
-    seed: int = 0,
-    spare_epochs: int = 0,
-    ledger=None,
-):
-    """The per-epoch Ray Dataset over training shards written by :func:`write_shards`.
-
-    ``epochs + spare_epochs`` passes over the shards in one stream: workers take
-    ``epochs`` epochs of steps from it, and the spare passes stand in for rows
-    skipped as unreadable (:func:`spare_epochs`), so the last epochs are not cut
-    short. ``ledger`` counts those rows (:mod:`raysv.training.unreadable`).
-
-    # [1] metadata rows only, streamed from Parquet (the driver never holds the table);
-    #     the shard files are read in a new random order every epoch (no all-to-all
-    #     barrier, unlike randomize_block_order) and workers add a local shuffle buffer;
-    # [2] decoding and features run in stateless tasks; audio never touches the driver.
-    # Ray Data's Parquet reader packs small files into one block (the table is only
-    # metadata), and one block is one featurisation task: blocks are re-cut to
-    # ``batch_rows`` rows first, so featurisation runs on every free CPU.
-    """
-    import ray.data
-
-    # One execution streams every epoch: the shard files are listed once per epoch,
-    # each epoch in its own seeded random order, and workers cut the stream into
-    # epochs of a fixed step count (:class:`EpochStream`). Blocks leave only roughly
-    # in file order (parallel reads), so an epoch sees nearly, not exactly, every row
-    # once; on a tiny corpus (tens of rows) neighbouring epochs mix noticeably.
-    # (``preserve_order`` would make it exact, but with it a 2-worker run lost a
-    # worker to a crash in Ray 2.60 on this machine; not pursued.) Restarting the
-    # pipeline every epoch cost ~2 s on 2 CPUs (executor start, read, split).
-    files = sorted(fs.walk_files(shards, (".parquet",))) if fs.is_dir(shards) else [shards]
-    rng = np.random.default_rng(seed)
-    order = [f for _ in range(max(1, epochs) + spare_epochs) for f in rng.permutation(files)]
-    ds = ray.data.read_parquet(order).repartition(target_num_rows_per_block=batch_rows)  # [1]
-    if mode == "labelled":
-        fn, kwargs = (
-            featurise_labelled,
-            {"crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
-        )
-    elif mode == "dialogue":
-        fn, kwargs = (
-            featurise_dialogues,
-            {"m": m, "crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
-        )
-    else:
-        fn, kwargs = (
-            featurise_pairs,
-            {"crop_seconds": crop_seconds, "n_mels": n_mels, "augment": augment},
-        )
-    return ds.map_batches(  # [2]
-        fn,
-        fn_kwargs={**kwargs, "ledger": ledger},
-        batch_size=batch_rows,
-        batch_format="numpy",
-        num_cpus=task_cpus,
-    )
-
-
 def spare_epochs(epochs: int, max_unreadable_share: float) -> int:
     """Extra passes over the data a stream of ``epochs`` needs so that skipping up to
     ``max_unreadable_share`` of its rows still leaves ``epochs`` full epochs.
@@ -390,99 +365,3 @@ def spare_epochs(epochs: int, max_unreadable_share: float) -> int:
 def steps_per_epoch(rows: int, workers: int, per_worker_batch: int) -> int:
     """Optimiser steps in an epoch: each worker's equal share of ``rows`` in full batches."""
     return max(1, (rows // workers) // per_worker_batch)
-
-
-def exact_batches(batches, size: int):
-    """Re-cut a stream of dict batches into batches of exactly ``size`` rows.
-
-    ``batches`` yields dicts of tensors/arrays sharing dim 0. Ray Data 2.60's
-    local shuffle buffer can hand out a short batch in mid-stream even with
-    ``drop_last=True`` (its buffer regenerates only below half its minimum
-    size, so with a one-batch buffer a take can find, e.g., 9 of 16 rows left).
-    Under DDP one short batch on one rank is an all-gather of unequal sizes,
-    which aborts gloo workers ("op.preamble.length <= op.nbytes"). Short pieces
-    are joined with the following rows; a short remainder at the end of the
-    stream is dropped. Full batches pass through untouched (no copy).
-    """
-    import torch
-
-    def cat(parts: list[dict]) -> dict:
-        keys = parts[0].keys()
-        return {
-            k: torch.cat([p[k] for p in parts])
-            if isinstance(parts[0][k], torch.Tensor)
-            else np.concatenate([p[k] for p in parts])
-            for k in keys
-        }
-
-    def rows(b: dict) -> int:
-        return len(next(iter(b.values())))
-
-    held: list[dict] = []
-    n_held = 0
-    for b in batches:
-        n = rows(b)
-        if not held and n == size:
-            yield b
-            continue
-        held.append(b)
-        n_held += n
-        while n_held >= size:
-            joined = cat(held) if len(held) > 1 else held[0]
-            yield {k: v[:size] for k, v in joined.items()}
-            rest = {k: v[size:] for k, v in joined.items()}
-            n_held -= size
-            held = [rest] if n_held else []
-
-
-class EpochStream:
-    """A worker's data shard read ONCE for all epochs, handed out ``steps`` batches at a time.
-
-    ``shard`` is the worker's Ray Train dataset shard of a dataset built with
-    ``epochs`` copies of the data (:func:`build_dataset`); ``iter_kwargs`` go to
-    ``iter_torch_batches``. Every batch has exactly ``batch_size`` rows
-    (:func:`exact_batches`), so all ranks' collectives see equal shapes. The
-    stream keeps prefetching across epoch boundaries (e.g. while rank 0 scores
-    the dev set). A resumed run consumes only the epochs it has left; unread
-    data is dropped with the iterator.
-    """
-
-    def __init__(self, shard, steps: int, **iter_kwargs):
-        self.shard, self.steps, self.kwargs = shard, steps, iter_kwargs
-        self._it = None
-
-    def epoch(self):
-        """Yield the next epoch's batches (fewer than ``steps`` only where the stream ends)."""
-        if self._it is None:
-            # Ray's drop_last would drop a short LAST batch even where short batches
-            # before it leave rows to join with: exact_batches drops the tail itself.
-            kwargs = {**self.kwargs, "drop_last": False}
-            self._it = exact_batches(
-                self.shard.iter_torch_batches(**kwargs), self.kwargs["batch_size"]
-            )
-        for _ in range(self.steps):
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                return
-            yield batch
-
-
-def worker_stream(steps: int, per_worker_batch: int, device) -> EpochStream:
-    """This Ray Train worker's :class:`EpochStream` over its ``"train"`` shard.
-
-    Batches of ``per_worker_batch`` rows on ``device``, two prefetched, rows mixed
-    across blocks by a local shuffle buffer of one batch (a larger one would move
-    more rows across epoch boundaries).
-    """
-    import ray.train
-
-    return EpochStream(
-        ray.train.get_dataset_shard("train"),
-        steps,
-        batch_size=per_worker_batch,
-        drop_last=True,
-        prefetch_batches=2,
-        local_shuffle_buffer_size=per_worker_batch,
-        device=device,
-    )

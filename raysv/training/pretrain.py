@@ -229,22 +229,27 @@ def training_dataset(
     """The Stage I Ray Dataset over ``shards``: every epoch (``cfg.train.epochs`` unless
     ``epochs``) in one stream, featurised as ``cfg.data`` says, with spare passes for
     rows skipped as unreadable (as the limit needs, unless ``spare_epochs``), which
-    ``ledger`` counts (see ``build_dataset``)."""
+    ``ledger`` counts (see :func:`raysv.training.stream.build_dataset`)."""
     epochs = cfg.train.epochs if epochs is None else epochs
     if spare_epochs is None:
         spare_epochs = tdata.spare_epochs(epochs, cfg.train.max_unreadable_share)
-    return tdata.build_dataset(
-        shards,
-        cfg.data.mode,
-        cfg.data.utts_per_dialogue,
-        cfg.data.crop_seconds,
-        cfg.data.n_mels,
-        cfg.data.augment,
+    from raysv.training.stream import build_dataset
+
+    return build_dataset(shards, input_spec(cfg, epochs, spare_epochs), ledger)
+
+
+def input_spec(cfg: PretrainConfig, epochs: int, spare_epochs: int) -> tdata.InputSpec:
+    """Stage I's :class:`~raysv.training.data.InputSpec` from its config."""
+    return tdata.InputSpec(
+        mode=cfg.data.mode,
+        crop_seconds=cfg.data.crop_seconds,
+        n_mels=cfg.data.n_mels,
+        augment=cfg.data.augment,
+        utts_per_dialogue=cfg.data.utts_per_dialogue,
         task_cpus=cfg.train.data_task_cpus,
         epochs=epochs,
         seed=cfg.train.seed,
         spare_epochs=spare_epochs,
-        ledger=ledger,
     )
 
 

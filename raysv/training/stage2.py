@@ -215,9 +215,24 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
     return res
 
 
+def input_spec(cfg: Stage2Config) -> tdata.InputSpec:
+    """Stage II's :class:`~raysv.training.data.InputSpec`: one labelled crop per row."""
+    return tdata.InputSpec(
+        mode="labelled",
+        crop_seconds=cfg.data.crop_seconds,
+        n_mels=cfg.data.n_mels,
+        augment=cfg.data.augment,
+        task_cpus=cfg.train.data_task_cpus,
+        epochs=cfg.train.epochs,
+        seed=cfg.train.seed,
+        spare_epochs=tdata.spare_epochs(cfg.train.epochs, cfg.train.max_unreadable_share),
+    )
+
+
 def run_train(cfg: Stage2Config) -> dict:
     """Run Stage II training; returns the summary (also ``<out>/summary.json``)."""
     from raysv.training.stage2_worker import build_classifier, train_loop
+    from raysv.training.stream import build_dataset
 
     t0 = time.monotonic()
     cfg = resolve(cfg)
@@ -239,19 +254,7 @@ def run_train(cfg: Stage2Config) -> dict:
         cfg,
         inputs,
         train_loop,
-        lambda shards, ledger: tdata.build_dataset(  # [2]
-            shards,
-            "labelled",
-            1,
-            cfg.data.crop_seconds,
-            cfg.data.n_mels,
-            cfg.data.augment,
-            task_cpus=cfg.train.data_task_cpus,
-            epochs=cfg.train.epochs,
-            seed=cfg.train.seed,
-            spare_epochs=tdata.spare_epochs(cfg.train.epochs, cfg.train.max_unreadable_share),
-            ledger=ledger,
-        ),
+        lambda shards, ledger: build_dataset(shards, input_spec(cfg), ledger),  # [2]
         lambda result: _finish(cfg, inputs, result, out),
         label=f"Stage II ({cfg.run_name})",
         what=f"{cfg.model.name} + AAM head ({inputs['n_classes']} classes), gate {cfg.gate.name}",

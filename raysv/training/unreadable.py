@@ -5,7 +5,7 @@ costs its row, not the run: the featurisation tasks skip it
 (:func:`raysv.audio.io.each_readable`). But a run that silently trains on a
 fraction of its data, or on nothing because the storage went away, wastes the
 compute too. So every featurisation task reports the rows it read and skipped
-to one small actor per run (the ``_Ledger``), and:
+to one small actor per run (the ``Ledger``), and:
 
 - rank 0 checks the skipped share against ``train.max_unreadable_share``
   every 100 steps, at the start (after a restart or a resume) and at the end
@@ -18,7 +18,9 @@ to one small actor per run (the ``_Ledger``), and:
   run starts from them and stops at once if nothing was fixed.
 
 Driver: :func:`start_ledger` before the trainer, :func:`snapshot` after it.
-Featurisation tasks: :func:`record`. Workers: :class:`Tally`.
+Featurisation tasks: :func:`record`. Workers: :class:`Tally`. The three Ray calls
+(start the actor, record a batch, read the counts) live with the rest of the
+Ray Data input pipeline in :mod:`raysv.training.stream`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -39,18 +41,18 @@ class UnreadableInputError(RaysvError):
     """Too many training rows had unreadable audio (the run stops; its checkpoints stay)."""
 
 
-def _zero() -> dict:
+def zero_counts() -> dict:
     return {"rows": 0, "read": 0, "files": 0, "examples": []}
 
 
-class _Ledger:
+class Ledger:
     """Row reads and skipped row reads of one run (a Ray actor), plus what an earlier
     invocation of the same run counted (``prior``, from its checkpoint)."""
 
     def __init__(self, max_share: float):
         self.max_share = max_share
         self.rows, self.read, self.files, self.examples = 0, 0, set(), []
-        self.prior = _zero()
+        self.prior = zero_counts()
 
     def add(self, read: int, paths: list[str], examples: list[str]) -> bool:
         """Count a batch; returns whether the stream should stop (see the module)."""
@@ -67,7 +69,7 @@ class _Ledger:
 
     def set_prior(self, prior: dict) -> None:
         """Counts of earlier invocations (set, not added: every restart may send them)."""
-        self.prior = {**_zero(), **prior}
+        self.prior = {**zero_counts(), **prior}
 
     def snapshot(self) -> dict:
         p = self.prior
@@ -81,49 +83,6 @@ class _Ledger:
         }
 
 
-def start_ledger(max_share: float):
-    """A new :class:`_Ledger` actor (no CPU reserved), owned by the calling driver."""
-    import ray
-
-    return ray.remote(num_cpus=0)(_Ledger).remote(max_share)
-
-
-def record(ledger, n_rows: int, bad: list) -> None:
-    """Count a featurised batch of ``n_rows`` rows, of which ``bad`` (``[(row, AudioError)]``)
-    were skipped, towards ``ledger`` (None: don't).
-
-    A batch without a skipped row is sent fire-and-forget; one with skipped rows
-    waits for the ledger's answer and raises :class:`UnreadableInputError` (failing
-    the stream) when most rows read so far were unreadable.
-    """
-    if ledger is None:
-        return
-    if not bad:
-        ledger.add.remote(n_rows, [], [])
-        return
-    import ray
-
-    examples = [str(exc) for _, exc in bad[:EXAMPLES]]
-    if ray.get(ledger.add.remote(n_rows, [exc.path for _, exc in bad], examples)):
-        snap = ray.get(ledger.snapshot.remote())
-        raise UnreadableInputError(_message(snap, "rows", "most of them: the stream stopped"))
-
-
-def snapshot(ledger) -> dict | None:
-    """``{"rows": skipped row reads, "read", "files", "examples"}`` so far (``files``: the
-    distinct unreadable files this invocation met; the rest count earlier ones too):
-    zeros for ``ledger`` None, None if the ledger is gone (its node died)."""
-    if ledger is None:
-        return _zero()
-    import ray
-
-    try:
-        return ray.get(ledger.snapshot.remote())
-    except ray.exceptions.RayActorError as exc:
-        log.warning("the unreadable-rows ledger is gone (%s); rows are no longer counted", exc)
-        return None
-
-
 def share(snap: dict) -> float:
     """Skipped row reads over row reads (0 before any row is read)."""
     return snap["rows"] / max(snap["read"], snap["rows"], 1)
@@ -133,7 +92,8 @@ def _files(n: int) -> str:
     return "" if n == 0 else f" ({n} file{'' if n == 1 else 's'})"
 
 
-def _message(snap: dict, unit: str, why: str) -> str:
+def message(snap: dict, unit: str, why: str) -> str:
+    """The one-line error for too many unreadable rows in ``snap`` (``why``: which limit)."""
     return (
         f"{snap['rows']} reads of training {unit}{_files(snap['files'])} had unreadable audio "
         f"({share(snap):.1%} of those read; {why}); first: {'; '.join(snap['examples'][:3])}. "
@@ -147,7 +107,7 @@ def check(snap: dict, max_share: float, unit: str = "rows") -> None:
     far were skipped for unreadable audio. The message names examples."""
     if snap["rows"] and share(snap) > max_share:
         raise UnreadableInputError(
-            _message(snap, unit, f"train.max_unreadable_share is {max_share:g}")
+            message(snap, unit, f"train.max_unreadable_share is {max_share:g}")
         )
 
 
@@ -187,7 +147,7 @@ class Tally:
         snap = snapshot(self.ledger) if self.active else None
         if snap is None:
             self.active = False
-            return _zero()
+            return zero_counts()
         if check_now:
             self.check(snap)
         return snap
@@ -210,7 +170,7 @@ class Tally:
             snap = snapshot(self.ledger) if self.ledger is not None else None
             if snap and snap["rows"] and share(snap) > self.max_share:
                 raise UnreadableInputError(
-                    _message(
+                    message(
                         snap,
                         self.unit,
                         f"train.max_unreadable_share is {self.max_share:g}; the data stream stopped",
@@ -221,11 +181,28 @@ class Tally:
     def no_batch_error(self) -> RaysvError | RuntimeError:
         """The error for an epoch in which this worker got no complete batch: unreadable
         audio if the ledger counted any, else a batch larger than the worker's shard."""
-        snap = snapshot(self.ledger) or _zero()
+        snap = snapshot(self.ledger) or zero_counts()
         if snap["rows"]:
             return UnreadableInputError(
-                "no complete batch this epoch: " + _message(snap, self.unit, "the stream ran dry")
+                "no complete batch this epoch: " + message(snap, self.unit, "the stream ran dry")
             )
         return RuntimeError(
             "this worker received no complete batch: batch_size is larger than its data shard"
         )
+
+
+
+def snapshot(ledger) -> dict | None:
+    """:func:`raysv.training.stream.snapshot` (the ledger's counts; a Ray call)."""
+    from raysv.training import stream
+
+    return stream.snapshot(ledger)
+
+
+def __getattr__(name: str):
+    # the ledger's other Ray calls, where they live (see the module docstring)
+    if name in ("record", "start_ledger"):
+        from raysv.training import stream
+
+        return getattr(stream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

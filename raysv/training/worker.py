@@ -31,8 +31,8 @@ from torch import nn
 from raysv.config import from_dict
 from raysv.models.checkpoint import load_training_state, plain_values
 from raysv.training import unreadable
-from raysv.training.data import worker_stream
 from raysv.training.distributed import world
+from raysv.training.stream import worker_stream
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Stage I inputs: training tables, featurisers, and the Ray Data stream (shards, reshuffle)."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from raysv.errors import ManifestError
 from raysv.training import data as tdata
+from raysv.training.stream import EpochStream, build_dataset, exact_batches
 from tests.conftest import write_wav
 
 
@@ -134,7 +136,7 @@ def test_stream_shards_and_reshuffles(small_manifest, ray_local, tmp_path):
     )
     shards = tdata.write_shards(table, str(tmp_path / "shards"), rows_per_shard=3)
     assert len(os.listdir(shards)) == 10
-    ds = tdata.build_dataset(shards, "utterance", 2, 0.3, 16, None, batch_rows=4)
+    ds = build_dataset(shards, tdata.InputSpec("utterance", 0.3, 16, batch_rows=4))
     first = [int(i) for b in ds.iter_batches(batch_size=8) for i in b["idx"]]
     second = [int(i) for b in ds.iter_batches(batch_size=8) for i in b["idx"]]
     assert sorted(first) == sorted(second) == list(range(28))
@@ -142,7 +144,7 @@ def test_stream_shards_and_reshuffles(small_manifest, ray_local, tmp_path):
     # shard files in its own seeded order. (Two executions of one dataset read the
     # same file order; they differed only by chance of parallel reads, which a
     # loaded CI machine serialises: the old `first != second` failed there.)
-    two = tdata.build_dataset(shards, "utterance", 2, 0.3, 16, None, batch_rows=4, epochs=2)
+    two = build_dataset(shards, tdata.InputSpec("utterance", 0.3, 16, batch_rows=4, epochs=2))
     both = [int(i) for b in two.iter_batches(batch_size=8) for i in b["idx"]]
     assert sorted(both) == sorted(list(range(28)) * 2)
     assert both[:28] != both[28:]
@@ -173,7 +175,7 @@ def test_exact_batches_joins_short_batches_in_order_and_passes_full_ones_through
         ids = np.arange(start, start + n)
         batches.append({"idx": torch.from_numpy(ids), "feats": torch.ones(n, 2) * ids[:, None]})
         start += n
-    out = list(tdata.exact_batches(iter(batches), 4))
+    out = list(exact_batches(iter(batches), 4))
     assert [len(b["idx"]) for b in out] == [4] * (sum(sizes) // 4)
     flat = torch.cat([b["idx"] for b in out]).tolist()
     assert flat == list(range(len(flat)))  # every row once, in order; the short tail dropped
@@ -193,10 +195,27 @@ def test_epoch_stream_batches_are_full_with_a_one_batch_shuffle_buffer(
         )
     )
     shards = tdata.write_shards(table, str(tmp_path / "shards"), rows_per_shard=5)
-    ds = tdata.build_dataset(shards, "utterance", 2, 0.3, 16, None, batch_rows=3, epochs=3)
+    ds = build_dataset(shards, tdata.InputSpec("utterance", 0.3, 16, batch_rows=3, epochs=3))
     steps = tdata.steps_per_epoch(84, 1, 6)
-    stream = tdata.EpochStream(
+    stream = EpochStream(
         ds, steps, batch_size=6, drop_last=True, local_shuffle_buffer_size=6, prefetch_batches=2
     )
     sizes = [len(b["idx"]) for _ in range(3) for b in stream.epoch()]
     assert sizes == [6] * (3 * steps)
+
+
+def test_input_spec_picks_the_pure_featuriser_of_its_mode():
+    aug = None
+    fn, kw = tdata.featuriser(tdata.InputSpec("dialogue", 1.5, 40, aug, utts_per_dialogue=3))
+    assert fn is tdata.featurise_dialogues and kw == {
+        "m": 3,
+        "crop_seconds": 1.5,
+        "n_mels": 40,
+        "augment": None,
+    }
+    assert tdata.featuriser(tdata.InputSpec("utterance", 1.0, 24))[0] is tdata.featurise_pairs
+    assert tdata.featuriser(tdata.InputSpec("labelled", 2.0, 80))[0] is tdata.featurise_labelled
+    with pytest.raises(ValueError, match="unknown input mode 'frames'"):
+        tdata.featuriser(tdata.InputSpec("frames", 1.0, 24))
+    with pytest.raises(dataclasses.FrozenInstanceError):  # one spec, not edited on the way
+        tdata.InputSpec("utterance", 1.0, 24).epochs = 3

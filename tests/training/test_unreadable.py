@@ -7,6 +7,7 @@ import pytest
 from raysv.errors import RaysvError
 from raysv.training import data as tdata
 from raysv.training import unreadable
+from raysv.training.stream import EpochStream, build_dataset
 from tests.conftest import write_wav
 
 
@@ -164,19 +165,9 @@ def test_a_stream_with_spare_passes_fills_every_epoch_despite_skipped_rows(tmp_p
     steps = []
     for spare in (0, tdata.spare_epochs(2, 0.25)):
         ledger = unreadable.start_ledger(1.0)
-        ds = tdata.build_dataset(
-            shards,
-            "utterance",
-            2,
-            0.3,
-            16,
-            None,
-            batch_rows=4,
-            epochs=2,
-            spare_epochs=spare,
-            ledger=ledger,
-        )
-        stream = tdata.EpochStream(ds, 3, batch_size=4, drop_last=True)
+        spec = tdata.InputSpec("utterance", 0.3, 16, batch_rows=4, epochs=2, spare_epochs=spare)
+        ds = build_dataset(shards, spec, ledger)
+        stream = EpochStream(ds, 3, batch_size=4, drop_last=True)
         steps.append([sum(1 for _ in stream.epoch()) for _ in range(2)])
         assert unreadable.snapshot(ledger)["rows"] >= 6  # 3 per pass
     assert steps[0] == [3, 1]  # 18 readable rows of 24: epoch 2 runs dry

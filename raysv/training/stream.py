@@ -1,0 +1,201 @@
+"""The Ray Data side of training input: the dataset every stage streams, and each
+worker's view of it. One of the library's Ray modules (Ray Data, and Ray Train's
+dataset shard in :func:`worker_stream`); the featurisers it runs are the pure
+functions of :mod:`raysv.training.data`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysv.data import fs
+from raysv.training import unreadable
+from raysv.training.data import InputSpec, featuriser
+
+
+def build_dataset(shards: str, spec: InputSpec, ledger=None):
+    """The Ray Dataset over training shards written by :func:`~raysv.training.data.write_shards`,
+    featurised as ``spec`` says (:func:`~raysv.training.data.featuriser`).
+
+    ``spec.epochs + spec.spare_epochs`` passes over the shards in one stream: workers take
+    ``epochs`` epochs of steps from it, and the spare passes stand in for rows
+    skipped as unreadable (:func:`~raysv.training.data.spare_epochs`), so the last epochs are not cut
+    short. ``ledger`` counts those rows (:mod:`raysv.training.unreadable`).
+
+    # [1] metadata rows only, streamed from Parquet (the driver never holds the table);
+    #     the shard files are read in a new random order every epoch (no all-to-all
+    #     barrier, unlike randomize_block_order) and workers add a local shuffle buffer;
+    # [2] decoding and features run in stateless tasks; audio never touches the driver.
+    # Ray Data's Parquet reader packs small files into one block (the table is only
+    # metadata), and one block is one featurisation task: blocks are re-cut to
+    # ``batch_rows`` rows first, so featurisation runs on every free CPU.
+    """
+    import ray.data
+
+    # One execution streams every epoch: the shard files are listed once per epoch,
+    # each epoch in its own seeded random order, and workers cut the stream into
+    # epochs of a fixed step count (:class:`EpochStream`). Blocks leave only roughly
+    # in file order (parallel reads), so an epoch sees nearly, not exactly, every row
+    # once; on a tiny corpus (tens of rows) neighbouring epochs mix noticeably.
+    # (``preserve_order`` would make it exact, but with it a 2-worker run lost a
+    # worker to a crash in Ray 2.60 on this machine; not pursued.) Restarting the
+    # pipeline every epoch cost ~2 s on 2 CPUs (executor start, read, split).
+    files = sorted(fs.walk_files(shards, (".parquet",))) if fs.is_dir(shards) else [shards]
+    rng = np.random.default_rng(spec.seed)
+    passes = max(1, spec.epochs) + spec.spare_epochs
+    order = [f for _ in range(passes) for f in rng.permutation(files)]
+    ds = ray.data.read_parquet(order).repartition(target_num_rows_per_block=spec.batch_rows)  # [1]
+    fn, kwargs = featuriser(spec)
+    return ds.map_batches(  # [2]
+        fn,
+        fn_kwargs={**kwargs, "ledger": ledger},
+        batch_size=spec.batch_rows,
+        batch_format="numpy",
+        num_cpus=spec.task_cpus,
+    )
+
+
+def exact_batches(batches, size: int):
+    """Re-cut a stream of dict batches into batches of exactly ``size`` rows.
+
+    ``batches`` yields dicts of tensors/arrays sharing dim 0. Ray Data 2.60's
+    local shuffle buffer can hand out a short batch in mid-stream even with
+    ``drop_last=True`` (its buffer regenerates only below half its minimum
+    size, so with a one-batch buffer a take can find, e.g., 9 of 16 rows left).
+    Under DDP one short batch on one rank is an all-gather of unequal sizes,
+    which aborts gloo workers ("op.preamble.length <= op.nbytes"). Short pieces
+    are joined with the following rows; a short remainder at the end of the
+    stream is dropped. Full batches pass through untouched (no copy).
+    """
+    import torch
+
+    def cat(parts: list[dict]) -> dict:
+        keys = parts[0].keys()
+        return {
+            k: torch.cat([p[k] for p in parts])
+            if isinstance(parts[0][k], torch.Tensor)
+            else np.concatenate([p[k] for p in parts])
+            for k in keys
+        }
+
+    def rows(b: dict) -> int:
+        return len(next(iter(b.values())))
+
+    held: list[dict] = []
+    n_held = 0
+    for b in batches:
+        n = rows(b)
+        if not held and n == size:
+            yield b
+            continue
+        held.append(b)
+        n_held += n
+        while n_held >= size:
+            joined = cat(held) if len(held) > 1 else held[0]
+            yield {k: v[:size] for k, v in joined.items()}
+            rest = {k: v[size:] for k, v in joined.items()}
+            n_held -= size
+            held = [rest] if n_held else []
+
+
+class EpochStream:
+    """A worker's data shard read ONCE for all epochs, handed out ``steps`` batches at a time.
+
+    ``shard`` is the worker's Ray Train dataset shard of a dataset built with
+    ``epochs`` copies of the data (:func:`build_dataset`); ``iter_kwargs`` go to
+    ``iter_torch_batches``. Every batch has exactly ``batch_size`` rows
+    (:func:`exact_batches`), so all ranks' collectives see equal shapes. The
+    stream keeps prefetching across epoch boundaries (e.g. while rank 0 scores
+    the dev set). A resumed run consumes only the epochs it has left; unread
+    data is dropped with the iterator.
+    """
+
+    def __init__(self, shard, steps: int, **iter_kwargs):
+        self.shard, self.steps, self.kwargs = shard, steps, iter_kwargs
+        self._it = None
+
+    def epoch(self):
+        """Yield the next epoch's batches (fewer than ``steps`` only where the stream ends)."""
+        if self._it is None:
+            # Ray's drop_last would drop a short LAST batch even where short batches
+            # before it leave rows to join with: exact_batches drops the tail itself.
+            kwargs = {**self.kwargs, "drop_last": False}
+            self._it = exact_batches(
+                self.shard.iter_torch_batches(**kwargs), self.kwargs["batch_size"]
+            )
+        for _ in range(self.steps):
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                return
+            yield batch
+
+
+def worker_stream(steps: int, per_worker_batch: int, device) -> EpochStream:
+    """This Ray Train worker's :class:`EpochStream` over its ``"train"`` shard.
+
+    Batches of ``per_worker_batch`` rows on ``device``, two prefetched, rows mixed
+    across blocks by a local shuffle buffer of one batch (a larger one would move
+    more rows across epoch boundaries).
+    """
+    import ray.train
+
+    return EpochStream(
+        ray.train.get_dataset_shard("train"),
+        steps,
+        batch_size=per_worker_batch,
+        drop_last=True,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=per_worker_batch,
+        device=device,
+    )
+
+
+# ---- the unreadable-row ledger of a run (raysv.training.unreadable): its Ray calls
+
+
+def start_ledger(max_share: float):
+    """A new :class:`Ledger` actor (no CPU reserved), owned by the calling driver."""
+    import ray
+
+    return ray.remote(num_cpus=0)(unreadable.Ledger).remote(max_share)
+
+
+def record(ledger, n_rows: int, bad: list) -> None:
+    """Count a featurised batch of ``n_rows`` rows, of which ``bad`` (``[(row, AudioError)]``)
+    were skipped, towards ``ledger`` (None: don't).
+
+    A batch without a skipped row is sent fire-and-forget; one with skipped rows
+    waits for the ledger's answer and raises :class:`UnreadableInputError` (failing
+    the stream) when most rows read so far were unreadable.
+    """
+    if ledger is None:
+        return
+    if not bad:
+        ledger.add.remote(n_rows, [], [])
+        return
+    import ray
+
+    examples = [str(exc) for _, exc in bad[: unreadable.EXAMPLES]]
+    if ray.get(ledger.add.remote(n_rows, [exc.path for _, exc in bad], examples)):
+        snap = ray.get(ledger.snapshot.remote())
+        raise unreadable.UnreadableInputError(
+            unreadable.message(snap, "rows", "most of them: the stream stopped")
+        )
+
+
+def snapshot(ledger) -> dict | None:
+    """``{"rows": skipped row reads, "read", "files", "examples"}`` so far (``files``: the
+    distinct unreadable files this invocation met; the rest count earlier ones too):
+    zeros for ``ledger`` None, None if the ledger is gone (its node died)."""
+    if ledger is None:
+        return unreadable.zero_counts()
+    import ray
+
+    try:
+        return ray.get(ledger.snapshot.remote())
+    except ray.exceptions.RayActorError as exc:
+        unreadable.log.warning(
+            "the unreadable-rows ledger is gone (%s); rows are no longer counted", exc
+        )
+        return None
