@@ -46,6 +46,18 @@ ENCODERS: dict[str, Callable] = {
 }
 
 
+def embedding_dim(encoder, n_mels: int) -> int:
+    """D of an encoder, from one forward pass on silence in eval mode."""
+    import torch
+
+    was = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        d = int(encoder(torch.zeros(1, 100, n_mels)).shape[1])
+    encoder.train(was)
+    return d
+
+
 def build_encoder(name: str, n_mels: int, **kwargs):
     """Build encoder ``name`` for ``n_mels`` input bins; kwargs go to its constructor."""
     if name not in ENCODERS:

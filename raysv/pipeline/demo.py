@@ -27,6 +27,7 @@ from raysv.data.outputs import claim_run, read_json, write_json_atomic
 from raysv.pipeline.iterate import ClusterSpec, IterateConfig, Schedule
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import (
+    DinoSpec,
     LossSpec,
     ModelSpec,
     OptimSpec,
@@ -61,6 +62,15 @@ def _small_pretrain() -> PretrainConfig:
         data=PretrainData(crop_seconds=1.5, n_mels=40),
         model=ModelSpec(name="ecapa", kwargs={"channels": 48, "embed_dim": 96}),
         loss=LossSpec(name="ava", rejection=RejectionSpec(enabled=True)),
+        # used with --set pretrain.loss.name=dino: a head and crops for 2 CPU cores
+        dino=DinoSpec(
+            out_dim=1024,
+            hidden_dim=256,
+            bottleneck_dim=64,
+            global_seconds=1.5,
+            local_crops=2,
+            local_seconds=1.0,
+        ),
         optim=OptimSpec(lr=0.002),
         train=TrainSpec(epochs=20, batch_size=16),
     )

@@ -218,6 +218,89 @@ class TrainSpec:
 
 
 @dataclass
+class DinoSpec:
+    """DINO self-distillation (``loss.name: dino``; see :mod:`raysv.losses.dino`).
+
+    Defaults are wespeaker's DINO recipe for ECAPA-TDNN on VoxCeleb (DINO's, for
+    speakers); the demo and tests shrink the head. The crops replace
+    ``data.crop_seconds``: ``global_crops`` views of ``global_seconds`` (teacher and
+    student) and ``local_crops`` of ``local_seconds`` (student only) per item; in
+    dialogue mode the global views come from different utterances of the dialogue.
+
+    Args:
+        out_dim: K, prototypes of the last layer (65536; fewer for small corpora).
+        hidden_dim / bottleneck_dim / head_layers / head_bn: the projection MLP.
+        norm_last_layer: keep the prototypes' norm at 1 (DINO's default for stability).
+        student_temp: tau_s (0.1).
+        teacher_temp / warmup_teacher_temp / warmup_teacher_share: tau_t rises linearly
+            from 0.04 to 0.07 over the first 20 % of the epochs (values above ~0.07
+            make DINO collapse, per its paper).
+        center_momentum: EMA of the teacher-output centre over the global batch (0.9).
+        teacher_momentum: the teacher's EMA momentum, raised to 1 on a cosine over all
+            steps (0.996; closer to 1 for small batches).
+        clip_grad: gradient-norm clipping of the student (3.0; 0 = off).
+        freeze_last_layer_epochs: epochs in which the prototypes do not train (1).
+        stop_on_collapse: stop the run with one line when the teacher's outputs collapse
+            (uniform, or all on one prototype) after the warm-up.
+    """
+
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    head_bn: bool = True
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_share: float = 0.2
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.996
+    global_crops: int = 2
+    global_seconds: float = 3.0
+    local_crops: int = 4
+    local_seconds: float = 2.0
+    clip_grad: float = 3.0
+    freeze_last_layer_epochs: int = 1
+    stop_on_collapse: bool = True
+
+    def __post_init__(self):
+        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"dino.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"dino.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("center_momentum", "teacher_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"dino.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.warmup_teacher_share <= 1:
+            raise ValueError(
+                f"dino.warmup_teacher_share must be in [0, 1], got {self.warmup_teacher_share}"
+            )
+        if self.global_crops < 2:
+            raise ValueError(
+                f"dino.global_crops must be >= 2 (the teacher's views pair with other views), "
+                f"got {self.global_crops}"
+            )
+        if self.local_crops < 0 or self.global_seconds <= 0 or self.local_seconds <= 0:
+            raise ValueError(
+                "need dino.local_crops >= 0 and positive global_seconds / local_seconds, got "
+                f"{self.local_crops}, {self.global_seconds}, {self.local_seconds}"
+            )
+        if self.clip_grad < 0 or self.freeze_last_layer_epochs < 0:
+            raise ValueError(
+                f"need dino.clip_grad >= 0 and freeze_last_layer_epochs >= 0, got "
+                f"{self.clip_grad}, {self.freeze_last_layer_epochs}"
+            )
+
+    @property
+    def views(self) -> tuple[int, float, int, float]:
+        """``(global crops, seconds, local crops, seconds)`` for the input pipeline."""
+        return (self.global_crops, self.global_seconds, self.local_crops, self.local_seconds)
+
+
+@dataclass
 class PretrainConfig:
     """``raysv pretrain`` configuration (YAML + ``--set key=value`` overrides)."""
 
@@ -226,6 +309,7 @@ class PretrainConfig:
     data: PretrainData = field(default_factory=PretrainData)
     model: ModelSpec = field(default_factory=ModelSpec)
     loss: LossSpec = field(default_factory=LossSpec)
+    dino: DinoSpec = field(default_factory=DinoSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     tracking_uri: str | None = None
@@ -237,6 +321,8 @@ class PretrainConfig:
 
         if self.loss.name not in LOSSES:
             raise ValueError(f"unknown loss {self.loss.name!r}; valid: {', '.join(LOSSES)}")
+        if self.loss.name == "dino":  # either mode: views of an utterance or of a dialogue
+            return
         if self.data.mode == "dialogue" and self.loss.name not in DIALOGUE_LOSSES:
             raise ValueError(
                 f"loss {self.loss.name!r} needs data.mode=utterance; dialogue mode takes {', '.join(DIALOGUE_LOSSES)}"

@@ -59,11 +59,25 @@ class InputSpec:
     epochs: int = 1
     seed: int = 0
     spare_epochs: int = 0
+    # DINO's multi-crop views instead (dialogue or utterance rows):
+    # (global crops, their seconds, local crops, their seconds); see featurise_views
+    views: tuple[int, float, int, float] | None = None
 
 
 def featuriser(spec: InputSpec) -> tuple[Callable, dict]:
     """``(fn, kwargs)``: the pure batch function of ``spec.mode`` and its keyword arguments
     (``fn(batch, **kwargs, ledger=...)``; no Ray, testable on plain dicts)."""
+    if spec.views is not None and spec.mode in ("dialogue", "utterance"):
+        n_global, global_seconds, n_local, local_seconds = spec.views
+        return featurise_views, {
+            "rows": spec.mode,
+            "n_global": n_global,
+            "global_seconds": global_seconds,
+            "n_local": n_local,
+            "local_seconds": local_seconds,
+            "n_mels": spec.n_mels,
+            "augment": spec.augment,
+        }
     common = {"crop_seconds": spec.crop_seconds, "n_mels": spec.n_mels, "augment": spec.augment}
     if spec.mode == "labelled":
         return featurise_labelled, common
@@ -292,6 +306,77 @@ def featurise_pairs(
     return {
         "feats": _stacked(out, lambda: (0, 2, _frames(crop_seconds, n_mels), n_mels)),
         "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
+    }
+
+
+def featurise_views(
+    batch: dict[str, np.ndarray],
+    rows: str,
+    n_global: int,
+    global_seconds: float,
+    n_local: int,
+    local_seconds: float,
+    n_mels: int,
+    augment: AugmentConfig | None = None,
+    seed: int | None = None,
+    ledger=None,
+) -> dict[str, np.ndarray]:
+    """DINO's multi-crop views: ``global (B, G, Fg, n_mels)``, ``local (B, L, Fl, n_mels)``,
+    ``idx (B,)`` and ``pick (B, G)``.
+
+    ``rows="utterance"``: every view is a random crop of one utterance (global crops of
+    ``global_seconds``, local ones of ``local_seconds``, taken from one read window of
+    twice the global length, so views overlap as DINO's image crops do).
+    ``rows="dialogue"``: the G global views come from G different utterances of the
+    dialogue (with replacement when it has fewer) -- the dialogue paper's positives --
+    and each local view from a random utterance of it; ``pick`` holds the global
+    utterances' positions (for the rejection analysis; zeros for utterance rows).
+    Each view is augmented independently. Pure: a batch and a random generator.
+    """
+    rng = np.random.default_rng(seed)
+    aug = _augmenter(augment)
+    n_g, n_l = int(round(global_seconds * SR)), int(round(local_seconds * SR))
+
+    def view(wave: np.ndarray, n: int) -> np.ndarray:
+        w = features.crop(wave, n, rng)
+        return features.fbank(aug(w, rng) if aug is not None else w, n_mels=n_mels)
+
+    def one_utterance(row):
+        path, st, en = row
+        wave = io.read_crop(path, 2 * global_seconds, rng, io.bound(st), io.bound(en))
+        g = [view(wave, n_g) for _ in range(n_global)]
+        loc = [view(wave, n_l) for _ in range(n_local)]
+        return g, loc, np.zeros(n_global, np.int64)
+
+    def one_dialogue(row):
+        paths, starts, ends = row
+        pick = rng.choice(len(paths), size=n_global, replace=len(paths) < n_global)
+        waves: dict[int, np.ndarray] = {}
+
+        def wave_of(j: int) -> np.ndarray:
+            if j not in waves:
+                waves[j] = io.read_crop(
+                    paths[j], 2 * global_seconds, rng, io.bound(starts[j]), io.bound(ends[j])
+                )
+            return waves[j]
+
+        g = [view(wave_of(int(j)), n_g) for j in pick]
+        loc = [view(wave_of(int(rng.integers(len(paths)))), n_l) for _ in range(n_local)]
+        return g, loc, pick
+
+    if rows == "dialogue":
+        it = zip(batch["paths"], batch["starts"], batch["ends"], strict=True)
+        keep, out = _readable(it, one_dialogue, ledger)
+    else:
+        it = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
+        keep, out = _readable(it, one_utterance, ledger)
+    fg, fl = _frames(global_seconds, n_mels), _frames(local_seconds, n_mels)
+    local = [np.stack(l_) if l_ else np.zeros((0, fl, n_mels), np.float32) for _, l_, _ in out]
+    return {
+        "global": _stacked([np.stack(g) for g, _, _ in out], lambda: (0, n_global, fg, n_mels)),
+        "local": _stacked(local, lambda: (0, n_local, fl, n_mels)),
+        "idx": np.asarray(batch["idx"], dtype=np.int64)[keep],
+        "pick": np.asarray([p for _, _, p in out], dtype=np.int64).reshape(len(out), n_global),
     }
 
 

@@ -44,3 +44,11 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(size)]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over all ranks (in place, no gradient); ``x`` itself on one rank."""
+    _, size = world()
+    if size > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x

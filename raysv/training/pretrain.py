@@ -205,6 +205,16 @@ def check_modules(cfg: PretrainConfig) -> None:
     from raysv.training.pretrain_worker import build_modules
 
     check_encoder(cfg.model.name, cfg.data.n_mels, cfg.model.kwargs)
+    if cfg.loss.name == "dino":
+        from raysv.training.dino_worker import build_dino
+
+        try:
+            build_dino(cfg)
+        except RaysvError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"dino / loss.rejection: {one_line(exc)}") from exc
+        return
     try:
         build_loss(cfg.loss.name, **cfg.loss.kwargs())
     except RaysvError:
@@ -250,6 +260,7 @@ def input_spec(cfg: PretrainConfig, epochs: int, spare_epochs: int) -> tdata.Inp
         epochs=epochs,
         seed=cfg.train.seed,
         spare_epochs=spare_epochs,
+        views=cfg.dino.views if cfg.loss.name == "dino" else None,
     )
 
 
@@ -281,19 +292,31 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
 
 def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:
     """Load the last checkpoint, save the best model, evaluate untrained vs best encoders."""
-    from raysv.training.pretrain_worker import build_modules
+    from raysv.models import build_encoder
 
     blob = last_state(result)
     st = blob["state"]
-    best = st["best_model"] or blob["model"]
+    if st["best_model"]:
+        best = st["best_model"]
+    elif "teacher" in blob:  # DINO without dev trials: the last teacher's encoder
+        from raysv.training.dino_worker import final_encoder_state
+
+        best = final_encoder_state(blob)
+    else:
+        best = blob["model"]
     save_encoder(
         os.path.join(out, "best_model.pt"),
         best,
         encoder_spec(cfg.model.name, cfg.data.n_mels, cfg.model.kwargs),
         to_dict(cfg),
     )
-    untrained, _, _ = build_modules(cfg)
-    trained, _, _ = build_modules(cfg)
+    import torch
+
+    def encoder():
+        torch.manual_seed(cfg.train.seed)  # the untrained one is the run's initialisation
+        return build_encoder(cfg.model.name, cfg.data.n_mels, **cfg.model.kwargs)
+
+    untrained, trained = encoder(), encoder()
     trained.load_state_dict(best)
     final = evaluate_encoders(
         {"untrained": untrained, "best": trained},

@@ -289,6 +289,15 @@ class ContrastiveObjective(Objective):
         self.analysis.save(os.path.join(run["out"], "rejection_weights.npz"))
 
 
+def stage1_objective(cfg: PretrainConfig, run: dict, device, prepare) -> Objective:
+    """Stage I's objective for ``loss.name``: DINO's, or the contrastive one."""
+    if cfg.loss.name == "dino":
+        from raysv.training.dino_worker import DinoObjective
+
+        return DinoObjective(cfg, run, device, prepare)
+    return ContrastiveObjective(cfg, run, device, prepare)
+
+
 def train_loop(config: dict) -> None:
     """Ray Train entry point: ``config = {"cfg": PretrainConfig as dict, "run": {...}}``."""
-    train_worker(config, PretrainConfig, ContrastiveObjective)
+    train_worker(config, PretrainConfig, stage1_objective)

@@ -49,23 +49,13 @@ class Stage2State(State):
     tau: float | None = None
 
 
-def embed_dim(encoder: nn.Module, n_mels: int) -> int:
-    """D of an encoder, from one forward pass on silence in eval mode."""
-    was = encoder.training
-    encoder.eval()
-    with torch.no_grad():
-        d = int(encoder(torch.zeros(1, 100, n_mels)).shape[1])
-    encoder.train(was)
-    return d
-
-
 def build_classifier(cfg: Stage2Config, n_classes: int, head_init: str | None = None) -> Classifier:
     """Encoder (from ``init_checkpoint`` if given) + a new AAM head, same on every rank.
 
     ``head_init``: a ``(C, D)`` .npy of class directions (``data.head_init``); its zero
     rows (classes with no embedding) keep the random initialisation.
     """
-    from raysv.models import build_encoder
+    from raysv.models import build_encoder, embedding_dim
     from raysv.models.checkpoint import read_checkpoint
 
     torch.manual_seed(cfg.train.seed)
@@ -74,7 +64,7 @@ def build_classifier(cfg: Stage2Config, n_classes: int, head_init: str | None = 
         state, _ = read_checkpoint(cfg.init_checkpoint)
         encoder.load_state_dict(state)
     head = AAMSoftmax(
-        embed_dim(encoder, cfg.data.n_mels), n_classes, cfg.head.margin, cfg.head.scale
+        embedding_dim(encoder, cfg.data.n_mels), n_classes, cfg.head.margin, cfg.head.scale
     )
     if head_init:
         w = torch.from_numpy(np.load(head_init))

@@ -191,7 +191,6 @@ class Tally:
         )
 
 
-
 def snapshot(ledger) -> dict | None:
     """:func:`raysv.training.stream.snapshot` (the ledger's counts; a Ray call)."""
     from raysv.training import stream

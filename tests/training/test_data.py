@@ -219,3 +219,34 @@ def test_input_spec_picks_the_pure_featuriser_of_its_mode():
         tdata.featuriser(tdata.InputSpec("frames", 1.0, 24))
     with pytest.raises(dataclasses.FrozenInstanceError):  # one spec, not edited on the way
         tdata.InputSpec("utterance", 1.0, 24).epochs = 3
+
+
+def test_featurise_views_gives_dino_multi_crop_views(small_manifest):
+    utts, dialogues = small_manifest
+    kw = {"n_global": 2, "global_seconds": 0.5, "n_local": 3, "local_seconds": 0.25, "n_mels": 24}
+    t = tdata.utterance_table(utts)
+    batch = {
+        c: np.asarray(t.column(c).to_pylist(), dtype=object) for c in ("path", "start_s", "end_s")
+    }
+    batch["idx"] = t.column("idx").to_numpy()
+    out = tdata.featurise_views(batch, "utterance", **kw, seed=0)
+    assert out["global"].shape == (7, 2, 48, 24) and out["local"].shape == (7, 3, 23, 24)
+    assert out["global"].dtype == out["local"].dtype == np.float32
+    assert not np.allclose(out["global"][:, 0], out["global"][:, 1])  # two different crops
+    assert out["idx"].tolist() == list(range(7)) and out["pick"].shape == (7, 2)
+    d = tdata.dialogue_table(utts, dialogues, 2, "repeat")
+    dbatch = {
+        c: np.asarray(d.column(c).to_pylist(), dtype=object) for c in ("paths", "starts", "ends")
+    }
+    dbatch["idx"] = d.column("idx").to_numpy()
+    dout = tdata.featurise_views(dbatch, "dialogue", **kw, seed=0)
+    assert dout["global"].shape == (2, 2, 48, 24) and dout["local"].shape == (2, 3, 23, 24)
+    # the global views come from 2 different utterances of dialogue a (it has 3)
+    assert len(set(dout["pick"][0])) == 2 and set(dout["pick"][1]) <= {0, 1}
+    again = tdata.featurise_views(dbatch, "dialogue", **kw, seed=0)
+    assert np.array_equal(dout["global"], again["global"])
+    none = tdata.featurise_views(batch, "utterance", **{**kw, "n_local": 0}, seed=0)
+    assert none["local"].shape == (7, 0, 23, 24)
+    spec = tdata.InputSpec("dialogue", 1.0, 24, views=(2, 0.5, 3, 0.25))
+    fn, got = tdata.featuriser(spec)
+    assert fn is tdata.featurise_views and got["rows"] == "dialogue" and got["n_local"] == 3
