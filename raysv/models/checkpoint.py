@@ -24,7 +24,23 @@ def encoder_spec(name: str, n_mels: int, kwargs: dict[str, Any]) -> dict[str, An
 # The checkpoint format this raysv writes. Checkpoints without a format entry
 # (written before it existed) hold the same entries and still load; a newer
 # or foreign format is refused with what to do.
-FORMAT = "raysv-encoder/1"
+FORMAT = "raysv-encoder/2"
+# Format 1 differs only in ECAPA-TDNN's defaults then (blocks chained, aggregation 3C
+# wide): its ECAPA specs are read with those settings made explicit.
+READS = ("raysv-encoder/1", FORMAT)
+
+
+def _as_format_2(spec: dict[str, Any]) -> dict[str, Any]:
+    """An ECAPA spec of format 1 with its architecture explicit (see :data:`READS`)."""
+    if not str(spec.get("name", "")).startswith("ecapa"):
+        return spec
+    kwargs = dict(spec.get("kwargs", {}))
+    channels = kwargs.get(
+        "channels", {"ecapa_c512": 512, "ecapa_c1024": 1024}.get(spec["name"], 512)
+    )
+    kwargs.setdefault("block_input", "chain")
+    kwargs.setdefault("mfa_channels", 3 * channels)
+    return {**spec, "kwargs": kwargs}
 
 
 def save_encoder(path: str, state: dict, spec: dict[str, Any], config: dict | None = None) -> str:
@@ -65,10 +81,11 @@ def read_checkpoint(path: str) -> tuple[dict, dict[str, Any]]:
         raise ConfigError(f"{path}: not a readable torch checkpoint ({first})") from exc
     if not isinstance(blob, dict) or "model" not in blob:
         raise ConfigError(f"{path}: not a raysv encoder checkpoint (no 'model' entry)")
-    if blob.get("format", FORMAT) != FORMAT:
+    fmt = blob.get("format", READS[0])  # no entry: written before format 1 existed
+    if fmt not in READS:
         raise ConfigError(
-            f"{path}: encoder checkpoint format {blob['format']!r}, this raysv reads {FORMAT!r}; "
-            "use the raysv version that wrote it, or retrain"
+            f"{path}: encoder checkpoint format {blob['format']!r}, this raysv reads "
+            f"{', '.join(repr(f) for f in READS)}; use the raysv version that wrote it, or retrain"
         )
     spec = blob.get("encoder")
     if spec is None:
@@ -81,6 +98,8 @@ def read_checkpoint(path: str) -> tuple[dict, dict[str, Any]]:
             raise ConfigError(
                 f"{path}: checkpoint has neither an 'encoder' spec nor a Stage I config"
             ) from exc
+    if fmt != FORMAT:
+        spec = _as_format_2(spec)
     return blob["model"], spec
 
 
