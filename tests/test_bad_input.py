@@ -1871,7 +1871,7 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "cluster.early_stop=-0.5"),
-        "cluster.early_stop must be a fraction in [0, 1), or -1 (never), got -0.5",
+        "early_stop must be a fraction in [0, 1), or -1 (never), got -0.5",  # KMeansSpec's check
         id="iterate-early-stop-negative",
     ),
     pytest.param(

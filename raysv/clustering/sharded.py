@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -249,7 +250,7 @@ class KMeansSpec:
     spherical: bool = False
     early_stop: float = 0.0
     max_points_per_centroid: int = 256
-    init: str = "random"
+    init: Literal["random", "kmeans++"] = "random"
     init_points_per_centroid: int = 8
 
     def __post_init__(self):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import pyarrow as pa
@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysv.clustering.auto_schedule import lgl_share
+from raysv.clustering.sharded import KMeansSpec
 from raysv.config import to_dict
 from raysv.data import fs
 from raysv.data.holdout import training_rows, trial_utt_ids
@@ -90,45 +91,33 @@ class Schedule:
         }
 
 
-@dataclass
-class ClusterSpec:
-    """Sharded k-means settings of every round (see ``raysv cluster``; ``device``:
-    ``auto`` searches on GPUs where the Ray cluster has them)."""
+@dataclass(frozen=True)
+class ClusterSpec(KMeansSpec):
+    """Sharded k-means settings of every round: :class:`KMeansSpec`'s fields (iterations,
+    seed, spherical, early_stop, max_points_per_centroid, init, init_points_per_centroid;
+    defined and checked there, once) and where the search runs. ``spherical`` defaults
+    to True here (cosine k-means on speaker embeddings, as they are scored); ``device``:
+    ``auto`` searches on GPUs where the Ray cluster has them."""
 
-    iterations: int = 20  # at most
-    early_stop: float = 0.0  # stop once the objective falls by at most this fraction
-    seed: int = 1
     spherical: bool = True
     shards: int | None = None  # two per node (one per GPU on GPUs)
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    init: Literal["random", "kmeans++"] = "random"  # kmeans++: D^2 seeding on a sample
     # k: auto merges while groups are as similar as the dev-trial score this share of
     # non-target trials reaches (raysv.clustering.auto_k; without dev trials: silhouette)
     auto_k_false_accepts: float = 0.02
 
     def __post_init__(self):
+        super().__post_init__()
         if self.shards is not None and self.shards < 1:
             raise ValueError(f"cluster.shards must be >= 1 (or null: automatic), got {self.shards}")
-        if self.early_stop != -1 and not 0 <= self.early_stop < 1:
-            raise ValueError(
-                f"cluster.early_stop must be a fraction in [0, 1), or -1 (never), got {self.early_stop}"
-            )
         if not 0.0 < self.auto_k_false_accepts < 0.5:
             raise ValueError(
                 f"cluster.auto_k_false_accepts must be in (0, 0.5), got {self.auto_k_false_accepts}"
             )
 
-    def kmeans(self):
-        """The k-means settings as a :class:`~raysv.clustering.sharded.KMeansSpec`."""
-        from raysv.clustering.sharded import KMeansSpec
-
-        return KMeansSpec(
-            iterations=self.iterations,
-            seed=self.seed,
-            spherical=self.spherical,
-            early_stop=self.early_stop,
-            init=self.init,
-        )
+    def kmeans(self) -> KMeansSpec:
+        """The k-means settings alone, as a :class:`KMeansSpec`."""
+        return KMeansSpec(**{f.name: getattr(self, f.name) for f in fields(KMeansSpec)})
 
 
 @dataclass
@@ -467,7 +456,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
     from raysv.models.checkpoint import read_checkpoint
 
     read_checkpoint(cfg.init_checkpoint)  # a bad path fails here, before any work
-    cfg.cluster.kmeans()  # and so do bad k-means settings
+    cfg.cluster.kmeans()
     from raysv.clustering.driver import check_auto_purification
 
     for r in range(1, cfg.rounds + 1):  # and each round's purification p and S
