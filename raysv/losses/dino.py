@@ -85,29 +85,36 @@ class DinoHead(nn.Module):
 
 
 class Student(nn.Module):
-    """Encoder + DINO head in one module, so DDP synchronises both.
+    """Encoder + DINO head in one module, so DDP synchronises both (one forward a step).
 
-    ``forward(feats (N, T, n_mels)) -> (embeddings (N, D), logits (N, K))``.
+    ``forward([crops_1 (N_1, T_1, n_mels), ...]) -> (embeddings (sum N, D), logits
+    (sum N, K))``: the encoder runs once per crop length, the head once on all of
+    them together (its batch norm sees global and local crops alike, as DINO's
+    multi-crop wrapper does), in float32 even under autocast (bfloat16 would round
+    the sharpened prototype scores).
     """
 
     def __init__(self, encoder: nn.Module, head: DinoHead):
         super().__init__()
         self.encoder, self.head = encoder, head
 
-    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.encoder(feats)
-        return emb, self.head(emb)
+    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = torch.cat([self.encoder(c) for c in crops], dim=0)
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            return emb, self.head(emb.float())
 
 
 def teacher_temperature(
     epoch: int, epochs: int, warmup: float, final: float, warmup_share: float
 ) -> float:
-    """Teacher temperature of ``epoch`` (0-based): linear from ``warmup`` to ``final`` over
-    the first ``warmup_share`` of ``epochs``, then ``final``."""
+    """Teacher temperature of ``epoch`` (0-based): ``linspace(warmup, final, n)`` over the
+    first ``n = round(warmup_share * epochs)`` epochs (DINO's schedule), then ``final``."""
     n = int(round(warmup_share * epochs))
     if n <= 0 or epoch >= n:
         return final
-    return warmup + (final - warmup) * epoch / n
+    if n == 1:
+        return warmup
+    return warmup + (final - warmup) * epoch / (n - 1)  # linspace(warmup, final, n)
 
 
 def teacher_momentum(step: int, total_steps: int, base: float) -> float:
@@ -119,13 +126,12 @@ def teacher_momentum(step: int, total_steps: int, base: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``teacher <- m teacher + (1 - m) student``, parameter by parameter; buffers (batch-norm
-    statistics) are copied. Every rank holds the same student after DDP's averaged step,
-    so every rank's teacher stays the same."""
+    """``teacher <- m teacher + (1 - m) student``, parameter by parameter (DINO's). Buffers
+    (batch-norm statistics) are the teacher's own, from its own forward passes. Every
+    rank holds the same student parameters after DDP's averaged step, so every rank's
+    teacher parameters stay the same."""
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
 
 
 class DinoLoss(nn.Module):
@@ -157,7 +163,9 @@ class DinoLoss(nn.Module):
         return (ce * mask).sum(dim=(1, 2)) / mask.sum()
 
     @torch.no_grad()
-    def update_center(self, teacher: torch.Tensor, total: torch.Tensor | None = None) -> None:
+    def update_center(
+        self, teacher: torch.Tensor, total: tuple[torch.Tensor, float] | None = None
+    ) -> None:
         """``center <- m center + (1 - m) mean`` of the teacher outputs ``(B, G, K)``.
 
         ``total``: ``(sum of outputs (1, K), count)`` over the global batch when training
@@ -171,17 +179,28 @@ class DinoLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 
-def collapse_stats(teacher: torch.Tensor, center: torch.Tensor, temp: float) -> dict:
-    """Collapse watch on teacher outputs ``(N, K)``: the mean entropy of each sample's
-    centred, sharpened distribution, and the KL divergence of their mean from uniform,
-    both divided by log K (0..1). Entropy near 1: every output uniform; KL near 1: every
-    output on one prototype. Healthy training keeps both well inside."""
-    k = teacher.shape[-1]
+def collapse_sums(teacher: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
+    """Sums that :func:`collapse_figures` turns into the collapse watch, for teacher outputs
+    ``(N, K)``: ``(K + 2,)`` = the summed centred, sharpened distributions, the summed
+    per-sample entropies, and N. Add them over steps and ranks, then divide once."""
     p = F.softmax((teacher.float() - center) / temp, dim=-1)
-    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
-    mean = p.mean(0)
-    kl = (mean * torch.log(mean.clamp_min(1e-12) * k)).sum()
+    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+    return torch.cat(
+        [p.sum(0), ent.sum().reshape(1), torch.tensor([float(p.shape[0])], device=p.device)]
+    )
+
+
+def collapse_figures(sums: torch.Tensor) -> dict:
+    """From :func:`collapse_sums` (over an epoch, all workers): the mean per-sample entropy
+    and the KL divergence of the mean distribution from uniform, both divided by log K
+    (0..1). Entropy near 1: every output uniform; KL near 1: every output on one
+    prototype. The mean is over the whole epoch, so a healthy teacher's KL does not
+    depend on the batch size."""
+    k = sums.shape[0] - 2
+    n = float(sums[-1])
+    mean = sums[:k].double() / max(n, 1.0)
+    kl = float((mean * torch.log(mean.clamp_min(1e-12) * k)).sum())
     return {
-        "teacher_entropy": float(ent / math.log(k)),
-        "teacher_kl_uniform": float(kl / math.log(k)),
+        "teacher_entropy": float(sums[k]) / max(n, 1.0) / math.log(k),
+        "teacher_kl_uniform": kl / math.log(k),
     }

@@ -333,6 +333,11 @@ class PretrainConfig:
             )
 
     @property
+    def utterances_drawn(self) -> int:
+        """Utterances drawn per dialogue: M, or DINO's global views (each its own)."""
+        return self.dino.global_crops if self.loss.name == "dino" else self.data.utts_per_dialogue
+
+    @property
     def rejection_active(self) -> bool:
         return self.loss.rejection.enabled and self.data.mode == "dialogue"
 

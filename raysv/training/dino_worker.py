@@ -13,8 +13,9 @@ In dialogue mode the global views come from different utterances of one
 dialogue and, as for the contrastive losses, the rejection module weights each
 dialogue by the compactness of its global views' student embeddings (soft
 rejection of dialogues that mix speakers). The dev trials score the *teacher*'s
-encoder (DINO's practice: the teacher is the better model); the best one is
-saved. Batch norm is per worker (no SyncBatchNorm): its statistics are a
+encoder (DINO's practice: the teacher is the better model), with the teacher's
+own batch-norm statistics; the best one is saved. The student's head runs once
+on global and local crops together, in float32. Batch norm is per worker (no SyncBatchNorm): its statistics are a
 worker's batch, as in the contrastive objective; the equivalence of 2 x B and
 1 x 2B holds for encoders and heads without batch norm (tested).
 """
@@ -28,12 +29,13 @@ import time
 import numpy as np
 import torch
 
-from raysv.errors import DivergedError, RaysvError
+from raysv.errors import DivergedError
 from raysv.losses.dino import (
     DinoHead,
     DinoLoss,
     Student,
-    collapse_stats,
+    collapse_figures,
+    collapse_sums,
     ema_update,
     teacher_momentum,
     teacher_temperature,
@@ -48,11 +50,6 @@ from raysv.training.distributed import (
     world,
 )
 from raysv.training.worker import Objective, State, unwrap
-
-
-class CollapseError(RaysvError):
-    """DINO's teacher outputs collapsed (uniform, or all on one prototype)."""
-
 
 # collapse: mean per-sample entropy / log K above this (every output uniform) ...
 UNIFORM_ENTROPY = 0.999
@@ -129,7 +126,7 @@ class DinoObjective(Objective):
             with np.load(run["speakers"]) as z:
                 speakers = (z["flat"], z["offsets"])
         self.analysis = Analysis(truth, speakers, draws=bool(run.get("speakers")))
-        self.watch: list[dict] = []
+        self.watch: torch.Tensor | None = None  # collapse_sums over the epoch
 
     def encoder(self):
         return self.teacher.encoder
@@ -151,7 +148,7 @@ class DinoObjective(Objective):
         freeze = st.epoch < d.freeze_last_layer_epochs
         losses, n, wait, busy, skipped = [], 0, 0.0, 0.0, 0
         self.analysis.reset()
-        self.watch = []
+        self.watch = None
         t_mark = time.perf_counter()
         for batch in tally.guard(stream.epoch()):
             t_got = time.perf_counter()
@@ -160,17 +157,20 @@ class DinoObjective(Objective):
             b, g, n_loc = glob.shape[0], glob.shape[1], loc.shape[1]
             tally.step()
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-                emb_g, s_g = student(glob.reshape(b * g, *glob.shape[2:]))
-                views = [s_g.float().reshape(b, g, -1)]
+                crops = [glob.reshape(b * g, *glob.shape[2:])]
                 if n_loc:
-                    _, s_l = student(loc.reshape(b * n_loc, *loc.shape[2:]))
-                    views.append(s_l.float().reshape(b, n_loc, -1))
+                    crops.append(loc.reshape(b * n_loc, *loc.shape[2:]))
+                emb_all, s_all = student(crops)  # one DDP forward: every view
                 with torch.no_grad():
-                    _, t_g = teacher(glob.reshape(b * g, *glob.shape[2:]))
+                    _, t_g = teacher(crops[:1])  # the teacher sees the global views
+            # (B*G + B*L, K) -> (B, G + L, K): global views first, in the teacher's order
+            views = [s_all[: b * g].reshape(b, g, -1)]
+            if n_loc:
+                views.append(s_all[b * g :].reshape(b, n_loc, -1))
             t_g = t_g.float().reshape(b, g, -1)
             per = gather_with_grad(self.loss_fn(torch.cat(views, dim=1), t_g, temp))  # (W*B,)
-            emb = gather_with_grad(emb_g.float().reshape(b, g, -1))
             if self.rejection is not None:
+                emb = gather_with_grad(emb_all[: b * g].float().reshape(b, g, -1))
                 loss, w, c = self.rejection(per[:, None], emb)
                 ids, picks = gather_no_grad(idx), gather_no_grad(batch["pick"])
                 if world()[0] == 0:
@@ -196,18 +196,18 @@ class DinoObjective(Objective):
                     p.grad = None
             self.opt.step()
             self.sched.step()
-            st.step += 1
             k = t_g.shape[-1]
-            total = (
-                all_reduce_sum(t_g.detach().reshape(-1, k).sum(0, keepdim=True)),
-                all_reduce_sum(torch.tensor(float(b * g), device=t_g.device)),
-            )
-            self.watch.append(
-                collapse_stats(t_g.detach().reshape(-1, k), self.loss_fn.center, temp)
+            flat = t_g.detach().reshape(-1, k)
+            sums = collapse_sums(flat, self.loss_fn.center, temp)  # before the centre moves
+            self.watch = sums if self.watch is None else self.watch + sums
+            total = (  # the global batch's teacher outputs: every rank gets the same centre
+                all_reduce_sum(flat.sum(0, keepdim=True)),
+                float(b * g * world()[1]),
             )
             self.loss_fn.update_center(t_g, total)
             momentum = teacher_momentum(st.step, self.total_steps, d.teacher_momentum)
             ema_update(teacher, unwrap(student), momentum)
+            st.step += 1
             losses.append(float(loss.detach()))
             n += b * world()[1]
             t_mark = time.perf_counter()
@@ -232,13 +232,11 @@ class DinoObjective(Objective):
 
     def end_epoch(self, st: State) -> dict:
         out = self.analysis.summary()
-        if self.watch:
-            stats = torch.tensor(
-                [[w["teacher_entropy"], w["teacher_kl_uniform"]] for w in self.watch]
-            ).mean(0)
-            stats = all_reduce_sum(stats) / world()[1]  # the same figures on every rank
-            out["teacher_entropy"], out["teacher_kl_uniform"] = map(float, stats)
-            check_collapse(self.cfg, st.epoch, out["teacher_entropy"], out["teacher_kl_uniform"])
+        if self.watch is not None:  # every rank stepped (equal step counts): all reduce
+            out.update(collapse_figures(all_reduce_sum(self.watch.clone())))
+            st.stopped = collapse(
+                self.cfg, st.epoch, out["teacher_entropy"], out["teacher_kl_uniform"]
+            )
         return out
 
     def checkpoint(self) -> dict:
@@ -262,24 +260,28 @@ class DinoObjective(Objective):
         self.analysis.save(os.path.join(run["out"], "rejection_weights.npz"))
 
 
-def check_collapse(cfg: PretrainConfig, epoch: int, entropy: float, kl: float) -> None:
-    """Raise :class:`CollapseError` (one line) when ``dino.stop_on_collapse`` and, after the
-    teacher-temperature warm-up (and the first epoch), the teacher's outputs are uniform
-    or sit on one prototype. Thresholds: :data:`UNIFORM_ENTROPY`, :data:`ONE_PROTOTYPE_KL`."""
+def collapse(cfg: PretrainConfig, epoch: int, entropy: float, kl: float) -> str | None:
+    """The one-line reason to stop when ``dino.stop_on_collapse`` and, after the
+    teacher-temperature warm-up (and the first epoch), the teacher's outputs over the
+    epoch are uniform or sit on one prototype (thresholds :data:`UNIFORM_ENTROPY`,
+    :data:`ONE_PROTOTYPE_KL`); else None. The skeleton records and checkpoints the
+    epoch, then stops the run; the driver saves the best encoder and raises
+    :class:`~raysv.training.worker.TrainingStopped` with it (no retries)."""
     d = cfg.dino
     warm = max(1, int(round(d.warmup_teacher_share * cfg.train.epochs)))
     if not d.stop_on_collapse or epoch < warm:
-        return
+        return None
     what = None
     if entropy > UNIFORM_ENTROPY:
         what = f"every teacher output is uniform (entropy {entropy:.4f} of log K)"
     elif kl > ONE_PROTOTYPE_KL:
         what = f"the teacher outputs sit on one prototype (KL to uniform {kl:.3f} of log K)"
-    if what:
-        raise CollapseError(
-            f"DINO collapsed in epoch {epoch}: {what}; lower optim.lr or dino.teacher_temp, "
-            "or raise dino.teacher_momentum (dino.stop_on_collapse: false to go on)"
-        )
+    if what is None:
+        return None
+    return (
+        f"DINO collapsed in epoch {epoch}: {what}; lower optim.lr or dino.teacher_temp, "
+        "or raise dino.teacher_momentum (dino.stop_on_collapse: false to go on)"
+    )
 
 
 def final_encoder_state(blob: dict) -> dict:

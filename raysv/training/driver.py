@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from raysv.config import to_dict
+from raysv.data.outputs import write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
 from raysv.errors import ConfigError
@@ -296,6 +297,11 @@ def train_stage(
         )
         result = fit(trainer, out, label, cfg.train.epochs)
         summary = finish(result)
+        if summary.get("stopped"):  # an objective's early stop: what it has is saved
+            from raysv.training.worker import TrainingStopped
+
+            write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)
+            raise TrainingStopped(f"{label}: {summary['stopped']}")
         summary.update(unreadable_summary(ledger))
         tracking.log_metrics(
             {f"final.{k}": v for k, v in summary["final"].items()}

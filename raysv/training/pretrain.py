@@ -103,7 +103,7 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
         table = tdata.dialogue_table(
             train_utts,
             fs.read_table(man["dialogues"]),
-            cfg.data.utts_per_dialogue,
+            cfg.utterances_drawn,
             cfg.data.short_dialogues,
         )
         unit = "dialogues"
@@ -331,4 +331,5 @@ def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:
         "history": st["history"],
         "final": final,
         "best_model": os.path.join(out, "best_model.pt"),
+        **({"stopped": st["stopped"]} if st.get("stopped") else {}),
     }

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from raysv.config import from_dict
+from raysv.errors import RaysvError
 from raysv.models.checkpoint import load_training_state, plain_values
 from raysv.training import unreadable
 from raysv.training.distributed import world
@@ -48,6 +49,12 @@ class State:
     unreadable_token: str | None = None  # the invocation that counted them
     init_dev_eer: float | None = None  # the starting encoder's, when it is scored
     best_epoch: int = -1  # -1: no trained epoch beat the starting encoder (or none ran)
+    stopped: str | None = None  # why the objective stopped the run early (one line)
+
+
+class TrainingStopped(RaysvError):
+    """The objective stopped the run (e.g. DINO's collapse); the driver raises it after
+    saving what the run has (best encoder, summary figures), without Ray's retries."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -86,7 +93,8 @@ class Objective:
 
     def end_epoch(self, st: State) -> dict:
         """Metrics gathered over the epoch (analysis); called on every rank before
-        ``st.epoch`` advances."""
+        ``st.epoch`` advances. Setting ``st.stopped`` (the same on every rank) ends the run
+        after this epoch is recorded and checkpointed."""
         return {}
 
     def checkpoint(self) -> dict:
@@ -128,7 +136,7 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
         st.init_dev_eer = st.best_eer = dev_metrics(obj.encoder(), dev, device)["dev_eer"]
         st.best_model = encoder_state(obj.encoder())
     tally = worker_tally(cfg, run, rank, st)
-    while st.epoch < cfg.train.epochs:
+    while st.epoch < cfg.train.epochs and not st.stopped:
         maybe_fail(cfg, st.epoch, run)
         stats = obj.train_epoch(stream, st, tally)
         metrics = {"epoch": st.epoch, "step": st.step, **stats, **obj.end_epoch(st)}
@@ -152,7 +160,7 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
             if rank == 0:  # after report: a kill before the checkpoint lands re-runs the epoch,
                 log_epoch(run, metrics)  # and log_epoch logs each epoch once
-        if st.epoch < cfg.train.epochs:  # after the last epoch the summary reports it
+        if st.epoch < cfg.train.epochs and not st.stopped:  # else the summary reports it
             tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept
 
 

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from raysv.losses.dino import (
     DinoHead,
     DinoLoss,
-    collapse_stats,
+    Student,
+    collapse_figures,
+    collapse_sums,
     ema_update,
     teacher_momentum,
     teacher_temperature,
@@ -82,8 +84,9 @@ def test_center_is_an_ema_of_the_global_batch_mean():
 
 
 def test_teacher_temperature_and_momentum_schedules():
-    temps = [teacher_temperature(e, 10, 0.04, 0.07, 0.2) for e in range(10)]
-    assert temps[0] == 0.04 and temps[1] == pytest.approx(0.055) and temps[2:] == [0.07] * 8
+    temps = [teacher_temperature(e, 20, 0.04, 0.07, 0.2) for e in range(20)]  # linspace over 4
+    assert temps[:4] == pytest.approx([0.04, 0.05, 0.06, 0.07]) and temps[4:] == [0.07] * 16
+    assert teacher_temperature(0, 5, 0.04, 0.07, 0.2) == 0.04  # one warm-up epoch
     assert teacher_temperature(0, 10, 0.04, 0.07, 0.0) == 0.07
     assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
     assert teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)
@@ -92,7 +95,7 @@ def test_teacher_temperature_and_momentum_schedules():
     assert all(a <= b for a, b in zip(m, m[1:], strict=False))
 
 
-def test_ema_moves_the_teacher_towards_the_student_and_copies_buffers():
+def test_ema_moves_the_teacher_towards_the_student_and_keeps_its_own_buffers():
     torch.manual_seed(2)
     student = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     teacher = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
@@ -100,25 +103,56 @@ def test_ema_moves_the_teacher_towards_the_student_and_copies_buffers():
     before = teacher[0].weight.detach().clone()
     ema_update(teacher, student, 0.9)
     assert torch.allclose(teacher[0].weight, 0.9 * before + 0.1 * student[0].weight)
-    assert torch.equal(teacher[1].running_mean, student[1].running_mean)
+    assert torch.equal(teacher[1].running_mean, torch.zeros(3))  # the teacher's own statistics
     ema_update(teacher, student, 1.0)  # momentum 1: the teacher's weights stay
     assert torch.allclose(teacher[0].weight, 0.9 * before + 0.1 * student[0].weight)
 
 
-def test_collapse_stats_tell_uniform_and_one_prototype_outputs_apart():
+def _figures(outputs, temp=0.04):
+    return collapse_figures(collapse_sums(outputs, torch.zeros(1, outputs.shape[1]), temp))
+
+
+def test_collapse_figures_tell_uniform_and_one_prototype_outputs_apart():
     k = 64
-    zero = torch.zeros(1, k)
-    uniform = collapse_stats(torch.zeros(32, k), zero, 0.04)
+    uniform = _figures(torch.zeros(32, k))
     assert uniform["teacher_entropy"] == pytest.approx(1.0) and uniform["teacher_kl_uniform"] < 1e-6
     one = torch.zeros(32, k)
     one[:, 3] = 10.0
-    spike = collapse_stats(one, zero, 0.04)
-    assert spike["teacher_entropy"] < 1e-3 and spike["teacher_kl_uniform"] == pytest.approx(
-        1.0, abs=1e-3
-    )
+    spike = _figures(one)
+    assert spike["teacher_entropy"] < 1e-3
+    assert spike["teacher_kl_uniform"] == pytest.approx(1.0, abs=1e-3)
     rng = np.random.default_rng(0)
     spread = torch.zeros(32, k)
     spread[torch.arange(32), torch.from_numpy(rng.integers(0, k, 32))] = 10.0
-    healthy = collapse_stats(spread, zero, 0.04)
+    healthy = _figures(spread)
     assert healthy["teacher_entropy"] < 0.01 and healthy["teacher_kl_uniform"] < 0.5
     assert math.isfinite(healthy["teacher_kl_uniform"])
+    # sums over steps: the KL of an epoch's mean, not the mean of per-batch KLs (which a
+    # confident, healthy teacher would push towards 1 with 1-item batches)
+    steps = [collapse_sums(spread[i : i + 1], torch.zeros(1, k), 0.04) for i in range(32)]
+    assert collapse_figures(sum(steps))["teacher_kl_uniform"] == pytest.approx(
+        healthy["teacher_kl_uniform"], rel=1e-5
+    )
+    assert _figures(spread[:1])["teacher_kl_uniform"] > 0.99
+
+
+def test_student_runs_the_encoder_per_crop_length_and_the_head_once_in_float32():
+    torch.manual_seed(3)
+    calls = []
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 6)
+
+        def forward(self, x):  # (N, T, 4) -> (N, 6)
+            calls.append(tuple(x.shape))
+            return self.lin(x.mean(1))
+
+    head = DinoHead(6, 10, hidden=8, bottleneck=4, layers=2)
+    student = Student(Enc(), head)
+    head_inputs = []
+    head.register_forward_hook(lambda m, a, o: head_inputs.append(a[0].shape))
+    emb, logits = student([torch.randn(3, 20, 4), torch.randn(5, 10, 4)])
+    assert calls == [(3, 20, 4), (5, 10, 4)] and head_inputs == [(8, 6)]
+    assert emb.shape == (8, 6) and logits.shape == (8, 10) and logits.dtype == torch.float32

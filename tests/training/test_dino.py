@@ -44,18 +44,16 @@ def test_dino_config_checks_and_views():
             load_config(PretrainConfig, SMOKE, [*SMALL_DINO, bad])
 
 
-def test_collapse_is_a_one_line_error_after_the_warm_up():
-    from raysv.training.dino_worker import CollapseError, check_collapse
+def test_collapse_is_a_one_line_reason_after_the_warm_up():
+    from raysv.training.dino_worker import collapse
 
     cfg = load_config(PretrainConfig, SMOKE, [*SMALL_DINO, "train.epochs=10"])  # warm-up: 2
-    check_collapse(cfg, 1, 1.0, 0.0)  # uniform, but still warming up: no error
-    check_collapse(cfg, 5, 0.6, 0.3)  # healthy
-    with pytest.raises(CollapseError, match="DINO collapsed in epoch 2: every teacher output"):
-        check_collapse(cfg, 2, 0.9999, 0.0)
-    with pytest.raises(CollapseError, match="sit on one prototype"):
-        check_collapse(cfg, 3, 0.01, 0.99)
+    assert collapse(cfg, 1, 1.0, 0.0) is None  # uniform, but still warming up
+    assert collapse(cfg, 5, 0.6, 0.3) is None  # healthy
+    assert collapse(cfg, 2, 0.9999, 0.0).startswith("DINO collapsed in epoch 2: every teacher")
+    assert "sit on one prototype" in collapse(cfg, 3, 0.01, 0.99)
     off = load_config(PretrainConfig, SMOKE, [*SMALL_DINO, "dino.stop_on_collapse=false"])
-    check_collapse(off, 5, 1.0, 0.0)
+    assert collapse(off, 5, 1.0, 0.0) is None
 
 
 def test_dino_on_dialogues_with_rejection_trains_end_to_end(
@@ -112,6 +110,9 @@ def _loop(config):
 
     stats = obj.train_epoch(Stream(), State(), unreadable.Tally())
     teacher = torch.cat([p.detach().flatten() for p in obj.teacher.parameters()])
+    grads = torch.cat(  # the step's gradient (DDP-averaged), before any optimiser maths
+        [p.grad.flatten() for p in obj.model.parameters() if p.grad is not None]
+    )
     with open(f"{config['out']}.{rank}", "w") as f:
         json.dump(
             {
@@ -119,6 +120,8 @@ def _loop(config):
                 "center": obj.loss_fn.center.flatten().tolist(),
                 "teacher": teacher[:200].tolist(),
                 "teacher_sum": float(teacher.double().sum()),
+                "grad": grads[:300].tolist(),
+                "grad_norm": float(grads.double().norm()),
                 "batch": int(batch["global"].shape[0]),
             },
             f,
@@ -148,8 +151,8 @@ def _fit(n_workers, cfg, out):
 # full suite); .ci/run runs it in its slow step.
 @pytest.mark.slow
 def test_dino_two_workers_equal_one_with_double_batch(ray_local, tmp_path):
-    """Centre (all-reduced teacher outputs), loss (gathered per-item losses) and the teacher's
-    EMA after one step: the same with 2 workers x 4 as with 1 worker x 8. An LSTM encoder and
+    """Gradient, centre (all-reduced teacher outputs), loss (gathered per-item losses) and
+    the teacher's EMA after one step: the same with 2 workers x 4 as with 1 worker x 8. An LSTM encoder and
     a head without batch norm (batch statistics are per worker; no SyncBatchNorm)."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cfg = load_config(
@@ -161,6 +164,7 @@ def test_dino_two_workers_equal_one_with_double_batch(ray_local, tmp_path):
             "dino.head_bn=false",
             "dino.head_layers=2",
             "dino.freeze_last_layer_epochs=0",
+            "dino.clip_grad=0",  # clipping would hide a gradient of the wrong scale
             "dino.local_crops=3",
             "model={name: lstm, kwargs: {hidden: 16, layers: 1, embed_dim: 8}}",
             "optim.lr=0.01",
@@ -175,4 +179,33 @@ def test_dino_two_workers_equal_one_with_double_batch(ray_local, tmp_path):
         assert t["center"] == pytest.approx(one["center"], rel=1e-4, abs=1e-7)
         assert t["teacher"] == pytest.approx(one["teacher"], rel=1e-4, abs=1e-6)
         assert t["teacher_sum"] == pytest.approx(one["teacher_sum"], rel=1e-6)
+        # the gradient of the global-batch mean (Adam's first step would hide a scale error)
+        assert t["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+        assert t["grad"] == pytest.approx(one["grad"], rel=1e-3, abs=1e-8)
     assert two[0]["teacher"] == two[1]["teacher"]  # every rank holds the same teacher
+
+
+@pytest.mark.slow
+def test_a_collapsing_dino_run_stops_with_one_line_and_keeps_its_encoder(
+    tiny_corpus, tmp_path, capsys, ray_local
+):
+    """A teacher temperature of 100 makes every teacher output uniform: after the warm-up
+    epoch the run stops (no retries), saves its best encoder and says why in one line."""
+    out = str(tmp_path / "collapse")
+    argv = ["pretrain", "--config", SMOKE, "--data", tiny_corpus, "--out", out]
+    for s in [
+        *SMALL_DINO,
+        "dino.teacher_temp=100",
+        "dino.warmup_teacher_temp=100",
+        "train.epochs=4",
+    ]:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if "error:" in x]
+    assert len(line) == 1 and "Stage I: DINO collapsed in epoch 1: every teacher output" in line[0]
+    assert "Traceback" not in err
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["epochs"] == 2 and summary["stopped"].startswith("DINO collapsed")
+    assert os.path.isfile(summary["best_model"])
