@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,7 +68,7 @@ def encoder_state(encoder: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
 
 
-class Objective:
+class Objective(ABC):
     """What a training objective fills in; one instance per worker.
 
     ``__init__(cfg, run, device, prepare)`` builds the modules, wraps the trained
@@ -86,10 +87,10 @@ class Objective:
         """The state of a run that starts (a resumed one restores its checkpoint's)."""
         return self.state_cls()
 
+    @abstractmethod
     def train_epoch(self, stream, st: State, tally: unreadable.Tally) -> dict:
         """One pass over this worker's batches (``stream.epoch()``); advances ``st.step``
         and returns the epoch's statistics."""
-        raise NotImplementedError
 
     def end_epoch(self, st: State) -> dict:
         """Metrics gathered over the epoch (analysis); called on every rank before
@@ -102,10 +103,14 @@ class Objective:
         return {}
 
     def restore(self, blob: dict) -> None:
-        """Load what :meth:`checkpoint` saved (the model is loaded already)."""
+        """Load what :meth:`checkpoint` saved (the model is loaded already); nothing by
+        default."""
+        return None
 
     def after_epoch(self, run: dict) -> None:
-        """Rank 0, after the epoch's metrics are recorded (e.g. analysis files)."""
+        """Rank 0, after the epoch's metrics are recorded (e.g. analysis files); nothing
+        by default."""
+        return None
 
 
 def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective]) -> None:
