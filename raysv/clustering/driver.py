@@ -1,7 +1,8 @@
 """``raysv cluster``: sharded k-means over embedding shards, purification, pseudo-label table.
 
-The Ray actors (starting, assigning, stopping shards) live in ``sharded``; this
-module reads and writes files and composes them."""
+The Ray actors (starting, stopping shards) live in ``ray_shards``, the k-means
+and purification over any shards in ``sharded``; this module reads and writes
+files and composes them."""
 
 from __future__ import annotations
 
@@ -14,16 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from raysv.clustering import kmeans
-from raysv.clustering.sharded import (
-    KMeansSpec,
-    elbow_table,
-    final_assign,
-    purify_shards,
-    resolve_device,
-    sharded_kmeans,
-    start_shards,
-    stop_shards,
-)
+from raysv.clustering.ray_shards import resolve_device, start_shards
+from raysv.clustering.sharded import KMeansSpec, elbow_table, purify_shards, sharded_kmeans
 from raysv.data import fs, outputs
 from raysv.data.outputs import write_json_atomic
 from raysv.errors import ConfigError, ManifestError
@@ -231,16 +224,14 @@ def _cluster_into(
     if k == "auto":
         auto = choose_k_from(embeddings, tmp, spec.seed, merge_threshold, final=out)
         k = auto["k"]
-    actors = start_shards(files, shards, normalise=spec.spherical, device=device)
-    try:
-        res = sharded_kmeans(actors, k, spec)
-        assigned = final_assign(actors, res.centroids)
+    with start_shards(files, shards, normalise=spec.spherical, device=device) as held:
+        res = sharded_kmeans(held, k, spec)
+        assigned = held.final_assign(res.centroids)
         sizes = np.sum([c for c, _ in assigned], axis=0)
         rule = purification_rule(int(sizes.sum()), k, round_, drop_fraction, min_cluster_size)
         drop_fraction, min_cluster_size = rule["p"], rule["S"]
-        pur = purify_shards(actors, sizes, drop_fraction, min_cluster_size, round_, tmp)
-    finally:
-        stop_shards(actors)
+        pur = purify_shards(held, sizes, drop_fraction, min_cluster_size, round_, tmp)
+        n_shards = len(held)
     summary = {
         "out": out,
         "embeddings": pur["rows"],
@@ -248,7 +239,7 @@ def _cluster_into(
         "warnings": [w for w in [kmeans.check_k(k, pur["rows"])] if w],
         "init": spec.init,
         "device": resolve_device(device),
-        "shards": len(actors),
+        "shards": n_shards,
         "iterations": res.iterations,
         "max_iterations": spec.iterations,
         "objective": res.objective,
@@ -380,13 +371,10 @@ def elbow(
     t0 = time.monotonic()
     outputs.ensure_folder(out, "raysv cluster")
     spec = spec or KMeansSpec(init="kmeans++")
-    actors = start_shards(
+    with start_shards(
         embedding_files(embeddings), shards, normalise=spec.spherical, device=device
-    )
-    try:
-        rows = elbow_table(actors, ks, spec)
-    finally:
-        stop_shards(actors)
+    ) as held:
+        rows = elbow_table(held, ks, spec)
     suggested = kmeans.suggest_k([r["k"] for r in rows], [r["objective"] for r in rows])
     files = {
         "csv": os.path.join(out, "_elbow.csv"),

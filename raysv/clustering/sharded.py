@@ -1,10 +1,14 @@
-"""Sharded k-means on Ray: actors hold embedding shards; only O(k*d) reaches the driver.
+"""Sharded k-means: Lloyd iterations, purification and the elbow over :class:`Shards`.
 
-# [1] each actor reads its own Parquet files of embeddings (never the driver);
-# [2] per iteration the driver broadcasts centroids (k x d) and sums the actors'
+# [1] each shard reads its own Parquet files of embeddings (never the driver);
+# [2] per iteration the driver sends the centroids (k x d) and sums the shards'
 #     per-centroid sums, counts and objective shares;
-# [3] a final pass assigns cluster ids and distances, kept in the actors until
+# [3] a final pass assigns cluster ids and distances, kept in the shards until
 #     purification decides what to write.
+
+The shards are a :class:`~raysv.clustering.shards.Shards`: Ray actors
+(:mod:`raysv.clustering.ray_shards`, what the commands use) or in-process
+(:class:`~raysv.clustering.shards.LocalShards`, what unit tests use). No Ray here.
 """
 
 from __future__ import annotations
@@ -17,189 +21,10 @@ from typing import Literal
 import numpy as np
 
 from raysv.clustering import kmeans
-from raysv.errors import ConfigError, ManifestError
+from raysv.clustering.shards import Shards
+from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
-
-
-class EmbeddingShard:
-    """Ray actor body: one shard of the embeddings table (utt_ids and an (n, d) matrix)."""
-
-    def __init__(self, files: list[str], normalise: bool, threads: int = 0, gpu: bool = False):
-        import faiss
-        import pyarrow as pa
-
-        if threads > 0:  # shards on one node share its cores
-            faiss.omp_set_num_threads(threads)
-            # Arrow sizes its decoding pool from OMP_NUM_THREADS, which Ray sets to 1
-            # in a fractional-CPU actor: the read below would then decode on one core.
-            pa.set_cpu_count(threads)
-        self.files, self.normalise = files, normalise
-        self.x = None  # read by the first count(): an error there reaches the driver as
-        # the raysv error itself, where one in __init__ would only kill the actor
-        self.labels = np.zeros(0, dtype=np.int64)
-        self.dist = np.zeros(0, dtype=np.float32)
-        # On a GPU actor the rows live on the GPU (faiss-gpu index, or torch where faiss is
-        # the CPU build); only centroids go there and per-centroid sums come back.
-        self.backend = kmeans.gpu_backend() if gpu else None
-        if gpu and self.backend is None:
-            raise ConfigError(
-                "k-means shard was given a GPU but neither faiss nor torch can use it "
-                "(faiss.get_num_gpus() == 0 and torch.cuda.is_available() is False)"
-            )
-        self._on_device = None
-
-    def _load(self) -> None:
-        """[1] One read of all this shard's files (pyarrow reads them in parallel)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from raysv.evaluation.scoring import embedding_matrix, l2_normalise
-
-        files = self.files
-        problem = _bad_file(files)  # footers only: names the file before any decoding
-        if problem:
-            raise ManifestError(problem)
-        try:
-            table = pq.read_table(
-                files if len(files) > 1 else files[0], columns=["utt_id", "embedding"]
-            )
-        except (pa.ArrowException, OSError) as exc:
-            raise ManifestError(f"{', '.join(files)}: could not read embeddings ({exc})") from None
-        self.ids, self.x = embedding_matrix(table, ",".join(files), ids_as_list=False)
-        if self.normalise:
-            self.x = l2_normalise(self.x)
-        self.train = self.x  # rows the Lloyd iterations use (a subsample, like faiss, or all)
-
-    def _device(self):
-        """The :class:`~raysv.clustering.kmeans.DeviceAssigner` over the training rows (GPU shards)."""
-        if self._on_device is None:
-            self._on_device = kmeans.DeviceAssigner(self.train, "cuda", self.backend)
-        return self._on_device
-
-    def subsample(self, n: int, seed: int) -> int:
-        """Train on ``n`` random rows of this shard (all rows if ``n`` >= its size)."""
-        if n >= self.x.shape[0]:
-            self.train = self.x
-        else:
-            rng = np.random.default_rng(seed)
-            self.train = self.x[np.sort(rng.choice(self.x.shape[0], size=n, replace=False))]
-        self._on_device = None
-        return int(self.train.shape[0])
-
-    def count(self) -> int:
-        """Rows of this shard (the first call reads its files)."""
-        if self.x is None:
-            self._load()
-        return int(self.x.shape[0])
-
-    def dim(self) -> int:
-        return int(self.x.shape[1])
-
-    def sample(self, n: int, seed: int) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        take = rng.choice(self.train.shape[0], size=min(n, self.train.shape[0]), replace=False)
-        return self.train[np.sort(take)]
-
-    def stats(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple]:
-        """[2] ``(sums (k, d), counts (k,), objective share, (assign s, sums s, CPU s))``.
-
-        One faiss search per iteration; the objective share comes from its distances.
-        """
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        if self.backend:
-            sums, counts, obj = self._device().stats(centroids)
-            t1 = time.perf_counter()
-            return sums, counts, obj, (t1 - t0, 0.0, time.process_time() - cpu0)
-        lab, dist = kmeans.assign(self.train, centroids)
-        t1 = time.perf_counter()
-        sums, counts = kmeans.partial_stats(self.train, lab, centroids.shape[0])
-        obj = float(dist.astype(np.float64).sum())
-        return sums, counts, obj, (t1 - t0, time.perf_counter() - t1, time.process_time() - cpu0)
-
-    def objective(self, centroids: np.ndarray) -> float:
-        """Sum of squared L2 distances of all this shard's rows to their nearest centroid."""
-        return float(self._assign_all(centroids)[1].astype(np.float64).sum())
-
-    def _assign_all(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest centroid of every row of the shard (not only the training sample)."""
-        if self.backend:
-            return kmeans.DeviceAssigner(self.x, "cuda", self.backend).final(centroids)
-        return kmeans.assign(self.x, centroids)
-
-    def final_assign(self, centroids: np.ndarray) -> tuple[np.ndarray, float]:
-        """[3] Assign every row and keep labels and distances here.
-
-        Returns ``(members per centroid (k,) int64, sum of squared distances)``;
-        purification then runs on the kept distances (:meth:`key_histogram` ...).
-        """
-        self.labels, self.dist = self._assign_all(centroids)
-        self._on_device = None  # frees the GPU copy of the training rows
-        self.keys = kmeans.distance_keys(self.dist)
-        counts = np.bincount(self.labels, minlength=centroids.shape[0]).astype(np.int64)
-        return counts, float(self.dist.astype(np.float64).sum())
-
-    def key_histogram(self, high: int | None = None) -> np.ndarray:
-        """``(65536,) int64``: see :func:`raysv.clustering.kmeans.key_histogram`."""
-        return kmeans.key_histogram(self.keys, high)
-
-    def ties(self, cut: int) -> int:
-        """Rows whose distance key equals ``cut``."""
-        return int(np.count_nonzero(self.keys == cut))
-
-    def drop_far(self, cut: int | None, quota: int, k: int) -> np.ndarray:
-        """Mark rows above the cut (and ``quota`` rows at it) dropped; ``cut`` None
-        drops nothing. Returns the kept members per centroid ``(k,) int64``."""
-        if cut is None:
-            self.kept = np.ones(self.labels.shape[0], dtype=bool)
-        else:
-            self.kept = ~kmeans.drop_mask(self.keys, cut, quota)
-        return np.bincount(self.labels[self.kept], minlength=k).astype(np.int64)
-
-    def labels_table(
-        self, sizes: np.ndarray, remap: np.ndarray, min_size: int, round_: int, path: str
-    ) -> tuple[int, int, int]:
-        """Drop rows of clusters with fewer than ``min_size`` kept members (``sizes``
-        from all shards), renumber with ``remap`` and write the pseudo-label table.
-
-        Returns ``(rows, kept rows, largest kept cluster id or -1)``.
-        """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from raysv.data.schema import PSEUDO_LABELS
-
-        kept = self.kept & (sizes[self.labels] >= min_size)
-        new_ids = remap[self.labels]
-        table = pa.table(
-            {
-                "utt_id": self.ids,
-                "cluster": new_ids,
-                "distance": self.dist,
-                "kept": kept,
-                "round": np.full(len(self.ids), round_, np.int32),
-            },
-            schema=PSEUDO_LABELS,
-        )
-        pq.write_table(table, path)
-        top = int(new_ids[kept].max()) if kept.any() else -1
-        return table.num_rows, int(kept.sum()), top
-
-
-def _bad_file(files: list[str]) -> str | None:
-    """What is wrong with the first of ``files`` that is not Parquet with ``utt_id``
-    and ``embedding`` columns (None if all are); reads only their footers."""
-    import pyarrow.parquet as pq
-
-    for f in files:
-        try:
-            names = pq.read_schema(f).names
-        except Exception as e:  # noqa: BLE001 - any failure to read the footer
-            return f"{f}: not a readable Parquet file of embeddings ({e})"
-        missing = [c for c in ("utt_id", "embedding") if c not in names]
-        if missing:
-            return f"{f}: no column {', '.join(missing)} (has {', '.join(names)})"
-    return None
 
 
 @dataclass
@@ -275,27 +100,18 @@ class KMeansSpec:
 
 
 def _gather_sample(
-    actors: list, sizes: list[int], m: int, rng: np.random.Generator, seed: int
+    shards: Shards, sizes: list[int], m: int, rng: np.random.Generator, seed: int
 ) -> np.ndarray:
     """``(m, d)`` training points sampled across shards in proportion to their sizes."""
-    import ray
-
     n = int(sum(sizes))
     per = np.bincount(
-        rng.choice(len(actors), size=m, p=np.asarray(sizes) / n), minlength=len(actors)
+        rng.choice(len(shards), size=m, p=np.asarray(sizes) / n), minlength=len(shards)
     )
-    parts = ray.get(
-        [
-            a.sample.remote(int(c), seed + i)
-            for i, (a, c) in enumerate(zip(actors, per, strict=True))
-            if c > 0
-        ]
-    )
-    return np.concatenate(parts).astype(np.float32)
+    return shards.sample(list(per), seed)
 
 
 def init_centroids(
-    actors: list,
+    shards: Shards,
     sizes: list[int],
     k: int,
     seed: int,
@@ -312,25 +128,25 @@ def init_centroids(
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}; got {init!r}")
     if init == "random":
-        return _gather_sample(actors, sizes, k, rng, seed)
+        return _gather_sample(shards, sizes, k, rng, seed)
     if init_points_per_centroid < 1:
         raise ConfigError(f"init_points_per_centroid must be >= 1, got {init_points_per_centroid}")
     m = min(int(sum(sizes)), k * init_points_per_centroid)
-    sample = _gather_sample(actors, sizes, m, rng, seed)
+    sample = _gather_sample(shards, sizes, m, rng, seed)
     log.info("k-means++ init from a sample of %d points", m)
     return kmeans.kmeans_plus_plus(sample, k, rng)
 
 
 def sharded_kmeans(
-    actors: list, k: int, spec: KMeansSpec, initial: np.ndarray | None = None
+    shards: Shards, k: int, spec: KMeansSpec, initial: np.ndarray | None = None
 ) -> KMeansResult:
-    """Lloyd iterations over actor-held shards; seeded init from a sample (see :func:`init_centroids`).
+    """Lloyd iterations over the shards; seeded init from a sample (see :func:`init_centroids`).
 
     Per iteration the driver receives k x d sums and k counts per actor. The
     objective is the sum of squared L2 distances to the nearest centroid
     (faiss's definition) over the training points, from that iteration's
     assignment. As faiss does, at most ``max_points_per_centroid * k`` points
-    (a seeded sample) are iterated on. The actors can be reused for another
+    (a seeded sample) are iterated on. The shards can be reused for another
     call (another k): each call picks its own training sample.
 
     ``spec.early_stop`` (faiss's ``early_stop_threshold``, same default): stop
@@ -341,11 +157,9 @@ def sharded_kmeans(
     ``initial (k, d)``: start from these centroids instead of ``spec.init``'s
     (faiss's ``Clustering.centroids`` given before ``train``; the parity tests use it).
     """
-    import ray
-
     iterations, seed, early_stop = spec.iterations, spec.seed, spec.early_stop
     t0 = time.monotonic()
-    sizes = ray.get([a.count.remote() for a in actors])  # waits for the shards to be read
+    sizes = shards.counts()  # waits for the shards to be read
     load_seconds = time.monotonic() - t0
     n = int(sum(sizes))
     warning = kmeans.check_k(k, n)
@@ -364,30 +178,23 @@ def sharded_kmeans(
         targets = [int(round(budget * m / n)) for m in sizes]
     else:
         targets = list(sizes)  # all rows (resets a sample left by an earlier call)
-    sizes = ray.get(
-        [
-            a.subsample.remote(t, seed + 1000 + i)
-            for i, (a, t) in enumerate(zip(actors, targets, strict=True))
-        ]
-    )
+    sizes = shards.subsample(targets, seed + 1000)
     n = int(sum(sizes))
     rng = np.random.default_rng(seed)
     if initial is not None:
         cent = np.array(initial, dtype=np.float32)
-        if cent.shape != (k, ray.get(actors[0].dim.remote())):
+        if cent.shape != (k, shards.dim()):
             raise ConfigError(f"initial centroids of shape {cent.shape}; need ({k}, d)")
     else:
-        cent = init_centroids(actors, sizes, k, seed, rng, spec.init, spec.init_points_per_centroid)
+        cent = init_centroids(shards, sizes, k, seed, rng, spec.init, spec.init_points_per_centroid)
     if spec.spherical:
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     history = []
-    cref = None
     obj = prev_obj = float("inf")
     reseeded = True  # no previous objective to compare with
     for it in range(iterations):
         t_it = time.monotonic()
-        cref = ray.put(cent)
-        results = ray.get([a.stats.remote(cref) for a in actors])
+        results = shards.stats(cent)
         sums = np.sum([r[0] for r in results], axis=0)
         counts = np.sum([r[1] for r in results], axis=0)
         obj = float(sum(r[2] for r in results))
@@ -428,7 +235,6 @@ def sharded_kmeans(
             )
             break
         prev_obj, reseeded = obj, n_empty > 0
-    del cref
     return KMeansResult(
         centroids=cent,
         objective=obj,
@@ -440,7 +246,7 @@ def sharded_kmeans(
 
 
 def purify_shards(
-    actors: list,
+    shards: Shards,
     members: np.ndarray,
     drop_fraction: float,
     min_size: int,
@@ -460,32 +266,18 @@ def purify_shards(
     """
     import os
 
-    import ray
-
     k = members.shape[0]
     n_drop = int(round(drop_fraction * int(members.sum())))
-    cut, quotas = None, [0] * len(actors)
+    cut, quotas = None, [0] * len(shards)
     if n_drop:
-        hist = np.sum(ray.get([a.key_histogram.remote() for a in actors]), axis=0)
-        high, above = kmeans.bucket_of_rank(hist, n_drop)
-        low_hist = np.sum(ray.get([a.key_histogram.remote(high) for a in actors]), axis=0)
-        low, above_low = kmeans.bucket_of_rank(low_hist, n_drop - above)
+        high, above = kmeans.bucket_of_rank(shards.key_histogram(), n_drop)
+        low, above_low = kmeans.bucket_of_rank(shards.key_histogram(high), n_drop - above)
         cut = (high << 16) | low
-        ties = ray.get([a.ties.remote(cut) for a in actors])
-        quotas = kmeans.tie_quotas(ties, n_drop - above - above_low)
-    sizes = np.sum(
-        ray.get([a.drop_far.remote(cut, q, k) for a, q in zip(actors, quotas, strict=True)]),
-        axis=0,
-    )
+        quotas = kmeans.tie_quotas(shards.ties(cut), n_drop - above - above_low)
+    sizes = shards.drop_far(cut, quotas, k)
     remap = kmeans.remap_clusters(sizes, members > 0, min_size)
-    written = ray.get(
-        [
-            a.labels_table.remote(
-                sizes, remap, min_size, round_, os.path.join(out, f"part-{i:05d}.parquet")
-            )
-            for i, a in enumerate(actors)
-        ]
-    )
+    paths = [os.path.join(out, f"part-{i:05d}.parquet") for i in range(len(shards))]
+    written = shards.labels_table(sizes, remap, min_size, round_, paths)
     return {
         "rows": int(sum(w[0] for w in written)),
         "kept": int(sum(w[1] for w in written)),
@@ -493,26 +285,23 @@ def purify_shards(
     }
 
 
-def elbow_table(actors: list, ks: list[int], spec: KMeansSpec) -> list[dict]:
-    """Objective over a range of k, on the same actors (the shards are read once).
+def elbow_table(shards: Shards, ks: list[int], spec: KMeansSpec) -> list[dict]:
+    """Objective over a range of k, on the same shards (read once).
 
     Each k gets its own seeded k-means; its ``objective`` is then measured over
     *all* embeddings (the training sample differs with k, so the training
     objective would not compare). Returns one dict per k, ascending:
     ``k, objective, objective_per_point, train_objective, iterations, seconds``.
     """
-    import ray
-
     if not ks:
         raise ConfigError("the elbow needs at least one value of k")
-    n = int(sum(ray.get([a.count.remote() for a in actors])))
+    n = int(sum(shards.counts()))
     for k in ks:  # every k before any work: a bad one last would waste the others
         kmeans.check_k(k, n)
     rows = []
     for k in sorted(set(ks)):
-        res = sharded_kmeans(actors, k, spec)
-        cref = ray.put(res.centroids)
-        obj = float(sum(ray.get([a.objective.remote(cref) for a in actors])))
+        res = sharded_kmeans(shards, k, spec)
+        obj = shards.objective(res.centroids)
         rows.append(
             {
                 "k": k,
@@ -525,91 +314,3 @@ def elbow_table(actors: list, ks: list[int], spec: KMeansSpec) -> list[dict]:
         )
         log.info("elbow: k=%d objective %.6g (%.4g per point)", k, obj, obj / n)
     return rows
-
-
-DEVICES = ("auto", "cpu", "gpu")
-
-
-def resolve_device(device: str) -> str:
-    """``"cpu"`` or ``"gpu"`` for a requested ``device`` (``auto``: GPU where the Ray cluster has one)."""
-    import ray
-
-    from raysv.runtime import ensure_ray
-
-    if device not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
-    ensure_ray()
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    if device == "gpu" and gpus == 0:
-        raise ConfigError("k-means device 'gpu' asked for, but the Ray cluster has no GPUs")
-    return "gpu" if device == "gpu" or (device == "auto" and gpus > 0) else "cpu"
-
-
-def default_shards(use_gpu: bool) -> int:
-    """One shard per GPU when the shards search on GPUs, else two per node with CPUs.
-
-    Each CPU shard's faiss search uses its half of the node's cores (faiss
-    threads). On 2 cores, 1 shard x 2 threads and 2 x 1 searched at the same
-    speed (3.3 vs 3.1-3.6 s per iteration, 1M x 192, k = 1000), and two actors
-    read their Parquet files in parallel (3.6 vs 5.0 s); per node rather than a
-    fixed count, so a bigger cluster gets more shards.
-    """
-    import ray
-
-    if use_gpu:
-        return max(1, int(ray.cluster_resources().get("GPU", 0)))
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-    return max(1, 2 * len(nodes))
-
-
-def start_shards(
-    files: list[str],
-    shards: int | None,
-    normalise: bool,
-    cpus: float = 0.5,
-    device: str = "auto",
-) -> list:
-    """Start ``shards`` actors (default :func:`default_shards`), each reading its share of ``files``.
-
-    ``device``: ``"gpu"`` gives each actor a share of the cluster's GPUs (its rows
-    then live on the GPU), ``"cpu"`` none, ``"auto"`` GPUs where the cluster has them.
-    Actors are spread over the nodes; each uses ``CPUs of the cluster / shards``
-    faiss threads.
-    """
-    import ray
-
-    from raysv.runtime import ensure_ray
-
-    ensure_ray()
-    use_gpu = resolve_device(device) == "gpu"
-    if shards is None:
-        shards = default_shards(use_gpu)
-    if shards < 1:
-        raise ConfigError(f"shards must be >= 1, got {shards}")
-    groups = split_files(files, shards)
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    opts: dict = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
-    if use_gpu:  # shards share the GPUs (fractions of one when shards > GPUs)
-        opts["num_gpus"] = min(1.0, gpus / len(groups))
-        log.info("k-means shards on GPU (%.2f GPU each)", opts["num_gpus"])
-    actor_cls = ray.remote(**opts)(EmbeddingShard)
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(groups))
-    log.info("k-means: %d shard(s), %d faiss thread(s) each", len(groups), threads)
-    return [actor_cls.remote(group, normalise, threads, use_gpu) for group in groups]
-
-
-def final_assign(actors: list, centroids: np.ndarray) -> list:
-    """Each shard's ``(sizes (k,), objective)`` of assigning all its rows to ``centroids``
-    (the rows keep their labels and distances for purification)."""
-    import ray
-
-    cref = ray.put(centroids)
-    return ray.get([a.final_assign.remote(cref) for a in actors])
-
-
-def stop_shards(actors: list) -> None:
-    """Kill the shard actors (their rows are freed with them)."""
-    import ray
-
-    for a in actors:
-        ray.kill(a)

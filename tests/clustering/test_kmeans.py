@@ -392,29 +392,25 @@ def test_kmeans_plus_plus_is_seeded_and_spreads_over_blobs():
         kmeans.kmeans_plus_plus(x[:3], 5, np.random.default_rng(0))
 
 
-def test_kmeanspp_init_beats_random_init_and_is_reproducible(tmp_path, ray_local):
-    from raysv.clustering.driver import embedding_files
-    from raysv.clustering.sharded import sharded_kmeans, start_shards
+def test_kmeanspp_init_beats_random_init_and_is_reproducible():
+    from raysv.clustering.sharded import sharded_kmeans
+    from raysv.clustering.shards import LocalShards
 
     x, _ = _blobs()
-    actors = start_shards(embedding_files(_write_shards(x, str(tmp_path / "emb"))), 2, False)
-    try:
-        for seed in (1, 2, 3):
-            runs = {
-                init: sharded_kmeans(actors, 20, KMeansSpec(iterations=2, seed=seed, init=init))
-                for init in ("random", "kmeans++")
-            }
-            # history[0] is the objective of the initial centroids (0 iterations), [1] after 1.
-            for it in (0, 1):
-                pp = runs["kmeans++"].history[it]["objective"]
-                rnd = runs["random"].history[it]["objective"]
-                assert pp < rnd, (seed, it, pp, rnd)
-        pp = KMeansSpec(iterations=2, init="kmeans++")
-        again, first = sharded_kmeans(actors, 20, pp), sharded_kmeans(actors, 20, pp)
-        assert np.array_equal(again.centroids, first.centroids)
-    finally:
-        for a in actors:
-            ray_local.kill(a)
+    held = LocalShards.from_arrays(np.arange(len(x)), x, shards=2)
+    for seed in (1, 2, 3):
+        runs = {
+            init: sharded_kmeans(held, 20, KMeansSpec(iterations=2, seed=seed, init=init))
+            for init in ("random", "kmeans++")
+        }
+        # history[0] is the objective of the initial centroids (0 iterations), [1] after 1.
+        for it in (0, 1):
+            pp = runs["kmeans++"].history[it]["objective"]
+            rnd = runs["random"].history[it]["objective"]
+            assert pp < rnd, (seed, it, pp, rnd)
+    pp = KMeansSpec(iterations=2, init="kmeans++")
+    again, first = sharded_kmeans(held, 20, pp), sharded_kmeans(held, 20, pp)
+    assert np.array_equal(again.centroids, first.centroids)
 
 
 def test_suggest_k_picks_the_bend_of_the_curve():

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from raysv.clustering import kmeans
-from raysv.clustering.driver import cluster, embedding_files
-from raysv.clustering.sharded import KMeansSpec, sharded_kmeans, start_shards
+from raysv.clustering.driver import cluster
+from raysv.clustering.sharded import KMeansSpec, sharded_kmeans
+from raysv.clustering.shards import LocalShards
 from tests.clustering.test_kmeans import _write_shards
 
 
@@ -33,7 +34,7 @@ def _faiss_from(x: np.ndarray, c0: np.ndarray, iterations: int, spherical: bool)
 
 @pytest.mark.parametrize("spherical", [False, True], ids=["euclidean", "spherical"])
 @pytest.mark.parametrize("shards", [1, 3])
-def test_lloyd_iterations_equal_faiss_from_the_same_start(spherical, shards, tmp_path, ray_local):
+def test_lloyd_iterations_equal_faiss_from_the_same_start(spherical, shards):
     # Blobs that overlap a little, each centroid starting at one random point of its own
     # blob: no cluster empties and few points lie near a boundary. (On structureless
     # data the float32 sums alone, whose order differs from faiss's, flip a borderline
@@ -47,12 +48,12 @@ def test_lloyd_iterations_equal_faiss_from_the_same_start(spherical, shards, tmp
     data = x / np.linalg.norm(x, axis=1, keepdims=True) if spherical else x  # shards normalise
     ref, ref_obj, splits = _faiss_from(data, c0, 5, spherical)
     assert splits == 0  # the precondition: no cluster empties (splitting is tested below)
-    emb = _write_shards(x, str(tmp_path / "emb"), parts=3)
-    actors = start_shards(embedding_files(emb), shards, normalise=spherical)
+    # in-memory shards (the Ray ones give the same results: test_shards.py)
+    held = LocalShards.from_arrays(np.arange(len(x)), x, shards, normalise=spherical)
     spec = KMeansSpec(
         iterations=5, early_stop=-1.0, spherical=spherical, max_points_per_centroid=10**9
     )
-    res = sharded_kmeans(actors, k, spec, initial=c0)
+    res = sharded_kmeans(held, k, spec, initial=c0)
     # faiss adds the objective up in float32 (Clustering.cpp: float obj), raysv in float64
     assert [h["objective"] for h in res.history] == pytest.approx(ref_obj, rel=1e-4)
     np.testing.assert_allclose(res.centroids, ref, atol=2e-5)
