@@ -1,10 +1,16 @@
-"""Typed configuration: dataclasses built from YAML/dicts that reject unknown keys.
+"""Typed configuration: frozen dataclasses built from YAML/dicts that reject unknown keys.
 
-A config is a tree of dataclasses. ``from_dict`` builds one from plain data and
-raises :class:`~raysv.errors.ConfigError` naming the full dotted key for an
-unknown key or a value of the wrong type. ``apply_overrides`` takes
-``key.sub=value`` strings from the command line (values parsed as YAML).
-Validation of ranges lives in each dataclass's ``__post_init__``.
+A config is a tree of :func:`config` classes (frozen dataclasses). Each field
+is a :func:`setting`: its default, the range of values it accepts and *why*
+the default is what it is, declared together, so that a reference of every
+setting is generated from the classes (:func:`reference`, ``raysv config``).
+Ranges are checked on construction, before the class's own ``__post_init__``
+(rules that tie several fields together). ``from_dict`` builds a config from
+plain data and raises :class:`~raysv.errors.ConfigError` naming the full
+dotted key for an unknown key, a value of the wrong type or out of range.
+``apply_overrides`` takes ``key.sub=value`` strings from the command line
+(values parsed as YAML). A loaded config is not changed afterwards: code that
+needs another value builds a new one with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,127 @@ import yaml
 from raysv.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class RangeError(ConfigError):
+    """A setting's value is outside the range its field declares."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric setting (None: unbounded on that side); checked on
+    every number of the value (each entry of a list; ``None`` and strings such
+    as ``auto`` pass, their meaning is the field's type's)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def ok(self, v: float) -> bool:
+        return not (
+            (self.ge is not None and not v >= self.ge)
+            or (self.gt is not None and not v > self.gt)
+            or (self.le is not None and not v <= self.le)
+            or (self.lt is not None and not v < self.lt)
+        )
+
+    def __str__(self) -> str:
+        low = (
+            f"[{_num(self.ge)}"
+            if self.ge is not None
+            else f"({_num(self.gt)}"
+            if self.gt is not None
+            else None
+        )
+        high = (
+            f"{_num(self.le)}]"
+            if self.le is not None
+            else f"{_num(self.lt)})"
+            if self.lt is not None
+            else None
+        )
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f">= {_num(self.ge)}" if self.ge is not None else f"> {_num(self.gt)}"
+        return f"<= {_num(self.le)}" if self.le is not None else f"< {_num(self.lt)}"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    why: str,
+    factory: Any = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A config field: its ``default`` (or ``factory`` for a mutable or nested
+    one), the accepted range (``ge``/``gt``/``le``/``lt``) and ``why`` the
+    default is what it is (a paper, a measurement, a constraint); the reference
+    (:func:`reference`) prints all three."""
+    if not why or not why.strip():
+        raise TypeError("a setting needs a reason for its default (why=...)")
+    if (default is dataclasses.MISSING) == (factory is None):
+        raise TypeError("a setting takes a default or a factory, not both or neither")
+    meta: dict[str, Any] = {"why": why.strip()}
+    if any(b is not None for b in (ge, gt, le, lt)):
+        meta["range"] = Range(ge, gt, le, lt)
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_ranges(cfg: Any) -> None:
+    """Raise :class:`RangeError` for the first field of ``cfg`` outside its declared range."""
+    hints = None
+    for f in dataclasses.fields(cfg):
+        rng = f.metadata.get("range")
+        if rng is None:
+            continue
+        value = getattr(cfg, f.name)
+        items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not rng.ok(v):
+                hints = hints or typing.get_type_hints(type(cfg))
+                alts = _alternatives(hints[f.name])
+                key = f.name if i is None else f"{f.name}[{i}]"
+                also = f" (or {' or '.join(alts)})" if alts else ""
+                raise RangeError(f"{key} must be {rng}{also}, got {v!r}")
+
+
+def _alternatives(tp: Any) -> list[str]:
+    """The non-numeric values a field's type also takes: ``null``, ``auto``, ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple) and args:
+        return _alternatives(args[0])
+    if origin is typing.Literal:
+        return [str(a) for a in args]
+    if origin in (typing.Union, types.UnionType):
+        return [x for a in args for x in (["null"] if a is type(None) else _alternatives(a))]
+    return []
+
+
+def config(cls: type[T]) -> type[T]:
+    """``@dataclass(frozen=True)`` whose fields' declared ranges are checked on
+    construction, before the class's own ``__post_init__`` runs (or the one it inherits)."""
+    own = getattr(cls, "__post_init__", None)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if own is not None:
+            own(self)
+
+    cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+    return dataclasses.dataclass(frozen=True)(cls)
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -104,6 +231,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     kwargs = {name: _coerce(val, hints[name], prefix + name) for name, val in data.items()}
     try:
         return cls(**kwargs)
+    except RangeError as exc:  # the field's name, as the full dotted key
+        raise RangeError(f"{prefix}{exc}") from None
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
@@ -196,3 +325,70 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
             raise ConfigError(f"{p}: top level must be a mapping")
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)
+
+
+def _type_name(tp: Any) -> str:
+    """``int | None``, ``one of a, b``, ``list of float | auto``: a type as the reference prints it."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in args) if len(args) > 1 else str(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0]) if args else 'any'}"
+    if origin is dict or tp is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def reference(cfg: Any, prefix: str = "", context: str = "") -> list[dict[str, str]]:
+    """One row per setting of config ``cfg``, nested configs flattened to dotted keys:
+    ``{"key", "type", "default", "range", "why"}``.
+
+    ``cfg`` is a config class (its fields' defaults are shown; the class itself is not
+    built, so one whose defaults alone do not validate works too) or an instance. A
+    nested config whose field gives it other values than its class's defaults (the
+    demo's small corpus, ...) says so: the row's reason is the field's, then the class's.
+    """
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        value = _field_default(f) if isinstance(cfg, type) else getattr(cfg, f.name)
+        why = f.metadata.get("why", "")
+        if dataclasses.is_dataclass(value) and _is_dataclass_type(hints[f.name]):
+            if context and value != _field_default(f):
+                inner = context  # set by the enclosing field, whose reason explains it
+            elif value != hints[f.name]():
+                inner = f"{prefix}{f.name}: {why}"  # this field's default is not the class's
+            else:
+                inner = context
+            rows.extend(reference(value, f"{prefix}{f.name}.", inner))
+            continue
+        if context and value != _field_default(f):
+            why = f"{context} (default {_show(_field_default(f))}: {why})"
+        rng = f.metadata.get("range")
+        rows.append(
+            {
+                "key": prefix + f.name,
+                "type": _type_name(hints[f.name]),
+                "default": _show(value),
+                "range": str(rng) if rng else "",
+                "why": why,
+            }
+        )
+    return rows

@@ -456,12 +456,12 @@ CASES = [
     # -- synth: config values, --set syntax, --config files, --out
     pytest.param(
         synth_set("train_speakers=1"),
-        "train_speakers must be >= 2 (multi-speaker dialogues need two), got 1",
+        "train_speakers must be >= 2, got 1",
         id="synth-train-speakers-1",
     ),
     pytest.param(
         synth_set("dev_speakers=-3"),
-        "dev_speakers must be >= 2 to make non-target trials, got -3",
+        "dev_speakers must be >= 2, got -3",
         id="synth-dev-speakers-negative",
     ),
     pytest.param(
@@ -1125,7 +1125,7 @@ CASES = [
     ),
     pytest.param(
         cluster_with(_good_embeddings, "--k", "2", "--iterations", "0"),
-        "k-means iterations must be >= 1, got 0",
+        "iterations must be >= 1, got 0",
         id="cluster-iterations-0",
     ),
     pytest.param(
@@ -1269,7 +1269,7 @@ CASES = [
     ),
     pytest.param(
         pretrain_with(None, "--set", "train.epochs=0"),
-        "epochs and num_workers must be >= 1, got 0",
+        "train.epochs must be >= 1, got 0",
         id="pretrain-epochs-0",
     ),
     pytest.param(
@@ -1279,7 +1279,7 @@ CASES = [
     ),
     pytest.param(
         pretrain_with(None, "--set", "optim.lr=-0.1"),
-        "bad optimiser settings: lr=-0.1",
+        "optim.lr must be > 0, got -0.1",
         id="pretrain-lr-negative",
     ),
     pytest.param(
@@ -1289,7 +1289,7 @@ CASES = [
     ),
     pytest.param(
         pretrain_with(None, "--set", "loss.rejection.threshold=2"),
-        "rejection.threshold is a cosine, must be in [-1, 1], got 2",
+        "loss.rejection.threshold must be in [-1, 1], got 2.0",
         id="pretrain-threshold-2",
     ),
     pytest.param(
@@ -1392,7 +1392,7 @@ CASES = [
     ),
     pytest.param(
         train_with("--set", "head.margin=1.5", labels=labels_file([0, 1, 0, 1])),
-        "need 0 <= head.margin < 1 and head.scale > 0, got 1.5",
+        "head.margin must be in [0, 1), got 1.5",
         id="train-margin-1.5",
     ),
     pytest.param(
@@ -1402,12 +1402,12 @@ CASES = [
     ),
     pytest.param(
         train_with("--set", "gate.tau2=1", labels=labels_file([0, 1, 0, 1])),
-        "gate.tau2 is a probability in (0, 1), got 1",
+        "gate.tau2 must be in (0, 1), got 1.0",
         id="train-tau2-1",
     ),
     pytest.param(
         train_with("--set", "encoder_lr_scale=0", labels=labels_file([0, 1, 0, 1])),
-        "need 0 < encoder_lr_scale <= 10",
+        "encoder_lr_scale must be in (0, 10], got 0.0",
         id="train-lr-scale-0",
     ),
     pytest.param(
@@ -1469,7 +1469,7 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "schedule.k=[1]"),
-        "schedule.k[0] must be >= 2 or auto, got 1",
+        "schedule.k[0] must be >= 2 (or auto), got 1",
         id="iterate-k-1",
     ),
     pytest.param(
@@ -1484,12 +1484,12 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "schedule.drop_fraction=[0.1, 1.0]"),
-        "schedule.drop_fraction[1] must be a fraction in [0, 1) or auto, got 1.0",
+        "schedule.drop_fraction[1] must be in [0, 1) (or auto), got 1.0",
         id="iterate-round-2-drop-fraction-1",
     ),
     pytest.param(
         iterate_with("--set", "schedule.min_cluster_size=[0]"),
-        "schedule.min_cluster_size[0] must be >= 1 or auto, got 0",
+        "schedule.min_cluster_size[0] must be >= 1 (or auto), got 0",
         id="iterate-min-size-0",
     ),
     pytest.param(
@@ -1526,12 +1526,12 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "schedule.tau=[3, 0]"),
-        "schedule.tau[1] must be > 0 or auto, got 0",
+        "schedule.tau[1] must be > 0 (or auto), got 0.0",
         id="iterate-round-2-tau-0",
     ),
     pytest.param(
         iterate_with("--set", "cluster.iterations=0"),
-        "k-means iterations must be >= 1, got 0",
+        "iterations must be >= 1, got 0",
         id="iterate-kmeans-iterations-0",
     ),
     pytest.param(
@@ -1579,7 +1579,7 @@ CASES = [
     ),
     pytest.param(
         tune_config("base:\n  optim: {lr: -1}\ngrid:\n  train.seed: [0]\n"),
-        "bad optimiser settings: lr=-1",
+        "optim.lr must be > 0, got -1.0",
         id="tune-base-bad-lr",
     ),
     pytest.param(
@@ -1589,7 +1589,7 @@ CASES = [
     ),
     pytest.param(
         tune_config("grid:\n  train.seed: [0]\n", "--set", "repeats=0"),
-        "repeats and max_concurrent_trials must be >= 1",
+        "repeats must be >= 1, got 0",
         id="tune-repeats-0",
     ),
     pytest.param(tune_config("grid: [1, 2]\n"), "grid: expected a mapping", id="tune-grid-a-list"),
@@ -1606,7 +1606,7 @@ CASES = [
     ),
     pytest.param(
         demo_with("--set", "synth.train_speakers=1"),
-        "synth: train_speakers must be >= 2 (multi-speaker dialogues need two), got 1",
+        "synth.train_speakers must be >= 2, got 1",
         id="demo-synth-speakers-1",
     ),
     pytest.param(
@@ -1619,7 +1619,7 @@ CASES = [
     ),
     pytest.param(
         demo_with("--set", "pretrain.train.batch_size=1"),
-        "batch_size (1) must be a multiple",
+        "pretrain.train.batch_size must be >= 2, got 1",
         id="demo-pretrain-batch-1",
     ),
     # -- report
@@ -1776,37 +1776,37 @@ CASES = [
     # -- nonsense numbers in configs, and bad model/loss settings, refused before Ray
     pytest.param(
         pretrain_with(None, "--set", "train.max_failures=-3"),
-        "train: max_failures (worker-group restarts) must be >= 0, or -1 (no limit), got -3",
+        "train.max_failures must be >= -1, got -3",
         id="pretrain-max-failures-negative",
     ),
     pytest.param(
         pretrain_with(None, "--set", "train.num_to_keep=0"),
-        "train: num_to_keep (checkpoints kept) must be >= 1, got 0",
+        "train.num_to_keep must be >= 1, got 0",
         id="pretrain-num-to-keep-0",
     ),
     pytest.param(
         pretrain_with(None, "--set", "train.cpus_per_worker=-1"),
-        "train: cpus_per_worker must be > 0 (or null: automatic), got -1",
+        "train.cpus_per_worker must be > 0 (or null), got -1.0",
         id="pretrain-cpus-per-worker-negative",
     ),
     pytest.param(
         pretrain_with(None, "--set", "train.seed=-3"),
-        "train: seed must be >= 0, got -3",
+        "train.seed must be >= 0, got -3",
         id="pretrain-seed-negative",
     ),
     pytest.param(
         pretrain_with(None, "--set", "optim.weight_decay=-0.1"),
-        "optim: weight_decay must be >= 0, got -0.1",
+        "optim.weight_decay must be >= 0, got -0.1",
         id="pretrain-weight-decay-negative",
     ),
     pytest.param(
         pretrain_with(None, "--set", "data.eval_max_seconds=0"),
-        "data: eval_max_seconds must be > 0, got 0",
+        "data.eval_max_seconds must be > 0, got 0.0",
         id="pretrain-eval-max-seconds-0",
     ),
     pytest.param(
         pretrain_with(None, "--set", "loss.scale=-1"),
-        "loss: scale must be > 0, got -1",
+        "loss.scale must be > 0, got -1.0",
         id="pretrain-loss-scale-negative",
     ),
     pytest.param(
@@ -1819,7 +1819,7 @@ CASES = [
             "--set",
             "loss.temperature=-1",
         ),
-        "loss: temperature must be > 0 (or null: none), got -1",
+        "loss.temperature must be > 0 (or null), got -1.0",
         id="pretrain-ntxent-temperature-negative",
     ),
     pytest.param(
@@ -1851,12 +1851,12 @@ CASES = [
     ),
     pytest.param(
         train_with("--set", "data.n_mels=0", manifest=False),
-        "data: n_mels must be >= 8 (or null: the checkpoint's), got 0",
+        "data.n_mels must be >= 8 (or null), got 0",
         id="train-n-mels-0",
     ),
     pytest.param(
         train_with("--set", "train.num_to_keep=0", manifest=False),
-        "train: num_to_keep (checkpoints kept) must be >= 1, got 0",
+        "train.num_to_keep must be >= 1, got 0",
         id="train-num-to-keep-0",
     ),
     pytest.param(
@@ -1866,7 +1866,7 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "cluster.shards=0"),
-        "cluster.shards must be >= 1 (or null: automatic), got 0",
+        "cluster.shards must be >= 1 (or null), got 0",
         id="iterate-shards-0",
     ),
     pytest.param(
@@ -1876,17 +1876,17 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "train.train.max_failures=-2"),
-        "max_failures (worker-group restarts) must be >= 0, or -1 (no limit), got -2",
+        "train.train.max_failures must be >= -1, got -2",
         id="iterate-max-failures-negative",
     ),
     pytest.param(
         synth_set("workers=-5"),
-        "workers must be >= 0 (0: all cores), got -5",
+        "workers must be >= 0, got -5",
         id="synth-workers-negative",
     ),
     pytest.param(
         synth_config("workers: -5\n"),
-        "workers must be >= 0 (0: all cores), got -5",
+        "workers must be >= 0, got -5",
         id="synth-config-workers-negative",
     ),
     pytest.param(synth_set("seed=-1"), "seed must be >= 0, got -1", id="synth-seed-negative"),
@@ -1900,7 +1900,7 @@ CASES = [
     ],
     pytest.param(
         cluster_with(_good_embeddings, "--k", "2", "--seed", "-1"),
-        "k-means seed must be >= 0, got -1",
+        "seed must be >= 0, got -1",
         id="cluster-seed-negative",
     ),
     pytest.param(

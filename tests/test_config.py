@@ -143,3 +143,120 @@ def test_partial_nested_override_keeps_the_fields_own_defaults():
     assert cfg.pretrain.model.kwargs == {"hidden": 8}
     with pytest.raises(ConfigError, match="stage2.train.nope"):
         load_config(DemoConfig, None, ["stage2.train.nope=1"])
+
+
+# -- #20: one place per setting: default, range and why declared with the field ----------
+
+
+def _config_classes(cls, seen=None) -> set:
+    """``cls`` and every config class nested in it (by field type)."""
+    import dataclasses
+    import typing
+
+    seen = set() if seen is None else seen
+    seen.add(cls)
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp) and tp not in seen:
+            _config_classes(tp, seen)
+    return seen
+
+
+ALL_CONFIG_CLASSES = sorted(
+    set().union(*(_config_classes(c) for c in CONFIG_CLASSES.values())), key=lambda c: c.__name__
+)
+
+
+def test_the_config_roots_are_the_commands_of_the_reference():
+    from raysv.reference import COMMANDS, config_class
+
+    assert {c: config_class(c) for c in COMMANDS} == CONFIG_CLASSES
+    assert len(ALL_CONFIG_CLASSES) >= 19  # the nested ones are found too (ClusterSpec, ...)
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIG_CLASSES, ids=lambda c: c.__name__)
+def test_every_setting_says_why_its_default_and_every_config_is_frozen(cls):
+    import dataclasses
+
+    assert cls.__dataclass_params__.frozen, f"{cls.__name__} is not frozen"
+    for f in dataclasses.fields(cls):
+        why = f.metadata.get("why", "")
+        assert len(why) >= 12, f"{cls.__name__}.{f.name}: no reason given for its default"
+
+
+def test_a_loaded_config_cannot_be_changed(tmp_path):
+    import dataclasses
+
+    cfg = load_config(IterateConfig, os.path.join(ROOT, "configs", "iterate_smoke.yaml"))
+    for obj, name in [(cfg, "rounds"), (cfg.schedule, "k"), (cfg.cluster, "seed")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, getattr(obj, name))
+    again = dataclasses.replace(cfg, rounds=3)  # the way to another value: checked again
+    assert again.rounds == 3 and cfg.rounds != 3
+    with pytest.raises(ConfigError, match=r"schedule\.k\[1\] must be >= 2 \(or auto\), got 1"):
+        load_config(IterateConfig, None, ["schedule.k=[auto, 1]"])
+
+
+def test_declared_ranges_check_every_number_and_name_the_key():
+    from raysv.config import Range, RangeError, config, setting
+
+    assert [str(r) for r in (Range(ge=1), Range(gt=0), Range(ge=0, lt=1), Range(gt=0, le=64))] == [
+        ">= 1",
+        "> 0",
+        "in [0, 1)",
+        "in (0, 64]",
+    ]
+    assert Range(ge=0, lt=1).ok(0) and not Range(ge=0, lt=1).ok(1)
+    assert not Range(ge=0).ok(float("nan"))
+
+    @config
+    class Leaf:
+        n: int | None = setting(None, ge=1, why="null: automatic, from the data")
+        xs: list[float] = setting(factory=lambda: [0.5], ge=0, le=1, why="a test's fractions")
+
+    @config
+    class Root:
+        leaf: Leaf = setting(factory=Leaf, why="the test's nested settings")
+
+    assert from_dict(Root, {"leaf": {"n": 3, "xs": [0, 1]}}).leaf.n == 3
+    with pytest.raises(RangeError, match=r"^leaf\.n must be >= 1 \(or null\), got 0$"):
+        from_dict(Root, {"leaf": {"n": 0}})
+    with pytest.raises(RangeError, match=r"^leaf\.xs\[2\] must be in \[0, 1\], got 1\.5$"):
+        from_dict(Root, {"leaf": {"xs": [0.1, 0.2, 1.5]}})
+    with pytest.raises(RangeError, match=r"^n must be >= 1 \(or null\), got -2$"):
+        Leaf(n=-2)  # built in Python, not read from YAML: checked all the same
+    with pytest.raises(TypeError, match="needs a reason"):
+        setting(1, why=" ")
+
+
+def test_the_settings_reference_is_generated_and_current():
+    """docs/config.md is what the classes say (regenerate: raysv config --markdown)."""
+    from raysv.reference import markdown
+
+    path = os.path.join(ROOT, "docs", "config.md")
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == markdown(), "docs/config.md is stale: raysv config --markdown > it"
+    text = markdown()
+    assert "| `schedule.tau` | list of float \\| auto | `[1.0, 3.0, 3.0, 5.0, 6.0]` | > 0 |" in text
+    assert text.count("## `raysv ") == len(CONFIG_CLASSES)
+
+
+def test_raysv_config_lists_a_commands_settings_as_a_run_would_use_them(capsys):
+    import json
+
+    from raysv.cli import main
+
+    smoke = os.path.join(ROOT, "configs", "iterate_smoke.yaml")
+    assert main(["config", "iterate", "--config", smoke, "--set", "rounds=4", "--json"]) == 0
+    rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["schedule.k"]["default"] == "[6]" and rows["rounds"]["default"] == "4"
+    assert rows["schedule.tau"]["range"] == "> 0" and "LGL" in rows["schedule.tau"]["why"]
+    assert rows["cluster.auto_k_false_accepts"]["range"] == "in (0, 0.5)"
+    assert main(["config", "iterate"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("raysv iterate settings (IterateConfig):")
+    assert "  schedule.k = [60]    (list of int | auto, >= 2)\n" in out
+    assert main(["config", "iterate", "--set", "cluster.shards=0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "raysv config: error: cluster.shards must be >= 1 (or null), got 0"
+    )

@@ -223,7 +223,7 @@ def test_bad_iterate_input_is_reported_before_work(tiny_corpus, tmp_path, init_c
         )
     with pytest.raises(ValueError, match="at least one value"):
         Schedule(k=[])
-    with pytest.raises(ValueError, match=r"schedule.drop_fraction\[1\] must be a fraction in"):
+    with pytest.raises(ConfigError, match=r"^drop_fraction\[1\] must be in \[0, 1\) \(or auto\)"):
         Schedule(drop_fraction=[0.1, 1.5])  # round 2's value, refused when the config is read
     with pytest.raises(ConfigError, match=r"schedule.tau\[1\] must be > 0"):
         load_config(IterateConfig, None, ["schedule.tau=[3, 0]"])

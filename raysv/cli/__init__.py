@@ -36,6 +36,7 @@ _COMMANDS = {
     "report": (runs, "write an HTML report with plots for an iterate or demo run"),
     "demo": (runs, "the end-to-end demo on a generated corpus (or --data DIR)"),
     "bench": (runs, "run a benchmark; prints figures and writes JSON"),
+    "config": (runs, "list a command's settings: value, range and why each default"),
 }
 COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
     name: (

@@ -1,5 +1,5 @@
 """Options of the training and run commands: demo, pretrain, train, iterate, tune,
-report, bench. Their flags become config overrides (``KEY=VALUE``) for the library."""
+report, bench, config. Their flags become config overrides (``KEY=VALUE``) for the library."""
 
 from __future__ import annotations
 
@@ -176,3 +176,20 @@ def bench(a: argparse.Namespace) -> dict:
     from raysv import bench as benchmarks
 
     return benchmarks.run(a.name, a.out, quick=a.quick)
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    from raysv.reference import COMMANDS
+
+    p.add_argument("name", nargs="?", choices=list(COMMANDS), help="the command's settings")
+    p.add_argument("--config", help="YAML file of that command: show the values it gives")
+    overrides_arg(p, ": show the value it gives")
+    p.add_argument("--markdown", action="store_true", help="every command's, as Markdown")
+
+
+def config(a: argparse.Namespace) -> dict:
+    from raysv import reference
+
+    if a.markdown:
+        return {"markdown": reference.markdown()}
+    return reference.settings(a.name, a.config, a.overrides)

@@ -22,6 +22,7 @@ import numpy as np
 
 from raysv.clustering import kmeans
 from raysv.clustering.shards import Shards
+from raysv.config import config, setting
 from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
@@ -50,7 +51,7 @@ def split_files(files: list[str], shards: int) -> list[list[str]]:
 INITS = ("random", "kmeans++")
 
 
-@dataclass(frozen=True)
+@config
 class KMeansSpec:
     """How Lloyd's iterations run: faiss's ``ClusteringParameters`` in raysv's words.
 
@@ -70,30 +71,39 @@ class KMeansSpec:
         init_points_per_centroid: the k-means++ sample per centroid.
     """
 
-    iterations: int = 20
-    seed: int = 1
-    spherical: bool = False
-    early_stop: float = 0.0
-    max_points_per_centroid: int = 256
-    init: Literal["random", "kmeans++"] = "random"
-    init_points_per_centroid: int = 8
+    iterations: int = setting(
+        20, ge=1, why="faiss.Kmeans's niter; early_stop ends most runs sooner"
+    )
+    seed: int = setting(1, ge=0, why="faiss.Kmeans's default seed")
+    spherical: bool = setting(
+        False,
+        why="faiss's default for `raysv cluster`; iterate's cluster.spherical is true "
+        "(speaker embeddings are scored by cosine)",
+    )
+    early_stop: float = setting(
+        0.0,
+        ge=-1,
+        lt=1,
+        why="faiss's early_stop_threshold default: stop once the objective stops falling "
+        "(-1: never)",
+    )
+    max_points_per_centroid: int = setting(
+        256,
+        ge=1,
+        why="faiss's default: the iterations run on a sample of 256 k points, the final "
+        "assignment on all",
+    )
+    init: Literal["random", "kmeans++"] = setting(
+        "random", why="faiss's init (k sampled points); the elbow uses kmeans++"
+    )
+    init_points_per_centroid: int = setting(
+        8, ge=1, why="a D^2 sample of 8 k points: seeding costs O(8 k^2 d), the driver holds 8 k d"
+    )
 
     def __post_init__(self):
-        if self.iterations < 1:
-            raise ConfigError(f"k-means iterations must be >= 1, got {self.iterations}")
-        if self.init not in INITS:
+        if self.init not in INITS:  # Literal is checked when read from YAML, not from Python
             raise ConfigError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
-        if self.max_points_per_centroid < 1:
-            raise ConfigError(
-                f"max_points_per_centroid must be >= 1, got {self.max_points_per_centroid}"
-            )
-        if self.init_points_per_centroid < 1:
-            raise ConfigError(
-                f"init_points_per_centroid must be >= 1, got {self.init_points_per_centroid}"
-            )
-        if self.seed < 0:
-            raise ConfigError(f"k-means seed must be >= 0, got {self.seed}")
-        if not (self.early_stop == -1 or 0.0 <= self.early_stop < 1.0):  # NaN fails too
+        if -1 < self.early_stop < 0:
             raise ConfigError(
                 f"early_stop must be a fraction in [0, 1), or -1 (never), got {self.early_stop}"
             )

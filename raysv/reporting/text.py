@@ -276,3 +276,17 @@ def report_text(s: dict) -> str:
 
 def bench_text(s: dict) -> str:
     return "\n".join(f"{k}: {v}" for k, v in s.items())
+
+
+def config_text(s: dict) -> str:
+    """``raysv config``: one entry per setting (key = value, type and range, why)."""
+    if "markdown" in s:
+        return s["markdown"].rstrip("\n")  # print adds the last newline
+    source = f"; values from {s['config']}" if s.get("config") else ""
+    lines = [f"raysv {s['command']} settings ({s['class']}{source}):"]
+    for r in s["rows"]:
+        kind = r["type"] + (f", {r['range']}" if r["range"] else "")
+        lines.append(f"  {r['key']} = {r['default']}    ({kind})")
+        if r["why"]:
+            lines.append(f"      {r['why']}")
+    return "\n".join(lines)

@@ -1,18 +1,20 @@
 """Typed configuration of Stage I pretraining (``raysv pretrain``).
 
 One tree: data, model, loss (with rejection), optim, train. Unknown keys are
-errors; ranges are checked in ``__post_init__``; derived values are properties.
+errors; each field's range is declared with it (:func:`~raysv.config.setting`),
+rules that tie several fields together are checked in ``__post_init__``;
+derived values are properties.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from raysv.audio.augment import AugmentConfig
+from raysv.config import config, setting
 
 
-@dataclass
+@config
 class PretrainData:
     """Where the training data is and how batches are drawn.
 
@@ -32,65 +34,124 @@ class PretrainData:
         eval_max_seconds: evaluation embeds at most this much of each utterance (centre).
     """
 
-    data: str | None = None
-    allow_outside_paths: bool = False
-    utterances: str | None = None
-    dialogues: str | None = None
-    dev_trials: str | None = None
-    test_trials: str | None = None
-    dialogue_truth: str | None = None
-    mode: Literal["dialogue", "utterance"] = "dialogue"
-    utts_per_dialogue: int = 2
-    short_dialogues: Literal["repeat", "drop"] = "repeat"
-    crop_seconds: float = 2.0
-    n_mels: int = 40
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3))
-    eval_max_seconds: float = 10.0
+    data: str | None = setting(
+        None, why="null: no default corpus; give a corpus folder (--data) or data.utterances"
+    )
+    allow_outside_paths: bool = setting(
+        False,
+        why="a corpus folder's text files may not name audio outside it unless you say so "
+        "(safety: the files' text decides what is read)",
+    )
+    utterances: str | None = setting(
+        None, why="null: the manifest imported from data; give one when there is no corpus folder"
+    )
+    dialogues: str | None = setting(
+        None,
+        why="null: imported from data's dialogues.jsonl; with utterances, give one for dialogue mode",
+    )
+    dev_trials: str | None = setting(
+        None,
+        why="null: the corpus folder's trials/dev.txt; with utterances, give one to pick the "
+        "best epoch",
+    )
+    test_trials: str | None = setting(
+        None,
+        why="null: the corpus folder's trials/test.txt; with utterances, give one (reported only)",
+    )
+    dialogue_truth: str | None = setting(
+        None,
+        why="null: the corpus folder's meta/dialogues_truth.parquet if there (generated corpora); "
+        "analysis only",
+    )
+    mode: Literal["dialogue", "utterance"] = setting(
+        "dialogue",
+        why="the dialogue paper's positives (utterances of one dialogue); utterance is SimCLR's",
+    )
+    utts_per_dialogue: int = setting(
+        2,
+        ge=2,
+        why="the dialogue paper's M = 2 (positives need a partner); README: M = 4 raises "
+        "rejection's AUC ceiling",
+    )
+    short_dialogues: Literal["repeat", "drop"] = setting(
+        "repeat",
+        why="keeps every dialogue's audio (a repeat is another random crop); drop loses the "
+        "dialogues shorter than M",
+    )
+    crop_seconds: float = setting(
+        2.0,
+        ge=0.1,
+        why="within the papers' 1.8-4 s, at the short end for CPU-scale runs (the README's "
+        "Stage I measurements)",
+    )
+    n_mels: int = setting(
+        40, ge=8, why="the iterative paper's 40-bin log-mel for contrastive Stage I (LGL: 80)"
+    )
+    augment: AugmentConfig = setting(
+        factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3),
+        why="prob 0.5, reverb_prob 0.3: not tuned (the Stage II configs use 0.6)",
+    )
+    eval_max_seconds: float = setting(
+        10.0,
+        gt=0,
+        why="caps the cost of embedding long trial utterances; a convenience value, not tuned",
+    )
 
-    def __post_init__(self):
-        if self.utts_per_dialogue < 2:
-            raise ValueError(
-                f"utts_per_dialogue must be >= 2 (positives need a partner), got {self.utts_per_dialogue}"
-            )
-        if self.crop_seconds < 0.1:
-            raise ValueError(f"crop_seconds must be >= 0.1, got {self.crop_seconds}")
-        if self.n_mels < 8:
-            raise ValueError(f"n_mels must be >= 8, got {self.n_mels}")
-        if self.eval_max_seconds <= 0:
-            raise ValueError(f"eval_max_seconds must be > 0, got {self.eval_max_seconds}")
 
-
-@dataclass
+@config
 class ModelSpec:
     """Encoder by name (see ``raysv.models.ENCODERS``) and its constructor arguments."""
 
-    name: str = "ecapa"
-    kwargs: dict[str, Any] = field(default_factory=lambda: {"channels": 64, "embed_dim": 128})
+    name: str = setting("ecapa", why="ECAPA-TDNN, the LGL paper's encoder, at a size set by kwargs")
+    kwargs: dict[str, Any] = setting(
+        factory=lambda: {"channels": 64, "embed_dim": 128},
+        why="small, for CPUs (the README's Stage I measurements); the LGL paper's C = 512, "
+        "192-d is ecapa_c512",
+    )
 
 
-@dataclass
+@config
 class RejectionSpec:
     """Soft rejection of multi-speaker dialogues (see ``raysv.losses.rejection``)."""
 
-    enabled: bool = True
-    threshold: float = 0.5
-    temperature: float = 10.0
-    max_temperature: float = 20.0
-    learn_temperature: bool = True
-    normalise: bool = True
+    enabled: bool = setting(
+        True,
+        why="the dialogue paper: rejection improves EER for every loss and batch size "
+        "(its Table 2a)",
+    )
+    threshold: float = setting(
+        0.5,
+        ge=-1,
+        le=1,
+        why="t, a cosine: the paper gives no value; not tuned (tune_rejection.yaml sweeps 0.3-0.7)",
+    )
+    temperature: float = setting(
+        10.0,
+        gt=0,
+        why="initial T, learnt: the paper gives no value; not tuned (tune_rejection.yaml "
+        "tries 5 and 10)",
+    )
+    max_temperature: float = setting(
+        20.0,
+        gt=0,
+        why="raysv's bound on a learnt T against collapsing weights: the effective sample "
+        "size stays near 2 / (T_max R) or more",
+    )
+    learn_temperature: bool = setting(True, why="the dialogue paper learns T")
+    normalise: bool = setting(
+        True,
+        why="dividing by the sum of weights keeps them from collapsing (tested); false is the "
+        "paper's plain sum",
+    )
 
     def __post_init__(self):
-        if not 0 < self.temperature < self.max_temperature:
+        if self.temperature >= self.max_temperature:
             raise ValueError(
                 f"need 0 < rejection.temperature < max_temperature, got {self.temperature}, {self.max_temperature}"
             )
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(
-                f"rejection.threshold is a cosine, must be in [-1, 1], got {self.threshold}"
-            )
 
 
-@dataclass
+@config
 class LossSpec:
     """Contrastive loss by name: ava, aproto, ge2e (dialogue mode) or ntxent (utterance mode).
 
@@ -99,18 +160,29 @@ class LossSpec:
     ``temperature`` is NT-Xent's (null = none, as in the LGL paper).
     """
 
-    name: str = "ava"
-    scale: float = 10.0
-    bias: float | None = None  # None: 0 for ava, -5 for aproto/ge2e
-    learnable: bool = True
-    temperature: float | None = 0.1
-    rejection: RejectionSpec = field(default_factory=RejectionSpec)
-
-    def __post_init__(self):
-        if self.scale <= 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}")
-        if self.temperature is not None and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (or null: none), got {self.temperature}")
+    name: str = setting(
+        "ava",
+        why="the dialogue paper's AvA: more negatives than A-Proto/GE2E and no flawed centroids",
+    )
+    scale: float = setting(
+        10.0,
+        gt=0,
+        why="initial scale w as in A-Proto/GE2E: raw cosines make AvA's softmax nearly flat "
+        "(1: the paper's eq. 4)",
+    )
+    bias: float | None = setting(
+        None, why="null: 0 for ava (the paper's eq. 4), -5 for aproto/ge2e (GE2E's initial b)"
+    )
+    learnable: bool = setting(
+        True, why="scale and bias learnt, as in A-Proto/GE2E; false with scale 1 is AvA's equation"
+    )
+    temperature: float | None = setting(
+        0.1, gt=0, why="NT-Xent's tau: the iterative paper's 0.1 (null: none, as in the LGL paper)"
+    )
+    rejection: RejectionSpec = setting(
+        factory=RejectionSpec,
+        why="RejectionSpec's defaults; each loss.rejection.* setting says why its own",
+    )
 
     def kwargs(self) -> dict[str, Any]:
         if self.name == "ntxent":
@@ -119,25 +191,31 @@ class LossSpec:
         return {"scale": self.scale, "bias": bias, "learnable": self.learnable}
 
 
-@dataclass
+@config
 class OptimSpec:
     """Adam with step decay; the dialogue paper's schedule: 4e-4, x0.98 every 10k steps."""
 
-    lr: float = 4e-4
-    decay: float = 0.98
-    decay_every: int = 10000
-    weight_decay: float = 0.0
+    lr: float = setting(
+        4e-4,
+        gt=0,
+        why="the dialogue paper's Adam rate (200 GPU epochs); short CPU runs use 0.002 "
+        "(configs/pretrain_ava*.yaml)",
+    )
+    decay: float = setting(
+        0.98,
+        gt=0,
+        le=1,
+        why="the dialogue paper: the rate falls 2 % every 10000 iterations (1: constant)",
+    )
+    decay_every: int = setting(
+        10000, ge=1, why="the dialogue paper's 10000 iterations between decays"
+    )
+    weight_decay: float = setting(
+        0.0, ge=0, why="0: none, as the dialogue paper's Adam states none"
+    )
 
-    def __post_init__(self):
-        if self.lr <= 0 or not 0 < self.decay <= 1 or self.decay_every < 1:
-            raise ValueError(
-                f"bad optimiser settings: lr={self.lr}, decay={self.decay}, decay_every={self.decay_every}"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
-
-@dataclass
+@config
 class TrainSpec:
     """Distributed training settings.
 
@@ -164,48 +242,61 @@ class TrainSpec:
             skipped rows, so every epoch keeps its step count.
     """
 
-    epochs: int = 10
-    batch_size: int = 32
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float | None = None
-    amp: bool = True
-    seed: int = 0
-    max_failures: int = 2
-    num_to_keep: int = 2
-    storage_path: str | None = None
-    inject_failure_at_epoch: int | None = None
-    data_task_cpus: float = 1.0
-    max_unreadable_share: float = 0.05
+    epochs: int = setting(
+        10,
+        ge=1,
+        why="convenience: short enough for CPUs (the dialogue paper trains 200 epochs on 8 GPUs)",
+    )
+    batch_size: int = setting(
+        32,
+        ge=2,
+        why="the dialogue paper's baseline batch (its Table 2a); larger ones help (up to its 256, "
+        "on GPUs)",
+    )
+    num_workers: int = setting(
+        1, ge=1, why="one worker fits a laptop or CI (2 cores); one per GPU on clusters"
+    )
+    use_gpu: bool = setting(False, why="runs anywhere (gloo on CPU); the GPU configs set it")
+    cpus_per_worker: float | None = setting(
+        None,
+        gt=0,
+        why="null: automatic: on CPU all but one (left for Ray Data, or the input starves), "
+        "two per GPU worker",
+    )
+    amp: bool = setting(
+        True, why="bf16 autocast is the GPU path that ran on an H100 (README); ignored on CPU"
+    )
+    seed: int = setting(0, ge=0, why="any fixed seed: reproducible runs")
+    max_failures: int = setting(
+        2,
+        ge=-1,
+        why="a couple of restarts from the last checkpoint for lost workers; not tuned "
+        "(-1: Ray retries without end)",
+    )
+    num_to_keep: int = setting(
+        2, ge=1, why="the last checkpoint and one before it; the best model travels inside each"
+    )
+    storage_path: str | None = setting(
+        None, why="null: <out>/ray on the local disk; give s3://... on clusters"
+    )
+    inject_failure_at_epoch: int | None = setting(
+        None, ge=0, why="testing aid only: null never fails on purpose"
+    )
+    data_task_cpus: float = setting(
+        1.0,
+        gt=0,
+        le=64,
+        why="one CPU per featurisation task, Ray's default for a task; below 1 more run at once",
+    )
+    max_unreadable_share: float = setting(
+        0.05,
+        ge=0,
+        le=1,
+        why="a few files gone bad pass with a warning, a vanished mount or corrupted copy "
+        "stops the run; not tuned",
+    )
 
     def __post_init__(self):
-        if not 0 <= self.max_unreadable_share <= 1:
-            raise ValueError(
-                f"max_unreadable_share must be in [0, 1], got {self.max_unreadable_share}"
-            )
-        if not 0 < self.data_task_cpus <= 64:
-            raise ValueError(f"data_task_cpus must be in (0, 64], got {self.data_task_cpus}")
-        if self.epochs < 1 or self.num_workers < 1:
-            raise ValueError(
-                f"epochs and num_workers must be >= 1, got {self.epochs}, {self.num_workers}"
-            )
-        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise ValueError(
-                f"cpus_per_worker must be > 0 (or null: automatic), got {self.cpus_per_worker}"
-            )
-        if self.max_failures < -1:  # Ray's FailureConfig: -1 retries without end
-            raise ValueError(
-                "max_failures (worker-group restarts) must be >= 0, or -1 (no limit), "
-                f"got {self.max_failures}"
-            )
-        if self.num_to_keep < 1:
-            raise ValueError(f"num_to_keep (checkpoints kept) must be >= 1, got {self.num_to_keep}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.inject_failure_at_epoch is not None and self.inject_failure_at_epoch < 0:
-            raise ValueError(
-                f"inject_failure_at_epoch must be >= 0, got {self.inject_failure_at_epoch}"
-            )
         if self.batch_size < 2 * self.num_workers or self.batch_size % self.num_workers:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of num_workers ({self.num_workers}) "
@@ -217,7 +308,7 @@ class TrainSpec:
         return self.batch_size // self.num_workers
 
 
-@dataclass
+@config
 class DinoSpec:
     """DINO self-distillation (``loss.name: dino``; see :mod:`raysv.losses.dino`).
 
@@ -244,55 +335,58 @@ class DinoSpec:
             (uniform, or all on one prototype) after the warm-up.
     """
 
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    head_layers: int = 3
-    head_bn: bool = True
-    norm_last_layer: bool = True
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_share: float = 0.2
-    center_momentum: float = 0.9
-    teacher_momentum: float = 0.996
-    global_crops: int = 2
-    global_seconds: float = 3.0
-    local_crops: int = 4
-    local_seconds: float = 2.0
-    clip_grad: float = 3.0
-    freeze_last_layer_epochs: int = 1
-    stop_on_collapse: bool = True
-
-    def __post_init__(self):
-        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"dino.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"dino.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("center_momentum", "teacher_momentum"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"dino.{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.warmup_teacher_share <= 1:
-            raise ValueError(
-                f"dino.warmup_teacher_share must be in [0, 1], got {self.warmup_teacher_share}"
-            )
-        if self.global_crops < 2:
-            raise ValueError(
-                f"dino.global_crops must be >= 2 (the teacher's views pair with other views), "
-                f"got {self.global_crops}"
-            )
-        if self.local_crops < 0 or self.global_seconds <= 0 or self.local_seconds <= 0:
-            raise ValueError(
-                "need dino.local_crops >= 0 and positive global_seconds / local_seconds, got "
-                f"{self.local_crops}, {self.global_seconds}, {self.local_seconds}"
-            )
-        if self.clip_grad < 0 or self.freeze_last_layer_epochs < 0:
-            raise ValueError(
-                f"need dino.clip_grad >= 0 and freeze_last_layer_epochs >= 0, got "
-                f"{self.clip_grad}, {self.freeze_last_layer_epochs}"
-            )
+    out_dim: int = setting(
+        65536, ge=1, why="wespeaker's DINO recipe: K = 65536 prototypes (the demo: 1024)"
+    )
+    hidden_dim: int = setting(2048, ge=1, why="wespeaker's DINO recipe: a head 2048 wide")
+    bottleneck_dim: int = setting(256, ge=1, why="wespeaker's DINO recipe: a 256-d bottleneck")
+    head_layers: int = setting(3, ge=1, why="wespeaker's DINO recipe: a 3-layer MLP head")
+    head_bn: bool = setting(True, why="wespeaker's DINO recipe: batch norm in the head")
+    norm_last_layer: bool = setting(
+        True, why="DINO's default: prototypes kept at norm 1, for stability"
+    )
+    student_temp: float = setting(0.1, gt=0, why="DINO's and wespeaker's student temperature tau_s")
+    teacher_temp: float = setting(
+        0.07,
+        gt=0,
+        why="wespeaker's final teacher temperature; above ~0.07 DINO collapses (its paper)",
+    )
+    warmup_teacher_temp: float = setting(
+        0.04, gt=0, why="wespeaker's DINO recipe: tau_t starts at 0.04 and rises linearly"
+    )
+    warmup_teacher_share: float = setting(
+        0.2, ge=0, le=1, why="wespeaker's DINO recipe: the warm-up spans the first 20 % of epochs"
+    )
+    center_momentum: float = setting(
+        0.9, ge=0, lt=1, why="DINO's and wespeaker's EMA momentum of the teacher-output centre"
+    )
+    teacher_momentum: float = setting(
+        0.996,
+        ge=0,
+        lt=1,
+        why="wespeaker's DINO recipe (then raised to 1 on a cosine); closer to 1 for small batches",
+    )
+    global_crops: int = setting(
+        2,
+        ge=2,
+        why="wespeaker's DINO recipe: 2 global views (the teacher's views pair with other views)",
+    )
+    global_seconds: float = setting(3.0, gt=0, why="wespeaker's DINO recipe: global crops of 3 s")
+    local_crops: int = setting(
+        4, ge=0, why="wespeaker's DINO recipe: 4 local crops, seen by the student only"
+    )
+    local_seconds: float = setting(2.0, gt=0, why="wespeaker's DINO recipe: local crops of 2 s")
+    clip_grad: float = setting(
+        3.0, ge=0, why="wespeaker's DINO recipe: per-parameter gradient clipping at 3 (0: off)"
+    )
+    freeze_last_layer_epochs: int = setting(
+        1, ge=0, why="wespeaker's DINO recipe: the prototypes stay frozen in the first epoch"
+    )
+    stop_on_collapse: bool = setting(
+        True,
+        why="a collapsed teacher gives no signal: stop with one line and keep the best "
+        "encoder, not spend the budget",
+    )
 
     @property
     def views(self) -> tuple[int, float, int, float]:
@@ -300,21 +394,38 @@ class DinoSpec:
         return (self.global_crops, self.global_seconds, self.local_crops, self.local_seconds)
 
 
-@dataclass
+@config
 class PretrainConfig:
     """``raysv pretrain`` configuration (YAML + ``--set key=value`` overrides)."""
 
-    out: str = "runs/pretrain"
-    run_name: str = "pretrain"
-    data: PretrainData = field(default_factory=PretrainData)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    loss: LossSpec = field(default_factory=LossSpec)
-    dino: DinoSpec = field(default_factory=DinoSpec)
-    optim: OptimSpec = field(default_factory=OptimSpec)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    tracking_uri: str | None = None
-    experiment: str = "raysv-pretrain"
-    parent_run_id: str | None = None  # nests the MLflow run (a ``raysv tune`` trial)
+    out: str = setting("runs/pretrain", why="convenience: a run folder under ./runs")
+    run_name: str = setting(
+        "pretrain", why="the stage's name; the same run name under out resumes that run"
+    )
+    data: PretrainData = setting(
+        factory=PretrainData, why="PretrainData's defaults; each data.* setting says why its own"
+    )
+    model: ModelSpec = setting(factory=ModelSpec, why="ModelSpec's defaults: a small ECAPA-TDNN")
+    loss: LossSpec = setting(
+        factory=LossSpec, why="LossSpec's defaults: the dialogue paper's AvA with rejection"
+    )
+    dino: DinoSpec = setting(
+        factory=DinoSpec,
+        why="DinoSpec's defaults (wespeaker's recipe); used only with loss.name: dino",
+    )
+    optim: OptimSpec = setting(
+        factory=OptimSpec, why="OptimSpec's defaults: the dialogue paper's Adam schedule"
+    )
+    train: TrainSpec = setting(
+        factory=TrainSpec, why="TrainSpec's defaults; each train.* setting says why its own"
+    )
+    tracking_uri: str | None = setting(
+        None, why="null: MLFLOW_TRACKING_URI, else a SQLite store under out (no server needed)"
+    )
+    experiment: str = setting("raysv-pretrain", why="one MLflow experiment per command, named so")
+    parent_run_id: str | None = setting(
+        None, why="null: a top-level MLflow run; raysv tune nests each trial's run under its own"
+    )
 
     def __post_init__(self):
         from raysv.losses import DIALOGUE_LOSSES, LOSSES

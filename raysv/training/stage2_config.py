@@ -7,14 +7,14 @@ optim, train (shared with Stage I). Unknown keys are errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 from raysv.audio.augment import AugmentConfig
+from raysv.config import config, setting
 from raysv.training.config import ModelSpec, OptimSpec, TrainSpec
 
 
-@dataclass
+@config
 class Stage2Data:
     """Training rows and evaluation inputs.
 
@@ -35,41 +35,56 @@ class Stage2Data:
             with it (``raysv iterate`` passes the round's clustering input). None = random.
     """
 
-    labels: str | None = None
-    utterances: str | None = None
-    dev_trials: str | None = None
-    test_trials: str | None = None
-    crop_seconds: float = 2.0
-    n_mels: int | None = None
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3))
-    eval_max_seconds: float = 10.0
-    analysis: bool = True
-    head_init: str | None = None
+    labels: str | None = setting(
+        None, why="null: given by --labels, or by each raysv iterate round's clustering"
+    )
+    utterances: str | None = setting(
+        None, why="null: given by --manifest, or by raysv iterate (the training pool)"
+    )
+    dev_trials: str | None = setting(
+        None, why="null: not scored on dev; give a trial list to pick the best epoch"
+    )
+    test_trials: str | None = setting(
+        None, why="null: not scored on test (reported only, never used to choose)"
+    )
+    crop_seconds: float = setting(
+        2.0,
+        ge=0.1,
+        why="Stage I's crop: shorter than the LGL paper's 3 s (configs/train_lgl.yaml) "
+        "for CPU-scale runs",
+    )
+    n_mels: int | None = setting(
+        None, ge=8, why="null: the init checkpoint's bins (40 without one), as its encoder expects"
+    )
+    augment: AugmentConfig = setting(
+        factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3),
+        why="Stage I's default, for convenience; configs/train_lgl.yaml uses the iterative "
+        "paper's 0.6",
+    )
+    eval_max_seconds: float = setting(
+        10.0,
+        gt=0,
+        why="caps the cost of embedding long trial utterances; a convenience value, not tuned",
+    )
+    analysis: bool = setting(
+        True,
+        why="analysis only, never trains: the reliable-label shares are the evidence the "
+        "README reports",
+    )
+    head_init: str | None = setting(
+        None, why="null: a random head; raysv iterate passes the round's clustering input"
+    )
 
-    def __post_init__(self):
-        if self.crop_seconds < 0.1:
-            raise ValueError(f"crop_seconds must be >= 0.1, got {self.crop_seconds}")
-        if self.n_mels is not None and self.n_mels < 8:
-            raise ValueError(f"n_mels must be >= 8 (or null: the checkpoint's), got {self.n_mels}")
-        if self.eval_max_seconds <= 0:
-            raise ValueError(f"eval_max_seconds must be > 0, got {self.eval_max_seconds}")
 
-
-@dataclass
+@config
 class HeadSpec:
     """AAM-softmax classifier head: margin m (radians) and scale s (the LGL paper: 0.2, 30)."""
 
-    margin: float = 0.2
-    scale: float = 30.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.margin < 1.0 or self.scale <= 0:
-            raise ValueError(
-                f"need 0 <= head.margin < 1 and head.scale > 0, got {self.margin}, {self.scale}"
-            )
+    margin: float = setting(0.2, ge=0, lt=1, why="the LGL paper's AAM-softmax margin")
+    scale: float = setting(30.0, gt=0, why="the LGL paper's AAM-softmax scale")
 
 
-@dataclass
+@config
 class GateSpec:
     """Which samples train the network (see :mod:`raysv.losses.gates`).
 
@@ -90,24 +105,38 @@ class GateSpec:
             through (``schedule.tau: auto`` in ``raysv iterate`` sets it per round).
     """
 
-    name: Literal["none", "lgl", "dlg", "dlg-lc"] = "none"
-    tau: float = 3.0
-    warmup_epochs: int = 1
-    tau2: float = 0.8
-    seed: int = 0
-    share: float | None = None
+    name: Literal["none", "lgl", "dlg", "dlg-lc"] = setting(
+        "none",
+        why="plain AAM-softmax on all pseudo labels; raysv iterate and the train_* configs "
+        "choose a gate",
+    )
+    tau: float = setting(
+        3.0,
+        gt=0,
+        why="the LGL paper's threshold of rounds 2-3 (its schedule 1, 3, 3, 5, 6; "
+        "Table 4: 1 to 5 all help)",
+    )
+    warmup_epochs: int = setting(
+        1,
+        ge=0,
+        why="one epoch on all pseudo labels before gating, as the LGL paper trains first; "
+        "DLG needs one epoch of losses",
+    )
+    tau2: float = setting(
+        0.8,
+        gt=0,
+        lt=1,
+        why="a confident top posterior; not tuned here (configs/train_dlg_lc.yaml uses 0.9)",
+    )
+    seed: int = setting(0, ge=0, why="any fixed seed: reproducible mixture fits")
+    share: float | None = setting(
+        None,
+        gt=0,
+        le=1,
+        why="null: the fixed tau; raysv iterate's schedule.tau: auto sets it per round",
+    )
 
     def __post_init__(self):
-        if self.tau <= 0:
-            raise ValueError(f"gate.tau must be > 0, got {self.tau}")
-        if self.share is not None and not 0.0 < self.share <= 1.0:
-            raise ValueError(f"gate.share is a share in (0, 1], got {self.share}")
-        if not 0.0 < self.tau2 < 1.0:
-            raise ValueError(f"gate.tau2 is a probability in (0, 1), got {self.tau2}")
-        if self.seed < 0:
-            raise ValueError(f"gate.seed must be >= 0, got {self.seed}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"gate.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.name in ("dlg", "dlg-lc") and self.warmup_epochs < 1:
             raise ValueError(
                 "gate dlg/dlg-lc fits its threshold to the previous epoch's losses: "
@@ -120,7 +149,7 @@ def _stage2_optim() -> OptimSpec:
     return OptimSpec(lr=1e-3, decay=1.0)
 
 
-@dataclass
+@config
 class Stage2Config:
     """``raysv train`` configuration (YAML + ``--set key=value`` overrides).
 
@@ -136,29 +165,51 @@ class Stage2Config:
     beats it (model selection on dev, never on test).
     """
 
-    out: str = "runs/train"
-    run_name: str = "train"
-    init_checkpoint: str | None = None
-    data: Stage2Data = field(default_factory=Stage2Data)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    head: HeadSpec = field(default_factory=HeadSpec)
-    gate: GateSpec = field(default_factory=GateSpec)
-    optim: OptimSpec = field(default_factory=_stage2_optim)
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(epochs=6, batch_size=64))
-    head_warmup_epochs: int = 1
-    encoder_lr_scale: float = 1.0
-    l2_to_init: float = 0.0
-    tracking_uri: str | None = None
-    experiment: str = "raysv-train"
-    parent_run_id: str | None = None
+    out: str = setting("runs/train", why="convenience: a run folder under ./runs")
+    run_name: str = setting(
+        "train", why="the stage's name; the same run name under out resumes that run"
+    )
+    init_checkpoint: str | None = setting(
+        None,
+        why="null: the encoder from scratch; give Stage I's best_model.pt (raysv iterate does)",
+    )
+    data: Stage2Data = setting(factory=Stage2Data, why="Stage2Data's defaults")
+    model: ModelSpec = setting(
+        factory=ModelSpec, why="ModelSpec's defaults; init_checkpoint's encoder replaces them"
+    )
+    head: HeadSpec = setting(factory=HeadSpec, why="the LGL paper's AAM-softmax (m 0.2, s 30)")
+    gate: GateSpec = setting(factory=GateSpec, why="GateSpec's defaults: no gate")
+    optim: OptimSpec = setting(
+        factory=_stage2_optim, why="the LGL paper fixes Adam's learning rate at 0.001 in Stage II"
+    )
+    train: TrainSpec = setting(
+        factory=lambda: TrainSpec(epochs=6, batch_size=64),
+        why="convenience: a short run for CPUs (the LGL paper's batch is 256); raise on GPUs",
+    )
+    head_warmup_epochs: int = setting(
+        1,
+        ge=0,
+        why="one head-only epoch so a random head does not wreck the pretrained encoder",
+    )
+    encoder_lr_scale: float = setting(
+        1.0,
+        gt=0,
+        le=10,
+        why="1: encoder and head at the LGL paper's one learning rate",
+    )
+    l2_to_init: float = setting(
+        0.0, ge=0, why="0: off, as in the LGL paper; a stabiliser for fine-tuning when set"
+    )
+    tracking_uri: str | None = setting(
+        None, why="null: MLFLOW_TRACKING_URI, else a SQLite file under out"
+    )
+    experiment: str = setting("raysv-train", why="one MLflow experiment for raysv train runs")
+    parent_run_id: str | None = setting(
+        None, why="null: a top-level MLflow run; raysv iterate and raysv tune nest theirs"
+    )
 
     def __post_init__(self):
-        if not 0 < self.encoder_lr_scale <= 10 or self.l2_to_init < 0:
-            raise ValueError(
-                f"need 0 < encoder_lr_scale <= 10 and l2_to_init >= 0, "
-                f"got {self.encoder_lr_scale}, {self.l2_to_init}"
-            )
-        if not 0 <= self.head_warmup_epochs < self.train.epochs:
+        if self.head_warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"head_warmup_epochs ({self.head_warmup_epochs}) must be in [0, train.epochs)"
             )

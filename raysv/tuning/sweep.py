@@ -23,10 +23,9 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from raysv.config import apply_overrides, from_dict, to_dict
+from raysv.config import apply_overrides, config, from_dict, setting, to_dict
 from raysv.data.outputs import claim_run, write_json_atomic
 from raysv.errors import ConfigError
 
@@ -35,7 +34,7 @@ log = logging.getLogger("raysv")
 STAGES = ("pretrain", "train")
 
 
-@dataclass
+@config
 class SweepConfig:
     """``raysv tune`` configuration.
 
@@ -54,14 +53,30 @@ class SweepConfig:
         experiment: MLflow experiment of the parent run (trials are nested under it).
     """
 
-    out: str = "runs/tune"
-    stage: Literal["pretrain", "train"] = "pretrain"
-    base: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list] = field(default_factory=dict)
-    repeats: int = 1
-    max_concurrent_trials: int = 1
-    tracking_uri: str | None = None
-    experiment: str = "raysv-tune"
+    out: str = setting("runs/tune", why="convenience: a run folder under ./runs")
+    stage: Literal["pretrain", "train"] = setting(
+        "pretrain",
+        why="Stage I's rejection T x t is the README's first sweep; train sweeps Stage II",
+    )
+    base: dict[str, Any] = setting(factory=dict, why="empty: the stage's own defaults")
+    grid: dict[str, list] = setting(
+        factory=dict, why="empty, and refused so: a sweep has to name what it sweeps"
+    )
+    repeats: int = setting(
+        1,
+        ge=1,
+        why="one run per grid point, as each seed costs a full run; raise it where runs are noisy",
+    )
+    max_concurrent_trials: int = setting(
+        1,
+        ge=1,
+        why="each trial runs its own Ray Train workers: one at a time on a small machine "
+        "(README); raise it on a cluster",
+    )
+    tracking_uri: str | None = setting(
+        None, why="null: MLFLOW_TRACKING_URI, else a SQLite store under out (no server needed)"
+    )
+    experiment: str = setting("raysv-tune", why="one MLflow experiment per command, named so")
 
     def __post_init__(self):
         if not self.grid:
@@ -69,8 +84,6 @@ class SweepConfig:
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
-        if self.repeats < 1 or self.max_concurrent_trials < 1:
-            raise ValueError("repeats and max_concurrent_trials must be >= 1")
 
 
 def _stage(stage: str):

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -7,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysv.data.corpus import prepare_corpus
+from raysv.errors import ConfigError
 from raysv.synth.corpus import SynthConfig, plan_corpus, synthesize
 from raysv.synth.voice import random_channel, random_voice, render
 from tests.conftest import TINY
@@ -33,10 +35,10 @@ def test_render_is_deterministic_and_sane():
 
 
 def test_corpus_is_deterministic_for_a_seed_and_process_count(tmp_path, tiny_corpus):
-    cfg = SynthConfig(**{**TINY.__dict__, "workers": 2})
+    cfg = dataclasses.replace(TINY, workers=2)
     synthesize(cfg, str(tmp_path / "again"))
     assert _digest(tiny_corpus) == _digest(tmp_path / "again")  # 1 process vs 2: same bytes
-    other = SynthConfig(**{**TINY.__dict__, "seed": 4})
+    other = dataclasses.replace(TINY, seed=4)
     synthesize(other, str(tmp_path / "other"))
     assert _digest(tmp_path / "other") != _digest(tiny_corpus)
 
@@ -121,7 +123,7 @@ def test_generated_corpus_imports(tiny_corpus, tmp_path):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="train_speakers must be >= 2"):
+    with pytest.raises(ConfigError, match="train_speakers must be >= 2"):
         SynthConfig(train_speakers=1)
-    with pytest.raises(ValueError, match="min_dialogue"):
+    with pytest.raises(ConfigError, match="min_dialogue"):
         SynthConfig(min_dialogue=1)
