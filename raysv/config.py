@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -87,11 +88,14 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    hint: str | None = None,
 ) -> Any:
     """A config field: its ``default`` (or ``factory`` for a mutable or nested
     one), the accepted range (``ge``/``gt``/``le``/``lt``) and ``why`` the
     default is what it is (a paper, a measurement, a constraint); the reference
-    (:func:`reference`) prints all three."""
+    (:func:`reference`) prints all three. ``hint`` says what a special value
+    means or why the bound (``-1: no limit``, ``or null: automatic``); range
+    errors and the reference show it beside the range."""
     if not why or not why.strip():
         raise TypeError("a setting needs a reason for its default (why=...)")
     if (default is dataclasses.MISSING) == (factory is None):
@@ -99,6 +103,8 @@ def setting(
     meta: dict[str, Any] = {"why": why.strip()}
     if any(b is not None for b in (ge, gt, le, lt)):
         meta["range"] = Range(ge, gt, le, lt)
+    if hint:
+        meta["hint"] = hint
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -114,14 +120,25 @@ def check_ranges(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
         for i, v in items:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            # numbers of any kind (numpy's too; a bool is 0 or 1); None and words pass
+            if not isinstance(v, numbers.Real):
                 continue
             if not rng.ok(v):
                 hints = hints or typing.get_type_hints(type(cfg))
-                alts = _alternatives(hints[f.name])
                 key = f.name if i is None else f"{f.name}[{i}]"
-                also = f" (or {' or '.join(alts)})" if alts else ""
-                raise RangeError(f"{key} must be {rng}{also}, got {v!r}")
+                raise RangeError(f"{key} must be {range_text(f, hints[f.name])}, got {v!r}")
+
+
+def range_text(f: dataclasses.Field, tp: Any, others: bool = True) -> str:
+    """``>= 1 (or null: automatic)``: a field's range with its hint, or (``others``)
+    the other values its type takes (``(or auto)``); empty without a range."""
+    rng = f.metadata.get("range")
+    if rng is None:
+        return ""
+    if f.metadata.get("hint"):
+        return f"{rng} ({f.metadata['hint']})"
+    alts = _alternatives(tp) if others else []
+    return f"{rng} (or {' or '.join(alts)})" if alts else str(rng)
 
 
 def _alternatives(tp: Any) -> list[str]:
@@ -267,6 +284,19 @@ def _layer(default: Any, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def changed_keys(cfg: Any, default: Any, keys: Any) -> list[str]:
+    """The dotted ``keys`` whose value in config ``cfg`` differs from ``default``'s (a
+    command that sets such keys itself refuses them when given: no ignored setting)."""
+    found = []
+    for key in keys:
+        a, b = cfg, default
+        for part in key.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        if a != b:
+            found.append(key)
+    return found
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a config dataclass (for YAML, JSON and MLflow params)."""
     return dataclasses.asdict(cfg)
@@ -381,13 +411,12 @@ def reference(cfg: Any, prefix: str = "", context: str = "") -> list[dict[str, s
             continue
         if context and value != _field_default(f):
             why = f"{context} (default {_show(_field_default(f))}: {why})"
-        rng = f.metadata.get("range")
         rows.append(
             {
                 "key": prefix + f.name,
                 "type": _type_name(hints[f.name]),
                 "default": _show(value),
-                "range": str(rng) if rng else "",
+                "range": range_text(f, hints[f.name], others=False),  # the type says them
                 "why": why,
             }
         )

@@ -37,15 +37,63 @@ def config_class(command: str | None) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def settings(
-    command: str | None, config: str | None = None, overrides: list[str] | None = None
-) -> dict:
-    """``command``'s settings: ``{"command", "class", "config", "rows"}``; rows as in
-    :func:`raysv.config.reference`, with the values ``--config`` and ``overrides``
-    give (the defaults when neither is given; checked as a run would check them)."""
+def set_by_command(command: str) -> dict[str, str]:
+    """Keys of ``command``'s config that the command sets itself (refused when given):
+    ``{dotted key: what sets it}``."""
+    if command == "iterate":
+        from raysv.pipeline.iterate import SET_BY_ROUNDS
+
+        return {f"train.{k}": f"each round, from {v}" for k, v in SET_BY_ROUNDS.items()}
+    if command == "demo":
+        from raysv.pipeline.demo import SET_BY_DEMO
+
+        return {k: f"the demo, from {v}" for k, v in SET_BY_DEMO.items()}
+    return {}
+
+
+def rows(command: str, cfg=None) -> list[dict]:
+    """The reference rows of ``command`` (:func:`raysv.config.reference` of its config
+    class), or of a loaded config ``cfg``: a value that differs from the default says
+    so and keeps the default's reason; a key the command sets itself says that."""
     cls = config_class(command)
-    cfg = load_config(cls, config, overrides) if config or overrides else cls
-    return {"command": command, "class": cls.__name__, "config": config, "rows": reference(cfg)}
+    default = reference(cls)
+    if cfg is not None:
+        given = {r["key"]: r for r in reference(cfg)}
+        for r in default:
+            now = given[r["key"]]["default"]
+            if now != r["default"]:
+                r["why"] = f"given (default {r['default']}: {r['why']})"
+                r["default"] = now
+    owned = set_by_command(command)
+    for r in default:
+        for key, by in owned.items():
+            if r["key"] == key or r["key"].startswith(key + "."):
+                r["why"] = f"set by {by}; refused if given"
+    return default
+
+
+def settings(
+    command: str | None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    markdown_too: bool = False,
+) -> dict:
+    """``raysv config``: ``command``'s settings, ``{"command", "class", "config", "rows"}``,
+    with the values ``--config`` and ``overrides`` give (the defaults without them),
+    checked as a run would check them (a sweep: every trial's stage config); or, with
+    ``markdown_too`` and nothing else, ``{"markdown": the whole reference}``."""
+    if markdown_too:
+        if command or config or overrides:
+            raise ConfigError("--markdown prints every command's defaults: give it alone")
+        return {"markdown": markdown()}
+    cls = config_class(command)
+    cfg = load_config(cls, config, overrides) if config or overrides else None
+    if cfg is not None and command == "tune":
+        from raysv.tuning.sweep import trial_config, trial_points
+
+        for i, point in enumerate(trial_points(cfg)):
+            trial_config(cfg, i, point, None)
+    return {"command": command, "class": cls.__name__, "config": config, "rows": rows(command, cfg)}
 
 
 def markdown() -> str:
@@ -63,7 +111,7 @@ def markdown() -> str:
     ]
     for command in COMMANDS:
         cls = config_class(command)
-        parts.append(_section(f"`raysv {command}` ({cls.__name__})", reference(cls)))
+        parts.append(_section(f"`raysv {command}` ({cls.__name__})", rows(command)))
     return "\n".join(parts)
 
 

@@ -456,12 +456,12 @@ CASES = [
     # -- synth: config values, --set syntax, --config files, --out
     pytest.param(
         synth_set("train_speakers=1"),
-        "train_speakers must be >= 2, got 1",
+        "train_speakers must be >= 2 (a multi-speaker dialogue needs two), got 1",
         id="synth-train-speakers-1",
     ),
     pytest.param(
         synth_set("dev_speakers=-3"),
-        "dev_speakers must be >= 2, got -3",
+        "dev_speakers must be >= 2 (to make non-target trials), got -3",
         id="synth-dev-speakers-negative",
     ),
     pytest.param(
@@ -1556,7 +1556,9 @@ CASES = [
         id="iterate-data-missing",
     ),
     # -- tune (all fail before Ray starts)
-    pytest.param(tune_config("stage: pretrain\n"), "grid is empty", id="tune-no-grid"),
+    pytest.param(
+        tune_config("stage: pretrain\n"), "nothing to sweep: give grid", id="tune-no-grid"
+    ),
     pytest.param(
         tune_config("grid:\n  train.batch_size: 16\n"),
         "grid.train.batch_size: expected a non-empty list of values, got 16",
@@ -1606,7 +1608,7 @@ CASES = [
     ),
     pytest.param(
         demo_with("--set", "synth.train_speakers=1"),
-        "synth.train_speakers must be >= 2, got 1",
+        "synth.train_speakers must be >= 2 (a multi-speaker dialogue needs two), got 1",
         id="demo-synth-speakers-1",
     ),
     pytest.param(
@@ -1776,7 +1778,7 @@ CASES = [
     # -- nonsense numbers in configs, and bad model/loss settings, refused before Ray
     pytest.param(
         pretrain_with(None, "--set", "train.max_failures=-3"),
-        "train.max_failures must be >= -1, got -3",
+        "train.max_failures must be >= -1 (-1: no limit), got -3",
         id="pretrain-max-failures-negative",
     ),
     pytest.param(
@@ -1786,7 +1788,7 @@ CASES = [
     ),
     pytest.param(
         pretrain_with(None, "--set", "train.cpus_per_worker=-1"),
-        "train.cpus_per_worker must be > 0 (or null), got -1.0",
+        "train.cpus_per_worker must be > 0 (or null: automatic), got -1.0",
         id="pretrain-cpus-per-worker-negative",
     ),
     pytest.param(
@@ -1851,7 +1853,7 @@ CASES = [
     ),
     pytest.param(
         train_with("--set", "data.n_mels=0", manifest=False),
-        "data.n_mels must be >= 8 (or null), got 0",
+        "data.n_mels must be >= 8 (or null: the checkpoint's), got 0",
         id="train-n-mels-0",
     ),
     pytest.param(
@@ -1866,7 +1868,7 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "cluster.shards=0"),
-        "cluster.shards must be >= 1 (or null), got 0",
+        "cluster.shards must be >= 1 (or null: automatic), got 0",
         id="iterate-shards-0",
     ),
     pytest.param(
@@ -1876,17 +1878,17 @@ CASES = [
     ),
     pytest.param(
         iterate_with("--set", "train.train.max_failures=-2"),
-        "train.train.max_failures must be >= -1, got -2",
+        "train.train.max_failures must be >= -1 (-1: no limit), got -2",
         id="iterate-max-failures-negative",
     ),
     pytest.param(
         synth_set("workers=-5"),
-        "workers must be >= 0, got -5",
+        "workers must be >= 0 (0: all cores), got -5",
         id="synth-workers-negative",
     ),
     pytest.param(
         synth_config("workers: -5\n"),
-        "workers must be >= 0, got -5",
+        "workers must be >= 0 (0: all cores), got -5",
         id="synth-config-workers-negative",
     ),
     pytest.param(synth_set("seed=-1"), "seed must be >= 0, got -1", id="synth-seed-negative"),

@@ -12,7 +12,7 @@ from raysv.pipeline.iterate import IterateConfig
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import PretrainConfig
 from raysv.training.stage2_config import Stage2Config
-from raysv.tuning.sweep import SweepConfig, grid_points, trial_config
+from raysv.tuning.sweep import SweepConfig, trial_config, trial_points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +123,7 @@ def test_every_config_file_validates(path):
         assert yaml.safe_load(f)  # non-empty
     assert cfg is not None
     if isinstance(cfg, SweepConfig):  # every trial of a sweep is a valid stage config
-        for i, point in enumerate(grid_points(cfg)):
+        for i, point in enumerate(trial_points(cfg)):
             trial_config(cfg, i, point, None)
 
 
@@ -258,5 +258,5 @@ def test_raysv_config_lists_a_commands_settings_as_a_run_would_use_them(capsys):
     assert "  schedule.k = [60]    (list of int | auto, >= 2)\n" in out
     assert main(["config", "iterate", "--set", "cluster.shards=0"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "raysv config: error: cluster.shards must be >= 1 (or null), got 0"
+        "raysv config: error: cluster.shards must be >= 1 (or null: automatic), got 0"
     )

@@ -1,21 +1,44 @@
-"""``raysv tune``: a real Ray Tune sweep of two Stage I trials on a local Ray."""
+"""``raysv tune``: real Ray Tune sweeps of Stage I trials on a local Ray."""
 
+import glob
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import pytest
 
 from raysv.cli import main
-from raysv.config import from_dict
+from raysv.config import from_dict, load_config
 from raysv.errors import ConfigError
-from raysv.tuning.sweep import SweepConfig, grid_points, run_sweep
+from raysv.training.config import PretrainConfig
+from raysv.tuning.sweep import (
+    TUNE_METRICS,
+    SweepConfig,
+    run_sweep,
+    trial_config,
+    trial_points,
+    tune_metrics,
+)
 from tests.conftest import cli_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "tune_smoke.yaml")
 
 
-def test_sweep_runs_trials_picks_on_dev_and_reuses_finished_trials(
+def _tune_results(out: str) -> list[dict]:
+    """Every result Ray Tune stored for the sweep's trials (their result.json lines)."""
+    rows = []
+    for path in glob.glob(os.path.join(out, "tune", "sweep", "*", "result.json")):
+        with open(path) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+def test_asha_sweep_reports_every_epoch_stops_trials_and_resumes(
     tiny_corpus, tmp_path, ray_local, capsys, monkeypatch
 ):
     # Relative paths mean the folder the sweep is started from (trials run in their own).
@@ -27,34 +50,110 @@ def test_sweep_runs_trials_picks_on_dev_and_reuses_finished_trials(
     printed = capsys.readouterr().out
     assert "Configuration for experiment" not in printed  # Ray Tune's tables go to stderr
     s = cli_json(printed)
-    assert [r["params"] for r in s["trials"]] == [
-        {"loss.rejection.threshold": 0.3},
-        {"loss.rejection.threshold": 0.7},
-    ]
+    cfg = load_config(SweepConfig, SMOKE)
+    epochs = cfg.base["train"]["epochs"]
+    assert [r["params"] for r in s["trials"]] == trial_points(cfg)
+    assert sum(s["counts"].values()) == len(s["trials"]) == cfg.samples
+    assert s["counts"]["failed"] == 0 and s["counts"]["finished"] >= 1
     for r in s["trials"]:
-        assert 0 <= r["dev_eer"] <= 100 and 0 <= r["test_eer"] <= 100
-        assert os.path.isfile(r["best_model"])
-    # Selection uses dev EER only.
-    assert s["best"]["dev_eer"] == min(r["dev_eer"] for r in s["trials"])
-    # Each trial trained with its own setting.
-    for r in s["trials"]:
-        cfg_path = os.path.join(out, "trials", f"{r['trial']:03d}", "config.yaml")
-        with open(cfg_path) as f:
-            assert f"threshold: {r['params']['loss.rejection.threshold']}" in f.read()
-    # MLflow: one parent run, each trial nested under it.
+        trial_dir = os.path.join(out, "trials", f"{r['trial']:03d}")
+        # [3] every epoch reached Tune as it ended, the dev figures of that epoch
+        assert [c["epochs"] for c in r["curve"]] == list(range(1, r["epochs"] + 1))
+        assert 0 <= r["dev_eer"] <= 100
+        if r["status"] == "finished":
+            assert r["epochs"] == epochs and os.path.isfile(r["best_model"])
+            assert 0 <= r["test_eer"] <= 100  # read from the trial's summary, not from Tune
+        else:  # stopped by ASHA at a rung: it trained fewer epochs and has no summary
+            assert r["status"] == "stopped" and r["epochs"] < epochs
+            assert not os.path.exists(os.path.join(trial_dir, "summary.json"))
+        with open(os.path.join(trial_dir, "config.yaml")) as f:  # each its own setting
+            threshold = r["params"]["loss.rejection.threshold"]
+            assert f"threshold: {threshold}" in f.read()
+    # Test figures never reach Tune, from any trial, in any report.
+    reported = _tune_results(out)
+    assert len(reported) >= sum(r["epochs"] for r in s["trials"])
+    assert not [k for m in reported for k in m if "test" in k.lower()]
+    # [5] selection on dev EER among finished trials; its config runs as is.
+    finished = [r for r in s["trials"] if r["status"] == "finished"]
+    assert s["best"]["dev_eer"] == min(r["dev_eer"] for r in finished)
+    best = load_config(PretrainConfig, s["best_config"])
+    assert best.out == os.path.join(out, "best") and best.parent_run_id is None
+    assert best.loss.rejection.threshold == s["best"]["params"]["loss.rejection.threshold"]
+    # MLflow: one parent run, each trial nested under it with its per-epoch metrics.
     client = mlflow.MlflowClient(s["mlflow"]["tracking_uri"])
     parent = s["mlflow"]["run_id"]
     children = client.search_runs(
         [client.get_run(parent).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent}'",
     )
-    assert sorted(c.info.run_name for c in children) == ["trial000", "trial001"]
-    assert len(client.get_metric_history(parent, "dev_eer")) == 2
-    # A rerun reuses the finished trials (no retraining) and reports the same figures.
+    assert sorted(c.info.run_name for c in children) == [
+        f"trial{r['trial']:03d}" for r in s["trials"]
+    ]
+    assert client.get_run(parent).data.metrics["trials.stopped"] == s["counts"]["stopped"]
+    # [4] Rerunning the same command resumes the sweep: nothing trains again, stopped
+    # trials stay stopped, the figures are the same.
+    stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "trials", "*", "*"))}
     assert main(argv) == 0
     again = cli_json(capsys.readouterr().out)
-    assert [r["dev_eer"] for r in again["trials"]] == [r["dev_eer"] for r in s["trials"]]
+    assert [(r["status"], r["dev_eer"]) for r in again["trials"]] == [
+        (r["status"], r["dev_eer"]) for r in s["trials"]
+    ]
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps
     assert again["seconds"] < s["seconds"]
+    # Another sweep into the same folder is refused, not mixed with this one.
+    argv_other = argv[:-1] + ["--set", "seed=9", "--json"]
+    assert main(argv_other) == 2
+    assert "holds a sweep of other trials" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~3 min on 2 cores: a sweep killed with SIGKILL mid-trial, then rerun
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_corpus, tmp_path):
+    out = tmp_path / "sweep"
+    argv = [
+        sys.executable,
+        "-m",
+        "raysv.cli",
+        "tune",
+        "--config",
+        SMOKE,
+        "--data",
+        tiny_corpus,
+        "--out",
+        str(out),
+        "--set",
+        "scheduler.name=none",
+        "--set",
+        "samples=2",
+        "--set",
+        "base.train.epochs=3",
+        "--json",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = out / "trials" / "000" / "summary.json"
+    try:
+        deadline = time.monotonic() + 600
+        while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+        assert first.exists() and proc.poll() is None, "the first trial did not finish"
+        time.sleep(5)  # into the second trial
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, at once
+        proc.wait()
+    stamp = first.stat().st_mtime
+    assert not (out / "summary.json").exists()
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = cli_json(done.stdout)
+    assert [r["status"] for r in s["trials"]] == ["finished", "finished"]
+    assert first.stat().st_mtime == stamp  # the finished trial did not run again
 
 
 def test_bad_grid_key_fails_before_any_trial(tmp_path):
@@ -69,11 +168,147 @@ def test_bad_grid_key_fails_before_any_trial(tmp_path):
 
 def test_grid_points_expand_repeats_with_seeds():
     cfg = from_dict(SweepConfig, {"grid": {"train.batch_size": [8, 16]}, "repeats": 2, "base": {}})
-    assert grid_points(cfg) == [
+    assert trial_points(cfg) == [
         {"train.batch_size": 8, "train.seed": 0},
         {"train.batch_size": 8, "train.seed": 1},
         {"train.batch_size": 16, "train.seed": 0},
         {"train.batch_size": 16, "train.seed": 1},
     ]
-    with pytest.raises(ConfigError, match="grid"):
+    with pytest.raises(ConfigError, match="nothing to sweep"):
         from_dict(SweepConfig, {"grid": {}})
+
+
+# -- #22: search spaces, per-epoch reports to Tune, early stopping, resume ---------------
+
+
+def _random_sweep(**extra):
+    data = {
+        "search": "random",
+        "samples": 6,
+        "seed": 3,
+        "base": {},
+        "grid": {"train.batch_size": [8, 16]},
+        "space": {
+            "loss.rejection.temperature": {"loguniform": [2.0, 15.0]},
+            "loss.rejection.threshold": {"uniform": [0.2, 0.8]},
+            "optim.decay_every": {"randint": [100, 200]},
+            "loss.name": {"choice": ["ava", "aproto"]},
+        },
+    }
+    data.update(extra)
+    return from_dict(SweepConfig, data)
+
+
+def test_random_search_draws_seeded_points_within_the_space_crossed_with_the_grid():
+    cfg = _random_sweep()
+    points = trial_points(cfg)
+    assert len(points) == 6 * 2 and points == trial_points(_random_sweep())  # seeded
+    assert points != trial_points(_random_sweep(seed=4))
+    assert [p["train.batch_size"] for p in points[:4]] == [8, 16, 8, 16]
+    assert points[0]["loss.rejection.threshold"] == points[1]["loss.rejection.threshold"]
+    for p in points:
+        assert 2.0 <= p["loss.rejection.temperature"] <= 15.0
+        assert 0.2 <= p["loss.rejection.threshold"] <= 0.8
+        assert isinstance(p["optim.decay_every"], int) and 100 <= p["optim.decay_every"] <= 200
+        assert p["loss.name"] in ("ava", "aproto")
+    temps = sorted(p["loss.rejection.temperature"] for p in points[::2])
+    assert temps[-1] / temps[0] > 1.5  # spread over the range, not one value
+    for i, p in enumerate(points):  # [1] every drawn trial is a valid stage config
+        trial_config(cfg, i, p, None)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"a": {"normal": [0, 1]}}, "space.a: expected one of {choice: ..., uniform"),
+        (
+            {"a": {"uniform": [1, 1]}},
+            r"space.a.uniform: expected \[low, high\] numbers with low < high",
+        ),
+        ({"a": {"uniform": [0, "x"]}}, "space.a.uniform: expected"),
+        ({"a": {"loguniform": [0, 1]}}, "space.a.loguniform: low must be > 0, got 0"),
+        ({"a": {"randint": [1, 2.5]}}, r"space.a.randint: expected integers"),
+        ({"a": {"choice": []}}, "space.a.choice: expected a non-empty list"),
+        ({"a": {"choice": [1], "uniform": [0, 1]}}, "space.a: expected one of"),
+    ],
+)
+def test_a_bad_search_space_is_refused_when_read(space, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(SweepConfig, {"search": "random", "space": space})
+
+
+def test_sweep_settings_that_cannot_work_together_are_refused():
+    with pytest.raises(ConfigError, match="space is drawn from by search: random"):
+        from_dict(SweepConfig, {"space": {"a": {"choice": [1]}}})
+    with pytest.raises(ConfigError, match="a: in both grid and space"):
+        from_dict(
+            SweepConfig,
+            {"search": "random", "grid": {"a": [1]}, "space": {"a": {"choice": [1]}}},
+        )
+    with pytest.raises(ConfigError, match="scheduler.reduction_factor must be > 1, got 1"):
+        from_dict(SweepConfig, {"grid": {"a": [1]}, "scheduler": {"reduction_factor": 1}})
+    with pytest.raises(ConfigError, match="scheduler.name: 'hyperband' is not one of"):
+        from_dict(SweepConfig, {"grid": {"a": [1]}, "scheduler": {"name": "hyperband"}})
+
+
+def test_only_dev_figures_of_an_epoch_reach_tune():
+    rank0 = {
+        "epoch": 2,
+        "step": 40,
+        "loss": 1.5,
+        "dev_eer": 20.0,
+        "best_dev_eer": 18.0,
+        "dev_min_dcf_0.01": 0.9,
+        "test_eer": 11.0,  # never computed per epoch today; never reported if it were
+        "test.min_dcf": 0.5,
+    }
+    m = tune_metrics(rank0)
+    assert tuple(m) == TUNE_METRICS
+    assert m["epochs"] == 3 and m["best_dev_eer"] == 18.0 and m["final"] == 0
+    assert not [k for k in m if "test" in k]
+
+
+def test_trial_rows_tell_finished_stopped_and_failed_trials_apart(tmp_path):
+    """A sweep's table from Ray Tune's results: a trial with a summary finished, one
+    without was stopped after its last reported epoch; test figures come from the
+    summary only."""
+    import pandas as pd
+    from ray.tune import Result
+
+    from raysv.data.outputs import write_json_atomic
+    from raysv.tuning.sweep import _trial_row
+
+    points = [{"x": 1}, {"x": 2}, {"x": 3}]
+    curve = pd.DataFrame({"epochs": [1, 2, 3], "dev_eer": [30.0, 25.0, 22.0], "final": [0, 0, 1]})
+    (tmp_path / "000").mkdir()
+    write_json_atomic(
+        str(tmp_path / "000" / "summary.json"),
+        {"final": {"best.test.eer": 12.5, "best.test.min_dcf_0.01": 0.7}, "best_model": "b.pt"},
+    )
+    finished = Result(
+        metrics={"config": {"trial": 0}, "best_dev_eer": 22.0, "epochs": 3},
+        checkpoint=None,
+        error=None,
+        path=str(tmp_path),
+        metrics_dataframe=curve,
+    )
+    stopped = Result(
+        metrics={"config": {"trial": 1}, "best_dev_eer": 41.0, "epochs": 1},
+        checkpoint=None,
+        error=None,
+        path=str(tmp_path),
+        metrics_dataframe=pd.DataFrame({"epochs": [1], "dev_eer": [41.0], "final": [0]}),
+    )
+    failed = Result(
+        metrics={"config": {"trial": 2}},
+        checkpoint=None,
+        error=RuntimeError("Traceback ...\nraysv.errors.ConfigError: bad thing"),
+        path=str(tmp_path),
+    )
+    rows = [_trial_row(r, points, str(tmp_path)) for r in (finished, stopped, failed)]
+    assert rows[0]["status"] == "finished" and rows[0]["test_eer"] == 12.5
+    assert rows[0]["curve"] == [{"epochs": 1, "dev_eer": 30.0}, {"epochs": 2, "dev_eer": 25.0}]
+    assert rows[0]["dev_eer"] == 22.0 and rows[0]["params"] == {"x": 1}
+    assert rows[1]["status"] == "stopped" and rows[1]["epochs"] == 1
+    assert "test_eer" not in rows[1]
+    assert rows[2]["status"] == "failed" and rows[2]["error"].endswith("bad thing")

@@ -188,8 +188,6 @@ def config_args(p: argparse.ArgumentParser) -> None:
 
 
 def config(a: argparse.Namespace) -> dict:
-    from raysv import reference
+    from raysv.reference import settings
 
-    if a.markdown:
-        return {"markdown": reference.markdown()}
-    return reference.settings(a.name, a.config, a.overrides)
+    return settings(a.name, a.config, a.overrides, markdown_too=a.markdown)

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import replace
 
-from raysv.config import config, setting, to_dict
+from raysv.config import changed_keys, config, setting, to_dict
 from raysv.data.outputs import claim_run, read_json, write_json_atomic
 from raysv.pipeline.iterate import ClusterSpec, IterateConfig, Schedule
 from raysv.synth.corpus import SynthConfig
@@ -104,6 +104,22 @@ def _small_stage2() -> IterateConfig:
     )
 
 
+# keys of the stages' configs that the demo sets itself, and from what
+SET_BY_DEMO = {
+    "pretrain.out": "out (<out>/stage1)",
+    "pretrain.data.data": "data, or the corpus it generates",
+    "pretrain.data.allow_outside_paths": "allow_outside_paths",
+    "pretrain.tracking_uri": "tracking_uri",
+    "pretrain.experiment": "experiment",
+    "stage2.out": "out (<out>/stage2)",
+    "stage2.data": "data, or the corpus it generates",
+    "stage2.allow_outside_paths": "allow_outside_paths",
+    "stage2.init_checkpoint": "Stage I's best_model.pt",
+    "stage2.tracking_uri": "tracking_uri",
+    "stage2.experiment": "experiment",
+}
+
+
 @config
 class DemoConfig:
     """Settings of ``raysv demo``.
@@ -146,7 +162,8 @@ class DemoConfig:
     pretrain: PretrainConfig = setting(
         factory=_small_pretrain,
         why="a few minutes on 2 CPU cores: a small ECAPA-TDNN, 1.5 s crops, AvA with "
-        "rejection, 20 epochs",
+        "rejection, 20 epochs; its dino.* are a small head and crops for "
+        "--set pretrain.loss.name=dino",
     )
     stage2: IterateConfig = setting(
         factory=_small_stage2,
@@ -159,6 +176,14 @@ class DemoConfig:
         why="a corpus folder's text files may not name audio outside it unless you say so "
         "(safety: the files' text decides what is read)",
     )
+
+    def __post_init__(self):
+        # a stage key the demo sets itself would be silently replaced: refused instead
+        default = {"pretrain": _small_pretrain(), "stage2": _small_stage2()}
+        for key, by in SET_BY_DEMO.items():
+            stage, rest = key.split(".", 1)
+            if changed_keys(getattr(self, stage), default[stage], [rest]):
+                raise ValueError(f"{key} is set by the demo from {by}; remove it")
 
 
 def run_demo(cfg: DemoConfig) -> dict:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from raysv.clustering.auto_schedule import lgl_share
 from raysv.clustering.sharded import KMeansSpec
-from raysv.config import config, setting, to_dict
+from raysv.config import changed_keys, config, setting, to_dict
 from raysv.data import fs
 from raysv.data.holdout import training_rows, trial_utt_ids
 from raysv.data.outputs import claim_run, write_json_atomic
@@ -116,6 +116,7 @@ class ClusterSpec(KMeansSpec):
     shards: int | None = setting(
         None,
         ge=1,
+        hint="or null: automatic",
         why="null: two per node (one per GPU on GPUs), measured in `raysv bench cluster`",
     )
     device: Literal["auto", "cpu", "gpu"] = setting(
@@ -253,15 +254,7 @@ SET_BY_ROUNDS = {
 def set_by_rounds(train: Stage2Config) -> list[tuple[str, str]]:
     """``(key, source)`` of each key in :data:`SET_BY_ROUNDS` whose value in ``train``
     differs from :class:`Stage2Config`'s default (it would be silently replaced)."""
-    default = Stage2Config()
-    found = []
-    for key, by in SET_BY_ROUNDS.items():
-        a, b = train, default
-        for part in key.split("."):
-            a, b = getattr(a, part), getattr(b, part)
-        if a != b:
-            found.append((key, by))
-    return found
+    return [(k, SET_BY_ROUNDS[k]) for k in changed_keys(train, Stage2Config(), SET_BY_ROUNDS)]
 
 
 def split_manifest(

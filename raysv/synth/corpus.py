@@ -50,7 +50,7 @@ class SynthConfig:
         utts_per_speaker: utterances planned per speaker (train speakers: grouped into dialogues).
         sessions_per_speaker: recording sessions (channels) per speaker; >= 2 so trials cross sessions.
         min_seconds / max_seconds: utterance duration range.
-        min_dialogue / max_dialogue: customer utterances per dialogue (the paper's 2-6).
+        min_dialogue / max_dialogue: customer utterances per dialogue (2-6: the generator's; the paper needs at least two).
         multi_speaker_fraction: share of dialogues that mix two speakers.
         cross_session_fraction: share of single-speaker dialogues spanning two sessions.
         trials_per_split: trials in each of dev.txt and test.txt (half target, half non-target).
@@ -61,18 +61,21 @@ class SynthConfig:
     train_speakers: int = setting(
         80,
         ge=2,
+        hint="a multi-speaker dialogue needs two",
         why="the benchmark corpus (configs/synth_100x20.yaml): 100 speakers, 80/10/10; "
         "a multi-speaker dialogue needs two",
     )
     dev_speakers: int = setting(
         10,
         ge=2,
+        hint="to make non-target trials",
         why="the benchmark corpus's 10 (>= 2 for non-target trials); the demo uses 25, as 10 "
         "make test EER noisy",
     )
     test_speakers: int = setting(
         10,
         ge=2,
+        hint="to make non-target trials",
         why="the benchmark corpus's 10 (>= 2 for non-target trials); the demo uses 25, as 10 "
         "make test EER noisy",
     )
@@ -100,9 +103,11 @@ class SynthConfig:
     min_dialogue: int = setting(
         2,
         ge=2,
-        why="the paper's 2-6 customer utterances per dialogue; two make a positive pair",
+        why="two make a positive pair (the dialogue paper needs at least two)",
     )
-    max_dialogue: int = setting(6, ge=2, why="the paper's 2-6 customer utterances per dialogue")
+    max_dialogue: int = setting(
+        6, ge=2, why="the generator's choice: dialogues of 2-6 customer turns"
+    )
     multi_speaker_fraction: float = setting(
         0.2,
         ge=0,
@@ -125,6 +130,7 @@ class SynthConfig:
     workers: int = setting(
         0,
         ge=0,
+        hint="0: all cores",
         why="0: all cores; every utterance has its own seed, so any count gives the same "
         "corpus (README)",
     )

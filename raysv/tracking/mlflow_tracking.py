@@ -19,12 +19,14 @@ from raysv.config import flatten
 log = logging.getLogger("raysv")
 
 
-def default_tracking_uri(root: str) -> str:
-    """Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else a SQLite file under ``root``."""
+def default_tracking_uri(root: str, create: bool = True) -> str:
+    """Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else a SQLite file under ``root``
+    (made, unless ``create`` is false: a config only being checked makes no folder)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    os.makedirs(root, exist_ok=True)
+    if create:
+        os.makedirs(root, exist_ok=True)
     return f"sqlite:///{os.path.abspath(os.path.join(root, 'mlflow.db'))}"
 
 

@@ -70,6 +70,7 @@ class PretrainData:
     utts_per_dialogue: int = setting(
         2,
         ge=2,
+        hint="positives need a partner",
         why="the dialogue paper's M = 2 (positives need a partner); README: M = 4 raises "
         "rejection's AUC ceiling",
     )
@@ -260,6 +261,7 @@ class TrainSpec:
     cpus_per_worker: float | None = setting(
         None,
         gt=0,
+        hint="or null: automatic",
         why="null: automatic: on CPU all but one (left for Ray Data, or the input starves), "
         "two per GPU worker",
     )
@@ -270,6 +272,7 @@ class TrainSpec:
     max_failures: int = setting(
         2,
         ge=-1,
+        hint="-1: no limit",
         why="a couple of restarts from the last checkpoint for lost workers; not tuned "
         "(-1: Ray retries without end)",
     )

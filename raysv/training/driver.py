@@ -120,12 +120,15 @@ def check_encoder(name: str, n_mels: int, kwargs: dict):
     return encoder
 
 
-def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, out: str, dataset):
+def build_trainer(
+    loop, loop_config: dict, train, resources: dict, name: str, out: str, dataset, callbacks=()
+):
     """The TorchTrainer of a training stage (Stage I or II).
 
     # [3] ScalingConfig / RunConfig / FailureConfig / CheckpointConfig;
     # [4] the same ``name`` under the same storage path resumes from its last checkpoint.
-    ``train`` is a :class:`~raysv.training.config.TrainSpec`.
+    ``train`` is a :class:`~raysv.training.config.TrainSpec`; ``callbacks``: Ray Train
+    callbacks of the run (a sweep's trial reports its epochs to Ray Tune with one).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -141,6 +144,7 @@ def build_trainer(loop, loop_config: dict, train, resources: dict, name: str, ou
             storage_path=train.storage_path or os.path.join(out, "ray"),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.num_to_keep),
+            callbacks=list(callbacks),
         ),
         datasets={"train": dataset},
     )
@@ -234,6 +238,7 @@ def train_stage(
     run_extra: dict,
     artifacts: tuple[str, ...] = (),
     t0: float | None = None,
+    callbacks=(),
 ) -> dict:
     """Train one stage on Ray Train; returns its summary (the caller writes it).
 
@@ -245,7 +250,8 @@ def train_stage(
     ``label`` names the stage on the progress lines, ``what`` on the start line;
     ``run_extra`` adds the objective's own keys to the workers' ``run``; ``artifacts``
     are files under ``out`` logged to MLflow besides ``config.yaml``; ``t0`` the
-    ``time.monotonic()`` the stage's command started at (for ``seconds``).
+    ``time.monotonic()`` the stage's command started at (for ``seconds``); ``callbacks``
+    Ray Train callbacks (:func:`build_trainer`).
     """
     from raysv.runtime import ensure_ray
     from raysv.tracking import mlflow_tracking as tracking
@@ -281,7 +287,14 @@ def train_stage(
             **run_extra,
         }
         trainer = build_trainer(  # [3] [4]
-            loop, {"cfg": to_dict(cfg), "run": run}, cfg.train, resources, cfg.run_name, out, data
+            loop,
+            {"cfg": to_dict(cfg), "run": run},
+            cfg.train,
+            resources,
+            cfg.run_name,
+            out,
+            data,
+            callbacks,
         )
         log.info(
             "%s: %s on %d %s with %d worker(s) x %s: %d epochs of %d steps "

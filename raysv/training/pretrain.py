@@ -264,7 +264,7 @@ def input_spec(cfg: PretrainConfig, epochs: int, spare_epochs: int) -> tdata.Inp
     )
 
 
-def run_pretrain(cfg: PretrainConfig) -> dict:
+def run_pretrain(cfg: PretrainConfig, *, callbacks=()) -> dict:
     """Run Stage I; returns the summary (also ``<out>/summary.json``)."""
     from raysv.training.pretrain_worker import train_loop
 
@@ -284,6 +284,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         run_extra={"truth": inputs.get("truth"), "speakers": inputs.get("speakers")},
         artifacts=("best_model.pt",),
         t0=t0,
+        callbacks=callbacks,
     )
     summary.update(inputs["counts"])
     write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)

@@ -229,7 +229,7 @@ def input_spec(cfg: Stage2Config) -> tdata.InputSpec:
     )
 
 
-def run_train(cfg: Stage2Config) -> dict:
+def run_train(cfg: Stage2Config, *, callbacks=()) -> dict:
     """Run Stage II training; returns the summary (also ``<out>/summary.json``)."""
     from raysv.training.stage2_worker import build_classifier, train_loop
     from raysv.training.stream import build_dataset
@@ -264,6 +264,7 @@ def run_train(cfg: Stage2Config) -> dict:
             "head_init": inputs.get("head_init"),
         },
         t0=t0,
+        callbacks=callbacks,
     )
     summary.update(n_classes=inputs["n_classes"], train_utterances=inputs["table"].num_rows)
     write_json_atomic(os.path.join(out, "summary.json"), summary, default=float)

@@ -54,7 +54,10 @@ class Stage2Data:
         "for CPU-scale runs",
     )
     n_mels: int | None = setting(
-        None, ge=8, why="null: the init checkpoint's bins (40 without one), as its encoder expects"
+        None,
+        ge=8,
+        hint="or null: the checkpoint's",
+        why="null: the init checkpoint's bins (40 without one), as its encoder expects",
     )
     augment: AugmentConfig = setting(
         factory=lambda: AugmentConfig(prob=0.5, reverb_prob=0.3),

@@ -1,15 +1,20 @@
-"""``raysv tune``: grid sweeps of a training stage's knobs with Ray Tune.
+"""``raysv tune``: sweeps of a training stage's knobs with Ray Tune, stopping bad trials early.
 
-# [1] every grid point is validated as a full stage config on the driver before
+# [1] every trial's settings (grid points, or seeded random draws from the
+#     search space) are validated as a full stage config on the driver before
 #     any trial starts (an unknown key or a bad value fails at once);
 # [2] each trial is a Ray Tune function trainable that runs the stage's own
 #     driver (``run_pretrain`` / ``run_train``), which starts its Ray Train
 #     workers: the trial itself reserves no CPU, its workers reserve theirs;
-# [3] trials write under ``<out>/trials/<i>``; a finished trial's
-#     ``summary.json`` is reused on a rerun, an unfinished one resumes from its
-#     last Ray Train checkpoint, so a killed sweep loses no finished trial;
-# [4] the best trial is the one with the lowest DEV EER; test trials are
-#     scored for the report only and never rank trials.
+# [3] rank 0's figures of every epoch reach Tune (a Ray Train callback), dev
+#     figures only: ASHA or median stopping can stop a trial after any epoch on
+#     its dev EER; test trials are never reported to Tune and never rank trials;
+# [4] trials write under ``<out>/trials/<i>``; Tune's state is under
+#     ``<out>/tune``: rerunning the same command resumes the sweep (finished
+#     and stopped trials stay so; an unfinished trial resumes from its last Ray
+#     Train checkpoint), and a failed trial is retried from it once;
+# [5] the best trial is the finished one with the lowest dev EER; its config is
+#     written as ``best_config.yaml``, which the stage's command runs as is.
 
 Ray Tune calls live in this module only.
 """
@@ -20,18 +25,54 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import sys
 import time
 from typing import Any, Literal
 
+import yaml
+
 from raysv.config import apply_overrides, config, from_dict, setting, to_dict
-from raysv.data.outputs import claim_run, write_json_atomic
+from raysv.data.outputs import claim_run, read_json, write_json_atomic
 from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
 
 STAGES = ("pretrain", "train")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+# what a trial reports to Tune after every epoch: dev figures only ([3])
+TUNE_METRICS = ("epochs", "dev_eer", "best_dev_eer", "dev_min_dcf", "final")
+
+
+@config
+class SchedulerSpec:
+    """Early stopping of trials on the dev EER they report after every epoch.
+
+    Args:
+        name: ``asha`` (asynchronous successive halving: at each rung a trial
+            goes on only if its best dev EER is among the best ``1 /
+            reduction_factor`` of the trials that reached that rung),
+            ``median`` (stop a trial whose best dev EER is worse than the
+            median of the others' at the same epoch) or ``none``.
+        grace_period: epochs every trial trains before it can be stopped.
+        reduction_factor: ASHA's eta; rungs at ``grace_period * eta^i`` epochs.
+    """
+
+    name: Literal["none", "asha", "median"] = setting(
+        "none",
+        why="every trial runs to the end, so a grid's figures all compare; asha stops the "
+        "worst trials on dev EER (configs/tune_asha_*.yaml)",
+    )
+    grace_period: int = setting(
+        1, ge=1, why="Ray Tune's ASHA default; raise it where the first epochs' dev EER misleads"
+    )
+    reduction_factor: float = setting(
+        3.0,
+        gt=1,
+        why="a third of the trials go on at each rung (Ray's default 4 keeps a quarter): "
+        "sweeps here have 8-30 trials",
+    )
 
 
 @config
@@ -47,7 +88,15 @@ class SweepConfig:
         grid: ``{dotted key of the stage config: [values]}``; the sweep runs the
             cartesian product, e.g. ``{"loss.rejection.temperature": [5, 10],
             "train.batch_size": [16, 32]}``.
-        repeats: runs of every grid point, with ``train.seed`` + 0, 1, ...
+        space: ``{dotted key: {distribution: args}}`` for ``search: random``:
+            ``{choice: [values]}``, ``{uniform: [low, high]}``, ``{loguniform:
+            [low, high]}`` (low > 0) or ``{randint: [low, high]}`` (both included).
+        search: ``grid`` (the grid's points) or ``random`` (``samples`` seeded
+            draws from ``space``, each crossed with the grid's points).
+        samples: draws of a random search.
+        seed: seeds the random draws (the same seed, the same trials).
+        repeats: runs of every point, with ``train.seed`` + 0, 1, ...
+        scheduler: early stopping of trials (:class:`SchedulerSpec`).
         max_concurrent_trials: trials at once (each runs its own Ray Train workers).
         tracking_uri: MLflow URI; None = ``MLFLOW_TRACKING_URI`` or SQLite under ``out``.
         experiment: MLflow experiment of the parent run (trials are nested under it).
@@ -60,12 +109,25 @@ class SweepConfig:
     )
     base: dict[str, Any] = setting(factory=dict, why="empty: the stage's own defaults")
     grid: dict[str, list] = setting(
-        factory=dict, why="empty, and refused so: a sweep has to name what it sweeps"
+        factory=dict, why="empty: a sweep names what it sweeps here or in space"
     )
+    space: dict[str, dict[str, list]] = setting(
+        factory=dict, why="empty: a grid sweep; search: random draws from it"
+    )
+    search: Literal["grid", "random"] = setting(
+        "grid", why="a grid's trials are all known before the sweep starts"
+    )
+    samples: int = setting(
+        8, ge=1, why="enough trials for ASHA to stop some (it keeps 1/3 at each rung)"
+    )
+    seed: int = setting(0, ge=0, why="any fixed seed: the same config draws the same trials")
     repeats: int = setting(
         1,
         ge=1,
         why="one run per grid point, as each seed costs a full run; raise it where runs are noisy",
+    )
+    scheduler: SchedulerSpec = setting(
+        factory=SchedulerSpec, why="SchedulerSpec's defaults: no early stopping"
     )
     max_concurrent_trials: int = setting(
         1,
@@ -79,11 +141,97 @@ class SweepConfig:
     experiment: str = setting("raysv-tune", why="one MLflow experiment per command, named so")
 
     def __post_init__(self):
-        if not self.grid:
-            raise ValueError("grid is empty: give at least one key with a list of values")
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+        for key, dist in self.space.items():
+            check_distribution(f"space.{key}", dist)
+        both = sorted(set(self.grid) & set(self.space))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both grid and space; give each key once")
+        if self.search == "grid" and self.space:
+            raise ValueError("space is drawn from by search: random; a grid search takes grid")
+        if not self.grid and not self.space:
+            raise ValueError(
+                "nothing to sweep: give grid (values per key) or space with search: random"
+            )
+
+
+def check_distribution(key: str, dist: Any) -> None:
+    """Raise ConfigError unless ``dist`` is one ``{distribution: args}`` of :data:`DISTRIBUTIONS`."""
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        raise ConfigError(
+            f"{key}: expected one of {{{', '.join(d + ': ...' for d in DISTRIBUTIONS)}}}, "
+            f"got {dist!r}"
+        )
+    ((name, args),) = dist.items()
+    if name == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{key}.choice: expected a non-empty list of values, got {args!r}")
+        return
+    ok = (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+        and all(math.isfinite(a) for a in args)
+    )
+    if not ok or not args[0] < args[1]:
+        raise ConfigError(
+            f"{key}.{name}: expected [low, high] numbers with low < high, got {args!r}"
+        )
+    if name == "loguniform" and args[0] <= 0:
+        raise ConfigError(f"{key}.loguniform: low must be > 0, got {args[0]}")
+    if name == "randint" and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{key}.randint: expected integers, got {args!r}")
+
+
+def draw(dist: dict[str, list], rng) -> Any:
+    """One value of ``{distribution: args}`` (see :data:`DISTRIBUTIONS`); floats to 4
+    significant digits, so trial names and tables stay readable."""
+    ((name, args),) = dist.items()
+    if name == "choice":
+        return args[int(rng.integers(len(args)))]
+    if name == "randint":
+        return int(rng.integers(args[0], args[1] + 1))
+    if name == "uniform":
+        value = rng.uniform(args[0], args[1])
+    else:
+        value = math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
+    return float(f"{value:.4g}")
+
+
+def trial_points(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The trials' settings ``[{dotted key: value}]`` in a fixed order: the grid's
+    cartesian product (crossed with ``samples`` seeded draws from ``space`` for a
+    random search), each ``repeats`` times with ``train.seed`` + 0, 1, ..."""
+    import numpy as np
+
+    keys = list(cfg.grid)
+    grid = [dict(zip(keys, v, strict=True)) for v in itertools.product(*cfg.grid.values())]
+    if cfg.search == "random":
+        rng = np.random.default_rng(cfg.seed)
+        drawn = [{k: draw(d, rng) for k, d in cfg.space.items()} for _ in range(cfg.samples)]
+        grid = [{**g, **s} for s in drawn for g in grid]
+    points = []
+    for p in grid:
+        for r in range(cfg.repeats):
+            point = dict(p)
+            if cfg.repeats > 1:
+                point["train.seed"] = int(cfg.base.get("train", {}).get("seed", 0)) + r
+            points.append(point)
+    return points
+
+
+def tune_metrics(rank0: dict) -> dict:
+    """What a trial reports to Tune from rank 0's metrics of one epoch: :data:`TUNE_METRICS`
+    (dev figures; ``epochs`` counts from 1). Test figures never reach Tune."""
+    return {
+        "epochs": int(rank0["epoch"]) + 1,
+        "dev_eer": float(rank0.get("dev_eer", float("nan"))),
+        "best_dev_eer": float(rank0.get("best_dev_eer", float("nan"))),
+        "dev_min_dcf": float(rank0.get("dev_min_dcf_0.01", float("nan"))),
+        "final": 0,  # 1: the trial's report after its run finished
+    }
 
 
 def _stage(stage: str):
@@ -99,19 +247,6 @@ def _stage(stage: str):
     return Stage2Config, run_train
 
 
-def grid_points(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """The trials' settings: ``[{dotted key: value}]`` over the grid x repeats, in a fixed order."""
-    keys = list(cfg.grid)
-    points = []
-    for values in itertools.product(*(cfg.grid[k] for k in keys)):
-        for r in range(cfg.repeats):
-            p = dict(zip(keys, values, strict=True))
-            if cfg.repeats > 1:
-                p["train.seed"] = int(cfg.base.get("train", {}).get("seed", 0)) + r
-            points.append(p)
-    return points
-
-
 def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id: str | None):
     """[1] The full, validated stage config of trial ``i``."""
     cls, _ = _stage(cfg.stage)
@@ -122,7 +257,7 @@ def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id:
     data.update(
         out=os.path.join(out, "trials", f"{i:03d}"),
         run_name=f"trial{i:03d}",
-        tracking_uri=cfg.tracking_uri or _tracking_uri(out),
+        tracking_uri=cfg.tracking_uri or _tracking_uri(out, create=False),
         experiment=cfg.experiment,
         parent_run_id=parent_run_id,
     )
@@ -132,43 +267,118 @@ def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id:
         raise ConfigError(f"trial {i} ({point}): {exc}") from None
 
 
-def _tracking_uri(out: str) -> str:
+def _tracking_uri(out: str, create: bool = True) -> str:
     from raysv.tracking.mlflow_tracking import default_tracking_uri
 
-    return default_tracking_uri(out)
+    return default_tracking_uri(out, create)
+
+
+def _epochs_to_tune():
+    """[3] A Ray Train callback that reports rank 0's dev figures of every epoch
+    (:func:`tune_metrics`) to the Tune trial it runs in; no checkpoint goes with them
+    (the trial resumes from its own Ray Train checkpoints)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochsToTune(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            super().after_report(run_context, [tune_metrics(metrics[0])], None)
+
+    return EpochsToTune()
 
 
 def _trial(config: dict) -> None:
-    """[2] Ray Tune function trainable: run one trial's stage and report its figures."""
+    """[2] Ray Tune function trainable: run one trial's stage, its epochs reported as they end."""
     from ray import tune
 
     # Ray Tune starts a trial in its trial folder: relative paths in the config (e.g.
     # ``--data data/corpus``) mean the sweep's working folder, as for `raysv pretrain`.
     if os.path.isdir(config.get("cwd", "")):
         os.chdir(config["cwd"])
-    summary_path = os.path.join(config["cfg"]["out"], "summary.json")
-    if os.path.isfile(summary_path):  # [3] finished in an earlier run of the sweep
-        with open(summary_path) as f:
-            summary = json.load(f)
-    else:
+    summary = read_json(os.path.join(config["cfg"]["out"], "summary.json"))
+    if not isinstance(summary, dict):
         cls, run = _stage(config["stage"])
-        summary = run(from_dict(cls, config["cfg"]))
+        summary = run(from_dict(cls, config["cfg"]), callbacks=[_epochs_to_tune()])
+    # The finished run's best dev EER, once more after its last epoch (a trial whose
+    # run had finished before this invocation reports only this).
     final = summary.get("final", {})
     tune.report(
         {
-            "trial": config["trial"],
+            "epochs": int(config["cfg"]["train"]["epochs"]) + 1,
             "dev_eer": float(final.get("best.dev.eer", float("nan"))),
+            "best_dev_eer": float(final.get("best.dev.eer", float("nan"))),
             "dev_min_dcf": float(final.get("best.dev.min_dcf_0.01", float("nan"))),
-            "test_eer": float(final.get("best.test.eer", float("nan"))),
-            "test_min_dcf": float(final.get("best.test.min_dcf_0.01", float("nan"))),
-            "best_model": summary.get("best_model", ""),
-            "seconds": float(summary.get("seconds", 0.0)),
+            "final": 1,
         }
     )
 
 
+def _scheduler(cfg: SweepConfig, max_epochs: int):
+    """The Tune scheduler of ``cfg.scheduler`` on ``best_dev_eer`` (None: FIFO)."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    spec = cfg.scheduler
+    if spec.name == "asha":
+        return ASHAScheduler(
+            time_attr="epochs",
+            max_t=max_epochs + 1,  # the trial's final report comes after its last epoch
+            grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+        )
+    if spec.name == "median":
+        return MedianStoppingRule(time_attr="epochs", grace_period=spec.grace_period)
+    return None
+
+
+def _trial_row(res, points: list[dict], trials_dir: str) -> dict:
+    """One trial's line of the sweep summary from its Tune result (and, for a finished
+    trial, its summary.json: test figures are read here, never reported to Tune)."""
+    i = int(res.config["trial"])
+    row: dict[str, Any] = {"trial": i, "params": points[i]}
+    history = res.metrics_dataframe
+    if history is not None and "epochs" in history:
+        per_epoch = history[history["final"] != 1] if "final" in history else history
+        row["curve"] = [
+            {"epochs": int(e), "dev_eer": round(float(d), 4)}
+            for e, d in zip(per_epoch["epochs"], per_epoch["dev_eer"], strict=True)
+        ]
+    if res.error is not None:
+        lines = [ln for ln in str(res.error).splitlines() if ln.strip()]
+        row.update(status="failed", error=(lines[-1] if lines else repr(res.error))[:300])
+        return row
+    summary = read_json(os.path.join(trials_dir, f"{i:03d}", "summary.json"))
+    m = res.metrics or {}
+    row["dev_eer"] = round(float(m.get("best_dev_eer", float("nan"))), 4)
+    row["dev_min_dcf"] = round(float(m.get("dev_min_dcf", float("nan"))), 4)
+    if isinstance(summary, dict) and not summary.get("stopped"):
+        final = summary.get("final", {})
+        row.update(
+            status="finished",
+            epochs=len(row.get("curve", [])) or None,
+            test_eer=round(float(final.get("best.test.eer", float("nan"))), 4),
+            test_min_dcf=round(float(final.get("best.test.min_dcf_0.01", float("nan"))), 4),
+            best_model=summary.get("best_model", ""),
+            seconds=float(summary.get("seconds", 0.0)),
+        )
+    else:  # stopped by the scheduler after its last reported epoch
+        row.update(status="stopped", epochs=int(m.get("epochs", 0)))
+    return row
+
+
+def _same_sweep(out: str, record: dict) -> None:
+    """Refuse to resume a sweep folder whose trials were other ones (``_sweep.json``)."""
+    path = os.path.join(out, "_sweep.json")
+    before = read_json(path)
+    if before is None:
+        write_json_atomic(path, record)
+    elif before != json.loads(json.dumps(record)):
+        raise ConfigError(
+            f"{out}: holds a sweep of other trials (stage, base, points or scheduler differ "
+            f"from {path}); give raysv tune a new --out, or rerun the same config to resume"
+        )
+
+
 def run_sweep(cfg: SweepConfig) -> dict:
-    """Run the sweep; returns the summary (also ``<out>/summary.json``)."""
+    """Run the sweep, or resume it; returns the summary (also ``<out>/summary.json``)."""
     from ray import tune
 
     from raysv.runtime import ensure_ray
@@ -176,80 +386,129 @@ def run_sweep(cfg: SweepConfig) -> dict:
 
     t0 = time.monotonic()
     out = claim_run(cfg.out, "raysv tune")
-    points = grid_points(cfg)
-    for i, p in enumerate(points):  # [1] before Ray or any trial starts
-        trial_config(cfg, i, p, None)
-    log.info("sweep of %d trial(s) over %s (%s)", len(points), ", ".join(cfg.grid), cfg.stage)
+    points = trial_points(cfg)
+    stage_cfgs = [trial_config(cfg, i, p, None) for i, p in enumerate(points)]  # [1]
+    max_epochs = max(c.train.epochs for c in stage_cfgs)
+    _same_sweep(
+        out,
+        {
+            "stage": cfg.stage,
+            "base": cfg.base,
+            "points": points,
+            "scheduler": to_dict(cfg.scheduler),
+        },
+    )
+    keys = ", ".join([*cfg.grid, *cfg.space])
+    log.info(
+        "sweep of %d trial(s) over %s (%s, %s search, scheduler %s)",
+        len(points),
+        keys,
+        cfg.stage,
+        cfg.search,
+        cfg.scheduler.name,
+    )
     ensure_ray()
     uri = cfg.tracking_uri or _tracking_uri(out)
+    state = os.path.join(out, "tune", "sweep")
     with tracking.resumable_run(out, uri, cfg.experiment, "tune", to_dict(cfg)) as parent:
-        trials = [
-            {
-                "trial": i,
-                "stage": cfg.stage,
-                "cwd": os.getcwd(),
-                "cfg": to_dict(trial_config(cfg, i, p, parent)),
-            }
-            for i, p in enumerate(points)
-        ]
-        tuner = tune.Tuner(
-            # [2] Ray Tune wants a non-empty request: one byte of memory, no CPU
-            tune.with_resources(_trial, {"cpu": 0, "memory": 1}),
-            param_space=tune.grid_search(trials),
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
-            run_config=tune.RunConfig(
-                name="sweep", storage_path=os.path.join(out, "tune"), verbose=0
-            ),
-        )
+        trainable = tune.with_resources(_trial, {"cpu": 0, "memory": 1})  # [2] no CPU of its own
+        if tune.Tuner.can_restore(state):  # [4] finished and stopped trials stay so
+            log.info("resuming the sweep in %s", state)
+            tuner = tune.Tuner.restore(
+                state, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            trials = [
+                {
+                    "trial": i,
+                    "stage": cfg.stage,
+                    "cwd": os.getcwd(),
+                    "cfg": to_dict(trial_config(cfg, i, p, parent)),
+                }
+                for i, p in enumerate(points)
+            ]
+            tuner = tune.Tuner(
+                trainable,
+                param_space=tune.grid_search(trials),
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=cfg.max_concurrent_trials,
+                    scheduler=_scheduler(cfg, max_epochs),
+                    metric="best_dev_eer",
+                    mode="min",
+                ),
+                run_config=tune.RunConfig(
+                    name="sweep",
+                    storage_path=os.path.join(out, "tune"),
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=1),  # [4] retried once
+                ),
+            )
         # Ray Tune prints its experiment tables to stdout even at verbose=0; stdout is
         # the summary's (``--json``), so they go to stderr with the logs.
         with contextlib.redirect_stdout(sys.stderr):
             grid = tuner.fit()
-        rows, errors = [], []
-        for res in grid:
-            if res.error is not None:
-                # the last line of a remote traceback is the exception and its message
-                lines = [ln for ln in str(res.error).splitlines() if ln.strip()]
-                errors.append((lines[-1] if lines else repr(res.error))[:300])
-                continue
-            m = res.metrics
-            rows.append(
-                {
-                    "trial": int(m["trial"]),
-                    "params": points[int(m["trial"])],
-                    **{
-                        k: round(float(m[k]), 4)
-                        for k in ("dev_eer", "dev_min_dcf", "test_eer", "test_min_dcf")
-                    },
-                    "best_model": m["best_model"],
-                    "seconds": m["seconds"],
-                }
+        rows = sorted(
+            (_trial_row(res, points, os.path.join(out, "trials")) for res in grid),
+            key=lambda r: r["trial"],
+        )
+        failed = [r for r in rows if r["status"] == "failed"]
+        if failed:
+            log.warning(
+                "%d trial(s) failed: %s",
+                len(failed),
+                "; ".join(f"trial {r['trial']}: {r['error']}" for r in failed),
             )
-        rows.sort(key=lambda r: r["trial"])
-        if errors:
-            log.warning("%d trial(s) failed: %s", len(errors), "; ".join(errors))
-        if not rows:
-            raise RuntimeError(f"every trial failed: {'; '.join(errors)}")
-        best = min(rows, key=lambda r: r["dev_eer"])  # [4] dev only
+        finished = [r for r in rows if r["status"] == "finished" and math.isfinite(r["dev_eer"])]
+        if not finished:
+            raise RuntimeError(
+                "no trial finished: "
+                + ("; ".join(r.get("error", r["status"]) for r in rows) or "no trials")
+            )
+        best = min(finished, key=lambda r: r["dev_eer"])  # [5] dev only
+        best_config = os.path.join(out, "best_config.yaml")
+        _write_best_config(stage_cfgs[best["trial"]], best_config, out)
         summary = {
             "out": out,
             "stage": cfg.stage,
+            "search": cfg.search,
+            "scheduler": cfg.scheduler.name,
             "trials": rows,
-            "failed_trials": errors,
+            "counts": {
+                s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped", "failed")
+            },
+            "failed_trials": [f"trial {r['trial']}: {r['error']}" for r in failed],
             "best": best,
-            "selection": "lowest dev EER (test trials are never used to rank trials)",
+            "best_config": best_config,
+            "selection": "lowest dev EER of the finished trials (test trials are never "
+            "reported to Tune nor used to rank trials)",
         }
-        tracking.log_history(rows, "trial", ["dev_eer", "dev_min_dcf", "test_eer", "test_min_dcf"])
+        tracking.log_history(
+            [r for r in rows if r["status"] != "failed"], "trial", ["dev_eer", "dev_min_dcf"]
+        )
         tracking.log_metrics(
             {
                 "best.dev_eer": best["dev_eer"],
                 "best.test_eer": best["test_eer"],
                 "best.trial": best["trial"],
+                "trials.stopped": summary["counts"]["stopped"],
             }
         )
         summary["seconds"] = round(time.monotonic() - t0, 1)
         path = os.path.join(out, "summary.json")
         write_json_atomic(path, summary)
-        tracking.log_artifact(path)
+        for name in (path, best_config):
+            tracking.log_artifact(name)
     summary["mlflow"] = {"tracking_uri": uri, "run_id": parent}
     return summary
+
+
+def _write_best_config(stage_cfg, path: str, out: str) -> None:
+    """[5] The best trial's stage config as a YAML the stage's command runs as is (into
+    ``<out>/best``: a new run, not the trial's folder)."""
+    data = to_dict(stage_cfg)
+    data.update(out=os.path.join(out, "best"), run_name="best", parent_run_id=None)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"# the best trial of the sweep in {out} (lowest dev EER)\n")
+        yaml.safe_dump(data, f, sort_keys=False)
+    os.replace(tmp, path)
