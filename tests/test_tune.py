@@ -307,8 +307,49 @@ def test_trial_rows_tell_finished_stopped_and_failed_trials_apart(tmp_path):
     )
     rows = [_trial_row(r, points, str(tmp_path)) for r in (finished, stopped, failed)]
     assert rows[0]["status"] == "finished" and rows[0]["test_eer"] == 12.5
-    assert rows[0]["curve"] == [{"epochs": 1, "dev_eer": 30.0}, {"epochs": 2, "dev_eer": 25.0}]
+    assert rows[0]["curve"] == [
+        {"epochs": 1, "dev_eer": 30.0},
+        {"epochs": 2, "dev_eer": 25.0},
+        {"epochs": 3, "dev_eer": 22.0},
+    ]
+    assert rows[0]["epochs"] == 3
     assert rows[0]["dev_eer"] == 22.0 and rows[0]["params"] == {"x": 1}
     assert rows[1]["status"] == "stopped" and rows[1]["epochs"] == 1
     assert "test_eer" not in rows[1]
     assert rows[2]["status"] == "failed" and rows[2]["error"].endswith("bad thing")
+    # a run its objective ended early (DINO's collapse) is told apart from a stopped one
+    (tmp_path / "001").mkdir()
+    write_json_atomic(
+        str(tmp_path / "001" / "summary.json"),
+        {"stopped": "the teacher collapsed at epoch 2", "epochs": 2, "final": {}},
+    )
+    ended = _trial_row(stopped, points, str(tmp_path))
+    assert ended["status"] == "ended_early" and ended["epochs"] == 2
+    assert ended["reason"] == "the teacher collapsed at epoch 2"
+
+
+def test_swept_values_keep_their_type_and_draws_stay_in_range(tmp_path):
+    import numpy as np
+
+    from raysv.tuning.sweep import absolute_paths, draw, with_values
+
+    cfg = from_dict(
+        SweepConfig,
+        {"base": {"optim": {"decay": 0.9}}, "grid": {"optim.lr": [1e-05, 2e-4]}},
+    )
+    lrs = [trial_config(cfg, i, p, None).optim.lr for i, p in enumerate(trial_points(cfg))]
+    assert lrs == [1e-05, 2e-4]  # 1e-05 as YAML text would be a string
+    assert with_values({"a": {"b": 1}}, {"a.c": 2, "d.e": 3}) == {
+        "a": {"b": 1, "c": 2},
+        "d": {"e": 3},
+    }
+    rng = np.random.default_rng(0)
+    tight = [draw({"uniform": [0.123451, 0.123456]}, rng) for _ in range(200)]
+    assert all(0.123451 <= v <= 0.123456 for v in tight)  # rounding never leaves the range
+    assert all(1 <= draw({"randint": [1, 3]}, rng) <= 3 for _ in range(50))
+    assert {draw({"randint": [1, 3]}, rng) for _ in range(100)} == {1, 2, 3}  # both ends
+    (tmp_path / "data").mkdir()
+    got = absolute_paths({"data": {"data": "data", "mode": "dialogue"}}, str(tmp_path))
+    assert got == {"data": {"data": str(tmp_path / "data"), "mode": "dialogue"}}
+    with pytest.raises(ConfigError, match="train.seed is swept: repeats > 1"):
+        from_dict(SweepConfig, {"grid": {"train.seed": [1, 2]}, "repeats": 2})

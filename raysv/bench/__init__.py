@@ -20,6 +20,7 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         pretrain,
         stream,
         synth,
+        tune,
     )
 
     fn = {
@@ -33,6 +34,7 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         "embed": embed.run,
         "autok": autok.run,
         "demo": demo.run,
+        "tune": tune.run,
     }[name]
     result = fn(quick=quick)
     result["machine"] = {

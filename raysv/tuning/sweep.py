@@ -22,6 +22,7 @@ Ray Tune calls live in this module only.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import json
 import logging
@@ -33,7 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
-from raysv.config import apply_overrides, config, from_dict, setting, to_dict
+from raysv.config import config, from_dict, setting, to_dict
 from raysv.data.outputs import claim_run, read_json, write_json_atomic
 from raysv.errors import ConfigError
 
@@ -53,8 +54,9 @@ class SchedulerSpec:
         name: ``asha`` (asynchronous successive halving: at each rung a trial
             goes on only if its best dev EER is among the best ``1 /
             reduction_factor`` of the trials that reached that rung),
-            ``median`` (stop a trial whose best dev EER is worse than the
-            median of the others' at the same epoch) or ``none``.
+            ``median`` (Ray Tune's median stopping rule: stop a trial whose
+            best dev EER so far is worse than the median of the other trials'
+            running means at that epoch) or ``none``.
         grace_period: epochs every trial trains before it can be stopped.
         reduction_factor: ASHA's eta; rungs at ``grace_period * eta^i`` epochs.
     """
@@ -151,6 +153,8 @@ class SweepConfig:
             raise ValueError(f"{', '.join(both)}: in both grid and space; give each key once")
         if self.search == "grid" and self.space:
             raise ValueError("space is drawn from by search: random; a grid search takes grid")
+        if self.repeats > 1 and "train.seed" in {*self.grid, *self.space}:
+            raise ValueError("train.seed is swept: repeats > 1 would set it too; use one")
         if not self.grid and not self.space:
             raise ValueError(
                 "nothing to sweep: give grid (values per key) or space with search: random"
@@ -197,7 +201,7 @@ def draw(dist: dict[str, list], rng) -> Any:
         value = rng.uniform(args[0], args[1])
     else:
         value = math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
-    return float(f"{value:.4g}")
+    return min(max(float(f"{value:.4g}"), args[0]), args[1])  # rounding stays in range
 
 
 def trial_points(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -251,9 +255,7 @@ def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id:
     """[1] The full, validated stage config of trial ``i``."""
     cls, _ = _stage(cfg.stage)
     out = os.path.abspath(cfg.out)
-    data = apply_overrides(
-        cfg.base, [f"{k}={json.dumps(v)}" for k, v in point.items()]
-    )  # JSON is YAML: values keep their types
+    data = with_values(cfg.base, point)
     data.update(
         out=os.path.join(out, "trials", f"{i:03d}"),
         run_name=f"trial{i:03d}",
@@ -267,21 +269,57 @@ def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id:
         raise ConfigError(f"trial {i} ({point}): {exc}") from None
 
 
+def with_values(base: dict, point: dict[str, Any]) -> dict:
+    """``base`` (nested plain data) with each dotted key of ``point`` set to its value as
+    is (not through YAML text: ``1e-05`` stays a number)."""
+    data = copy.deepcopy(base)
+    for key, value in point.items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[last] = value
+    return data
+
+
+def absolute_paths(data: Any, cwd: str) -> Any:
+    """``data`` with every string that names an existing file or folder relative to
+    ``cwd`` made absolute (a config that runs from any folder)."""
+    if isinstance(data, dict):
+        return {k: absolute_paths(v, cwd) for k, v in data.items()}
+    if isinstance(data, list):
+        return [absolute_paths(v, cwd) for v in data]
+    if isinstance(data, str) and data and os.path.exists(os.path.join(cwd, data)):
+        return os.path.abspath(os.path.join(cwd, data))
+    return data
+
+
 def _tracking_uri(out: str, create: bool = True) -> str:
     from raysv.tracking.mlflow_tracking import default_tracking_uri
 
     return default_tracking_uri(out, create)
 
 
-def _epochs_to_tune():
-    """[3] A Ray Train callback that reports rank 0's dev figures of every epoch
-    (:func:`tune_metrics`) to the Tune trial it runs in; no checkpoint goes with them
-    (the trial resumes from its own Ray Train checkpoints)."""
+def _epochs_to_tune(epochs: int):
+    """[3] A Ray Train callback that reports rank 0's dev figures of every epoch but the
+    last (:func:`tune_metrics`) to the Tune trial it runs in; no checkpoint goes with
+    them (the trial resumes from its own Ray Train checkpoints). The last epoch is
+    reported by the trial once its run has finished (summary written): a scheduler's
+    decision at that report cannot cut the run's final evaluation short."""
+    if os.environ.get("RAY_TRAIN_V2_ENABLED", "1") == "0":
+        raise ConfigError(
+            "raysv tune needs Ray Train V2 (RAY_TRAIN_V2_ENABLED=0 is set): with V1, "
+            "Ray Train would send every figure of rank 0 to Tune, test figures too"
+        )
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class EpochsToTune(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            super().after_report(run_context, [tune_metrics(metrics[0])], None)
+            m = tune_metrics(metrics[0])  # metrics: one dict per worker, rank 0 first
+            if m["epochs"] < epochs:
+                super().after_report(run_context, [m], None)
 
     return EpochsToTune()
 
@@ -294,19 +332,27 @@ def _trial(config: dict) -> None:
     # ``--data data/corpus``) mean the sweep's working folder, as for `raysv pretrain`.
     if os.path.isdir(config.get("cwd", "")):
         os.chdir(config["cwd"])
-    summary = read_json(os.path.join(config["cfg"]["out"], "summary.json"))
+    from raysv.training.worker import TrainingStopped
+
+    path = os.path.join(config["cfg"]["out"], "summary.json")
+    summary = read_json(path)
     if not isinstance(summary, dict):
         cls, run = _stage(config["stage"])
-        summary = run(from_dict(cls, config["cfg"]), callbacks=[_epochs_to_tune()])
-    # The finished run's best dev EER, once more after its last epoch (a trial whose
+        epochs = int(config["cfg"]["train"]["epochs"])
+        try:
+            summary = run(from_dict(cls, config["cfg"]), callbacks=[_epochs_to_tune(epochs)])
+        except TrainingStopped:  # the objective ended the run early (DINO's collapse):
+            summary = read_json(path)  # its summary is saved; a retry would not help
+    # The run's last epoch, reported now that its summary is written (a trial whose
     # run had finished before this invocation reports only this).
+    last = (summary.get("history") or [{}])[-1]
     final = summary.get("final", {})
     tune.report(
         {
-            "epochs": int(config["cfg"]["train"]["epochs"]) + 1,
-            "dev_eer": float(final.get("best.dev.eer", float("nan"))),
+            "epochs": int(summary.get("epochs", config["cfg"]["train"]["epochs"])),
+            "dev_eer": float(last.get("dev_eer", final.get("best.dev.eer", float("nan")))),
             "best_dev_eer": float(final.get("best.dev.eer", float("nan"))),
-            "dev_min_dcf": float(final.get("best.dev.min_dcf_0.01", float("nan"))),
+            "dev_min_dcf": float(last.get("dev_min_dcf_0.01", float("nan"))),
             "final": 1,
         }
     )
@@ -320,12 +366,16 @@ def _scheduler(cfg: SweepConfig, max_epochs: int):
     if spec.name == "asha":
         return ASHAScheduler(
             time_attr="epochs",
-            max_t=max_epochs + 1,  # the trial's final report comes after its last epoch
+            max_t=max_epochs,  # rungs below the last epoch, which the finished trial reports
             grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor,
         )
     if spec.name == "median":
-        return MedianStoppingRule(time_attr="epochs", grace_period=spec.grace_period)
+        # never pause a trial for want of samples: a paused function trainable would
+        # start its Ray Train run over (from its checkpoint) when resumed
+        return MedianStoppingRule(
+            time_attr="epochs", grace_period=spec.grace_period, min_time_slice=max_epochs + 1
+        )
     return None
 
 
@@ -336,11 +386,11 @@ def _trial_row(res, points: list[dict], trials_dir: str) -> dict:
     row: dict[str, Any] = {"trial": i, "params": points[i]}
     history = res.metrics_dataframe
     if history is not None and "epochs" in history:
-        per_epoch = history[history["final"] != 1] if "final" in history else history
-        row["curve"] = [
-            {"epochs": int(e), "dev_eer": round(float(d), 4)}
-            for e, d in zip(per_epoch["epochs"], per_epoch["dev_eer"], strict=True)
-        ]
+        # an epoch replayed after a restart counts once, its last report
+        curve = {
+            int(e): float(d) for e, d in zip(history["epochs"], history["dev_eer"], strict=True)
+        }
+        row["curve"] = [{"epochs": e, "dev_eer": round(d, 4)} for e, d in sorted(curve.items())]
     if res.error is not None:
         lines = [ln for ln in str(res.error).splitlines() if ln.strip()]
         row.update(status="failed", error=(lines[-1] if lines else repr(res.error))[:300])
@@ -349,11 +399,13 @@ def _trial_row(res, points: list[dict], trials_dir: str) -> dict:
     m = res.metrics or {}
     row["dev_eer"] = round(float(m.get("best_dev_eer", float("nan"))), 4)
     row["dev_min_dcf"] = round(float(m.get("dev_min_dcf", float("nan"))), 4)
-    if isinstance(summary, dict) and not summary.get("stopped"):
+    if isinstance(summary, dict) and summary.get("stopped"):  # by its objective
+        row.update(status="ended_early", epochs=summary.get("epochs"), reason=summary["stopped"])
+    elif isinstance(summary, dict):
         final = summary.get("final", {})
         row.update(
             status="finished",
-            epochs=len(row.get("curve", [])) or None,
+            epochs=int(summary.get("epochs", len(row.get("curve", [])))),
             test_eer=round(float(final.get("best.test.eer", float("nan"))), 4),
             test_min_dcf=round(float(final.get("best.test.min_dcf_0.01", float("nan"))), 4),
             best_model=summary.get("best_model", ""),
@@ -364,13 +416,15 @@ def _trial_row(res, points: list[dict], trials_dir: str) -> dict:
     return row
 
 
-def _same_sweep(out: str, record: dict) -> None:
-    """Refuse to resume a sweep folder whose trials were other ones (``_sweep.json``)."""
+def _same_sweep(out: str, record: dict, started: bool) -> None:
+    """Refuse to resume a sweep folder whose trials were other ones (``_sweep.json``,
+    checked once Tune's state exists: a sweep that never started is simply redone)."""
     path = os.path.join(out, "_sweep.json")
     before = read_json(path)
-    if before is None:
+    record = json.loads(json.dumps(record))
+    if before is None or not started:
         write_json_atomic(path, record)
-    elif before != json.loads(json.dumps(record)):
+    elif before != record:
         raise ConfigError(
             f"{out}: holds a sweep of other trials (stage, base, points or scheduler differ "
             f"from {path}); give raysv tune a new --out, or rerun the same config to resume"
@@ -389,14 +443,16 @@ def run_sweep(cfg: SweepConfig) -> dict:
     points = trial_points(cfg)
     stage_cfgs = [trial_config(cfg, i, p, None) for i, p in enumerate(points)]  # [1]
     max_epochs = max(c.train.epochs for c in stage_cfgs)
+    state = os.path.join(out, "tune", "sweep")
     _same_sweep(
         out,
         {
             "stage": cfg.stage,
-            "base": cfg.base,
+            "base": absolute_paths(cfg.base, os.getcwd()),  # data/x and ./data/x alike
             "points": points,
             "scheduler": to_dict(cfg.scheduler),
         },
+        started=tune.Tuner.can_restore(state),
     )
     keys = ", ".join([*cfg.grid, *cfg.space])
     log.info(
@@ -409,7 +465,6 @@ def run_sweep(cfg: SweepConfig) -> dict:
     )
     ensure_ray()
     uri = cfg.tracking_uri or _tracking_uri(out)
-    state = os.path.join(out, "tune", "sweep")
     with tracking.resumable_run(out, uri, cfg.experiment, "tune", to_dict(cfg)) as parent:
         trainable = tune.with_resources(_trial, {"cpu": 0, "memory": 1})  # [2] no CPU of its own
         if tune.Tuner.can_restore(state):  # [4] finished and stopped trials stay so
@@ -474,7 +529,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
             "scheduler": cfg.scheduler.name,
             "trials": rows,
             "counts": {
-                s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped", "failed")
+                s: sum(r["status"] == s for r in rows)
+                for s in ("finished", "stopped", "ended_early", "failed")
             },
             "failed_trials": [f"trial {r['trial']}: {r['error']}" for r in failed],
             "best": best,
@@ -505,7 +561,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
 def _write_best_config(stage_cfg, path: str, out: str) -> None:
     """[5] The best trial's stage config as a YAML the stage's command runs as is (into
     ``<out>/best``: a new run, not the trial's folder)."""
-    data = to_dict(stage_cfg)
+    data = absolute_paths(to_dict(stage_cfg), os.getcwd())  # runs from any folder
     data.update(out=os.path.join(out, "best"), run_name="best", parent_run_id=None)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
