@@ -353,3 +353,38 @@ def test_swept_values_keep_their_type_and_draws_stay_in_range(tmp_path):
     assert got == {"data": {"data": str(tmp_path / "data"), "mode": "dialogue"}}
     with pytest.raises(ConfigError, match="train.seed is swept: repeats > 1"):
         from_dict(SweepConfig, {"grid": {"train.seed": [1, 2]}, "repeats": 2})
+
+
+def test_worker_groups_of_killed_trials_are_freed_and_nothing_else(ray_local):
+    """A trial killed by a scheduler leaves its Ray Train worker group's placement group
+    reserved (Ray Train's cleaner needs the dashboard): the sweep frees this job's groups
+    whose creating actor is dead, and no other."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from raysv.tuning.sweep import free_orphaned_worker_groups
+
+    @ray.remote(num_cpus=0)
+    class Creator:
+        def make(self):
+            pg = placement_group([{"CPU": 0.01}])
+            ray.get(pg.ready())
+            return pg.id.hex()
+
+    dead, alive = Creator.remote(), Creator.remote()
+    orphan = ray.get(dead.make.remote())
+    kept = ray.get(alive.make.remote())
+    own = placement_group([{"CPU": 0.01}])  # the driver's own: not an actor's
+    ray.get(own.ready())
+    ray.kill(dead)
+    deadline, freed = time.monotonic() + 30, 0
+    while not freed and time.monotonic() < deadline:  # the kill reaches the GCS in a moment
+        freed = free_orphaned_worker_groups()
+        time.sleep(0.5)
+    assert freed == 1  # Ray itself had left it reserved
+    states = placement_group_table()
+    assert states[orphan]["state"] == "REMOVED"
+    assert states[kept]["state"] == "CREATED" and states[own.id.hex()]["state"] == "CREATED"
+    assert free_orphaned_worker_groups() == 0
+    ray.util.remove_placement_group(own)
+    ray.kill(alive)
