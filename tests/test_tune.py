@@ -49,6 +49,11 @@ def test_sweep_reports_every_epoch_never_a_test_figure_and_resumes(
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Configuration for experiment" not in printed  # Ray Tune's tables go to stderr
+    # Nothing of the sweep holds a CPU after it, even when its last trial was stopped.
+    deadline = time.monotonic() + 20  # the node reports its free CPUs in a moment
+    while ray_local.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_local.available_resources().get("CPU", 0) == 2
     s = cli_json(printed)
     cfg = load_config(SweepConfig, SMOKE)
     epochs = cfg.base["train"]["epochs"]
@@ -391,3 +396,40 @@ def test_worker_groups_of_killed_trials_are_freed_and_nothing_else(ray_local):
 
     ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(kept))))
     ray.kill(alive)  # after its group is gone: nothing left reserved for the next tests
+
+
+def test_controllers_left_after_a_sweep_are_killed_and_their_groups_freed(ray_local):
+    """A sweep whose last trial a scheduler stopped returns before that trial's Ray Train
+    controller is torn down: after the sweep, controllers that started during it and
+    still live are killed and their worker groups freed; older ones are left alone."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    from raysv.tuning.sweep import _job_actors, release_trials
+
+    @ray.remote(num_cpus=0)
+    class TrainController:  # the class name Ray Train's controller has
+        def make(self):
+            from ray.util.placement_group import placement_group
+
+            pg = placement_group([{"CPU": 1}])
+            ray.get(pg.ready())
+            return pg.id.hex()
+
+    older = TrainController.remote()
+    ray.get(older.__ray_ready__.remote())
+    before = set(_job_actors("TrainController"))
+    left = TrainController.remote()
+    group = ray.get(left.make.remote())
+    cpus = ray.available_resources().get("CPU", 0)
+    result = release_trials(before, grace_s=1.0)
+    assert result["killed"] == 1 and result["freed"] == 1
+    assert placement_group_table()[group]["state"] == "REMOVED"
+    deadline = time.monotonic() + 20  # the node reports its free CPUs in a moment
+    while ray.available_resources().get("CPU", 0) < cpus + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == cpus + 1
+    states = _job_actors("TrainController")
+    assert [states[a] for a in sorted(states) if a not in before] == ["DEAD"]
+    assert ray.get(older.__ray_ready__.remote())  # the older one still answers
+    ray.kill(older)

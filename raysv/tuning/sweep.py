@@ -358,6 +358,18 @@ def _trial(config: dict) -> None:
     )
 
 
+def _job_actors(class_name: str) -> dict[str, str]:
+    """Actor id (hex) -> state of this job's actors of class ``class_name`` (GCS table)."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
+    return {
+        a["ActorID"]: a["State"]
+        for a in ray._private.state.actors().values()
+        if str(a.get("ActorClassName")).rsplit(".", 1)[-1] == class_name and a.get("JobID") == job
+    }
+
+
 def free_orphaned_worker_groups() -> int:
     """Remove the placement groups of this job whose creating actor is dead; returns how many.
 
@@ -367,8 +379,8 @@ def free_orphaned_worker_groups() -> int:
     the dashboard. On a small machine the next trial's Ray Data tasks then wait for
     CPUs forever (measured: 2 cores, the third trial of an ASHA sweep hung). Only this
     job's groups whose creator actor has died are removed: no running work, nothing of
-    another job. Uses the GCS table (``creator_actor_dead``), which Ray's public
-    ``placement_group_table`` leaves out.
+    another job. Uses the GCS tables (``creator_actor_dead``, or the creator's actor
+    entry DEAD), which Ray's public ``placement_group_table`` leaves out.
     """
     import ray
     from ray._private.state import state
@@ -380,19 +392,59 @@ def free_orphaned_worker_groups() -> int:
     freed = 0
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        by_actor = pg.creator_actor_id and pg.creator_actor_id != b"\xff" * len(pg.creator_actor_id)
-        if (
-            pg.state == created
-            and by_actor
-            and pg.creator_actor_dead
-            and pg.creator_job_id == job
-            and not pg.is_detached
+        creator = pg.creator_actor_id
+        by_actor = creator and creator != b"\xff" * len(creator)
+        if not (
+            pg.state == created and by_actor and pg.creator_job_id == job and not pg.is_detached
         ):
+            continue
+        dead = pg.creator_actor_dead
+        if not dead:  # the flag lags behind the actor table when the owner's death killed it
+            entry = ray._private.state.actors(creator.hex()) or {}
+            dead = entry.get("State") == "DEAD"
+        if dead:
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
             freed += 1
     if freed:
         log.info("freed %d worker group(s) of stopped trials", freed)
     return freed
+
+
+def release_trials(before: set[str], grace_s: float = 30.0) -> dict[str, int]:
+    """After a sweep: wait up to ``grace_s`` for the Ray Train controllers that started
+    during it (not in ``before``) to end, kill those still alive, and free the worker
+    groups they left; returns ``{"killed": n, "freed": m}``.
+
+    When the sweep's last trial is the one a scheduler stopped, Tune returns before that
+    trial's controller and worker group are torn down, and the sweep's freeing callback
+    no longer runs: in a long-lived Ray (a notebook, the tests' shared instance) the
+    group kept a CPU and the next job waited forever. Every trial has ended once
+    ``Tuner.fit`` returns, so a controller of the sweep still alive then is a leftover.
+    """
+    import ray
+
+    def leftovers() -> list[str]:
+        states = _job_actors("TrainController")
+        return [a for a, s in states.items() if s != "DEAD" and a not in before]
+
+    freed, killed = 0, []
+    deadline = time.monotonic() + grace_s
+    while (alive := leftovers()) and time.monotonic() < deadline:
+        freed += free_orphaned_worker_groups()
+        time.sleep(0.5)
+    if alive:
+        core = ray._private.worker.global_worker.core_worker
+        for a in alive:
+            core.kill_actor(ray.ActorID(bytes.fromhex(a)), True)
+        killed = alive
+        log.warning("killed %d Ray Train controller(s) left by stopped trials", len(alive))
+        settle = time.monotonic() + 10.0  # until the GCS has them dead: then their groups go
+        while time.monotonic() < settle and any(
+            _job_actors("TrainController").get(a) != "DEAD" for a in killed
+        ):
+            time.sleep(0.2)
+    freed += free_orphaned_worker_groups()
+    return {"killed": len(killed), "freed": freed}
 
 
 def _freeing_callback(every_s: float = 5.0):
@@ -563,8 +615,13 @@ def run_sweep(cfg: SweepConfig) -> dict:
             )
         # Ray Tune prints its experiment tables to stdout even at verbose=0; stdout is
         # the summary's (``--json``), so they go to stderr with the logs.
+        before = set(_job_actors("TrainController"))
         with contextlib.redirect_stdout(sys.stderr):
             grid = tuner.fit()
+        try:  # a last trial stopped by the scheduler leaves its controller behind
+            release_trials(before)
+        except Exception as exc:  # noqa: BLE001 - Ray's private tables changed: say so, go on
+            log.warning("could not release the stopped trials' Ray Train controllers: %s", exc)
         rows = sorted(
             (_trial_row(res, points, os.path.join(out, "trials")) for res in grid),
             key=lambda r: r["trial"],
