@@ -161,6 +161,31 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_corpus, t
     assert first.stat().st_mtime == stamp  # the finished trial did not run again
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores: three Stage I trials picked by Optuna, with ASHA
+def test_an_optuna_sweep_runs_its_picks_and_resumes(tiny_corpus, tmp_path, ray_local, capsys):
+    out = str(tmp_path / "sweep")
+    argv = ["tune", "--config", SMOKE, "--data", tiny_corpus, "--out", out, "--json"]
+    argv += ["--set", "search=optuna", "--set", "samples=3", "--set", "seed=5"]
+    assert main(argv) == 0
+    s = cli_json(capsys.readouterr().out)
+    assert s["search"] == "optuna" and [r["trial"] for r in s["trials"]] == [0, 1, 2]
+    assert s["counts"]["failed"] == 0 and s["counts"]["finished"] >= 1
+    thresholds = [r["params"]["loss.rejection.threshold"] for r in s["trials"]]
+    assert len(set(thresholds)) == 3 and all(0.2 <= t <= 0.8 for t in thresholds)
+    for r in s["trials"]:  # each trial ran with the value Optuna picked for it
+        with open(os.path.join(out, "trials", f"{r['trial']:03d}", "config.yaml")) as f:
+            assert f"threshold: {r['params']['loss.rejection.threshold']}" in f.read()
+    assert not [k for m in _tune_results(out) for k in m if "test" in k.lower()]
+    best = load_config(PretrainConfig, s["best_config"])
+    assert best.loss.rejection.threshold == s["best"]["params"]["loss.rejection.threshold"]
+    # rerun: the sweep resumes, nothing is picked or trained again
+    stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "trials", "*", "*"))}
+    assert main(argv) == 0
+    again = cli_json(capsys.readouterr().out)
+    assert [r["params"] for r in again["trials"]] == [r["params"] for r in s["trials"]]
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps
+
+
 def test_bad_grid_key_fails_before_any_trial(tmp_path):
     cfg = from_dict(
         SweepConfig,
@@ -254,6 +279,76 @@ def test_sweep_settings_that_cannot_work_together_are_refused():
         from_dict(SweepConfig, {"grid": {"a": [1]}, "scheduler": {"reduction_factor": 1}})
     with pytest.raises(ConfigError, match="scheduler.name: 'hyperband' is not one of"):
         from_dict(SweepConfig, {"grid": {"a": [1]}, "scheduler": {"name": "hyperband"}})
+
+
+def test_optuna_search_picks_values_within_the_space_and_learns_from_results():
+    """search: optuna hands the space to Optuna's TPE sampler through Ray Tune's
+    OptunaSearch; every value it can propose is validated first (edge_points)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raysv.tuning.sweep import edge_points, tune_domain
+
+    space = {
+        "loss.rejection.temperature": {"loguniform": [2.0, 15.0]},
+        "loss.rejection.threshold": {"uniform": [0.2, 0.8]},
+        "optim.decay_every": {"randint": [100, 102]},
+        "loss.name": {"choice": ["ava", "aproto"]},
+    }
+    cfg = from_dict(SweepConfig, {"search": "optuna", "samples": 4, "space": space})
+    edges = edge_points(cfg.space)
+    assert edges[0] == {
+        "loss.rejection.temperature": 2.0,
+        "loss.rejection.threshold": 0.2,
+        "optim.decay_every": 100,
+        "loss.name": "ava",
+    }
+    assert len(edges) == 1 + 4  # each key's other end / other choice once
+    assert {p["optim.decay_every"] for p in edges} == {100, 102}
+    for i, p in enumerate(edges):
+        trial_config(cfg, i, p, None)
+    bad = from_dict(
+        SweepConfig, {"search": "optuna", "space": {"train.batch_size": {"randint": [0, 8]}}}
+    )
+    with pytest.raises(ConfigError, match="train.batch_size"):  # an end the stage refuses
+        [trial_config(bad, i, p, None) for i, p in enumerate(edge_points(bad.space))]
+
+    def picks(seed, n=12):
+        searcher = OptunaSearch(
+            space={"point": {k: tune_domain(d) for k, d in space.items()}},
+            metric="best_dev_eer",
+            mode="min",
+            seed=seed,
+        )
+        out = []
+        for t in range(n):
+            point = searcher.suggest(f"t{t}")["point"]
+            # a made-up objective: low thresholds are better
+            searcher.on_trial_complete(
+                f"t{t}", {"best_dev_eer": 10 + 40 * point["loss.rejection.threshold"]}
+            )
+            out.append(point)
+        return out
+
+    points = picks(0)
+    assert points == picks(0) and points != picks(1)  # seeded
+    for p in points:
+        assert 2.0 <= p["loss.rejection.temperature"] <= 15.0
+        assert 0.2 <= p["loss.rejection.threshold"] <= 0.8
+        assert p["optim.decay_every"] in (100, 101, 102)  # both ends included
+        assert p["loss.name"] in ("ava", "aproto")
+    # TPE leans towards what scored well once its 10 random startup trials are done
+    later = [p["loss.rejection.threshold"] for p in picks(0, 30)[20:]]
+    assert sum(later) / len(later) < 0.5
+
+
+def test_an_optuna_search_takes_its_values_from_space_only():
+    for bad in (
+        {"search": "optuna", "grid": {"a": [1]}, "space": {"b": {"choice": [1]}}},
+        {"search": "optuna", "grid": {"a": [1]}},
+        {"search": "optuna", "space": {"b": {"choice": [1]}}, "repeats": 2},
+    ):
+        with pytest.raises(ConfigError, match="search: optuna picks every swept value"):
+            from_dict(SweepConfig, bad)
 
 
 def test_only_dev_figures_of_an_epoch_reach_tune():

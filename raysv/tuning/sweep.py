@@ -90,13 +90,17 @@ class SweepConfig:
         grid: ``{dotted key of the stage config: [values]}``; the sweep runs the
             cartesian product, e.g. ``{"loss.rejection.temperature": [5, 10],
             "train.batch_size": [16, 32]}``.
-        space: ``{dotted key: {distribution: args}}`` for ``search: random``:
+        space: ``{dotted key: {distribution: args}}`` for ``search: random`` or ``optuna``:
             ``{choice: [values]}``, ``{uniform: [low, high]}``, ``{loguniform:
             [low, high]}`` (low > 0) or ``{randint: [low, high]}`` (both included).
-        search: ``grid`` (the grid's points) or ``random`` (``samples`` seeded
-            draws from ``space``, each crossed with the grid's points).
-        samples: draws of a random search.
-        seed: seeds the random draws (the same seed, the same trials).
+        search: ``grid`` (the grid's points), ``random`` (``samples`` seeded
+            draws from ``space``, each crossed with the grid's points) or
+            ``optuna`` (``samples`` trials whose values Optuna's TPE sampler
+            picks from ``space``, each from the dev EER of the trials before it,
+            through ``ray.tune.search.optuna.OptunaSearch``; no grid).
+        samples: trials of a random or Optuna search.
+        seed: seeds the random draws or Optuna's sampler (random: the same seed, the
+            same trials; Optuna's picks also depend on the trials' results).
         repeats: runs of every point, with ``train.seed`` + 0, 1, ...
         scheduler: early stopping of trials (:class:`SchedulerSpec`).
         max_concurrent_trials: trials at once (each runs its own Ray Train workers).
@@ -116,7 +120,7 @@ class SweepConfig:
     space: dict[str, dict[str, list]] = setting(
         factory=dict, why="empty: a grid sweep; search: random draws from it"
     )
-    search: Literal["grid", "random"] = setting(
+    search: Literal["grid", "random", "optuna"] = setting(
         "grid", why="a grid's trials are all known before the sweep starts"
     )
     samples: int = setting(
@@ -152,7 +156,14 @@ class SweepConfig:
         if both:
             raise ValueError(f"{', '.join(both)}: in both grid and space; give each key once")
         if self.search == "grid" and self.space:
-            raise ValueError("space is drawn from by search: random; a grid search takes grid")
+            raise ValueError(
+                "space is drawn from by search: random or optuna; a grid search takes grid"
+            )
+        if self.search == "optuna" and (self.grid or not self.space or self.repeats > 1):
+            raise ValueError(
+                "search: optuna picks every swept value from space (a grid key goes there as "
+                "{choice: [values]}) and runs each point once (repeats: 1)"
+            )
         if self.repeats > 1 and "train.seed" in {*self.grid, *self.space}:
             raise ValueError("train.seed is swept: repeats > 1 would set it too; use one")
         if not self.grid and not self.space:
@@ -224,6 +235,48 @@ def trial_points(cfg: SweepConfig) -> list[dict[str, Any]]:
                 point["train.seed"] = int(cfg.base.get("train", {}).get("seed", 0)) + r
             points.append(point)
     return points
+
+
+def edge_points(space: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
+    """Points ``[{dotted key: value}]`` that give every key of ``space`` each of its
+    choices and both ends of its range, the other keys at their first value: what an
+    adaptive search (Optuna) may propose, validated before the sweep starts ([1])."""
+
+    def ends(dist: dict[str, list]) -> list:
+        ((name, args),) = dist.items()
+        return list(args) if name == "choice" else [args[0], args[1]]
+
+    first = {k: ends(d)[0] for k, d in space.items()}
+    return [first] + [{**first, k: v} for k, d in space.items() for v in ends(d)[1:]]
+
+
+def tune_domain(dist: dict[str, list]):
+    """The Ray Tune search domain of ``{distribution: args}`` (Optuna samples from it)."""
+    from ray import tune
+
+    ((name, args),) = dist.items()
+    if name == "choice":
+        return tune.choice(args)
+    if name == "uniform":
+        return tune.uniform(args[0], args[1])
+    if name == "loguniform":
+        return tune.loguniform(args[0], args[1])
+    return tune.randint(args[0], args[1] + 1)  # Tune's upper bound is excluded, ours included
+
+
+def trial_index(name: str) -> int:
+    """The index ``i`` of a trial named ``trial<i>`` (its Tune name and folder)."""
+    return int(os.path.basename(name.rstrip("/")).removeprefix("trial").split("_")[0])
+
+
+def _trial_name(trial) -> str:
+    """Tune's name (and folder name) of a trial: ``trial<i>``, ``i`` from 0. A grid or
+    random trial carries ``i`` in its config; an Optuna trial is numbered by Tune's
+    search generator (its tag starts with the count from 1)."""
+    i = trial.config.get("trial")
+    if i is None:
+        i = int(str(trial.experiment_tag).split("_", 1)[0]) - 1
+    return f"trial{int(i):03d}"
 
 
 def tune_metrics(rank0: dict) -> dict:
@@ -334,13 +387,18 @@ def _trial(config: dict) -> None:
         os.chdir(config["cwd"])
     from raysv.training.worker import TrainingStopped
 
-    path = os.path.join(config["cfg"]["out"], "summary.json")
+    stage_cfg = config.get("cfg")
+    if stage_cfg is None:  # an Optuna trial: its values were picked just now
+        sweep = from_dict(SweepConfig, config["sweep"])
+        i = trial_index(tune.get_context().get_trial_name())
+        stage_cfg = to_dict(trial_config(sweep, i, config["point"], config["parent"]))
+    path = os.path.join(stage_cfg["out"], "summary.json")
     summary = read_json(path)
     if not isinstance(summary, dict):
         cls, run = _stage(config["stage"])
-        epochs = int(config["cfg"]["train"]["epochs"])
+        epochs = int(stage_cfg["train"]["epochs"])
         try:
-            summary = run(from_dict(cls, config["cfg"]), callbacks=[_epochs_to_tune(epochs)])
+            summary = run(from_dict(cls, stage_cfg), callbacks=[_epochs_to_tune(epochs)])
         except TrainingStopped:  # the objective ended the run early (DINO's collapse):
             summary = read_json(path)  # its summary is saved; a retry would not help
     # The run's last epoch, reported now that its summary is written (a trial whose
@@ -349,7 +407,7 @@ def _trial(config: dict) -> None:
     final = summary.get("final", {})
     tune.report(
         {
-            "epochs": int(summary.get("epochs", config["cfg"]["train"]["epochs"])),
+            "epochs": int(summary.get("epochs", stage_cfg["train"]["epochs"])),
             "dev_eer": float(last.get("dev_eer", final.get("best.dev.eer", float("nan")))),
             "best_dev_eer": float(final.get("best.dev.eer", float("nan"))),
             "dev_min_dcf": float(last.get("dev_min_dcf_0.01", float("nan"))),
@@ -496,8 +554,12 @@ def _scheduler(cfg: SweepConfig, max_epochs: int):
 def _trial_row(res, points: list[dict], trials_dir: str) -> dict:
     """One trial's line of the sweep summary from its Tune result (and, for a finished
     trial, its summary.json: test figures are read here, never reported to Tune)."""
-    i = int(res.config["trial"])
-    row: dict[str, Any] = {"trial": i, "params": points[i]}
+    i = res.config.get("trial")
+    if i is None:  # an Optuna trial: numbered in its name (_trial_name)
+        i = trial_index(res.path)
+        row: dict[str, Any] = {"trial": i, "params": dict(res.config["point"])}
+    else:
+        row = {"trial": int(i), "params": points[int(i)]}
     history = res.metrics_dataframe
     if history is not None and "epochs" in history:
         # an epoch replayed after a restart counts once, its last report
@@ -554,24 +616,26 @@ def run_sweep(cfg: SweepConfig) -> dict:
 
     t0 = time.monotonic()
     out = claim_run(cfg.out, "raysv tune")
-    points = trial_points(cfg)
+    adaptive = cfg.search == "optuna"
+    # [1] Optuna's picks are made during the sweep: every choice and both ends of every
+    # range are validated now instead.
+    points = edge_points(cfg.space) if adaptive else trial_points(cfg)
     stage_cfgs = [trial_config(cfg, i, p, None) for i, p in enumerate(points)]  # [1]
     max_epochs = max(c.train.epochs for c in stage_cfgs)
     state = os.path.join(out, "tune", "sweep")
-    _same_sweep(
-        out,
-        {
-            "stage": cfg.stage,
-            "base": absolute_paths(cfg.base, os.getcwd()),  # data/x and ./data/x alike
-            "points": points,
-            "scheduler": to_dict(cfg.scheduler),
-        },
-        started=tune.Tuner.can_restore(state),
-    )
+    record = {
+        "stage": cfg.stage,
+        "base": absolute_paths(cfg.base, os.getcwd()),  # data/x and ./data/x alike
+        "points": points,
+        "scheduler": to_dict(cfg.scheduler),
+    }
+    if adaptive:
+        record.update(search="optuna", samples=cfg.samples, seed=cfg.seed)
+    _same_sweep(out, record, started=tune.Tuner.can_restore(state))
     keys = ", ".join([*cfg.grid, *cfg.space])
     log.info(
         "sweep of %d trial(s) over %s (%s, %s search, scheduler %s)",
-        len(points),
+        cfg.samples if adaptive else len(points),
         keys,
         cfg.stage,
         cfg.search,
@@ -587,23 +651,43 @@ def run_sweep(cfg: SweepConfig) -> dict:
                 state, trainable=trainable, resume_unfinished=True, resume_errored=True
             )
         else:
-            trials = [
-                {
-                    "trial": i,
+            if adaptive:
+                from ray.tune.search.optuna import OptunaSearch
+
+                # Optuna's TPE sampler (seeded) picks each trial's values from the dev EER
+                # the earlier trials reported; Tune passes it the domains of ``point``.
+                param_space = {
                     "stage": cfg.stage,
                     "cwd": os.getcwd(),
-                    "cfg": to_dict(trial_config(cfg, i, p, parent)),
+                    "sweep": to_dict(cfg),
+                    "parent": parent,
+                    "point": {k: tune_domain(d) for k, d in cfg.space.items()},
                 }
-                for i, p in enumerate(points)
-            ]
+                search = dict(search_alg=OptunaSearch(seed=cfg.seed), num_samples=cfg.samples)
+            else:
+                param_space = tune.grid_search(
+                    [
+                        {
+                            "trial": i,
+                            "stage": cfg.stage,
+                            "cwd": os.getcwd(),
+                            "cfg": to_dict(trial_config(cfg, i, p, parent)),
+                        }
+                        for i, p in enumerate(points)
+                    ]
+                )
+                search = {}
             tuner = tune.Tuner(
                 trainable,
-                param_space=tune.grid_search(trials),
+                param_space=param_space,
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=cfg.max_concurrent_trials,
                     scheduler=_scheduler(cfg, max_epochs),
                     metric="best_dev_eer",
                     mode="min",
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                    **search,
                 ),
                 run_config=tune.RunConfig(
                     name="sweep",
@@ -641,7 +725,12 @@ def run_sweep(cfg: SweepConfig) -> dict:
             )
         best = min(finished, key=lambda r: r["dev_eer"])  # [5] dev only
         best_config = os.path.join(out, "best_config.yaml")
-        _write_best_config(stage_cfgs[best["trial"]], best_config, out)
+        best_cfg = (
+            trial_config(cfg, best["trial"], best["params"], None)
+            if adaptive
+            else stage_cfgs[best["trial"]]
+        )
+        _write_best_config(best_cfg, best_config, out)
         summary = {
             "out": out,
             "stage": cfg.stage,
