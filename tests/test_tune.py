@@ -59,6 +59,7 @@ def test_sweep_reports_every_epoch_never_a_test_figure_and_resumes(
     epochs = cfg.base["train"]["epochs"]
     assert [r["params"] for r in s["trials"]] == trial_points(cfg)
     assert sum(s["counts"].values()) == len(s["trials"]) == cfg.samples
+    assert s["trials_at_once"] == 1  # 2 CPUs: a trial's worker takes one, its input the other
     assert s["counts"]["failed"] == 0 and s["counts"]["finished"] >= 1
     for r in s["trials"]:
         trial_dir = os.path.join(out, "trials", f"{r['trial']:03d}")
@@ -349,6 +350,55 @@ def test_an_optuna_search_takes_its_values_from_space_only():
     ):
         with pytest.raises(ConfigError, match="search: optuna picks every swept value"):
             from_dict(SweepConfig, bad)
+
+
+def test_a_sweep_without_dev_trials_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Trials are stopped and ranked on dev EER only: no dev trials, no sweep."""
+    corpus = tmp_path / "corpus"
+    (corpus / "trials").mkdir(parents=True)
+    (corpus / "trials" / "test.txt").write_text("")  # test trials never choose
+    out = tmp_path / "sweep"
+    argv = ["tune", "--config", SMOKE, "--data", str(corpus), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        f"trial 0: no dev trials to rank trials on ({corpus} has no trials/dev.txt): give "
+        "data.dev_trials (or a corpus folder with trials/dev.txt); test trials are never "
+        "used to choose"
+    )
+    assert not out.exists()
+    stage2 = tmp_path / "stage2.yaml"
+    stage2.write_text(
+        "stage: train\nbase: {data: {labels: l, utterances: u}}\n"
+        "grid: {gate.tau: [1.0, 2.0]}\n"
+    )
+    assert main(["tune", "--config", str(stage2), "--out", str(out)]) == 2
+    assert "trial 0: no dev trials to rank trials on: give data.dev_trials" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+def test_trials_run_side_by_side_as_the_cluster_holds_them():
+    from raysv.tuning.sweep import trials_at_once
+
+    def trial(**train):
+        return from_dict(PretrainConfig, {"train": {"batch_size": 8, **train}})
+
+    # automatic CPU workers take all CPUs but one: one trial at a time, however large
+    assert trials_at_once([trial()], cpus=2, gpus=0) == (1, {"CPU": 2, "GPU": 0})
+    assert trials_at_once([trial(num_workers=2)], cpus=64, gpus=0)[0] == 1
+    # given CPUs per worker: workers' CPUs + 1 for the input each
+    assert trials_at_once([trial(num_workers=2, cpus_per_worker=3)], 64, 0) == (
+        9,
+        {"CPU": 7, "GPU": 0},
+    )
+    # GPU workers: one GPU each, 2 CPUs each when the cluster has them; the largest
+    # trial of the sweep decides
+    gpu = [trial(num_workers=2, use_gpu=True), trial(num_workers=4, use_gpu=True)]
+    assert trials_at_once(gpu, cpus=64, gpus=8) == (2, {"CPU": 9, "GPU": 4})
+    assert trials_at_once(gpu, cpus=64, gpus=2)[0] == 1  # never 0
+    assert trials_at_once(gpu, cpus=12, gpus=8)[0] == 1  # CPUs bind first
 
 
 def test_only_dev_figures_of_an_epoch_reach_tune():

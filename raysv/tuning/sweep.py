@@ -103,7 +103,8 @@ class SweepConfig:
             same trials; Optuna's picks also depend on the trials' results).
         repeats: runs of every point, with ``train.seed`` + 0, 1, ...
         scheduler: early stopping of trials (:class:`SchedulerSpec`).
-        max_concurrent_trials: trials at once (each runs its own Ray Train workers).
+        max_concurrent_trials: trials at once (each runs its own Ray Train workers); None =
+            as many as the cluster's CPUs and GPUs hold (:func:`trials_at_once`).
         tracking_uri: MLflow URI; None = ``MLFLOW_TRACKING_URI`` or SQLite under ``out``.
         experiment: MLflow experiment of the parent run (trials are nested under it).
     """
@@ -135,11 +136,12 @@ class SweepConfig:
     scheduler: SchedulerSpec = setting(
         factory=SchedulerSpec, why="SchedulerSpec's defaults: no early stopping"
     )
-    max_concurrent_trials: int = setting(
-        1,
+    max_concurrent_trials: int | None = setting(
+        None,
         ge=1,
-        why="each trial runs its own Ray Train workers: one at a time on a small machine "
-        "(README); raise it on a cluster",
+        hint="or null: from the trials' resources",
+        why="null: as many trials as the cluster holds at once, each with its workers' CPUs "
+        "and GPUs plus one CPU for its input (on a laptop: one at a time)",
     )
     tracking_uri: str | None = setting(
         None, why="null: MLFLOW_TRACKING_URI, else a SQLite store under out (no server needed)"
@@ -347,6 +349,58 @@ def absolute_paths(data: Any, cwd: str) -> Any:
     if isinstance(data, str) and data and os.path.exists(os.path.join(cwd, data)):
         return os.path.abspath(os.path.join(cwd, data))
     return data
+
+
+def dev_trials_of(stage_cfg) -> str | None:
+    """The dev trial list a stage config scores on: ``data.dev_trials``, or for a Stage I
+    corpus folder its ``trials/dev.txt`` (None: the run reports no dev EER)."""
+    data = stage_cfg.data
+    if getattr(data, "dev_trials", None):
+        return data.dev_trials
+    folder = getattr(data, "data", None)
+    if folder:
+        path = os.path.join(folder, "trials", "dev.txt")
+        return path if os.path.isfile(path) else None
+    return None
+
+
+def check_dev_trials(stage_cfgs: list) -> None:
+    """Refuse a sweep whose trials have no dev trials: trials are stopped and ranked on
+    dev EER only (test trials never choose), so without them nothing could be chosen."""
+    for i, c in enumerate(stage_cfgs):
+        if not dev_trials_of(c):
+            where = getattr(c.data, "data", None)
+            raise ConfigError(
+                f"trial {i}: no dev trials to rank trials on"
+                + (f" ({where} has no trials/dev.txt)" if where else "")
+                + ": give data.dev_trials (or a corpus folder with trials/dev.txt); "
+                "test trials are never used to choose"
+            )
+
+
+def trials_at_once(stage_cfgs: list, cpus: float, gpus: float) -> tuple[int, dict]:
+    """How many trials a cluster of ``cpus`` CPUs and ``gpus`` GPUs runs side by side, and
+    what the largest trial needs (``{"CPU": c, "GPU": g}``).
+
+    A trial needs its Ray Train workers' resources plus one CPU for its Ray Data input
+    (as :func:`raysv.training.driver.worker_resources` leaves one for a lone run): with
+    ``cpus_per_worker`` given, ``num_workers x cpus_per_worker``; automatic on CPU,
+    all CPUs but one (so one trial at a time); automatic on GPU, 1-2 CPUs per worker,
+    and one GPU per worker. Always at least 1.
+    """
+    need_cpu, need_gpu = 0.0, 0.0
+    for c in stage_cfgs:
+        t = c.train
+        cpw = t.cpus_per_worker
+        if cpw is None:
+            cpw = max(1.0, min(2.0, (cpus - 1.0) / t.num_workers)) if t.use_gpu else None
+        cpu = cpus if cpw is None else t.num_workers * cpw + 1.0
+        need_cpu = max(need_cpu, cpu)
+        need_gpu = max(need_gpu, float(t.num_workers) if t.use_gpu else 0.0)
+    n = math.floor(cpus / need_cpu) if need_cpu > 0 else 1
+    if need_gpu > 0:
+        n = min(n, math.floor(gpus / need_gpu))
+    return max(1, n), {"CPU": need_cpu, "GPU": need_gpu}
 
 
 def _tracking_uri(out: str, create: bool = True) -> str:
@@ -615,12 +669,13 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from raysv.tracking import mlflow_tracking as tracking
 
     t0 = time.monotonic()
-    out = claim_run(cfg.out, "raysv tune")
     adaptive = cfg.search == "optuna"
     # [1] Optuna's picks are made during the sweep: every choice and both ends of every
     # range are validated now instead.
     points = edge_points(cfg.space) if adaptive else trial_points(cfg)
     stage_cfgs = [trial_config(cfg, i, p, None) for i, p in enumerate(points)]  # [1]
+    check_dev_trials(stage_cfgs)
+    out = claim_run(cfg.out, "raysv tune")  # after every check: a refused sweep writes nothing
     max_epochs = max(c.train.epochs for c in stage_cfgs)
     state = os.path.join(out, "tune", "sweep")
     record = {
@@ -642,6 +697,22 @@ def run_sweep(cfg: SweepConfig) -> dict:
         cfg.scheduler.name,
     )
     ensure_ray()
+    import ray
+
+    at_once = cfg.max_concurrent_trials
+    if at_once is None:
+        cluster = ray.cluster_resources()
+        cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
+        at_once, need = trials_at_once(stage_cfgs, cpus, gpus)
+        log.info(
+            "%d trial(s) at once: each needs up to %g CPU(s) and %g GPU(s); the cluster has "
+            "%g and %g (max_concurrent_trials sets it)",
+            at_once,
+            need["CPU"],
+            need["GPU"],
+            cpus,
+            gpus,
+        )
     uri = cfg.tracking_uri or _tracking_uri(out)
     with tracking.resumable_run(out, uri, cfg.experiment, "tune", to_dict(cfg)) as parent:
         trainable = tune.with_resources(_trial, {"cpu": 0, "memory": 1})  # [2] no CPU of its own
@@ -681,7 +752,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
                 trainable,
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
-                    max_concurrent_trials=cfg.max_concurrent_trials,
+                    max_concurrent_trials=at_once,
                     scheduler=_scheduler(cfg, max_epochs),
                     metric="best_dev_eer",
                     mode="min",
@@ -736,6 +807,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
             "stage": cfg.stage,
             "search": cfg.search,
             "scheduler": cfg.scheduler.name,
+            "trials_at_once": at_once,
             "trials": rows,
             "counts": {
                 s: sum(r["status"] == s for r in rows)
