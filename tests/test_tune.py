@@ -96,6 +96,11 @@ def test_sweep_reports_every_epoch_never_a_test_figure_and_resumes(
         f"trial{r['trial']:03d}" for r in s["trials"]
     ]
     assert client.get_run(parent).data.metrics["trials.stopped"] == s["counts"]["stopped"]
+    # the sweep report: in the folder and on the parent run
+    assert s["report"] == os.path.join(out, "report", "report.html")
+    assert f"best trial: #{s['best']['trial']}</b>" in open(s["report"]).read()
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert logged == {"report/report.html", "report/curves.png", "report/knobs.png"}
     # [4] Rerunning the same command resumes the sweep: nothing trains again, stopped
     # trials stay stopped, the figures are the same.
     stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "trials", "*", "*"))}

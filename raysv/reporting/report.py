@@ -1,4 +1,5 @@
-"""``raysv report RUN``: one self-contained HTML page for a ``raysv iterate`` or ``raysv demo`` run.
+"""``raysv report RUN``: one self-contained HTML page for a ``raysv iterate`` or ``raysv demo`` run
+(a ``raysv tune`` folder gets its sweep report: :mod:`raysv.reporting.sweep_report`).
 
 Reads only what the run wrote (summaries, embeddings, pseudo-label tables,
 Stage I rejection weights) and draws with matplotlib (Agg):
@@ -308,11 +309,44 @@ def _img(path: str | None, caption: str) -> str:
     )
 
 
+def _sweep_summary(run: str) -> dict | None:
+    """The summary of a ``raysv tune`` folder, or None for any other folder."""
+    from raysv.data.outputs import read_json
+    from raysv.reporting.sweep_report import is_sweep_summary
+
+    try:
+        top = read_json(os.path.join(run, "summary.json"))
+    except RaysvError:
+        return None
+    return top if isinstance(top, dict) and is_sweep_summary(top) else None
+
+
+def _sweep_report(summary: dict, folder: str, log_to_mlflow: bool) -> dict:
+    from raysv.reporting.sweep_report import write_sweep_report
+
+    result = write_sweep_report(summary, folder)
+    mlflow_info = summary.get("mlflow")
+    if log_to_mlflow and mlflow_info:
+        from raysv.tracking import mlflow_tracking as tracking
+
+        tracking.log_artifacts_to(
+            mlflow_info["tracking_uri"], mlflow_info["run_id"], folder, "report"
+        )
+        result["mlflow"] = mlflow_info
+    log.info("sweep report written to %s", result["report"])
+    return result
+
+
 def write_report(run: str, out: str | None = None, log_to_mlflow: bool = True) -> dict:
     """Write ``report.html`` and its PNGs for run folder ``run``; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
+    sweep = _sweep_summary(os.path.abspath(run))
+    if sweep is not None:  # a raysv tune folder: its own report
+        return _sweep_report(
+            sweep, os.path.abspath(out or os.path.join(run, "report")), log_to_mlflow
+        )
     it, demo = _load_run(os.path.abspath(run))
     folder = os.path.abspath(out or os.path.join(run, "report"))
     os.makedirs(folder, exist_ok=True)

@@ -231,11 +231,19 @@ def _round_scores(r: dict) -> dict:
 
 
 def tune_text(s: dict) -> str:
-    lines = [f"sweep folder: {s['out']}  ({len(s['trials'])} trials, {s['seconds']}s)"]
+    counts = ", ".join(f"{n} {k}" for k, n in s.get("counts", {}).items() if n)
+    lines = [f"sweep folder: {s['out']}  ({len(s['trials'])} trials: {counts}; {s['seconds']}s)"]
+
+    def pct(r: dict, key: str) -> str:
+        v = r.get(key)
+        return f"{v:6.2f}%" if isinstance(v, (int, float)) and v == v else "     - "
+
     for r in s["trials"]:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        status = r["status"] + (f" after {r['epochs']} ep" if r.get("epochs") else "")
         lines.append(
-            f"  trial {r['trial']:3d}  dev EER {r['dev_eer']:6.2f}%  test EER {r['test_eer']:6.2f}%  {params}"
+            f"  trial {r['trial']:3d}  {status:<22} dev EER {pct(r, 'dev_eer')}  "
+            f"test EER {pct(r, 'test_eer')}  {params}"
         )
     lines += [f"  failed: {e}" for e in s["failed_trials"]]
     b = s["best"]
@@ -243,6 +251,9 @@ def tune_text(s: dict) -> str:
         f"best (lowest dev EER): trial {b['trial']}  dev {b['dev_eer']:.2f}%  test {b['test_eer']:.2f}%  "
         f"model {b['best_model']}"
     )
+    lines.append(f"best config: {s['best_config']}")
+    if s.get("report"):
+        lines.append(f"report: {s['report']}")
     lines.append(f"MLflow: {s['mlflow']['tracking_uri']} run {s['mlflow']['run_id']}")
     return "\n".join(lines)
 

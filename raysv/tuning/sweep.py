@@ -831,11 +831,18 @@ def run_sweep(cfg: SweepConfig) -> dict:
             }
         )
         summary["seconds"] = round(time.monotonic() - t0, 1)
+        summary["mlflow"] = {"tracking_uri": uri, "run_id": parent}
+        from raysv.reporting.sweep_report import write_sweep_report
+
+        # the sweep report: learning curves (stopped trials marked), dev EER per knob value
+        report = write_sweep_report(summary, os.path.join(out, "report"))
+        summary["report"] = report["report"]
         path = os.path.join(out, "summary.json")
         write_json_atomic(path, summary)
         for name in (path, best_config):
             tracking.log_artifact(name)
-    summary["mlflow"] = {"tracking_uri": uri, "run_id": parent}
+        for name in (report["report"], *report["plots"].values()):
+            tracking.log_artifact(name, "report")
     return summary
 
 
