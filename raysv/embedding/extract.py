@@ -130,8 +130,12 @@ def _embed_into(
     concurrency, num_cpus_per_actor = actor_resources(concurrency, num_cpus_per_actor)
     gpus = actor_gpus(device, concurrency)
     t0 = time.monotonic()
-    _, path = fs.resolve(manifest)
-    ds = ray.data.read_parquet(path, columns=["utt_id", "path", "start_s", "end_s"])  # [1]
+    # The path within its file system, read through that file system: a resolved
+    # s3:// path alone ("bucket/key") would be taken for a local one.
+    store, path = fs.resolve(manifest)
+    ds = ray.data.read_parquet(
+        path, filesystem=store, columns=["utt_id", "path", "start_s", "end_s"]
+    )  # [1]
     # A manifest file is often one block: split it so that every actor gets work
     # (rows are small metadata, so this shuffle is cheap). Not sorted by duration:
     # tried (2026-11-23), a range-partition by duration made the CPU benchmark 2.6x

@@ -1,0 +1,278 @@
+"""Output folders on an object store: raysv's readers against a real S3-protocol server.
+
+moto's server runs on 127.0.0.1 in this process; raysv reaches it only through
+pyarrow's S3 file system (the endpoint and keys from the environment), boto3
+only puts the folders there and lists what is there. Commands that use Ray run
+as the real CLI in a subprocess with its own local Ray, so that its workers
+see the endpoint too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raysv.cli import main
+from raysv.data import fs, outputs
+from raysv.data.corpus import prepare_corpus
+from raysv.errors import ManifestError, OutputError
+from tests.conftest import cli_json, write_wav
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUCKET = "bucket"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 with one bucket; this process's environment points
+    pyarrow at it while the module runs. Yields ``endpoint``, ``env`` (for the CLI in a
+    subprocess: no RAY_ADDRESS, so it starts its own Ray), ``client`` (boto3),
+    ``upload(folder, prefix)`` and ``keys(prefix)``."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    nowhere = str(tmp_path_factory.mktemp("aws") / "none")  # no user's ~/.aws config
+    aws = {
+        "AWS_ENDPOINT_URL": endpoint,  # read by pyarrow >= 15 (and boto3)
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never ask 169.254.169.254 for anything
+        "AWS_CONFIG_FILE": nowhere,
+        "AWS_SHARED_CREDENTIALS_FILE": nowhere,
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+    }
+    drop = {"RAY_ADDRESS", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"}
+    env = {k: v for k, v in os.environ.items() if k not in drop} | aws
+    mp = pytest.MonkeyPatch()
+    for k in drop:
+        mp.delenv(k, raising=False)
+    for k, v in aws.items():
+        mp.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=BUCKET)
+
+    def upload(folder: str, prefix: str) -> str:
+        """Put every file of local ``folder`` under ``prefix``; returns its s3:// URI."""
+        for name in sorted(os.listdir(folder)):
+            client.upload_file(os.path.join(folder, name), BUCKET, f"{prefix}/{name}")
+        return f"s3://{BUCKET}/{prefix}"
+
+    def keys(prefix: str) -> list[str]:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+    try:
+        yield SimpleNamespace(endpoint=endpoint, env=env, client=client, upload=upload, keys=keys)
+    finally:
+        mp.undo()
+        server.stop()
+
+
+def _ids(start: int, n: int, prefix: str = "u") -> list[str]:
+    return [f"{prefix}{i}" for i in range(start, start + n)]
+
+
+def _part(path, ids: list[str]) -> None:
+    pq.write_table(pa.table({"utt_id": ids, "x": np.arange(len(ids), dtype=np.int64)}), path)
+
+
+def _complete_output(tmp_path, name: str) -> str:
+    """A complete output folder written the way raysv's commands write one: two parts
+    (u0-u2, u3-u4), staged, then committed with its _SUCCESS marker."""
+    out = str(tmp_path / name)
+    with outputs.staged(out, "raysv embed") as tmp:
+        _part(os.path.join(tmp, "part-0.parquet"), _ids(0, 3))
+        _part(os.path.join(tmp, "part-1.parquet"), _ids(3, 2))
+        outputs.commit(tmp, out, "raysv embed", 5)
+    return out
+
+
+def test_readers_take_only_the_listed_parts_from_s3(s3, tmp_path):
+    local = _complete_output(tmp_path, "emb")
+    uri = s3.upload(local, "t1/emb")
+    leftover = tmp_path / "part-9.parquet"  # a killed writer's part, not listed
+    _part(leftover, _ids(100, 4))
+    s3.client.upload_file(str(leftover), BUCKET, "t1/emb/part-9.parquet")
+    names = ("_SUCCESS", "part-0.parquet", "part-1.parquet", "part-9.parquet")
+    assert s3.keys("t1/emb/") == [f"t1/emb/{n}" for n in names]
+    listed = [f"{uri}/part-0.parquet", f"{uri}/part-1.parquet"]
+    assert outputs.read_marker(uri)["parts"] == ["part-0.parquet", "part-1.parquet"]
+    assert outputs.parts(uri) == listed
+    assert outputs.parts(uri + "/") == listed  # as users often write a folder
+    assert fs.parquet_files(uri) == listed
+    assert fs.read_table(uri).column("utt_id").to_pylist() == _ids(0, 5)
+    assert fs.read_table(uri + "/", ["utt_id"]).column("utt_id").to_pylist() == _ids(0, 5)
+    # a single part is read as a file
+    assert fs.read_table(listed[1]).column("utt_id").to_pylist() == _ids(3, 2)
+
+    # parts but no marker (a writer still at work, or killed): refused, naming the folder
+    for name in ("part-0.parquet", "part-1.parquet"):
+        s3.client.upload_file(os.path.join(local, name), BUCKET, f"t1/half/{name}")
+    half = f"s3://{BUCKET}/t1/half"
+    with pytest.raises(OutputError, match=re.escape(half) + ": no _SUCCESS marker"):
+        outputs.parts(half)
+    with pytest.raises(OutputError, match=re.escape(half) + ": no _SUCCESS marker"):
+        fs.read_table(half)
+
+    # a part the marker lists is missing: refused, naming the folder and the part
+    for name in ("_SUCCESS", "part-0.parquet"):
+        s3.client.upload_file(os.path.join(local, name), BUCKET, f"t1/cut/{name}")
+    cut = f"s3://{BUCKET}/t1/cut"
+    with pytest.raises(OutputError, match=re.escape(cut) + ": 1 part.*missing.*part-1.parquet"):
+        fs.read_table(cut)
+
+    # another tool's folder (Spark: an empty _SUCCESS, checksum files): every .parquet
+    s3.client.put_object(Bucket=BUCKET, Key="t1/spark/_SUCCESS", Body=b"")
+    s3.client.put_object(Bucket=BUCKET, Key="t1/spark/.part-0.parquet.crc", Body=b"crc")
+    for name in ("part-0.parquet", "part-1.parquet"):
+        s3.client.upload_file(os.path.join(local, name), BUCKET, f"t1/spark/{name}")
+    s3.client.upload_file(str(leftover), BUCKET, "t1/spark/part-9.parquet")
+    spark = f"s3://{BUCKET}/t1/spark"
+    assert outputs.read_marker(spark) == {}
+    assert outputs.parts(spark) == [f"{spark}/part-{i}.parquet" for i in (0, 1, 9)]
+    assert sorted(fs.read_table(spark).column("utt_id").to_pylist()) == sorted(
+        _ids(0, 5) + _ids(100, 4)
+    )
+
+    # nothing there at all
+    with pytest.raises(ManifestError, match=re.escape(f"s3://{BUCKET}/t1/none") + ": no such"):
+        fs.read_table(f"s3://{BUCKET}/t1/none")
+
+
+# ---------------------------------------------------------------- the real CLI on S3
+def _cli(s3, cwd, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m raysv.cli ...`` with the S3 environment and a local Ray of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "raysv.cli", *argv],
+        cwd=cwd,
+        env={
+            **s3.env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, s3.env.get("PYTHONPATH")])),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def embedded(s3, tiny_corpus, tmp_path_factory):
+    """The tiny corpus embedded by ``raysv embed`` reading its manifest from S3 (into a
+    local folder), and that folder put at s3://bucket/emb with a part its marker does
+    not list (utt_ids ``leftover-*``, as a killed writer would leave)."""
+    tmp = tmp_path_factory.mktemp("embedded")
+    man, _ = prepare_corpus(tiny_corpus, str(tmp / "m"))
+    s3.client.upload_file(man.utterances, BUCKET, "man/utterances.parquet")
+    local = str(tmp / "emb")
+    argv = ["embed", "--manifest", f"s3://{BUCKET}/man/utterances.parquet", "--out", local]
+    done = _cli(s3, tmp, *argv, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = s3.upload(local, "emb")
+    first = pq.read_table(os.path.join(local, outputs.read_marker(local)["parts"][0]))
+    ids = pa.array([f"leftover-{i}" for i in range(first.num_rows)])
+    pq.write_table(first.set_column(0, "utt_id", ids), str(tmp / "zz-leftover.parquet"))
+    s3.client.upload_file(str(tmp / "zz-leftover.parquet"), BUCKET, "emb/zz-leftover.parquet")
+    return SimpleNamespace(
+        manifest=man.utterances, local=local, uri=uri, summary=cli_json(done.stdout)
+    )
+
+
+def test_embed_reads_its_manifest_from_s3(embedded):
+    """Ray Data reads the manifest through pyarrow's S3 file system: every utterance once."""
+    want = pq.read_table(embedded.manifest, columns=["utt_id"]).column("utt_id").to_pylist()
+    got = fs.read_table(embedded.local, ["utt_id"]).column("utt_id").to_pylist()
+    assert sorted(got) == sorted(want) and embedded.summary["rows"] == len(want)
+
+
+def _labels(folder: str) -> dict:
+    t = fs.read_table(folder).sort_by("utt_id")
+    return {c: t.column(c).to_pylist() for c in t.column_names}
+
+
+def test_cluster_on_s3_embeddings_equals_the_local_copy(s3, embedded, tmp_path, ray_local, capsys):
+    """``raysv cluster --embeddings s3://...`` (its Ray actors read the listed parts from
+    S3) writes the same pseudo labels as on the local copy, and none of the unlisted part."""
+    args = ["--k", "4", "--shards", "2", "--seed", "3", "--no-tracking", "--json"]
+    done = _cli(s3, tmp_path, "cluster", "--embeddings", embedded.uri, "--out", "s3labels", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = cli_json(done.stdout)
+    argv = ["cluster", "--embeddings", embedded.local, "--out", str(tmp_path / "labels"), *args]
+    assert main(argv) == 0
+    local = cli_json(capsys.readouterr().out)
+    n = embedded.summary["rows"]
+    assert remote["embeddings"] == local["embeddings"] == n
+    assert remote["objective"] == pytest.approx(local["objective"], rel=1e-5)
+    got, want = _labels(str(tmp_path / "s3labels")), _labels(str(tmp_path / "labels"))
+    ids = fs.read_table(embedded.local, ["utt_id"]).column("utt_id").to_pylist()
+    assert got["utt_id"] == want["utt_id"] == sorted(ids)
+    assert not [u for u in got["utt_id"] if u.startswith("leftover-")]
+    assert got["cluster"] == want["cluster"] and got["kept"] == want["kept"]
+    assert len(set(got["cluster"])) == 4
+    np.testing.assert_allclose(got["distance"], want["distance"], rtol=1e-5, atol=1e-6)
+
+
+def test_an_object_store_out_is_refused_in_one_line_and_nothing_is_written(s3, embedded, tmp_path):
+    out = f"s3://{BUCKET}/labels"
+    done = _cli(s3, tmp_path, "cluster", "--embeddings", embedded.uri, "--out", out, "--k", "4")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and out in lines[0], done.stderr
+    assert "local or shared file system" in lines[0]
+    assert s3.keys("labels") == []
+    assert os.listdir(tmp_path) == []  # nor a local folder called "s3:"
+
+
+# ---------------------------------------------------------------- corpus folders
+def test_an_s3_path_in_a_corpus_dialogues_file_only_when_allowed(s3, tmp_path):
+    """A corpus folder's own files may not name audio outside it, s3:// included: the
+    path is refused with its line unless opted in; opted in, it is imported from S3
+    (its header read through pyarrow)."""
+    data = tmp_path / "corpus"
+    for name in ("a", "b", "c", "d"):
+        write_wav(data / "unlabeled" / f"{name}.wav", seconds=1.0, seed=ord(name))
+    far = f"s3://{BUCKET}/audio/far.wav"
+    write_wav(tmp_path / "far.wav", seconds=1.25, seed=7)
+    s3.client.upload_file(str(tmp_path / "far.wav"), BUCKET, "audio/far.wav")
+    lines = [
+        {"dialogue_id": "d1", "utterances": ["unlabeled/a.wav", "unlabeled/b.wav"]},
+        {"dialogue_id": "d2", "utterances": ["unlabeled/c.wav", far, "unlabeled/d.wav"]},
+    ]
+    (data / "dialogues.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    man, s = prepare_corpus(str(data), str(tmp_path / "refused"))
+    assert s["skipped"] == {"outside_corpus": 1}
+    skipped = [
+        json.loads(x) for x in (tmp_path / "refused" / "skipped.jsonl").read_text().split("\n") if x
+    ]
+    assert [(p["kind"], p["where"]) for p in skipped] == [
+        ("outside_corpus", f"{data / 'dialogues.jsonl'}:2")
+    ]
+    assert far in skipped[0]["message"] and "--allow-outside-paths" in skipped[0]["message"]
+    assert far not in pq.read_table(man.utterances).column("path").to_pylist()
+    dialogues = {d["dialogue_id"]: d["num_utts"] for d in pq.read_table(man.dialogues).to_pylist()}
+    assert dialogues == {"d1": 2, "d2": 2}
+
+    man, s = prepare_corpus(str(data), str(tmp_path / "allowed"), allow_outside=True)
+    assert "outside_corpus" not in s["skipped"]
+    rows = {r["path"]: r for r in pq.read_table(man.utterances).to_pylist()}
+    assert rows[far]["duration_s"] == pytest.approx(1.25)
+    dialogues = {d["dialogue_id"]: d["num_utts"] for d in pq.read_table(man.dialogues).to_pylist()}
+    assert dialogues == {"d1": 2, "d2": 3}
