@@ -192,6 +192,64 @@ def test_an_optuna_sweep_runs_its_picks_and_resumes(tiny_corpus, tmp_path, ray_l
     assert {p: os.path.getmtime(p) for p in stamps} == stamps
 
 
+@pytest.mark.slow  # ~4 min on 2 cores: two one-round trials (embed, cluster, train, score)
+def test_round_trials_sweep_purification_from_a_fixed_encoder(tiny_corpus, tmp_path, ray_local):
+    """stage: round: each trial is one raysv iterate round from the same Stage I encoder,
+    so purification's p (and k, S) are swept with tau; epochs reach Tune as in Stage II."""
+    import yaml
+
+    from raysv.pipeline.iterate import IterateConfig
+    from tests.training.test_stage2 import tiny_encoder
+
+    with open(os.path.join(ROOT, "configs", "iterate_smoke.yaml")) as f:
+        base = yaml.safe_load(f)
+    for key in ("out", "rounds", "final_clustering"):
+        base.pop(key)
+    base.update(data=tiny_corpus, init_checkpoint=tiny_encoder(str(tmp_path / "init.pt")))
+    out = str(tmp_path / "sweep")
+    cfg = from_dict(
+        SweepConfig,
+        {
+            "out": out,
+            "stage": "round",
+            "base": base,
+            "grid": {"schedule.drop_fraction": [0.0, 0.4], "schedule.tau": [2.5]},
+        },
+    )
+    s = run_sweep(cfg)
+    assert [r["status"] for r in s["trials"]] == ["finished", "finished"]
+    epochs = base["train"]["train"]["epochs"]
+    for r in s["trials"]:
+        trial = os.path.join(out, "trials", f"{r['trial']:03d}")
+        # one round of its own: clustered with its p, trained with its tau
+        assert not os.path.exists(os.path.join(trial, "round2"))
+        with open(os.path.join(trial, "round1", "labels", "_summary.json")) as f:
+            assert json.load(f)["purification"]["p"] == r["params"]["schedule.drop_fraction"]
+        with open(os.path.join(trial, "round1", "train", "config.yaml")) as f:
+            assert "tau: 2.5" in f.read()
+        assert [c["epochs"] for c in r["curve"]] == list(range(1, epochs + 1))
+        assert 0 <= r["test_eer"] <= 100 and os.path.isfile(r["best_model"])
+    assert not [k for m in _tune_results(out) for k in m if "test" in k.lower()]
+    # kept shares differ: p was applied per trial
+    kept = []
+    for r in s["trials"]:
+        with open(os.path.join(out, "trials", f"{r['trial']:03d}", "summary.json")) as f:
+            kept.append(json.load(f)["rounds"][0]["kept_share"])
+    assert kept[0] > kept[1]
+    best = load_config(IterateConfig, s["best_config"])
+    assert best.rounds == 1 and best.schedule.drop_fraction == [
+        s["best"]["params"]["schedule.drop_fraction"]
+    ]
+    # MLflow: each trial's iterate run is nested under the sweep's
+    client = mlflow.MlflowClient(s["mlflow"]["tracking_uri"])
+    parent = s["mlflow"]["run_id"]
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+    )
+    assert sorted(c.info.run_name for c in children) == ["trial000", "trial001"]
+
+
 def test_bad_grid_key_fails_before_any_trial(tmp_path):
     cfg = from_dict(
         SweepConfig,
@@ -381,6 +439,11 @@ def test_a_sweep_without_dev_trials_is_refused_before_anything_is_written(tmp_pa
     assert "trial 0: no dev trials to rank trials on: give data.dev_trials" in (
         capsys.readouterr().err
     )
+    assert not out.exists()
+    # a round trial's corpus is raysv iterate's data: --data lands there
+    gate = os.path.join(ROOT, "configs", "tune_asha_gate.yaml")
+    assert main(["tune", "--config", gate, "--data", str(corpus), "--out", str(out)]) == 2
+    assert f"({corpus} has no trials/dev.txt)" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -136,7 +136,10 @@ def iterate(a: argparse.Namespace) -> dict:
 
 
 def tune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="corpus folder for a Stage I sweep (sets base.data.data)")
+    p.add_argument(
+        "--data",
+        help="corpus folder (sets base.data.data; for stage: round, base.data)",
+    )
     _config_args(p, "SweepConfig", "repeats=2")
 
 
@@ -144,8 +147,12 @@ def tune(a: argparse.Namespace) -> dict:
     from raysv.config import load_config
     from raysv.tuning.sweep import SweepConfig, run_sweep
 
-    extra = _flag_overrides(("base.data.data", a.data), ("out", a.out))
-    return run_sweep(load_config(SweepConfig, a.config, list(a.overrides) + extra))
+    overrides = list(a.overrides)
+    stage = load_config(SweepConfig, a.config, overrides).stage if a.data else None
+    # a round trial's corpus is raysv iterate's top-level data
+    key = "base.data" if stage == "round" else "base.data.data"
+    extra = _flag_overrides((key, a.data), ("out", a.out))
+    return run_sweep(load_config(SweepConfig, a.config, overrides + extra))
 
 
 def report_args(p: argparse.ArgumentParser) -> None:

@@ -222,6 +222,9 @@ class IterateConfig:
     run_name: str = setting(
         "iterate", why="the command's name: the parent run of the rounds' nested runs"
     )
+    parent_run_id: str | None = setting(
+        None, why="null: a top-level MLflow run; raysv tune nests its round trials under its own"
+    )
 
     def __post_init__(self):
         # keys of train that each round sets itself: a value given there would be ignored
@@ -400,9 +403,12 @@ def _train(
     parent,
     uri,
     embeddings: str,
+    callbacks=(),
 ):
     """Round ``r``'s Stage II run; its AAM head starts at the class directions of
-    ``embeddings`` (the clustering input, made by ``init``: see ``data.head_init``)."""
+    ``embeddings`` (the clustering input, made by ``init``: see ``data.head_init``).
+    ``callbacks``: Ray Train callbacks of the run (a sweep's round trial reports its
+    epochs to Ray Tune with one)."""
     from raysv.training.stage2 import run_train
 
     folder = os.path.join(os.path.abspath(cfg.out), f"round{r}", "train")
@@ -428,7 +434,7 @@ def _train(
         parent_run_id=parent,
     )
     tcfg = _with_init(tcfg, init, cfg.restart)
-    return run_train(tcfg)
+    return run_train(tcfg, callbacks=callbacks)
 
 
 def _round_gate(gate: GateSpec, r: int, tau) -> GateSpec:
@@ -493,8 +499,9 @@ def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:
     return m
 
 
-def run_iterate(cfg: IterateConfig) -> dict:
-    """Run R rounds; returns the summary (also ``<out>/summary.json``)."""
+def run_iterate(cfg: IterateConfig, *, callbacks=()) -> dict:
+    """Run R rounds; returns the summary (also ``<out>/summary.json``). ``callbacks``:
+    Ray Train callbacks of every round's training run (``raysv tune``'s round trials)."""
     from raysv.tracking import mlflow_tracking as tracking
 
     t0 = time.monotonic()
@@ -533,7 +540,9 @@ def run_iterate(cfg: IterateConfig) -> dict:
         "held_out_utterances": split["held_out_utterances"],
         "init_checkpoint": os.path.abspath(cfg.init_checkpoint),
     }
-    with tracking.resumable_run(out, uri, cfg.experiment, cfg.run_name, to_dict(cfg)) as parent:
+    with tracking.resumable_run(
+        out, uri, cfg.experiment, cfg.run_name, to_dict(cfg), cfg.parent_run_id
+    ) as parent:
         log.info("[round 0] embedding with the initial encoder and scoring trials")
         encoder = os.path.abspath(cfg.init_checkpoint)
         emb_folder = os.path.join(out, "round0", "embeddings")
@@ -580,6 +589,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
                 parent,
                 uri,
                 os.path.join(emb_folder, "pool"),
+                callbacks,
             )
             encoder = tr["best_model"]
             emb_folder = os.path.join(rdir, "embeddings")

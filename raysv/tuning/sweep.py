@@ -40,7 +40,9 @@ from raysv.errors import ConfigError
 
 log = logging.getLogger("raysv")
 
-STAGES = ("pretrain", "train")
+STAGES = ("pretrain", "train", "round")
+# a round trial is one raysv iterate round from a fixed Stage I encoder: these are its own
+ROUND_TRIAL = {"rounds": 1, "reference": False, "final_clustering": False}
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 # what a trial reports to Tune after every epoch: dev figures only ([3])
 TUNE_METRICS = ("epochs", "dev_eer", "best_dev_eer", "dev_min_dcf", "final")
@@ -83,10 +85,14 @@ class SweepConfig:
 
     Args:
         out: sweep folder (trials under ``trials/<i>``, Ray Tune's state under ``tune/``).
-        stage: ``pretrain`` (Stage I: e.g. rejection temperature/threshold, batch size)
-            or ``train`` (Stage II: e.g. gate thresholds, margin, batch size).
-        base: the stage's settings (the keys of ``raysv pretrain`` / ``raysv train``
-            configs); every trial starts from them.
+        stage: ``pretrain`` (Stage I: e.g. rejection temperature/threshold, batch size),
+            ``train`` (Stage II on fixed pseudo labels: e.g. gate thresholds, margin) or
+            ``round`` (one ``raysv iterate`` round from a fixed Stage I encoder: k-means,
+            purification and Stage II, so k, p and S are swept with tau).
+        base: the stage's settings (the keys of ``raysv pretrain`` / ``raysv train`` /
+            ``raysv iterate`` configs); every trial starts from them. A round trial runs
+            one round (``rounds: 1``), no reference, no final clustering; its
+            ``schedule.*`` values may be swept as single values.
         grid: ``{dotted key of the stage config: [values]}``; the sweep runs the
             cartesian product, e.g. ``{"loss.rejection.temperature": [5, 10],
             "train.batch_size": [16, 32]}``.
@@ -110,7 +116,7 @@ class SweepConfig:
     """
 
     out: str = setting("runs/tune", why="convenience: a run folder under ./runs")
-    stage: Literal["pretrain", "train"] = setting(
+    stage: Literal["pretrain", "train", "round"] = setting(
         "pretrain",
         why="Stage I's rejection T x t is the README's first sweep; train sweeps Stage II",
     )
@@ -300,17 +306,66 @@ def _stage(stage: str):
         from raysv.training.pretrain import run_pretrain
 
         return PretrainConfig, run_pretrain
+    if stage == "round":
+        from raysv.pipeline.iterate import IterateConfig, run_iterate
+
+        return IterateConfig, run_iterate
     from raysv.training.stage2 import run_train
     from raysv.training.stage2_config import Stage2Config
 
     return Stage2Config, run_train
 
 
+def train_spec(stage_cfg):
+    """The :class:`~raysv.training.config.TrainSpec` (epochs, workers) of a stage config
+    (a round trial's is its Stage II run's)."""
+    t = stage_cfg.train
+    return t.train if hasattr(t, "train") else t
+
+
+def run_result(stage: str, out: str) -> dict | None:
+    """What a finished trial's run folder ``out`` says, or None before it has finished:
+    ``{"epochs", "history", "final", "test_eer", "test_min_dcf", "best_model",
+    "seconds", "stopped"}``. Dev figures (``history``, ``final["best.dev.eer"]``) are
+    those of the trial's training run; for a round trial, its Stage II run's, and its
+    test figures those the round scored with the new encoder."""
+    summary = read_json(os.path.join(out, "summary.json"))
+    if not isinstance(summary, dict):
+        return None
+    run = summary
+    test_eer = summary.get("final", {}).get("best.test.eer", float("nan"))
+    test_dcf = summary.get("final", {}).get("best.test.min_dcf_0.01", float("nan"))
+    best_model = summary.get("best_model", "")
+    if stage == "round":
+        run = read_json(os.path.join(out, "round1", "train", "summary.json")) or {}
+        scores = (summary.get("rounds") or [{}])[0]
+        test_eer = scores.get("test.eer", float("nan"))
+        test_dcf = scores.get("test.min_dcf_0.01", float("nan"))
+        best_model = summary.get("final_encoder", "")
+    return {
+        "epochs": run.get("epochs"),
+        "history": run.get("history") or [],
+        "final": run.get("final") or {},
+        "test_eer": test_eer,
+        "test_min_dcf": test_dcf,
+        "best_model": best_model,
+        "seconds": summary.get("seconds", 0.0),
+        "stopped": summary.get("stopped"),
+    }
+
+
 def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id: str | None):
     """[1] The full, validated stage config of trial ``i``."""
     cls, _ = _stage(cfg.stage)
     out = os.path.abspath(cfg.out)
+    if cfg.stage == "round":  # a round's schedule entries are lists: one value, one round
+        point = {
+            k: [v] if k.startswith("schedule.") and not isinstance(v, list) else v
+            for k, v in point.items()
+        }
     data = with_values(cfg.base, point)
+    if cfg.stage == "round":
+        data.update(ROUND_TRIAL)
     data.update(
         out=os.path.join(out, "trials", f"{i:03d}"),
         run_name=f"trial{i:03d}",
@@ -355,6 +410,8 @@ def dev_trials_of(stage_cfg) -> str | None:
     """The dev trial list a stage config scores on: ``data.dev_trials``, or for a Stage I
     corpus folder its ``trials/dev.txt`` (None: the run reports no dev EER)."""
     data = stage_cfg.data
+    if isinstance(data, str) or data is None:  # a round trial: raysv iterate's keys
+        data = stage_cfg
     if getattr(data, "dev_trials", None):
         return data.dev_trials
     folder = getattr(data, "data", None)
@@ -369,7 +426,7 @@ def check_dev_trials(stage_cfgs: list) -> None:
     dev EER only (test trials never choose), so without them nothing could be chosen."""
     for i, c in enumerate(stage_cfgs):
         if not dev_trials_of(c):
-            where = getattr(c.data, "data", None)
+            where = c.data if isinstance(c.data, str) else getattr(c.data, "data", None)
             raise ConfigError(
                 f"trial {i}: no dev trials to rank trials on"
                 + (f" ({where} has no trials/dev.txt)" if where else "")
@@ -390,7 +447,7 @@ def trials_at_once(stage_cfgs: list, cpus: float, gpus: float) -> tuple[int, dic
     """
     need_cpu, need_gpu = 0.0, 0.0
     for c in stage_cfgs:
-        t = c.train
+        t = train_spec(c)
         cpw = t.cpus_per_worker
         if cpw is None:
             cpw = max(1.0, min(2.0, (cpus - 1.0) / t.num_workers)) if t.use_gpu else None
@@ -446,22 +503,24 @@ def _trial(config: dict) -> None:
         sweep = from_dict(SweepConfig, config["sweep"])
         i = trial_index(tune.get_context().get_trial_name())
         stage_cfg = to_dict(trial_config(sweep, i, config["point"], config["parent"]))
-    path = os.path.join(stage_cfg["out"], "summary.json")
-    summary = read_json(path)
-    if not isinstance(summary, dict):
-        cls, run = _stage(config["stage"])
-        epochs = int(stage_cfg["train"]["epochs"])
-        try:
-            summary = run(from_dict(cls, stage_cfg), callbacks=[_epochs_to_tune(epochs)])
-        except TrainingStopped:  # the objective ended the run early (DINO's collapse):
-            summary = read_json(path)  # its summary is saved; a retry would not help
+    stage = config["stage"]
+    cls, run = _stage(stage)
+    cfg = from_dict(cls, stage_cfg)
+    epochs = train_spec(cfg).epochs
+    result = run_result(stage, cfg.out)
+    if result is None:
+        # the objective may end the run early (DINO's collapse): its summary is saved,
+        # and a retry would not help
+        with contextlib.suppress(TrainingStopped):
+            run(cfg, callbacks=[_epochs_to_tune(epochs)])
+        result = run_result(stage, cfg.out) or {}
     # The run's last epoch, reported now that its summary is written (a trial whose
     # run had finished before this invocation reports only this).
-    last = (summary.get("history") or [{}])[-1]
-    final = summary.get("final", {})
+    last = (result.get("history") or [{}])[-1]
+    final = result.get("final", {})
     tune.report(
         {
-            "epochs": int(summary.get("epochs", stage_cfg["train"]["epochs"])),
+            "epochs": int(result.get("epochs") or epochs),
             "dev_eer": float(last.get("dev_eer", final.get("best.dev.eer", float("nan")))),
             "best_dev_eer": float(final.get("best.dev.eer", float("nan"))),
             "dev_min_dcf": float(last.get("dev_min_dcf_0.01", float("nan"))),
@@ -605,7 +664,7 @@ def _scheduler(cfg: SweepConfig, max_epochs: int):
     return None
 
 
-def _trial_row(res, points: list[dict], trials_dir: str) -> dict:
+def _trial_row(res, points: list[dict], trials_dir: str, stage: str = "pretrain") -> dict:
     """One trial's line of the sweep summary from its Tune result (and, for a finished
     trial, its summary.json: test figures are read here, never reported to Tune)."""
     i = res.config.get("trial")
@@ -625,21 +684,20 @@ def _trial_row(res, points: list[dict], trials_dir: str) -> dict:
         lines = [ln for ln in str(res.error).splitlines() if ln.strip()]
         row.update(status="failed", error=(lines[-1] if lines else repr(res.error))[:300])
         return row
-    summary = read_json(os.path.join(trials_dir, f"{i:03d}", "summary.json"))
+    result = run_result(stage, os.path.join(trials_dir, f"{i:03d}"))
     m = res.metrics or {}
     row["dev_eer"] = round(float(m.get("best_dev_eer", float("nan"))), 4)
     row["dev_min_dcf"] = round(float(m.get("dev_min_dcf", float("nan"))), 4)
-    if isinstance(summary, dict) and summary.get("stopped"):  # by its objective
-        row.update(status="ended_early", epochs=summary.get("epochs"), reason=summary["stopped"])
-    elif isinstance(summary, dict):
-        final = summary.get("final", {})
+    if result is not None and result["stopped"]:  # by its objective
+        row.update(status="ended_early", epochs=result["epochs"], reason=result["stopped"])
+    elif result is not None:
         row.update(
             status="finished",
-            epochs=int(summary.get("epochs", len(row.get("curve", [])))),
-            test_eer=round(float(final.get("best.test.eer", float("nan"))), 4),
-            test_min_dcf=round(float(final.get("best.test.min_dcf_0.01", float("nan"))), 4),
-            best_model=summary.get("best_model", ""),
-            seconds=float(summary.get("seconds", 0.0)),
+            epochs=int(result["epochs"] or len(row.get("curve", []))),
+            test_eer=round(float(result["test_eer"]), 4),
+            test_min_dcf=round(float(result["test_min_dcf"]), 4),
+            best_model=result["best_model"],
+            seconds=float(result["seconds"]),
         )
     else:  # stopped by the scheduler after its last reported epoch
         row.update(status="stopped", epochs=int(m.get("epochs", 0)))
@@ -676,7 +734,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     stage_cfgs = [trial_config(cfg, i, p, None) for i, p in enumerate(points)]  # [1]
     check_dev_trials(stage_cfgs)
     out = claim_run(cfg.out, "raysv tune")  # after every check: a refused sweep writes nothing
-    max_epochs = max(c.train.epochs for c in stage_cfgs)
+    max_epochs = max(train_spec(c).epochs for c in stage_cfgs)
     state = os.path.join(out, "tune", "sweep")
     record = {
         "stage": cfg.stage,
@@ -778,7 +836,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         except Exception as exc:  # noqa: BLE001 - Ray's private tables changed: say so, go on
             log.warning("could not release the stopped trials' Ray Train controllers: %s", exc)
         rows = sorted(
-            (_trial_row(res, points, os.path.join(out, "trials")) for res in grid),
+            (_trial_row(res, points, os.path.join(out, "trials"), cfg.stage) for res in grid),
             key=lambda r: r["trial"],
         )
         failed = [r for r in rows if r["status"] == "failed"]
