@@ -98,7 +98,8 @@ def test_sweep_reports_every_epoch_never_a_test_figure_and_resumes(
     assert client.get_run(parent).data.metrics["trials.stopped"] == s["counts"]["stopped"]
     # the sweep report: in the folder and on the parent run
     assert s["report"] == os.path.join(out, "report", "report.html")
-    assert f"best trial: #{s['best']['trial']}</b>" in open(s["report"]).read()
+    with open(s["report"]) as f:
+        assert f"best trial: #{s['best']['trial']}</b>" in f.read()
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert logged == {"report/report.html", "report/curves.png", "report/knobs.png"}
     # [4] Rerunning the same command resumes the sweep: nothing trains again, stopped

@@ -66,7 +66,8 @@ def test_raysv_report_on_a_sweep_folder_draws_its_curves_and_knobs(tmp_path, cap
     assert res["report"] == str(sweep / "report" / "report.html")
     for name in ("curves", "knobs"):
         assert os.path.getsize(res["plots"][name]) > 5000  # a drawn PNG
-    page = open(res["report"]).read()
+    with open(res["report"]) as f:
+        page = f.read()
     assert "best trial: #0</b> (dev EER 21.50 %, test EER 22.00 %)" in page
     rows = page.split("<tr>")[2:]
     assert len(rows) == 4  # every trial, the failed one too
