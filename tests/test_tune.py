@@ -433,8 +433,7 @@ def test_a_sweep_without_dev_trials_is_refused_before_anything_is_written(tmp_pa
     assert not out.exists()
     stage2 = tmp_path / "stage2.yaml"
     stage2.write_text(
-        "stage: train\nbase: {data: {labels: l, utterances: u}}\n"
-        "grid: {gate.tau: [1.0, 2.0]}\n"
+        "stage: train\nbase: {data: {labels: l, utterances: u}}\ngrid: {gate.tau: [1.0, 2.0]}\n"
     )
     assert main(["tune", "--config", str(stage2), "--out", str(out)]) == 2
     assert "trial 0: no dev trials to rank trials on: give data.dev_trials" in (
