@@ -38,6 +38,10 @@ class OutputError(RaysvError):
     """An output folder is incomplete, foreign, of an older format, or not ours to replace."""
 
 
+class RunInterrupted(RaysvError):
+    """A run was stopped before it finished (a signal, Ctrl-C); rerunning resumes it."""
+
+
 def raysv_cause(exc: BaseException) -> RaysvError | None:
     """The raysv error behind ``exc``: itself, or the first one along the chain of
     causes that Ray's wrappers keep (``cause``, ``__cause__``, ``__context__``)."""

@@ -1,5 +1,6 @@
 """``raysv tune``: real Ray Tune sweeps of Stage I trials on a local Ray."""
 
+import contextlib
 import glob
 import json
 import os
@@ -160,6 +161,42 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_corpus, t
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, at once
         proc.wait()
     stamp = first.stat().st_mtime
+    assert not (out / "summary.json").exists()
+    # Ctrl-C (SIGINT to the driver) in the second trial: Ray Tune returns as if done; the
+    # sweep says it was interrupted (exit 2, one line), summarises nothing, and resumes.
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def checkpoints():
+        return set(glob.glob(str(out / "trials" / "001" / "ray" / "*" / "checkpoint_*")))
+
+    before = checkpoints()
+    try:  # once the resumed second trial has saved an epoch, it is training its next
+        deadline = time.monotonic() + 300
+        while checkpoints() == before and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the rerun ended before its second trial trained"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, err[-2000:]
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "the sweep was interrupted with 1 of 2 trial(s) unfinished; rerun the same command "
+            "to resume it"
+        )
+    )
     assert not (out / "summary.json").exists()
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -349,9 +386,7 @@ def test_sweep_settings_that_cannot_work_together_are_refused():
 def test_optuna_search_picks_values_within_the_space_and_learns_from_results():
     """search: optuna hands the space to Optuna's TPE sampler through Ray Tune's
     OptunaSearch; every value it can propose is validated first (edge_points)."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    from raysv.tuning.sweep import edge_points, tune_domain
+    from raysv.tuning.sweep import edge_points, optuna_searcher, startup_trials, tune_domain
 
     space = {
         "loss.rejection.temperature": {"loguniform": [2.0, 15.0]},
@@ -378,11 +413,14 @@ def test_optuna_search_picks_values_within_the_space_and_learns_from_results():
         [trial_config(bad, i, p, None) for i, p in enumerate(edge_points(bad.space))]
 
     def picks(seed, n=12):
-        searcher = OptunaSearch(
+        sweep = from_dict(
+            SweepConfig, {"search": "optuna", "samples": n, "seed": seed, "space": space}
+        )
+        searcher = optuna_searcher(
+            sweep,
             space={"point": {k: tune_domain(d) for k, d in space.items()}},
             metric="best_dev_eer",
             mode="min",
-            seed=seed,
         )
         out = []
         for t in range(n):
@@ -401,9 +439,11 @@ def test_optuna_search_picks_values_within_the_space_and_learns_from_results():
         assert 0.2 <= p["loss.rejection.threshold"] <= 0.8
         assert p["optim.decay_every"] in (100, 101, 102)  # both ends included
         assert p["loss.name"] in ("ava", "aproto")
-    # TPE leans towards what scored well once its 10 random startup trials are done
-    later = [p["loss.rejection.threshold"] for p in picks(0, 30)[20:]]
-    assert sum(later) / len(later) < 0.5
+    # TPE leans towards what scored well once its random startup picks (half the trials,
+    # at most 10) are done
+    assert (startup_trials(8), startup_trials(30), startup_trials(1)) == (4, 10, 1)
+    later = [p["loss.rejection.threshold"] for p in picks(0, 16)[8:]]
+    assert sum(later) / len(later) < 0.45
 
 
 def test_an_optuna_search_takes_its_values_from_space_only():
@@ -426,9 +466,8 @@ def test_a_sweep_without_dev_trials_is_refused_before_anything_is_written(tmp_pa
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(
-        f"trial 0: no dev trials to rank trials on ({corpus} has no trials/dev.txt): give "
-        "data.dev_trials (or a corpus folder with trials/dev.txt); test trials are never "
-        "used to choose"
+        f"trial 0: no dev trials to rank trials on: {corpus} has no trials/dev.txt (add "
+        "one); test trials are never used to choose"
     )
     assert not out.exists()
     stage2 = tmp_path / "stage2.yaml"
@@ -436,14 +475,25 @@ def test_a_sweep_without_dev_trials_is_refused_before_anything_is_written(tmp_pa
         "stage: train\nbase: {data: {labels: l, utterances: u}}\ngrid: {gate.tau: [1.0, 2.0]}\n"
     )
     assert main(["tune", "--config", str(stage2), "--out", str(out)]) == 2
-    assert "trial 0: no dev trials to rank trials on: give data.dev_trials" in (
+    assert "trial 0: no dev trials to rank trials on: give base.data.dev_trials;" in (
         capsys.readouterr().err
     )
     assert not out.exists()
     # a round trial's corpus is raysv iterate's data: --data lands there
     gate = os.path.join(ROOT, "configs", "tune_asha_gate.yaml")
     assert main(["tune", "--config", gate, "--data", str(corpus), "--out", str(out)]) == 2
-    assert f"({corpus} has no trials/dev.txt)" in capsys.readouterr().err
+    assert f"rank trials on: {corpus} has no trials/dev.txt (add one)" in capsys.readouterr().err
+    assert not out.exists()
+    # a round trial without a corpus names its own key
+    stage_round = tmp_path / "round.yaml"
+    stage_round.write_text("stage: round\nbase: {utterances: u}\ngrid: {schedule.tau: [1.0]}\n")
+    assert main(["tune", "--config", str(stage_round), "--out", str(out)]) == 2
+    assert "rank trials on: give base.dev_trials;" in capsys.readouterr().err
+    # --data is not for a Stage II sweep on fixed pseudo labels
+    assert main(["tune", "--config", str(stage2), "--data", str(corpus), "--out", str(out)]) == 2
+    assert "--data: a Stage II sweep (stage: train) trains on fixed pseudo labels" in (
+        capsys.readouterr().err
+    )
     assert not out.exists()
 
 
@@ -467,6 +517,32 @@ def test_trials_run_side_by_side_as_the_cluster_holds_them():
     assert trials_at_once(gpu, cpus=64, gpus=8) == (2, {"CPU": 9, "GPU": 4})
     assert trials_at_once(gpu, cpus=64, gpus=2)[0] == 1  # never 0
     assert trials_at_once(gpu, cpus=12, gpus=8)[0] == 1  # CPUs bind first
+    # a round trial embeds with every CPU first: one at a time
+    from raysv.pipeline.iterate import IterateConfig
+
+    rnd = from_dict(
+        IterateConfig,
+        {"train": {"train": {"batch_size": 8, "num_workers": 2, "cpus_per_worker": 3}}},
+    )
+    assert trials_at_once([rnd], cpus=64, gpus=0)[0] == 1
+
+
+def test_an_optuna_trial_folder_of_other_values_is_moved_aside_not_resumed(tmp_path):
+    """A resumed Optuna sweep may number a new pick like a trial whose Tune record was
+    lost: that trial's folder is kept aside, never resumed with other values."""
+    from raysv.tuning.sweep import _own_folder
+
+    folder = tmp_path / "trials" / "003"
+    _own_folder(str(folder), {"loss.rejection.threshold": 0.3})
+    (folder / "summary.json").write_text("{}")
+    _own_folder(str(folder), {"loss.rejection.threshold": 0.3})  # the same pick: kept
+    assert (folder / "summary.json").exists()
+    _own_folder(str(folder), {"loss.rejection.threshold": 0.6})
+    aside = glob.glob(str(folder) + ".replaced-*")
+    assert len(aside) == 1 and os.path.exists(os.path.join(aside[0], "summary.json"))
+    assert os.listdir(folder) == [".point.json"]
+    with open(folder / ".point.json") as f:
+        assert json.load(f) == {"loss.rejection.threshold": 0.6}
 
 
 def test_only_dev_figures_of_an_epoch_reach_tune():

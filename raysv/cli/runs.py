@@ -149,6 +149,14 @@ def tune(a: argparse.Namespace) -> dict:
 
     overrides = list(a.overrides)
     stage = load_config(SweepConfig, a.config, overrides).stage if a.data else None
+    if stage == "train":
+        from raysv.errors import ConfigError
+
+        raise ConfigError(
+            "--data: a Stage II sweep (stage: train) trains on fixed pseudo labels "
+            "(base.data.labels, base.data.utterances, base.data.dev_trials), not a corpus "
+            "folder; stage: round clusters a corpus folder first"
+        )
     # a round trial's corpus is raysv iterate's top-level data
     key = "base.data" if stage == "round" else "base.data.data"
     extra = _flag_overrides((key, a.data), ("out", a.out))

@@ -272,6 +272,24 @@ def tune_domain(dist: dict[str, list]):
     return tune.randint(args[0], args[1] + 1)  # Tune's upper bound is excluded, ours included
 
 
+def optuna_searcher(cfg: SweepConfig, space=None, metric=None, mode=None):
+    """Ray Tune's OptunaSearch with Optuna's TPE sampler seeded by ``cfg.seed``. TPE picks
+    at random for its first ``n_startup_trials`` (Optuna's default 10, which would leave
+    a sweep of 8 trials all random): here half the sweep's trials, at most 10, at least 1.
+    Trials stopped by the scheduler count with the best dev EER they reached."""
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = startup_trials(cfg.samples)
+    sampler = TPESampler(seed=cfg.seed, n_startup_trials=startup)
+    return OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler)
+
+
+def startup_trials(samples: int) -> int:
+    """Random picks before TPE models the results: half the trials, 1 to 10."""
+    return max(1, min(10, samples // 2))
+
+
 def trial_index(name: str) -> int:
     """The index ``i`` of a trial named ``trial<i>`` (its Tune name and folder)."""
     return int(os.path.basename(name.rstrip("/")).removeprefix("trial").split("_")[0])
@@ -342,7 +360,9 @@ def run_result(stage: str, out: str) -> dict | None:
         test_eer = scores.get("test.eer", float("nan"))
         test_dcf = scores.get("test.min_dcf_0.01", float("nan"))
         best_model = summary.get("final_encoder", "")
+    extra = {"round_dev_eer": scores.get("dev.eer")} if stage == "round" else {}
     return {
+        **extra,
         "epochs": run.get("epochs"),
         "history": run.get("history") or [],
         "final": run.get("final") or {},
@@ -406,19 +426,25 @@ def absolute_paths(data: Any, cwd: str) -> Any:
     return data
 
 
-def dev_trials_of(stage_cfg) -> str | None:
-    """The dev trial list a stage config scores on: ``data.dev_trials``, or for a Stage I
-    corpus folder its ``trials/dev.txt`` (None: the run reports no dev EER)."""
+def _corpus_and_key(stage_cfg) -> tuple[str | None, str]:
+    """``(corpus folder or None, the config key of explicit dev trials)`` of a stage config
+    (a round trial's keys are raysv iterate's, top level)."""
     data = stage_cfg.data
     if isinstance(data, str) or data is None:  # a round trial: raysv iterate's keys
-        data = stage_cfg
-    if getattr(data, "dev_trials", None):
-        return data.dev_trials
-    folder = getattr(data, "data", None)
-    if folder:
-        path = os.path.join(folder, "trials", "dev.txt")
+        return data, "dev_trials"
+    return getattr(data, "data", None), "data.dev_trials"
+
+
+def dev_trials_of(stage_cfg) -> str | None:
+    """The dev trial list a stage config scores on (None: the run reports no dev EER): a
+    corpus folder's ``trials/dev.txt`` where the config names a corpus folder (its
+    explicit dev trials are then not used, as the stages do), else its dev trials."""
+    corpus, key = _corpus_and_key(stage_cfg)
+    if corpus:
+        path = os.path.join(corpus, "trials", "dev.txt")
         return path if os.path.isfile(path) else None
-    return None
+    holder = stage_cfg if key == "dev_trials" else stage_cfg.data
+    return getattr(holder, "dev_trials", None)
 
 
 def check_dev_trials(stage_cfgs: list) -> None:
@@ -426,12 +452,11 @@ def check_dev_trials(stage_cfgs: list) -> None:
     dev EER only (test trials never choose), so without them nothing could be chosen."""
     for i, c in enumerate(stage_cfgs):
         if not dev_trials_of(c):
-            where = c.data if isinstance(c.data, str) else getattr(c.data, "data", None)
+            corpus, key = _corpus_and_key(c)
             raise ConfigError(
-                f"trial {i}: no dev trials to rank trials on"
-                + (f" ({where} has no trials/dev.txt)" if where else "")
-                + ": give data.dev_trials (or a corpus folder with trials/dev.txt); "
-                "test trials are never used to choose"
+                f"trial {i}: no dev trials to rank trials on: "
+                + (f"{corpus} has no trials/dev.txt (add one)" if corpus else f"give base.{key}")
+                + "; test trials are never used to choose"
             )
 
 
@@ -443,7 +468,8 @@ def trials_at_once(stage_cfgs: list, cpus: float, gpus: float) -> tuple[int, dic
     (as :func:`raysv.training.driver.worker_resources` leaves one for a lone run): with
     ``cpus_per_worker`` given, ``num_workers x cpus_per_worker``; automatic on CPU,
     all CPUs but one (so one trial at a time); automatic on GPU, 1-2 CPUs per worker,
-    and one GPU per worker. Always at least 1.
+    and one GPU per worker. A round trial's embedding step uses every CPU: one at a
+    time. Always at least 1.
     """
     need_cpu, need_gpu = 0.0, 0.0
     for c in stage_cfgs:
@@ -451,7 +477,9 @@ def trials_at_once(stage_cfgs: list, cpus: float, gpus: float) -> tuple[int, dic
         cpw = t.cpus_per_worker
         if cpw is None:
             cpw = max(1.0, min(2.0, (cpus - 1.0) / t.num_workers)) if t.use_gpu else None
-        cpu = cpus if cpw is None else t.num_workers * cpw + 1.0
+        # automatic CPU workers, or a round trial (its embedding actors take every CPU)
+        whole = cpw is None or hasattr(c, "schedule")
+        cpu = cpus if whole else t.num_workers * cpw + 1.0
         need_cpu = max(need_cpu, cpu)
         need_gpu = max(need_gpu, float(t.num_workers) if t.use_gpu else 0.0)
     n = math.floor(cpus / need_cpu) if need_cpu > 0 else 1
@@ -503,6 +531,7 @@ def _trial(config: dict) -> None:
         sweep = from_dict(SweepConfig, config["sweep"])
         i = trial_index(tune.get_context().get_trial_name())
         stage_cfg = to_dict(trial_config(sweep, i, config["point"], config["parent"]))
+        _own_folder(stage_cfg["out"], config["point"])
     stage = config["stage"]
     cls, run = _stage(stage)
     cfg = from_dict(cls, stage_cfg)
@@ -527,6 +556,23 @@ def _trial(config: dict) -> None:
             "final": 1,
         }
     )
+
+
+def _own_folder(folder: str, point: dict) -> None:
+    """Make ``folder`` the run folder of the trial with values ``point``. A sweep resumed
+    from Tune state saved before its trial ``i`` was recorded may number a new pick ``i``
+    again: a folder of ``i`` holding another point's run is moved aside (kept, named
+    ``<folder>.replaced-<time>``), never resumed as this one's."""
+    path = os.path.join(folder, ".point.json")
+    record = json.loads(json.dumps(point))
+    before = read_json(path) if os.path.isfile(path) else None
+    if before is not None and before != record:
+        aside = f"{folder}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(folder, aside)
+        log.warning("%s held the run of other values %s: moved to %s", folder, before, aside)
+    os.makedirs(folder, exist_ok=True)
+    if before != record:
+        write_json_atomic(path, record)
 
 
 def _job_actors(class_name: str) -> dict[str, str]:
@@ -643,25 +689,54 @@ def _free_quietly() -> None:
         log.warning("could not free stopped trials' worker groups: %s", exc)
 
 
-def _scheduler(cfg: SweepConfig, max_epochs: int):
-    """The Tune scheduler of ``cfg.scheduler`` on ``best_dev_eer`` (None: FIFO)."""
+def _scheduler(cfg: SweepConfig, max_epochs: int, record: str):
+    """The Tune scheduler of ``cfg.scheduler`` on ``best_dev_eer`` (None: FIFO), recording
+    the trials it stops in ``record`` (:func:`_recording`)."""
     from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
 
     spec = cfg.scheduler
     if spec.name == "asha":
-        return ASHAScheduler(
-            time_attr="epochs",
-            max_t=max_epochs,  # rungs below the last epoch, which the finished trial reports
-            grace_period=spec.grace_period,
-            reduction_factor=spec.reduction_factor,
+        return _recording(
+            ASHAScheduler(
+                time_attr="epochs",
+                max_t=max_epochs,  # rungs below the last epoch, which the finished trial reports
+                grace_period=spec.grace_period,
+                reduction_factor=spec.reduction_factor,
+            ),
+            record,
         )
     if spec.name == "median":
         # never pause a trial for want of samples: a paused function trainable would
         # start its Ray Train run over (from its checkpoint) when resumed
-        return MedianStoppingRule(
-            time_attr="epochs", grace_period=spec.grace_period, min_time_slice=max_epochs + 1
+        return _recording(
+            MedianStoppingRule(
+                time_attr="epochs", grace_period=spec.grace_period, min_time_slice=max_epochs + 1
+            ),
+            record,
         )
     return None
+
+
+def _recording(scheduler, path: str):
+    """``scheduler``, also writing each trial it stops (``{trial name: epochs}``) to the
+    JSON file ``path``. Ray Tune marks a trial it stopped for a Ctrl-C as terminated
+    too: this record is how the sweep tells a trial the scheduler stopped from one
+    that was interrupted. (A finished trial's last report may also get a stop from
+    ASHA at ``max_t``: its final report tells it apart.)"""
+    base = type(scheduler)
+
+    class Recording(base):
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == base.STOP and not result.get("final"):
+                stopped = read_json(path) or {}
+                stopped[_trial_name(trial)] = int(result.get("epochs", 0))
+                write_json_atomic(path, stopped)
+            return decision
+
+    scheduler.__class__ = Recording
+    write_json_atomic(path, read_json(path) or {})  # exists: this sweep records its stops
+    return scheduler
 
 
 def _trial_row(res, points: list[dict], trials_dir: str, stage: str = "pretrain") -> dict:
@@ -699,9 +774,36 @@ def _trial_row(res, points: list[dict], trials_dir: str, stage: str = "pretrain"
             best_model=result["best_model"],
             seconds=float(result["seconds"]),
         )
+        if result.get("round_dev_eer") is not None:  # scored as the test EER was
+            row["round_dev_eer"] = round(float(result["round_dev_eer"]), 4)
     else:  # stopped by the scheduler after its last reported epoch
         row.update(status="stopped", epochs=int(m.get("epochs", 0)))
     return row
+
+
+def _refuse_unfinished(grid, expected: int, record: str) -> None:
+    """Refuse to summarise a sweep that Tune left before every trial ended (Ctrl-C, a
+    signal: ``Tuner.fit`` then returns normally and marks running trials terminated):
+    its unfinished trials would read as stopped and its best trial as final. A trial
+    ended if it failed, made its final report, or was stopped by the scheduler (in
+    ``record``; a sweep started before raysv kept that record counts every other trial
+    as stopped). Rerunning the command resumes it."""
+    stopped = read_json(record) if os.path.isfile(record) else None
+    open_ = [
+        res
+        for res in grid
+        if res.error is None
+        and (res.metrics or {}).get("final") != 1
+        and stopped is not None
+        and os.path.basename(str(res.path)).split("_")[0] not in stopped
+    ]
+    if open_ or len(grid) < expected:
+        from raysv.errors import RunInterrupted
+
+        raise RunInterrupted(
+            f"the sweep was interrupted with {len(open_) + max(0, expected - len(grid))} of "
+            f"{expected} trial(s) unfinished; rerun the same command to resume it"
+        )
 
 
 def _same_sweep(out: str, record: dict, started: bool) -> None:
@@ -758,7 +860,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
     import ray
 
     at_once = cfg.max_concurrent_trials
-    if at_once is None:
+    saved = read_json(os.path.join(out, "_trials_at_once.json"))
+    if tune.Tuner.can_restore(state) and isinstance(saved, dict):
+        at_once = int(saved["trials_at_once"])  # Tune restores its first run's setting
+        log.info("resuming keeps the first run's %d trial(s) at once", at_once)
+    elif at_once is None:
         cluster = ray.cluster_resources()
         cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
         at_once, need = trials_at_once(stage_cfgs, cpus, gpus)
@@ -771,6 +877,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
             cpus,
             gpus,
         )
+    if not tune.Tuner.can_restore(state):
+        write_json_atomic(os.path.join(out, "_trials_at_once.json"), {"trials_at_once": at_once})
+    record = os.path.join(out, "_stopped_trials.json")  # the scheduler's stops
+    if cfg.scheduler.name == "none" and not tune.Tuner.can_restore(state):
+        write_json_atomic(record, {})  # nothing can be stopped: any open trial is interrupted
     uri = cfg.tracking_uri or _tracking_uri(out)
     with tracking.resumable_run(out, uri, cfg.experiment, "tune", to_dict(cfg)) as parent:
         trainable = tune.with_resources(_trial, {"cpu": 0, "memory": 1})  # [2] no CPU of its own
@@ -781,8 +892,6 @@ def run_sweep(cfg: SweepConfig) -> dict:
             )
         else:
             if adaptive:
-                from ray.tune.search.optuna import OptunaSearch
-
                 # Optuna's TPE sampler (seeded) picks each trial's values from the dev EER
                 # the earlier trials reported; Tune passes it the domains of ``point``.
                 param_space = {
@@ -792,7 +901,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
                     "parent": parent,
                     "point": {k: tune_domain(d) for k, d in cfg.space.items()},
                 }
-                search = dict(search_alg=OptunaSearch(seed=cfg.seed), num_samples=cfg.samples)
+                search = dict(search_alg=optuna_searcher(cfg), num_samples=cfg.samples)
+                log.info(
+                    "Optuna: the first %d trial(s) picked at random, the rest by TPE",
+                    startup_trials(cfg.samples),
+                )
             else:
                 param_space = tune.grid_search(
                     [
@@ -811,7 +924,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=at_once,
-                    scheduler=_scheduler(cfg, max_epochs),
+                    scheduler=_scheduler(cfg, max_epochs, record),
                     metric="best_dev_eer",
                     mode="min",
                     trial_name_creator=_trial_name,
@@ -828,13 +941,19 @@ def run_sweep(cfg: SweepConfig) -> dict:
             )
         # Ray Tune prints its experiment tables to stdout even at verbose=0; stdout is
         # the summary's (``--json``), so they go to stderr with the logs.
-        before = set(_job_actors("TrainController"))
+        try:
+            before = set(_job_actors("TrainController"))
+        except Exception as exc:  # noqa: BLE001 - Ray's private tables changed: say so, go on
+            log.warning("cannot list Ray Train controllers (%s): none will be released", exc)
+            before = None
         with contextlib.redirect_stdout(sys.stderr):
             grid = tuner.fit()
         try:  # a last trial stopped by the scheduler leaves its controller behind
-            release_trials(before)
+            if before is not None:
+                release_trials(before)
         except Exception as exc:  # noqa: BLE001 - Ray's private tables changed: say so, go on
             log.warning("could not release the stopped trials' Ray Train controllers: %s", exc)
+        _refuse_unfinished(grid, cfg.samples if adaptive else len(points), record)
         rows = sorted(
             (_trial_row(res, points, os.path.join(out, "trials"), cfg.stage) for res in grid),
             key=lambda r: r["trial"],
@@ -893,14 +1012,21 @@ def run_sweep(cfg: SweepConfig) -> dict:
         from raysv.reporting.sweep_report import write_sweep_report
 
         # the sweep report: learning curves (stopped trials marked), dev EER per knob value
-        report = write_sweep_report(summary, os.path.join(out, "report"))
-        summary["report"] = report["report"]
+        try:
+            report = write_sweep_report(summary, os.path.join(out, "report"))
+            summary["report"] = report["report"]
+        except Exception as exc:  # noqa: BLE001 - the trials' results matter more than a plot
+            log.warning(
+                "could not draw the sweep report (raysv report %s redraws it): %s", out, exc
+            )
+            report = {"report": None, "plots": {}}
         path = os.path.join(out, "summary.json")
         write_json_atomic(path, summary)
         for name in (path, best_config):
             tracking.log_artifact(name)
         for name in (report["report"], *report["plots"].values()):
-            tracking.log_artifact(name, "report")
+            if name:
+                tracking.log_artifact(name, "report")
     return summary
 
 
