@@ -545,6 +545,46 @@ def test_an_optuna_trial_folder_of_other_values_is_moved_aside_not_resumed(tmp_p
         assert json.load(f) == {"loss.rejection.threshold": 0.6}
 
 
+def test_a_batch_size_sweep_scales_each_trials_learning_rate_by_the_rule():
+    from raysv.tuning.sweep import scaled_lr
+
+    assert scaled_lr(0.002, 128, 32, "linear") == 0.008
+    assert scaled_lr(0.002, 128, 32, "sqrt") == 0.004
+    assert scaled_lr(0.002, 8, 32, "sqrt") == 0.001
+    assert scaled_lr(0.002, 128, 32, "none") == 0.002
+
+    def lrs(rule, stage="pretrain", **base):
+        cfg = from_dict(
+            SweepConfig,
+            {
+                "stage": stage,
+                "lr_rule": rule,
+                "base": base,
+                "grid": {
+                    ("train.train.batch_size" if stage == "round" else "train.batch_size"): [
+                        16,
+                        32,
+                        128,
+                    ]
+                },
+            },
+        )
+        out = []
+        for i, p in enumerate(trial_points(cfg)):
+            c = trial_config(cfg, i, p, None)
+            out.append(c.train.optim.lr if stage == "round" else c.optim.lr)
+        return out
+
+    base = {"train": {"batch_size": 32}, "optim": {"lr": 0.002}}
+    assert lrs("none", **base) == [0.002, 0.002, 0.002]
+    assert lrs("sqrt", **base) == [0.001414, 0.002, 0.004]
+    assert lrs("linear", **base) == [0.001, 0.002, 0.008]
+    # a round trial's Stage II run; the base batch from the stage's default (64)
+    assert lrs("linear", stage="round", train={"optim": {"lr": 0.004}}) == [0.001, 0.002, 0.008]
+    with pytest.raises(ConfigError, match="lr_rule: 'cosine' is not one of"):
+        from_dict(SweepConfig, {"grid": {"a": [1]}, "lr_rule": "cosine"})
+
+
 def test_only_dev_figures_of_an_epoch_reach_tune():
     rank0 = {
         "epoch": 2,

@@ -108,6 +108,10 @@ class SweepConfig:
         seed: seeds the random draws or Optuna's sampler (random: the same seed, the
             same trials; Optuna's picks also depend on the trials' results).
         repeats: runs of every point, with ``train.seed`` + 0, 1, ...
+        lr_rule: how a trial's learning rate follows its batch size: a trial whose
+            batch size ``b`` differs from the base's ``b0`` trains with ``lr * b / b0``
+            (``linear``) or ``lr * sqrt(b / b0)`` (``sqrt``), ``lr`` being the trial's
+            own (swept or the base's); ``none``: every trial's rate as given.
         scheduler: early stopping of trials (:class:`SchedulerSpec`).
         max_concurrent_trials: trials at once (each runs its own Ray Train workers); None =
             as many as the cluster's CPUs and GPUs hold (:func:`trials_at_once`).
@@ -138,6 +142,12 @@ class SweepConfig:
         1,
         ge=1,
         why="one run per grid point, as each seed costs a full run; raise it where runs are noisy",
+    )
+    lr_rule: Literal["none", "linear", "sqrt"] = setting(
+        "none",
+        why="none: each trial's rate as given, so a batch-size sweep shows the batch size's "
+        "own effect; sqrt is the square-root rule for Adam (Malladi et al. 2022), which "
+        "raysv's objectives train with; linear is Goyal et al.'s (2017) rule for SGD",
     )
     scheduler: SchedulerSpec = setting(
         factory=SchedulerSpec, why="SchedulerSpec's defaults: no early stopping"
@@ -374,6 +384,35 @@ def run_result(stage: str, out: str) -> dict | None:
     }
 
 
+def scaled_lr(lr: float, batch: int, base_batch: int, rule: str) -> float:
+    """The learning rate for batch size ``batch`` given ``lr`` at ``base_batch`` under
+    ``rule`` (``none``, ``linear``: x b/b0, ``sqrt``: x sqrt(b/b0)); 4 significant digits."""
+    if rule == "none" or batch == base_batch:
+        return lr
+    factor = batch / base_batch
+    return float(f"{lr * (factor if rule == 'linear' else math.sqrt(factor)):.4g}")
+
+
+def _with_lr_rule(cfg: SweepConfig, cls, data: dict, base: dict) -> dict:
+    """``data`` (a trial's stage settings) with its learning rate scaled by ``cfg.lr_rule``
+    from the batch size of ``base`` (the sweep's base settings) to its own."""
+    if cfg.lr_rule == "none":
+        return data
+    trial, start = from_dict(cls, data), from_dict(cls, base)
+    b, b0 = train_spec(trial).batch_size, train_spec(start).batch_size
+    if b == b0:
+        return data
+    key, lr = (
+        ("train.optim.lr", trial.train.optim.lr)
+        if cfg.stage == "round"
+        else (
+            "optim.lr",
+            trial.optim.lr,
+        )
+    )
+    return with_values(data, {key: scaled_lr(lr, b, b0, cfg.lr_rule)})
+
+
 def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id: str | None):
     """[1] The full, validated stage config of trial ``i``."""
     cls, _ = _stage(cfg.stage)
@@ -384,8 +423,10 @@ def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id:
             for k, v in point.items()
         }
     data = with_values(cfg.base, point)
+    base = copy.deepcopy(cfg.base)
     if cfg.stage == "round":
         data.update(ROUND_TRIAL)
+        base.update(ROUND_TRIAL)
     data.update(
         out=os.path.join(out, "trials", f"{i:03d}"),
         run_name=f"trial{i:03d}",
@@ -394,7 +435,7 @@ def trial_config(cfg: SweepConfig, i: int, point: dict[str, Any], parent_run_id:
         parent_run_id=parent_run_id,
     )
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, _with_lr_rule(cfg, cls, data, base))
     except ConfigError as exc:
         raise ConfigError(f"trial {i} ({point}): {exc}") from None
 
@@ -846,6 +887,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
     }
     if adaptive:
         record.update(search="optuna", samples=cfg.samples, seed=cfg.seed)
+    if cfg.lr_rule != "none":
+        record["lr_rule"] = cfg.lr_rule
     _same_sweep(out, record, started=tune.Tuner.can_restore(state))
     keys = ", ".join([*cfg.grid, *cfg.space])
     log.info(
