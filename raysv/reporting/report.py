@@ -298,6 +298,21 @@ def _auto_k_sections(it: dict) -> list[str]:
     return out
 
 
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+    "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px}"
+    "img{max-width:100%}figure{margin:1em 0}"
+)
+
+
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained HTML page of the report style with ``body``'s parts in order."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+
+
 def _img(path: str | None, caption: str) -> str:
     if not path:
         return ""
@@ -381,12 +396,7 @@ def write_report(run: str, out: str | None = None, log_to_mlflow: bool = True) -
         _img(figs["cluster_sizes"], "cluster sizes per round"),
         *_auto_k_sections(it),
     ]
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px}"
-        "img{max-width:100%}figure{margin:1em 0}"
-    )
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>raysv report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    page = html_page("raysv report", body)
     path = os.path.join(folder, "report.html")
     with open(path, "w") as f:
         f.write(page)

@@ -15,6 +15,8 @@ import html
 import math
 import os
 
+from raysv.reporting.report import _png
+
 STYLES = {  # status -> (line style, marker at the last epoch)
     "finished": ("-", "o"),
     "stopped": ("--", "x"),
@@ -57,7 +59,7 @@ def plot_curves(summary: dict, path: str) -> str:
     if len(summary["trials"]) <= 16:
         ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _png(fig, path)
 
 
 def plot_knobs(summary: dict, path: str) -> str:
@@ -87,15 +89,7 @@ def plot_knobs(summary: dict, path: str) -> str:
         ax.set_ylabel("best dev EER (%)")
         ax.grid(alpha=0.3)
     fig.suptitle("dev EER per knob value (star: best trial; x: stopped)")
-    return _save(fig, path)
-
-
-def _save(fig, path: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _png(fig, path)
 
 
 def _table(summary: dict) -> str:
@@ -127,7 +121,7 @@ def write_sweep_report(summary: dict, folder: str) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    from raysv.reporting.report import _img
+    from raysv.reporting.report import _img, html_page
 
     os.makedirs(folder, exist_ok=True)
     plots = {
@@ -148,15 +142,7 @@ def write_sweep_report(summary: dict, folder: str) -> dict:
         _img(plots["curves"], "dev EER per epoch of every trial"),
         _img(plots["knobs"], "best dev EER per knob value"),
     ]
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px}"
-        "img{max-width:100%}figure{margin:1em 0}"
-    )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>raysv sweep</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
-    )
+    page = html_page("raysv sweep", body)
     path = os.path.join(folder, "report.html")
     with open(path + ".tmp", "w") as f:
         f.write(page)
