@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from raysv.cli import cluster, data, runs
+from raysv.cli import cluster, data, model, runs
 from raysv.errors import raysv_cause
 from raysv.reporting import text
 
@@ -37,6 +37,11 @@ _COMMANDS = {
     "demo": (runs, "the end-to-end demo on a generated corpus (or --data DIR)"),
     "bench": (runs, "run a benchmark; prints figures and writes JSON"),
     "config": (runs, "list a command's settings: value, range and why each default"),
+    "export": (model, "export an encoder checkpoint to ONNX + TorchScript with a model card"),
+    "verify": (
+        model,
+        "score two recordings (accept/reject) or a trial list with an exported model",
+    ),
 }
 COMMANDS: dict[str, tuple[str, Callable, Callable, Callable]] = {
     name: (

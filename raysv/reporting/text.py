@@ -301,3 +301,45 @@ def config_text(s: dict) -> str:
         if r["why"]:
             lines.append(f"      {r['why']}")
     return "\n".join(lines)
+
+
+def export_text(s: dict) -> str:
+    lines = [
+        f"exported {s['encoder']} ({s['embedding_dim']}-d) to {s['out']}: "
+        f"{', '.join(s['files'])} in {s['seconds']}s",
+        f"centre: {s['centre_from'].get('utterances', 0)} utterances "
+        f"({s['centre_from']['source']})",
+        "parity with PyTorch (max abs diff, normalised): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in s["parity_max_abs_diff"].items()),
+    ]
+    d = s.get("dev") or {}
+    if d:
+        t = d["thresholds"]
+        dcf = "none" if t["min_dcf_0.01"] is None else f"{t['min_dcf_0.01']:.4f}"
+        lines.append(
+            f"dev (centred on the model): EER {d['eer']:.2f}%  minDCF(0.01) {d['min_dcf_0.01']:.3f}; "
+            f"thresholds: EER {t['eer']:.4f}, minDCF(0.01) {dcf}"
+        )
+    else:
+        lines.append(
+            "no dev trials found: the card has no thresholds (give --dev-trials/--dev-utts)"
+        )
+    return "\n".join(lines)
+
+
+def verify_text(s: dict) -> str:
+    if "decision" in s:
+        return (
+            f"{s['decision'].upper()}: score {s['score']:.4f} "
+            f"(threshold {s['threshold']:.4f}, {s['operating_point']})"
+        )
+    text = (
+        f"EER {s['eer']:.2f}%  minDCF(0.01) {s['min_dcf_0.01']:.3f}  minDCF(0.05) {s['min_dcf_0.05']:.3f}  "
+        f"({s['n_target']} target / {s['n_nontarget']} non-target trials, {s['files']} files)"
+    )
+    if "threshold" in s:
+        text += (
+            f"\nat threshold {s['threshold']:.4f}: miss {100 * s['miss_rate']:.2f}%, "
+            f"false accept {100 * s['false_accept_rate']:.2f}%"
+        )
+    return text
