@@ -82,8 +82,18 @@ def validate(a: argparse.Namespace) -> dict:
 
 
 def embed_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, help="utterances manifest (Parquet)")
+    p.add_argument("--manifest", help="utterances manifest (Parquet)")
     p.add_argument("--out", required=True, help="folder for embedding shards")
+    p.add_argument(
+        "--model",
+        help="exported model folder (raysv export): embed with ONNX Runtime here, no Ray",
+    )
+    p.add_argument(
+        "--audio",
+        metavar="DIR",
+        help="with --model: embed every audio file under DIR (utt_id = path relative to DIR)",
+    )
+    p.add_argument("--threads", type=int, help="with --model: ONNX Runtime threads (default: all)")
     p.add_argument(
         "--checkpoint",
         help="encoder checkpoint (best_model.pt of raysv pretrain); default: the baseline",
@@ -122,6 +132,11 @@ def evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", help="utterances manifest: trial paths are matched to its paths")
     p.add_argument(
         "--center", action="store_true", help="subtract the mean embedding before cosine scoring"
+    )
+    p.add_argument(
+        "--model",
+        help="exported model folder: subtract its card's centre before cosine scoring "
+        "(embeddings from raysv embed --model; the rule of raysv verify)",
     )
     p.add_argument(
         "--cohort", help="embeddings table used as the AS-norm cohort (turns AS-norm on)"

@@ -35,10 +35,13 @@ def check_manifest(uri: str) -> None:
 
 
 def run_embed(
-    manifest: str,
+    manifest: str | None,
     out: str,
     *,
     checkpoint: str | None = None,
+    model: str | None = None,
+    audio: str | None = None,
+    threads: int | None = None,
     max_seconds: float = 10.0,
     n_mels: int = 40,
     concurrency: int | None = None,
@@ -52,7 +55,38 @@ def run_embed(
     ``checkpoint``: an encoder checkpoint (best_model.pt of raysv pretrain), else the
     log-mel baseline (``n_mels``, always on CPU). ``average_sessions``: a folder for
     per-session mean embeddings too. Returns embed_manifest's summary dict.
+
+    ``model``: an exported model folder (``raysv export``): embeds ``manifest`` or the
+    audio files under ``audio`` with ONNX Runtime in this process, no Ray
+    (:func:`raysv.export.embed.embed_local`; its card fixes the length policy).
     """
+    if model or audio:
+        if not model:
+            raise RaysvError("--audio DIR embeds with an exported model: give --model DIR")
+        clash = [
+            f"--{k.replace('_', '-')}"
+            for k, v in (("checkpoint", checkpoint), ("average_sessions", average_sessions))
+            if v
+        ]
+        if clash:
+            raise RaysvError(f"--model embeds with the exported model; drop {', '.join(clash)}")
+        if threads is not None and threads < 1:
+            raise RaysvError(f"--threads must be at least 1, got {threads}")
+        from raysv.export.embed import embed_local
+
+        if manifest:
+            check_manifest(manifest)
+        return embed_local(
+            model,
+            out,
+            manifest=manifest,
+            audio=audio,
+            normalise=normalise,
+            force=force,
+            threads=threads,
+        )
+    if not manifest:
+        raise RaysvError("give --manifest U (or --model DIR with --manifest U or --audio DIR)")
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
 

@@ -16,6 +16,7 @@ def run_evaluate(
     center: bool = False,
     cohort: str | None = None,
     top_k: int = 300,
+    model: str | None = None,
 ) -> dict:
     """EER and minDCF of ``trials`` scored on ``embeddings`` (``cohort``: AS-norm on
     that embeddings table), or with ``pseudo_labels``, NMI/ARI/reliable share against
@@ -38,4 +39,5 @@ def run_evaluate(
         center=center,
         cohort_uri=cohort,
         top_k=top_k,
+        model=model,
     )

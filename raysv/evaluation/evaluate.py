@@ -8,6 +8,7 @@ import pyarrow as pa
 from raysv.data import fs
 from raysv.data.problems import Problems
 from raysv.data.trials import PathMatcher, parse_trials, resolve_trials
+from raysv.errors import RaysvError
 from raysv.evaluation.metrics import check_trial_labels, verification_report
 from raysv.evaluation.scoring import as_norm, cosine_scores, embedding_matrix, l2_normalise
 
@@ -19,16 +20,30 @@ def score_trials(
     center: bool = False,
     cohort: np.ndarray | None = None,
     top_k: int = 300,
+    centre: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scores ``(n_trials,)`` for resolved trials (entries are utt_ids).
 
     ``center`` subtracts the mean embedding of the scored utterances (an
-    unsupervised mean, no labels). ``cohort`` ``(c, d)`` turns on AS-norm.
+    unsupervised mean, no labels). ``centre`` ``(d,)`` subtracts a fixed vector
+    instead (an exported model's: the mean training embedding, so a threshold
+    holds for any trial set). ``cohort`` ``(c, d)`` turns on AS-norm.
     """
+    if center and centre is not None:
+        raise RaysvError(
+            "centre on the scored trials (--center) or on the model's (--model), not both"
+        )
     enroll = trials.column("enroll").to_pylist()
     test = trials.column("test").to_pylist()
     mean = None
-    if center:
+    if centre is not None:
+        if centre.shape != (emb.shape[1],):
+            raise RaysvError(
+                f"the model's centre has {centre.shape[0]} dimensions, the embeddings "
+                f"{emb.shape[1]}: score embeddings of the same model"
+            )
+        mean = centre.astype(np.float32)
+    elif center:
         index = {u: i for i, u in enumerate(ids)}
         used = sorted({index[u] for u in (*enroll, *test) if u in index})
         mean = emb[used].mean(axis=0)
@@ -56,6 +71,7 @@ def evaluate(
     cohort_uri: str | None = None,
     top_k: int = 300,
     keep_scores: bool = False,
+    model: str | None = None,
 ) -> dict:
     """Score ``trials_uri`` with embeddings; returns EER/minDCF and skipped counts.
 
@@ -63,7 +79,14 @@ def evaluate(
 
     Trial entries are matched to the manifest's paths (or to utt_ids when no
     manifest is given). The AS-norm cohort is another embeddings table.
+    ``model``: an exported model folder whose card's centre is subtracted (embeddings
+    of that model: ``raysv embed --model``), the rule of ``raysv verify``.
     """
+    centre = None
+    if model is not None:
+        from raysv.export.card import read_card
+
+        centre = np.asarray(read_card(model)["scoring"]["centre"], dtype=np.float32)
     problems = Problems(strict=strict)
     trials = parse_trials(trials_uri, problems)
     ids, emb = embedding_matrix(fs.read_table(embeddings_uri), embeddings_uri)
@@ -94,9 +117,13 @@ def evaluate(
     cohort = None
     if cohort_uri:
         _, cohort = embedding_matrix(fs.read_table(cohort_uri), cohort_uri)
-    scores = score_trials(trials, ids, emb, center=center, cohort=cohort, top_k=top_k)
+    scores = score_trials(
+        trials, ids, emb, center=center, cohort=cohort, top_k=top_k, centre=centre
+    )
     report = verification_report(scores, trials.column("label").to_numpy())
-    if not center and cohort is None:  # plain cosine, as the clustering compares embeddings
+    if (
+        not center and centre is None and cohort is None
+    ):  # plain cosine, as the clustering compares embeddings
         from raysv.clustering.auto_k import FALSE_ACCEPTS, merge_threshold
 
         # for `raysv cluster --k auto --merge-threshold` (from dev trials)

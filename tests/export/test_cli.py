@@ -162,9 +162,12 @@ def test_export_refuses_a_folder_it_did_not_write_and_replaces_its_own(
     assert main(args) == 2
     assert "did not write" in capsys.readouterr().err
     assert sorted(os.listdir(foreign)) == ["notes.txt"]
+    import shutil
+
     again = str(tmp_path / "again")
-    for _ in range(2):  # the second run replaces the first export whole
-        assert main(["export", "--checkpoint", str(run / "best_model.pt"), "--out", again]) == 0
+    shutil.copytree(model, again)  # an earlier export: replaced whole
+    os.remove(os.path.join(again, "model.ts"))
+    assert main(["export", "--checkpoint", str(run / "best_model.pt"), "--out", again]) == 0
     assert sorted(os.listdir(again)) == ["_SUCCESS", "model.json", "model.onnx", "model.ts"]
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".again")]  # no leftovers
 
@@ -184,3 +187,48 @@ def test_thresholds_are_the_operating_points():
         return 0.01 * (scores[labels == 1] < th).mean() + 0.99 * (scores[labels == 0] >= th).mean()
 
     assert all(cost(d) <= cost(x) + 1e-12 for x in np.unique(scores))
+
+
+def test_embed_with_the_model_then_evaluate_scores_as_verify(
+    model, run, tiny_corpus, tmp_path, capsys
+):
+    """raysv embed --model (ONNX Runtime, no Ray) over a folder, then raysv evaluate
+    --model (the card's centre): the EER raysv verify --trials gives on the same list;
+    a corrupt file costs its row only; a manifest gives the same embeddings."""
+    import shutil
+
+    from raysv.data import fs
+    from raysv.evaluation.scoring import embedding_matrix
+
+    audio = tmp_path / "audio"
+    shutil.copytree(os.path.join(tiny_corpus, "wav"), audio)
+    (audio / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    n_files = sum(len([f for f in fs_ if f.endswith(".wav")]) for _, _, fs_ in os.walk(audio))
+    out = str(tmp_path / "emb")
+    assert main(["embed", "--model", model, "--audio", str(audio), "--out", out, "--json"]) == 0
+    s = cli_json(capsys.readouterr().out)
+    assert s["rows"] == n_files - 1 and s["unreadable"] == 1
+    assert s["unreadable_examples"][0]["utt_id"] == "corrupt.wav"
+    trials = os.path.join(tiny_corpus, "trials", "dev.txt")
+    assert (
+        main(["evaluate", "--trials", trials, "--embeddings", out, "--model", model, "--json"]) == 0
+    )
+    ev = cli_json(capsys.readouterr().out)
+    args = ["verify", "--trials", trials, "--root", str(audio), "--model", model, "--json"]
+    assert main(args) == 0
+    ver = cli_json(capsys.readouterr().out)
+    assert ev["eer"] == pytest.approx(ver["eer"], abs=1e-9)
+    assert ev["min_dcf_0.01"] == pytest.approx(ver["min_dcf_0.01"], abs=1e-9)
+    # the dev utterances through a manifest: the same vectors as from the folder
+    out2 = str(tmp_path / "emb2")
+    man = str(run / "inputs" / "dev_utts.parquet")
+    assert main(["embed", "--model", model, "--manifest", man, "--out", out2]) == 0
+    capsys.readouterr()
+    ids1, e1 = embedding_matrix(fs.read_table(out))
+    ids2, e2 = embedding_matrix(fs.read_table(out2))
+    index = {u: i for i, u in enumerate(ids1)}
+    np.testing.assert_allclose(e2, e1[[index[u] for u in ids2]], atol=1e-6)
+    # --model and --checkpoint together: one line, exit 2
+    bad = ["embed", "--model", model, "--audio", str(audio), "--out", str(tmp_path / "e3")]
+    assert main([*bad, "--checkpoint", str(run / "best_model.pt")]) == 2
+    assert "drop --checkpoint" in capsys.readouterr().err
