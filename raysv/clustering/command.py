@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from raysv.errors import RaysvError
+from raysv.errors import ConfigError, RaysvError
 
 
 def run_cluster(
@@ -46,6 +46,9 @@ def run_cluster(
 
     if (k is None) == (not elbow):
         raise RaysvError("give k (a number of clusters or auto) or elbow (a list of k), not both")
+    check_out_uri(
+        out, bool(elbow), tracking and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    )
     params = {
         "embeddings": embeddings,
         "out": out,
@@ -101,3 +104,20 @@ def run_cluster(
             "run_id": driver.log_to_mlflow(summary, uri, experiment, name, params),
         }
     return summary
+
+
+def check_out_uri(out: str, elbow: bool, local_tracking: bool) -> None:
+    """Refuse, before any work, what an object-store ``out`` can't hold: the elbow's
+    table and plot (written on a local or shared file system) and a local MLflow
+    store (kept beside ``out``)."""
+    from raysv.data import fs
+
+    if fs.is_local(out):
+        return
+    if elbow:
+        raise ConfigError(f"{out}: --elbow writes its table and plot to a local folder; give one")
+    if local_tracking:
+        raise ConfigError(
+            f"{out}: an object-store --out has no folder beside it for a local MLflow store; "
+            "give --tracking-uri (an MLflow server) or --no-tracking"
+        )

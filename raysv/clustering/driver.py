@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -58,10 +58,11 @@ def choose_k_from(
     from raysv.evaluation.scoring import embedding_matrix
 
     out = os.path.abspath(out)
-    final = os.path.abspath(final or out)
+    final = final or out
+    final = os.path.abspath(final) if fs.is_local(final) else final
     outputs.ensure_folder(out, "raysv cluster")
     path = os.path.join(out, "_auto_k.json")
-    earlier = os.path.join(final, "_auto_k.json")
+    earlier = fs.join(final, "_auto_k.json")
     files = embedding_files(embeddings)
     counts = [
         pq.ParquetFile(fs.resolve(f)[1]).metadata.num_rows
@@ -80,8 +81,9 @@ def choose_k_from(
     done = outputs.read_json(earlier) if outputs.complete(final) else None
     if done is not None and done.get("source") == source:
         outputs.write_json_atomic(path, done)
-        if os.path.isfile(os.path.join(final, "_auto_k.png")):
-            shutil.copy(os.path.join(final, "_auto_k.png"), os.path.join(out, "_auto_k.png"))
+        if fs.exists(fs.join(final, "_auto_k.png")):
+            with open(os.path.join(out, "_auto_k.png"), "wb") as f:
+                f.write(fs.read_bytes(fs.join(final, "_auto_k.png")))
         return done
     if n == 0:
         raise ManifestError(f"{embeddings}: no embeddings to choose k from")
@@ -116,7 +118,7 @@ def choose_k_from(
         res = auto_k.choose_k(x, seed=seed, sample=sample)
     res["source"] = source
     auto_k.plot(res, os.path.join(out, "_auto_k.png"))
-    res["plot"] = os.path.join(final, "_auto_k.png")
+    res["plot"] = fs.join(final, "_auto_k.png")
     log.info("k chosen from the data: %d (%s)", res["k"], res["rule"])
     outputs.write_json_atomic(path, res)
     return res
@@ -177,7 +179,7 @@ def cluster(
     if manifest:  # analysis only: reads the committed table
         summary["analysis"] = _analysis(out, manifest)
     summary["seconds"] = round(time.monotonic() - t0, 2)
-    outputs.write_json_atomic(os.path.join(out, "_summary.json"), summary)
+    outputs.write_json_atomic(fs.join(out, "_summary.json"), summary)
     return summary
 
 
@@ -203,10 +205,27 @@ def purification_rule(rows: int, k: int, round_: int, drop_fraction, min_cluster
     }
 
 
-def _cluster_into(
+def _cluster_into(files, embeddings, tmp, out, *args) -> dict:
+    """:func:`cluster`'s work: the table's parts, centroids and plots into ``tmp``;
+    paths in the summary name ``out``, where ``tmp`` is moved when complete.
+
+    On an object store the shards write their parts straight into ``tmp`` (a
+    writer prefix) and the driver's own files (centroids, plots, the automatic-k
+    evidence) are made in a local folder and uploaded there.
+    """
+    if fs.is_local(tmp):
+        return _cluster_work(files, embeddings, tmp, tmp, out, *args)
+    with tempfile.TemporaryDirectory(prefix="raysv-cluster-") as records:
+        summary = _cluster_work(files, embeddings, tmp, records, out, *args)
+        fs.upload_folder(records, tmp)
+    return summary
+
+
+def _cluster_work(
     files,
     embeddings,
     tmp,
+    records,
     out,
     k,
     spec,
@@ -218,11 +237,11 @@ def _cluster_into(
     plots,
     merge_threshold,
 ) -> dict:
-    """:func:`cluster`'s work: the table's parts, centroids and plots into ``tmp``;
-    paths in the summary name ``out``, where ``tmp`` is moved when complete."""
+    """:func:`_cluster_into`: the parts into ``tmp``, the ``_*`` files into the local
+    folder ``records``."""
     auto = None
     if k == "auto":
-        auto = choose_k_from(embeddings, tmp, spec.seed, merge_threshold, final=out)
+        auto = choose_k_from(embeddings, records, spec.seed, merge_threshold, final=out)
         k = auto["k"]
     with start_shards(files, shards, normalise=spec.spherical, device=device) as held:
         res = sharded_kmeans(held, k, spec)
@@ -260,15 +279,15 @@ def _cluster_into(
     if auto is not None:
         summary["auto_k"] = auto
     # Files starting with "_" are not parts: only the marker's list is read.
-    np.save(os.path.join(tmp, "_centroids.npy"), res.centroids)
+    np.save(os.path.join(records, "_centroids.npy"), res.centroids)
     if plots:
         from raysv.clustering import plots as plot
 
-        plot.cluster_sizes(sizes, os.path.join(tmp, "_sizes.png"))
-        plot.objective_per_iteration(res.history, os.path.join(tmp, "_objective.png"))
+        plot.cluster_sizes(sizes, os.path.join(records, "_sizes.png"))
+        plot.objective_per_iteration(res.history, os.path.join(records, "_objective.png"))
         summary["plots"] = {
-            "sizes": os.path.join(out, "_sizes.png"),
-            "objective": os.path.join(out, "_objective.png"),
+            "sizes": fs.join(out, "_sizes.png"),
+            "objective": fs.join(out, "_objective.png"),
         }
     return summary
 

@@ -278,7 +278,7 @@ def purify_shards(
     ``members (k,)``: rows per cluster, summed over the shards' ``final_assign``.
     Returns ``{"rows", "kept", "clusters_after_purification"}``.
     """
-    import os
+    from raysv.data import fs
 
     k = members.shape[0]
     n_drop = int(round(drop_fraction * int(members.sum())))
@@ -290,7 +290,7 @@ def purify_shards(
         quotas = kmeans.tie_quotas(shards.ties(cut), n_drop - above - above_low)
     sizes = shards.drop_far(cut, quotas, k)
     remap = kmeans.remap_clusters(sizes, members > 0, min_size)
-    paths = [os.path.join(out, f"part-{i:05d}.parquet") for i in range(len(shards))]
+    paths = [fs.join(out, f"part-{i:05d}.parquet") for i in range(len(shards))]
     written = shards.labels_table(sizes, remap, min_size, round_, paths)
     return {
         "rows": int(sum(w[0] for w in written)),

@@ -80,9 +80,15 @@ class EmbeddingShard:
         problem = _bad_file(files)  # footers only: names the file before any decoding
         if problem:
             raise ManifestError(problem)
-        try:
+        from raysv.data import fs
+
+        try:  # local paths or URIs of one file system (one output folder's parts)
+            store, _ = fs.resolve(files[0])
+            paths = [fs.resolve(f)[1] for f in files]
             table = pq.read_table(
-                files if len(files) > 1 else files[0], columns=["utt_id", "embedding"]
+                paths if len(paths) > 1 else paths[0],
+                columns=["utt_id", "embedding"],
+                filesystem=store,
             )
         except (pa.ArrowException, OSError) as exc:
             raise ManifestError(f"{', '.join(files)}: could not read embeddings ({exc})") from None
@@ -187,8 +193,8 @@ class EmbeddingShard:
         Returns ``(rows, kept rows, largest kept cluster id or -1)``.
         """
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
+        from raysv.data import fs
         from raysv.data.schema import PSEUDO_LABELS
 
         kept = self.kept & (sizes[self.labels] >= min_size)
@@ -203,7 +209,7 @@ class EmbeddingShard:
             },
             schema=PSEUDO_LABELS,
         )
-        pq.write_table(table, path)
+        fs.write_table(table, path)  # a local path or an object-store URI
         top = int(new_ids[kept].max()) if kept.any() else -1
         return table.num_rows, int(kept.sum()), top
 

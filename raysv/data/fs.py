@@ -145,11 +145,69 @@ def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def write_table(table: pa.Table, uri: str) -> None:
-    """Write ``table`` to a Parquet file at ``uri`` atomically (tmp file + rename)."""
-    fs, path = resolve(uri)
-    parent = os.path.dirname(path) if is_local(uri) else path.rsplit("/", 1)[0]
+    """Write ``table`` to a Parquet file at ``uri``, never leaving a partial file there.
+
+    Local: a temporary file renamed into place. Object store: one upload, which
+    the store makes visible only when it completes (a rename there is a copy).
+    """
+    store, path = resolve(uri)
+    if not is_local(uri):
+        pq.write_table(table, path, filesystem=store)
+        return
+    parent = os.path.dirname(path)
     if parent:
-        fs.create_dir(parent, recursive=True)
+        store.create_dir(parent, recursive=True)
     tmp = path + ".tmp"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, path)
+    pq.write_table(table, tmp, filesystem=store)
+    store.move(tmp, path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to the file ``uri`` whole or not at all (as :func:`write_table`)."""
+    store, path = resolve(uri)
+    if not is_local(uri):
+        with store.open_output_stream(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The bytes of the file ``uri``; ManifestError naming it if it is missing."""
+    with open_input(uri) as f:
+        return f.read()
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the entries (files and folders) directly in folder ``uri``, sorted;
+    ``[]`` when it does not exist (an object store has no empty folders)."""
+    store, path = resolve(uri)
+    info = store.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(i.base_name for i in info)
+
+
+def remove_tree(uri: str) -> None:
+    """Delete folder ``uri`` and everything under it (nothing if it is absent)."""
+    store, path = resolve(uri)
+    if store.get_file_info(path).type == pafs.FileType.NotFound:
+        return
+    store.delete_dir(path)
+
+
+def upload_folder(local: str, uri: str) -> None:
+    """Copy the files directly in local folder ``local`` to folder ``uri``."""
+    for name in sorted(os.listdir(local)):
+        src = os.path.join(local, name)
+        if os.path.isfile(src):
+            with open(src, "rb") as f:
+                write_bytes(join(uri, name), f.read())

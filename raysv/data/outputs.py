@@ -13,6 +13,14 @@ averages, ``raysv cluster``'s pseudo labels) goes through :func:`staged`:
    or the new one at ``out`` (plus a hidden sibling that the next run of the
    same command removes), never a mix, and stale parts can't survive.
 
+On an object store (``s3://``...), where nothing renames atomically, the same
+steps differ: the parts are written into a staging prefix ``<out>/w-<id>/``
+(holding a ``_raysv_staging`` file, so that a later run knows it as ours), the
+``_*`` records are copied up to ``out``, and the marker, one object written in
+one upload, lists the parts as ``w-<id>/<name>``: until it is written readers
+read the earlier output (or refuse the folder), after it the new one. Then the
+earlier output's objects and killed writers' prefixes are deleted.
+
 Readers (:func:`parts`, used by :func:`raysv.data.fs.read_table` for every
 local folder) read only the parts the marker lists and refuse a folder
 without one, naming it. A folder another tool wrote (e.g. Spark, whose
@@ -35,6 +43,7 @@ from raysv.errors import ManifestError, OutputError
 
 MARKER = "_SUCCESS"
 FORMAT = "raysv-output/1"
+STAGING = "_raysv_staging"  # in an object-store writer's prefix <out>/w-<id>/
 
 
 def _store(folder: str):
@@ -101,7 +110,7 @@ def parts(folder: str) -> list[str]:
         )
     else:
         names = list(marker.get("parts", []))
-    bad = [n for n in names if not isinstance(n, str) or "/" in n or n in ("", ".", "..")]
+    bad = [n for n in names if not _part_name(n)]
     if bad:
         raise OutputError(
             f"{folder}: its {MARKER} lists a part that is not a file name: {bad[0]!r}"
@@ -116,6 +125,17 @@ def parts(folder: str) -> list[str]:
     return [fs.join(folder, n) for n in names]
 
 
+def _part_name(name) -> bool:
+    """A part a marker may list: a file name, or ``w-<id>/<file name>`` (an object
+    store's writer prefix); nothing that leaves the folder."""
+    if not isinstance(name, str):
+        return False
+    bits = name.split("/")
+    if len(bits) == 2 and not bits[0].startswith("w-"):
+        return False
+    return len(bits) <= 2 and all(b not in ("", ".", "..") for b in bits)
+
+
 def _ours(folder: str) -> bool:
     try:
         return bool(read_marker(folder))
@@ -124,10 +144,23 @@ def _ours(folder: str) -> bool:
 
 
 def check_out(out: str, command: str) -> None:
-    """Refuse ``out`` if it holds anything but an earlier complete output of raysv.
+    """Refuse ``out`` if it holds anything but an earlier complete output of raysv
+    (on an object store: or prefixes of raysv writers that were stopped).
 
     ``command``: named in the error (e.g. ``raysv embed``).
     """
+    from raysv.data import fs
+
+    if not fs.is_local(out):
+        entries = fs.list_names(out)
+        foreign = [e for e in entries if not _staging(fs.join(out, e))]
+        if foreign and not _ours(out):
+            raise OutputError(
+                f"{out}: holds {len(entries)} object(s) {command} did not write (e.g. "
+                f"{foreign[0]}); give a new or empty prefix (raysv never deletes what it did "
+                "not write)"
+            )
+        return
     if not os.path.exists(out):
         return
     if not os.path.isdir(out):
@@ -139,6 +172,13 @@ def check_out(out: str, command: str) -> None:
             f"{sorted(entries)[0]}); give a new or empty folder (raysv never deletes what it "
             "did not write)"
         )
+
+
+def _staging(uri: str) -> bool:
+    """True for an object-store writer prefix of ours (it holds :data:`STAGING`)."""
+    from raysv.data import fs
+
+    return fs.exists(fs.join(uri, STAGING))
 
 
 def _sibling(out: str, kind: str) -> str:
@@ -168,8 +208,13 @@ def commit(tmp: str, out: str, command: str, rows: int, extra: dict | None = Non
     """Mark ``tmp`` complete (listing its ``*.parquet`` parts, not ``_*``) and move it to ``out``.
 
     Returns the marker. ``out``, if it exists, must be an output of ours
-    (:func:`check_out` ran before the work).
+    (:func:`check_out` ran before the work). On an object store ``tmp`` is a
+    writer prefix inside ``out`` (see the module's docstring).
     """
+    from raysv.data import fs
+
+    if not fs.is_local(out):
+        return _commit_remote(tmp, out, command, rows, extra)
     names = sorted(  # "_" and "." files are the command's own records, not parts
         n for n in os.listdir(tmp) if n.endswith(".parquet") and not n.startswith(("_", "."))
     )
@@ -188,22 +233,58 @@ def commit(tmp: str, out: str, command: str, rows: int, extra: dict | None = Non
     return marker
 
 
+def _commit_remote(tmp: str, out: str, command: str, rows: int, extra: dict | None) -> dict:
+    """:func:`commit` on an object store: records up, marker written, old objects deleted."""
+    from raysv.data import fs
+
+    store, _ = fs.resolve(out)
+    writer = tmp.rstrip("/").rsplit("/", 1)[1]
+    names = fs.list_names(tmp)
+    parts_ = [n for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
+    records = [n for n in names if n.startswith("_") and n != STAGING]
+    for n in records:  # small files (skipped rows, centroids, plots): where summaries name them
+        store.copy_file(fs.resolve(fs.join(tmp, n))[1], fs.resolve(fs.join(out, n))[1])
+    marker = {
+        "format": FORMAT,
+        "command": command,
+        "rows": int(rows),
+        "parts": [f"{writer}/{n}" for n in parts_],
+    }
+    marker.update(extra or {})
+    fs.write_bytes(fs.join(out, MARKER), json.dumps(marker, indent=1).encode())
+    keep = {MARKER, writer, *records}
+    for n in fs.list_names(out):  # the earlier output's objects, stopped writers' prefixes
+        if n not in keep:
+            uri = fs.join(out, n)
+            if fs.is_dir(uri):
+                fs.remove_tree(uri)
+            else:
+                store.delete_file(fs.resolve(uri)[1])
+    return marker
+
+
 @contextlib.contextmanager
 def staged(out: str, command: str) -> Iterator[str]:
-    """Check ``out`` (:func:`check_out`) and yield a fresh hidden sibling to write into.
+    """Check ``out`` (:func:`check_out`) and yield a fresh hidden sibling to write into
+    (on an object store: a writer prefix ``<out>/w-<id>``).
 
     The caller calls :func:`commit` when its parts are complete; if the body
     raises, the sibling is removed and ``out`` is untouched.
     """
     from raysv.data import fs
 
-    if not fs.is_local(out):  # no atomic rename there; the writer side is not built yet
-        raise OutputError(
-            f"{out}: {command} writes its output folders on a local or shared file system "
-            "only; write there, then copy the folder (with its _SUCCESS) to object storage, "
-            "where readers take only the parts its _SUCCESS lists"
-        )
     check_out(out, command)
+    if not fs.is_local(out):
+        tmp = fs.join(out, f"w-{uuid.uuid4().hex[:8]}")
+        fs.write_bytes(fs.join(tmp, STAGING), f"{command}\n".encode())
+        try:
+            yield tmp
+        finally:
+            marker = read_marker(out) or {}
+            name = tmp.rsplit("/", 1)[1]
+            if not any(str(p).startswith(f"{name}/") for p in marker.get("parts", [])):
+                fs.remove_tree(tmp)  # not committed (or no parts): nothing of it is read
+        return
     _remove_leftovers(out)
     tmp = _sibling(out, "tmp")
     os.makedirs(tmp)
@@ -216,14 +297,24 @@ def staged(out: str, command: str) -> Iterator[str]:
 
 def complete(folder: str) -> bool:
     """True when ``folder`` holds a complete output of this raysv (raises for an older one)."""
+    from raysv.data import fs
+
+    if not fs.is_local(folder):
+        return bool(read_marker(folder))
     return bool(read_marker(folder)) if os.path.isdir(folder) else False
 
 
 def write_json_atomic(path: str, obj, **kwargs) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename.
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename
+    (on an object store: one upload).
 
     A kill leaves the old file or the new one, never a truncated one.
     """
+    from raysv.data import fs
+
+    if not fs.is_local(path):
+        fs.write_bytes(path, json.dumps(obj, **{"indent": 1, **kwargs}).encode())
+        return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "w") as f:
@@ -238,11 +329,19 @@ def write_json_atomic(path: str, obj, **kwargs) -> None:
 
 def read_json(path: str) -> dict | None:
     """A JSON file of ours, or ``None`` if absent; a damaged one is one clear error."""
-    if not os.path.isfile(path):
+    from raysv.data import fs
+
+    if not fs.is_local(path):
+        if not fs.exists(path):
+            return None
+        data = fs.read_bytes(path)
+    elif not os.path.isfile(path):
         return None
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(
             f"{path}: damaged ({exc.__class__.__name__}: {exc}); delete it to redo that step"

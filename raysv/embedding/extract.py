@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -158,7 +157,7 @@ def _embed_into(
         ds = ds.map_batches(normalise_rows, batch_format="pyarrow")  # [4]
     # The staging folder is made by raysv, not Ray Data (which deletes a folder it made
     # if no row was written): the record of skipped rows survives a job that embedded nothing.
-    ds.write_parquet(tmp)  # [3]
+    write_parquet(ds, tmp)  # [3]
     skipped = read_skipped(tmp)
     n = _rows(tmp)
     if n == 0:
@@ -189,13 +188,24 @@ def _embed_into(
     return summary
 
 
+def write_parquet(ds, folder: str) -> None:
+    """Write Ray Data dataset ``ds`` as Parquet files into ``folder`` (a local path or an
+    object-store URI, reached through its pyarrow file system)."""
+    if fs.is_local(folder):
+        ds.write_parquet(folder)
+        return
+    store, path = fs.resolve(folder)
+    ds.write_parquet(path, filesystem=store)
+
+
 def _rows(folder: str) -> int:
     """Rows in the Parquet files of a staging folder (from their footers)."""
     import pyarrow.parquet as pq
 
+    store, _ = fs.resolve(folder)
     return sum(
-        pq.ParquetFile(os.path.join(folder, n)).metadata.num_rows
-        for n in os.listdir(folder)
+        pq.ParquetFile(fs.resolve(fs.join(folder, n))[1], filesystem=store).metadata.num_rows
+        for n in fs.list_names(folder)
         if n.endswith(".parquet") and not n.startswith(("_", "."))
     )
 
@@ -213,9 +223,7 @@ class SessionTagger:
     """Ray Data callable: adds ``session_id`` to embedding rows from a ``(utt_id, session_id)`` table."""
 
     def __init__(self, keys: str):
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(keys)
+        t = fs.read_table(keys)
         self.session = dict(
             zip(t.column("utt_id").to_pylist(), t.column("session_id").to_pylist(), strict=True)
         )
@@ -255,20 +263,19 @@ def average_sessions(embeddings: str, manifest: str, out_dir: str, force: bool =
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from raysv.runtime import ensure_ray
 
     if not force and outputs.complete(out_dir):
         return {"out": out_dir, "skipped": True}
-    files = [fs.resolve(f)[1] for f in fs.parquet_files(embeddings)]  # a complete output only
+    files = fs.parquet_files(embeddings)  # a complete output only
     with outputs.staged(out_dir, "raysv embed --average-sessions") as tmp:
         ensure_ray()
         t0 = time.monotonic()
         man = fs.read_table(manifest, ["utt_id", "session_id"])
         sessions = pc.coalesce(man["session_id"], man["utt_id"])
-        keys = os.path.join(tmp, "_sessions.parquet")  # O(N) metadata, read once per actor
-        pq.write_table(pa.table({"utt_id": man["utt_id"], "session_id": sessions}), keys)
+        keys = fs.join(tmp, "_sessions.parquet")  # O(N) metadata, read once per actor
+        fs.write_table(pa.table({"utt_id": man["utt_id"], "session_id": sessions}), keys)
         n = _average_into(files, keys, tmp)
         outputs.commit(tmp, out_dir, "raysv embed --average-sessions", n)
     log.info("averaged embeddings into %d sessions in %.1fs", n, time.monotonic() - t0)
@@ -276,10 +283,13 @@ def average_sessions(embeddings: str, manifest: str, out_dir: str, force: bool =
 
 
 def _average_into(files: list[str], keys: str, tmp: str) -> int:
-    """Session means of the embeddings in ``files`` as Parquet parts in ``tmp``; their rows."""
+    """Session means of the embeddings in ``files`` (paths or URIs of one file system) as
+    Parquet parts in ``tmp``; their rows."""
     import ray.data
 
-    emb = ray.data.read_parquet(files, columns=["utt_id", "embedding"])
+    store, _ = fs.resolve(files[0])
+    paths = [fs.resolve(f)[1] for f in files]
+    emb = ray.data.read_parquet(paths, filesystem=store, columns=["utt_id", "embedding"])
     tagged = emb.map_batches(
         SessionTagger,
         fn_constructor_kwargs={"keys": keys},
@@ -288,5 +298,5 @@ def _average_into(files: list[str], keys: str, tmp: str) -> int:
         num_cpus=0.5,
     )
     means = tagged.groupby("session_id").map_groups(_session_mean, batch_format="pyarrow")
-    means.write_parquet(tmp)
+    write_parquet(means, tmp)
     return _rows(tmp)

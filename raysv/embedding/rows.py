@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from raysv.audio import io
+from raysv.data import fs
 
 log = logging.getLogger("raysv")
 
@@ -51,19 +52,15 @@ def record_skipped(folder: str | None, skipped: list[dict]) -> None:
         log.warning("embed: skipped %s (%s): %s", s["utt_id"], s["path"], s["reason"])
     if folder is None:
         return
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{SKIPPED_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-    with open(path, "w") as f:
-        f.writelines(json.dumps(s) + "\n" for s in skipped)
+    name = f"{SKIPPED_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+    fs.write_bytes(fs.join(folder, name), "".join(json.dumps(s) + "\n" for s in skipped).encode())
 
 
 def read_skipped(folder: str) -> list[dict]:
     """Every row the actors skipped under ``folder``, in file-name order."""
     rows: list[dict] = []
-    if not os.path.isdir(folder):
-        return rows
-    for name in sorted(os.listdir(folder)):
+    for name in fs.list_names(folder):  # [] for no folder
         if name.startswith(SKIPPED_PREFIX):
-            with open(os.path.join(folder, name)) as f:
-                rows.extend(json.loads(line) for line in f if line.strip())
+            text = fs.read_bytes(fs.join(folder, name)).decode("utf-8")
+            rows.extend(json.loads(line) for line in text.splitlines() if line.strip())
     return rows

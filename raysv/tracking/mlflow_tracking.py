@@ -142,9 +142,21 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None, prefix: str = 
 
 
 def log_artifact(path: str, artifact_path: str | None = None) -> None:
+    """Log the file ``path`` (a local path, or an object-store URI: downloaded first)."""
     import mlflow
 
-    mlflow.log_artifact(path, artifact_path=artifact_path)
+    from raysv.data import fs
+
+    if fs.is_local(path):
+        mlflow.log_artifact(path, artifact_path=artifact_path)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="raysv-artifact-") as tmp:
+        local = os.path.join(tmp, path.rstrip("/").rsplit("/", 1)[1])
+        with open(local, "wb") as f:
+            f.write(fs.read_bytes(path))
+        mlflow.log_artifact(local, artifact_path=artifact_path)
 
 
 def log_history(

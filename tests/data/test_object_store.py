@@ -228,16 +228,132 @@ def test_cluster_on_s3_embeddings_equals_the_local_copy(s3, embedded, tmp_path, 
     np.testing.assert_allclose(got["distance"], want["distance"], rtol=1e-5, atol=1e-6)
 
 
-def test_an_object_store_out_is_refused_in_one_line_and_nothing_is_written(s3, embedded, tmp_path):
-    out = f"s3://{BUCKET}/labels"
-    done = _cli(s3, tmp_path, "cluster", "--embeddings", embedded.uri, "--out", out, "--k", "4")
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if "error" in line.lower()]
-    assert len(lines) == 1 and out in lines[0], done.stderr
-    assert "local or shared file system" in lines[0]
-    assert s3.keys("labels") == []
-    assert os.listdir(tmp_path) == []  # nor a local folder called "s3:"
+def _writers(s3, prefix: str) -> list[str]:
+    """The writer prefixes ``w-<id>`` under ``prefix``."""
+    names = {k[len(prefix) + 1 :].split("/")[0] for k in s3.keys(f"{prefix}/")}
+    return sorted(n for n in names if n.startswith("w-"))
+
+
+def test_embed_and_cluster_write_their_outputs_to_s3(s3, embedded, tmp_path):
+    """``raysv embed --out s3://`` (and ``--average-sessions s3://``), then ``raysv
+    cluster --out s3://``: readers get exactly the rows of the local runs; a rerun
+    replaces the earlier output (its objects deleted once the new marker is there);
+    the records the summaries name sit at the output's top."""
+    man = f"s3://{BUCKET}/man/utterances.parquet"
+    out, avg = f"s3://{BUCKET}/w/emb", f"s3://{BUCKET}/w/sess"
+    done = _cli(s3, tmp_path, "embed", "--manifest", man, "--out", out, "--average-sessions", avg)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = sorted(fs.read_table(embedded.local, ["utt_id"]).column("utt_id").to_pylist())
+    assert sorted(fs.read_table(out, ["utt_id"]).column("utt_id").to_pylist()) == want
+    first = _writers(s3, "w/emb")
+    assert len(first) == 1
+    marker = outputs.read_marker(out)
+    assert marker["rows"] == len(want) and marker["parts"]
+    assert all(p.startswith(first[0] + "/") for p in marker["parts"])
+    sessions = fs.read_table(avg)
+    local_man = pq.read_table(embedded.manifest, columns=["utt_id", "session_id"]).to_pylist()
+    n_sessions = len({r["session_id"] or r["utt_id"] for r in local_man})
+    assert sessions.num_rows == n_sessions and sum(sessions["n_utts"].to_pylist()) == len(want)
+    assert os.listdir(tmp_path) == []  # nothing local: no folder called "s3:"
+    assert len(_writers(s3, "w/sess")) == 1
+
+    # a rerun (--force) writes a new writer prefix and deletes the old one
+    done = _cli(s3, tmp_path, "embed", "--manifest", man, "--out", out, "--force")
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = _writers(s3, "w/emb")
+    assert len(second) == 1 and second != first
+    assert sorted(fs.read_table(out, ["utt_id"]).column("utt_id").to_pylist()) == want
+
+    labels = f"s3://{BUCKET}/w/labels"
+    args = ["--k", "4", "--shards", "2", "--seed", "3", "--no-tracking", "--json"]
+    done = _cli(s3, tmp_path, "cluster", "--embeddings", out, "--out", labels, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = cli_json(done.stdout)
+    local = str(tmp_path / "labels")
+    done = _cli(s3, tmp_path, "cluster", "--embeddings", out, "--out", local, *args)
+    assert done.returncode == 0, done.stderr[-3000:]  # the same input, written locally
+    got, ref = _labels(labels), _labels(local)
+    assert got["utt_id"] == ref["utt_id"] == want
+    assert got["cluster"] == ref["cluster"] and got["kept"] == ref["kept"]
+    top = {k[len("w/labels/") :] for k in s3.keys("w/labels/") if k.count("/") == 2}
+    assert {"_SUCCESS", "_summary.json", "_centroids.npy", "_sizes.png"} <= top
+    assert summary["plots"]["sizes"] == f"{labels}/_sizes.png"
+    assert (
+        json.loads(
+            s3.client.get_object(Bucket=BUCKET, Key="w/labels/_summary.json")["Body"].read()
+        )["k"]
+        == 4
+    )
+
+
+def test_a_stopped_writer_is_never_read_and_a_foreign_prefix_is_refused(s3, embedded, tmp_path):
+    """On S3 a killed writer leaves a prefix ``w-<id>/`` with parts and no marker: a
+    reader refuses the folder, the rerun deletes the prefix and writes the whole
+    output. A prefix holding objects raysv did not write is refused in one line,
+    and nothing there is touched."""
+    labels = f"s3://{BUCKET}/k/labels"
+    s3.client.put_object(Bucket=BUCKET, Key="k/labels/w-0badc0de/_raysv_staging", Body=b"x")
+    s3.client.upload_file(
+        os.path.join(embedded.local, outputs.read_marker(embedded.local)["parts"][0]),
+        BUCKET,
+        "k/labels/w-0badc0de/part-00000.parquet",
+    )
+    with pytest.raises(OutputError, match="no _SUCCESS marker"):
+        fs.read_table(labels)
+    args = ["--k", "4", "--shards", "1", "--no-tracking", "--json"]
+    done = _cli(s3, tmp_path, "cluster", "--embeddings", embedded.uri, "--out", labels, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "w-0badc0de" not in _writers(s3, "k/labels") and len(_writers(s3, "k/labels")) == 1
+    assert fs.read_table(labels).num_rows == embedded.summary["rows"]
+
+    s3.client.put_object(Bucket=BUCKET, Key="k/mine/notes.txt", Body=b"the user's")
+    for argv in (
+        ["cluster", "--embeddings", embedded.uri, "--out", f"s3://{BUCKET}/k/mine", *args],
+        ["embed", "--manifest", embedded.manifest, "--out", f"s3://{BUCKET}/k/mine"],
+    ):
+        done = _cli(s3, tmp_path, *argv)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        lines = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1 and f"s3://{BUCKET}/k/mine" in lines[0], done.stderr
+        assert "notes.txt" in lines[0]
+        assert s3.keys("k/mine/") == ["k/mine/notes.txt"]
+
+    # tracking with an object-store --out needs a tracking server: refused before work
+    nolog = f"s3://{BUCKET}/k/nolog"
+    done = _cli(s3, tmp_path, "cluster", "--embeddings", embedded.uri, "--out", nolog, "--k", "4")
+    assert done.returncode == 2 and "--tracking-uri" in done.stderr, done.stderr[-3000:]
+    assert s3.keys("k/nolog") == [] and os.listdir(tmp_path) == []
+
+
+def test_staged_on_s3_keeps_the_earlier_output_until_the_new_marker(s3):
+    """The writer side without Ray: a body that fails leaves the earlier output whole
+    and its own prefix removed; a commit switches readers to the new parts at once."""
+    out = f"s3://{BUCKET}/st/out"
+    with outputs.staged(out, "raysv test") as tmp:
+        fs.write_table(pa.table({"utt_id": _ids(0, 3)}), f"{tmp}/a.parquet")
+        outputs.commit(tmp, out, "raysv test", 3)
+    assert fs.read_table(out).column("utt_id").to_pylist() == _ids(0, 3)
+    with pytest.raises(RuntimeError, match="stopped"), outputs.staged(out, "raysv test") as tmp:
+        fs.write_table(pa.table({"utt_id": _ids(10, 5)}), f"{tmp}/a.parquet")
+        raise RuntimeError("stopped")
+    assert fs.read_table(out).column("utt_id").to_pylist() == _ids(0, 3)
+    assert len(_writers(s3, "st/out")) == 1
+    with outputs.staged(out, "raysv test") as tmp:
+        fs.write_table(pa.table({"utt_id": _ids(20, 2)}), f"{tmp}/b.parquet")
+        assert fs.read_table(out).column("utt_id").to_pylist() == _ids(0, 3)  # not yet
+        outputs.commit(tmp, out, "raysv test", 2)
+    assert fs.read_table(out).column("utt_id").to_pylist() == _ids(20, 2)
+    # ("st/out/" itself: pyarrow keeps an empty object where a deletion emptied a "folder")
+    assert [k[len("st/out/") :] for k in s3.keys("st/out/") if k != "st/out/"] == [
+        "_SUCCESS",
+        f"{tmp.rsplit('/', 1)[1]}/_raysv_staging",
+        f"{tmp.rsplit('/', 1)[1]}/b.parquet",
+    ]
+    # a marker may not list a part outside its folder
+    bad = {"format": outputs.FORMAT, "command": "x", "rows": 1, "parts": ["w-1/../../x.parquet"]}
+    s3.client.put_object(Bucket=BUCKET, Key="st/bad/_SUCCESS", Body=json.dumps(bad).encode())
+    with pytest.raises(OutputError, match="not a file name"):
+        outputs.parts(f"s3://{BUCKET}/st/bad")
 
 
 # ---------------------------------------------------------------- corpus folders

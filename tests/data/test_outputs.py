@@ -262,22 +262,6 @@ def test_readers_take_only_the_listed_parts_through_pyarrow_fs(tmp_path):
     assert len(fs.read_table(str(d))) == 10
 
 
-def test_outputs_are_not_staged_on_object_storage(tmp_path):
-    """No atomic rename there: a command refuses an object-store --out in one line
-    instead of writing a local folder called 's3:'."""
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with (
-            pytest.raises(OutputError, match="local or shared file system"),
-            outputs.staged("s3://bucket/emb", "raysv embed"),
-        ):
-            pass
-        assert os.listdir(tmp_path) == []
-    finally:
-        os.chdir(cwd)
-
-
 def test_run_folders_carry_a_format_and_foreign_ones_are_refused(tmp_path, capsys):
     """A run folder is claimed with its format; resuming checks it; a folder of
     another format, or holding files and no marker, is refused in one line through
