@@ -8,6 +8,10 @@
         --elbow 1000,2000,4000,8000,16000 --shards 16 --out /mnt/labels/elbow
 
 Arguments are those of `raysv cluster` (``--init kmeans++``, ``--tracking-uri``, ...).
+
+Ray runs a job once (a job has no retries; Ray Train retries lost workers inside it,
+train.max_failures). To retry a failed or stopped (`ray job stop`) job, submit the same line again: it rewrites the labels from the embeddings (k-means restarts from its first iteration).
+With `scripts/local_cluster.sh` (token auth): `eval "$(bash scripts/local_cluster.sh env)"` first.
 """
 
 import sys

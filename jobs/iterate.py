@@ -5,6 +5,10 @@
 
 Rerunning with the same --out skips finished stages and resumes training
 from its last checkpoint. Arguments are those of `raysv iterate`.
+
+Ray runs a job once (a job has no retries; Ray Train retries lost workers inside it,
+train.max_failures). To retry a failed or stopped (`ray job stop`) job, submit the same line again: finished stages are skipped and training resumes from its last checkpoint.
+With `scripts/local_cluster.sh` (token auth): `eval "$(bash scripts/local_cluster.sh env)"` first.
 """
 
 import sys

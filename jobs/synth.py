@@ -3,6 +3,10 @@
     ray job submit --working-dir . -- python jobs/synth.py --config configs/synth_large.yaml --out /mnt/corpus
 
 Arguments are those of `raysv synth`.
+
+Ray runs a job once (a job has no retries; Ray Train retries lost workers inside it,
+train.max_failures). To retry a failed or stopped (`ray job stop`) job, submit the same line again: output is identical for a seed.
+With `scripts/local_cluster.sh` (token auth): `eval "$(bash scripts/local_cluster.sh env)"` first.
 """
 
 import sys

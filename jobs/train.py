@@ -7,6 +7,10 @@
 
 Rerunning with the same --out resumes from the last checkpoint.
 Arguments are those of `raysv train`.
+
+Ray runs a job once (a job has no retries; Ray Train retries lost workers inside it,
+train.max_failures). To retry a failed or stopped (`ray job stop`) job, submit the same line again: it resumes from the last checkpoint.
+With `scripts/local_cluster.sh` (token auth): `eval "$(bash scripts/local_cluster.sh env)"` first.
 """
 
 import sys
