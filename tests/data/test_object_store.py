@@ -234,6 +234,7 @@ def _writers(s3, prefix: str) -> list[str]:
     return sorted(n for n in names if n.startswith("w-"))
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores: in .ci/run's second step
 def test_embed_and_cluster_write_their_outputs_to_s3(s3, embedded, tmp_path):
     """``raysv embed --out s3://`` (and ``--average-sessions s3://``), then ``raysv
     cluster --out s3://``: readers get exactly the rows of the local runs; a rerun
