@@ -33,6 +33,8 @@ def run_paths(checkpoint: str) -> dict:
         "train": os.path.join(run, "manifests", "train.parquet"),
         "dev_trials": os.path.join(run, "inputs", "dev_trials.parquet"),
         "dev_utts": os.path.join(run, "inputs", "dev_utts.parquet"),
+        "test_trials": os.path.join(run, "inputs", "test_trials.parquet"),
+        "test_utts": os.path.join(run, "inputs", "test_utts.parquet"),
     }
     return {k: v for k, v in cands.items() if os.path.isfile(v)}
 
@@ -206,6 +208,10 @@ def export_model(
         (dev_trials, dev_utts) if dev_trials else (found.get("dev_trials"), found.get("dev_utts"))
     )
     dev = dev_operating_points(forward, trials, utts, centre, fe) if trials and utts else None
+    test = None
+    if not dev_trials and "test_trials" in found and "test_utts" in found:  # the run's own
+        test = dev_operating_points(forward, found["test_trials"], found["test_utts"], centre, fe)
+        test.pop("thresholds")  # thresholds come from dev only
     summary_json = outputs.read_json(found["summary"]) if "summary" in found else None
     manifest_json = (
         outputs.read_json(found["manifest_summary"]) if "manifest_summary" in found else None
@@ -221,6 +227,7 @@ def export_model(
         dev=dev,
         frontend=fe,
     )
+    card["test"] = test  # scored with the model's centre, like dev
     card["exporter"] = {
         "onnx": "torch.onnx.export(dynamo=False, opset 17)",
         "torchscript": "torch.jit.trace",
@@ -240,6 +247,7 @@ def export_model(
         "embedding_dim": card["embedding_dim"],
         "centre_from": centre_from,
         "dev": {k: v for k, v in (dev or {}).items()},
+        "test": test,
         "recorded_metrics": card["recorded_metrics"],
         "parity_max_abs_diff": card["parity_max_abs_diff"],
         "seconds": round(time.monotonic() - t0, 1),

@@ -324,6 +324,11 @@ def export_text(s: dict) -> str:
         lines.append(
             "no dev trials found: the card has no thresholds (give --dev-trials/--dev-utts)"
         )
+    if s.get("test"):
+        lines.append(
+            f"test (centred on the model): EER {s['test']['eer']:.2f}%  "
+            f"minDCF(0.01) {s['test']['min_dcf_0.01']:.3f}"
+        )
     return "\n".join(lines)
 
 

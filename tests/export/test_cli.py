@@ -59,6 +59,8 @@ def run(tmp_path_factory, tiny_corpus):
         ),
         run / "inputs" / "dev_trials.parquet",
     )
+    for name in ("trials", "utts"):  # a "test" split: the dev one again
+        os.link(run / "inputs" / f"dev_{name}.parquet", run / "inputs" / f"test_{name}.parquet")
     (run / "manifests" / "summary.json").write_text(
         json.dumps({"data": "/somewhere/private", "utterances": 72, "dialogues": 9})
     )
@@ -93,6 +95,8 @@ def test_export_writes_the_three_files_and_a_card(model, run):
     assert card["recorded_metrics"]["test"] == {"eer": 33.0}
     assert card["lock"].startswith("sha256:") and len(card["lock"]) == 71
     assert card["frontend"]["max_seconds"] == 10.0 and card["frontend"]["in_graph"]
+    # the test split scored with the model's centre too: here the dev list again
+    assert card["test"]["eer"] == card["dev"]["eer"] and "thresholds" not in card["test"]
     t = card["dev"]["thresholds"]
     assert -1.0 <= t["eer"] <= 1.0
     assert str(run) not in json.dumps(card) and "/somewhere/private" not in json.dumps(card)
