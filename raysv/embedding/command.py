@@ -70,6 +70,11 @@ def run_embed(
         ]
         if clash:
             raise RaysvError(f"--model embeds with the exported model; drop {', '.join(clash)}")
+        if max_seconds != 10.0:
+            raise RaysvError(
+                "--max-seconds: the exported model's card fixes the length policy "
+                "(raysv export --max-seconds)"
+            )
         if threads is not None and threads < 1:
             raise RaysvError(f"--threads must be at least 1, got {threads}")
         from raysv.export.embed import embed_local

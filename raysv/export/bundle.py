@@ -132,6 +132,21 @@ def parity_check(model, onnx_path: str, ts_path: str, seconds=(1.3,)) -> dict:
     return worst
 
 
+def refuse_other_outputs(out: str) -> None:
+    """Refuse ``out`` when it is another raysv command's output (embeddings, labels):
+    an export replaces only an earlier export."""
+    from raysv.data import outputs
+    from raysv.errors import OutputError
+
+    if not os.path.isdir(out):
+        return
+    marker = outputs.read_marker(out) or {}
+    if marker.get("command") not in (None, COMMAND):
+        raise OutputError(
+            f"{out}: holds the output of {marker['command']}, not an export; give another --out"
+        )
+
+
 def export_model(
     checkpoint: str,
     out: str,
@@ -168,6 +183,7 @@ def export_model(
     if bool(dev_trials) != bool(dev_utts):
         raise RaysvError("give --dev-trials and --dev-utts together")
     outputs.check_out(out, COMMAND)  # refuse a foreign folder before any work
+    refuse_other_outputs(out)
     encoder, spec = load_encoder(checkpoint)
     encoder.eval()
     model = frontend.build_wave_encoder(encoder, spec["n_mels"])

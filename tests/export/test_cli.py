@@ -166,6 +166,13 @@ def test_export_refuses_a_folder_it_did_not_write_and_replaces_its_own(
     assert main(args) == 2
     assert "did not write" in capsys.readouterr().err
     assert sorted(os.listdir(foreign)) == ["notes.txt"]
+    emb = tmp_path / "emb"  # another raysv command's output is not replaced either
+    emb.mkdir()
+    (emb / "_SUCCESS").write_text(
+        json.dumps({"format": "raysv-output/1", "command": "raysv embed", "rows": 0, "parts": []})
+    )
+    assert main(["export", "--checkpoint", str(run / "best_model.pt"), "--out", str(emb)]) == 2
+    assert "holds the output of raysv embed" in capsys.readouterr().err
     import shutil
 
     again = str(tmp_path / "again")
