@@ -160,6 +160,8 @@ def check_out(out: str, command: str) -> None:
                 f"{foreign[0]}); give a new or empty prefix (raysv never deletes what it did "
                 "not write)"
             )
+        if foreign:
+            _same_command(out, command)
         return
     if not os.path.exists(out):
         return
@@ -171,6 +173,19 @@ def check_out(out: str, command: str) -> None:
             f"{out}: holds {len(entries)} file(s) {command} did not write (e.g. "
             f"{sorted(entries)[0]}); give a new or empty folder (raysv never deletes what it "
             "did not write)"
+        )
+    if entries:
+        _same_command(out, command)
+
+
+def _same_command(out: str, command: str) -> None:
+    """Refuse to replace another command's complete output (``raysv cluster --out``
+    pointed at the embeddings it reads, say): a command replaces only its own."""
+    wrote = (read_marker(out) or {}).get("command")
+    if wrote != command:
+        raise OutputError(
+            f"{out}: holds the output of {wrote}; {command} replaces only an output of its "
+            "own: give another --out"
         )
 
 

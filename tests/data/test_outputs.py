@@ -109,6 +109,26 @@ def test_cluster_reads_only_complete_embeddings_and_leaves_no_stale_parts(
         _labels_rows(out)
 
 
+def test_a_command_never_replaces_another_commands_output(tmp_path, ray_local, capsys):
+    """``raysv cluster --out`` pointed at the embeddings it reads (or any output of
+    another raysv command) is refused in one line; the embeddings stay whole."""
+    rng = np.random.default_rng(1)
+    emb = _write_shards(rng.standard_normal((20, 8)).astype(np.float32), str(tmp_path / "e"))
+    staged_emb = str(tmp_path / "emb")
+    with outputs.staged(staged_emb, "raysv embed") as tmp:
+        for name in sorted(os.listdir(emb)):
+            shutil.copy(os.path.join(emb, name), os.path.join(tmp, name))
+        outputs.commit(tmp, staged_emb, "raysv embed", 20)
+    before = sorted(os.listdir(staged_emb))
+    argv = ["cluster", "--embeddings", staged_emb, "--out", staged_emb, "--k", "3"]
+    assert main([*argv, "--no-tracking"]) == 2
+    _one_line_error(capsys, staged_emb, "holds the output of raysv embed")
+    assert sorted(os.listdir(staged_emb)) == before
+    with pytest.raises(OutputError, match="raysv embed --average-sessions replaces only"):
+        outputs.check_out(staged_emb, "raysv embed --average-sessions")
+    outputs.check_out(staged_emb, "raysv embed")  # its own: replaced on a rerun
+
+
 def test_old_and_foreign_markers(tmp_path):
     folder = tmp_path / "old"
     _write_shards(np.zeros((4, 2), np.float32), str(folder), parts=2)
