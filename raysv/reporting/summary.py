@@ -14,7 +14,9 @@ STAGE_NAMES = {
 }
 
 OWN_CORPUS = "next: your own corpus with `raysv demo --data DIR` (layout: `raysv demo --help`)"
-CLUSTER = "bigger runs on a GPU cluster: the README's section 'Running on a cluster'"
+CLUSTER = (
+    "bigger runs on a GPU cluster: the README's 'On a cluster in three steps', docs/operations.md"
+)
 
 
 def stage_name(stage: str) -> str:

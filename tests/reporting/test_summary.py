@@ -83,7 +83,7 @@ def test_demo_summary_has_the_table_the_kept_round_the_ratio_and_next_steps():
     assert any(line.startswith("round 2: kept the encoder it started from") for line in lines)
     assert not any(line.startswith("round 1: kept") for line in lines)
     assert "label-free / supervised test EER: 1.09x" in text
-    assert "raysv demo --data DIR" in text and "Running on a cluster" in text
+    assert "raysv demo --data DIR" in text and "On a cluster in three steps" in text
     # on the user's own corpus (no synth step) it does not suggest --data again
     assert "raysv demo --data DIR" not in demo_summary(_summary())
 
