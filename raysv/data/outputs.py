@@ -144,38 +144,65 @@ def _ours(folder: str) -> bool:
 
 
 def check_out(out: str, command: str) -> None:
-    """Refuse ``out`` if it holds anything but an earlier complete output of raysv
-    (on an object store: or prefixes of raysv writers that were stopped).
+    """Refuse ``out`` if it holds anything but an earlier complete output of this
+    ``command`` (on an object store: or prefixes of raysv writers that were stopped).
 
-    ``command``: named in the error (e.g. ``raysv embed``).
+    Of an earlier output, only what it wrote counts as ours: its marker, the files
+    (or writer prefixes) its marker lists, and ``_*`` records; anything else (a
+    user's notes, another output nested inside) is refused, so that replacing the
+    output deletes nothing raysv did not write. ``command``: named in the error.
     """
     from raysv.data import fs
 
+    out = _local_path(out)
     if not fs.is_local(out):
+        import pyarrow.fs as pafs
+
+        store, path = fs.resolve(out)
+        if store.get_file_info(path).type == pafs.FileType.File:
+            raise OutputError(f"{out}: is an object, not a prefix; {command} writes a folder there")
         entries = fs.list_names(out)
-        foreign = [e for e in entries if not _staging(fs.join(out, e))]
-        if foreign and not _ours(out):
-            raise OutputError(
-                f"{out}: holds {len(entries)} object(s) {command} did not write (e.g. "
-                f"{foreign[0]}); give a new or empty prefix (raysv never deletes what it did "
-                "not write)"
-            )
-        if foreign:
-            _same_command(out, command)
+        if not entries:
+            return
+        stopped = {e for e in entries if e.startswith("w-") and _staging(fs.join(out, e))}
+        _refuse_foreign(out, command, [e for e in entries if e not in stopped], "object(s)")
         return
     if not os.path.exists(out):
         return
     if not os.path.isdir(out):
         raise OutputError(f"{out}: exists and is not a folder; {command} writes a folder there")
     entries = os.listdir(out)
-    if entries and not _ours(out):
+    if entries:
+        _refuse_foreign(out, command, entries, "file(s)")
+
+
+def _refuse_foreign(out: str, command: str, entries: list[str], what: str) -> None:
+    """Refuse ``out`` unless ``entries`` (its non-empty listing, stopped writers' prefixes
+    left out) are all an earlier complete output of ``command``."""
+    foreign = _not_listed(out, entries) if _ours(out) else sorted(entries)
+    if foreign:
         raise OutputError(
-            f"{out}: holds {len(entries)} file(s) {command} did not write (e.g. "
-            f"{sorted(entries)[0]}); give a new or empty folder (raysv never deletes what it "
-            "did not write)"
+            f"{out}: holds {len(foreign)} {what} {command} did not write (e.g. "
+            f"{foreign[0]}); give a new or empty folder (raysv never deletes what it did "
+            "not write)"
         )
     if entries:
         _same_command(out, command)
+
+
+def _not_listed(out: str, entries: list[str]) -> list[str]:
+    """The entries of output folder ``out`` that its marker does not account for."""
+    marker = read_marker(out) or {}
+    listed = {str(p).split("/")[0] for p in marker.get("parts", [])}
+    listed |= set(marker.get("files", []))
+    return sorted(e for e in entries if e != MARKER and not e.startswith("_") and e not in listed)
+
+
+def _local_path(out: str) -> str:
+    """A ``file://`` URI as the path it names; anything else unchanged."""
+    from raysv.data import fs
+
+    return fs.resolve(out)[1] if out.startswith("file://") else out
 
 
 def _same_command(out: str, command: str) -> None:
@@ -228,12 +255,20 @@ def commit(tmp: str, out: str, command: str, rows: int, extra: dict | None = Non
     """
     from raysv.data import fs
 
+    out = _local_path(out)
     if not fs.is_local(out):
         return _commit_remote(tmp, out, command, rows, extra)
     names = sorted(  # "_" and "." files are the command's own records, not parts
         n for n in os.listdir(tmp) if n.endswith(".parquet") and not n.startswith(("_", "."))
     )
-    marker = {"format": FORMAT, "command": command, "rows": int(rows), "parts": names}
+    files = sorted(n for n in os.listdir(tmp) if not n.startswith(("_", ".")))
+    marker = {
+        "format": FORMAT,
+        "command": command,
+        "rows": int(rows),
+        "parts": names,
+        "files": files,  # every file it wrote but its _* records: the rest is not ours
+    }
     marker.update(extra or {})
     write_json_atomic(os.path.join(tmp, MARKER), marker)
     old = None
@@ -249,16 +284,20 @@ def commit(tmp: str, out: str, command: str, rows: int, extra: dict | None = Non
 
 
 def _commit_remote(tmp: str, out: str, command: str, rows: int, extra: dict | None) -> dict:
-    """:func:`commit` on an object store: records up, marker written, old objects deleted."""
+    """:func:`commit` on an object store: the marker (one upload) switches readers to the
+    new parts; then the records are copied up and the earlier objects deleted.
+
+    A kill after the marker leaves the new parts read, with some records of the
+    earlier output beside them until the command is rerun (a rerun replaces them).
+    """
     from raysv.data import fs
 
+    check_out(out, command)  # again: objects may have arrived while the command ran
     store, _ = fs.resolve(out)
     writer = tmp.rstrip("/").rsplit("/", 1)[1]
     names = fs.list_names(tmp)
     parts_ = [n for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
     records = [n for n in names if n.startswith("_") and n != STAGING]
-    for n in records:  # small files (skipped rows, centroids, plots): where summaries name them
-        store.copy_file(fs.resolve(fs.join(tmp, n))[1], fs.resolve(fs.join(out, n))[1])
     marker = {
         "format": FORMAT,
         "command": command,
@@ -267,6 +306,8 @@ def _commit_remote(tmp: str, out: str, command: str, rows: int, extra: dict | No
     }
     marker.update(extra or {})
     fs.write_bytes(fs.join(out, MARKER), json.dumps(marker, indent=1).encode())
+    for n in records:  # small files (skipped rows, centroids, plots): where summaries name them
+        store.copy_file(fs.resolve(fs.join(tmp, n))[1], fs.resolve(fs.join(out, n))[1])
     keep = {MARKER, writer, *records}
     for n in fs.list_names(out):  # the earlier output's objects, stopped writers' prefixes
         if n not in keep:
@@ -288,6 +329,12 @@ def staged(out: str, command: str) -> Iterator[str]:
     """
     from raysv.data import fs
 
+    out = _local_path(out)
+    if fs.is_local(out) and os.path.abspath(out) in (os.getcwd(), os.path.abspath(os.sep)):
+        raise OutputError(
+            f"{out}: {command} replaces its output folder whole, so it can't be the current "
+            "folder or /; give a subfolder"
+        )
     check_out(out, command)
     if not fs.is_local(out):
         tmp = fs.join(out, f"w-{uuid.uuid4().hex[:8]}")
@@ -314,6 +361,7 @@ def complete(folder: str) -> bool:
     """True when ``folder`` holds a complete output of this raysv (raises for an older one)."""
     from raysv.data import fs
 
+    folder = _local_path(folder)
     if not fs.is_local(folder):
         return bool(read_marker(folder))
     return bool(read_marker(folder)) if os.path.isdir(folder) else False

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -26,27 +27,56 @@ log = logging.getLogger("raysv")
 IO_CPUS = 1.0
 
 
-def actor_resources(concurrency: int | None, cpus_per_actor: float | None) -> tuple[int, float]:
+def actor_resources(
+    concurrency: int | None, cpus_per_actor: float | None, gpus_only: bool = False
+) -> tuple[int, float]:
     """Actor count and CPUs per actor that leave room for Ray Data's I/O tasks.
 
-    Defaults: one actor per available CPU, sharing all CPUs but ``IO_CPUS``
-    (kept free for Ray Data's read/write tasks).
+    Defaults: one actor per CPU of the nodes that can hold them (``gpus_only``: the
+    nodes with GPUs, where GPU actors must go), sized by :func:`actor_cpus`.
     """
     import ray
 
-    # The cluster's total, not what is free this instant: a previous pipeline's
+    # The cluster's nodes, not what is free this instant: a previous pipeline's
     # actors may still be shutting down, and Ray queues the new ones meanwhile.
-    total = float(ray.cluster_resources().get("CPU", 1.0))
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [
+        float(r.get("CPU", 0.0))
+        for r in alive
+        if r.get("CPU", 0.0) > 0 and (r.get("GPU", 0.0) > 0 or not gpus_only)
+    ] or [float(ray.cluster_resources().get("CPU", 1.0))]
+    total = sum(nodes)
     if concurrency is None:
         concurrency = max(1, int(total))
     if cpus_per_actor is None:
-        cpus_per_actor = max(0.1, (total - IO_CPUS) / concurrency)
+        cpus_per_actor = actor_cpus(nodes, concurrency)
     if concurrency * cpus_per_actor > total - IO_CPUS + 1e-9:
         raise ConfigError(
             f"{concurrency} actors x {cpus_per_actor} CPUs leave no CPU for reading data "
             f"(cluster has {total:g} CPUs); lower concurrency or num_cpus_per_actor"
         )
     return concurrency, cpus_per_actor
+
+
+def actor_cpus(node_cpus: list[float], concurrency: int) -> float:
+    """CPUs per embedding actor such that, wherever Ray places ``concurrency`` actors on
+    nodes with ``node_cpus`` CPUs, some node keeps ``IO_CPUS`` free for Ray Data's
+    read/write tasks: the actors take all but ``IO_CPUS`` per node in total, so the
+    free CPUs add up to one per node and cannot all be under one.
+
+    One node of 2 CPUs and 2 actors: 0.5 each. Two nodes of 3 and 6 actors: 2/3 each,
+    not 5/6 (which left half a CPU on each node, so that the one-CPU read task could
+    start nowhere and the job waited forever). Raises ConfigError where that leaves
+    an actor under 0.1 CPU (nodes of one CPU): give the count and CPUs per actor.
+    """
+    fits = (sum(node_cpus) - len(node_cpus) * IO_CPUS) / concurrency
+    if fits < 0.1:
+        raise ConfigError(
+            f"{concurrency} embedding actors on nodes of {sorted(node_cpus)} CPUs can't keep a "
+            "CPU free for reading data; give the actor count and CPUs per actor (raysv embed "
+            "--concurrency)"
+        )
+    return math.floor(fits * 1e4) / 1e4  # rounded down: never over the budget
 
 
 def actor_gpus(device: str, concurrency: int) -> float:
@@ -126,7 +156,10 @@ def _embed_into(
     from raysv.runtime import ensure_ray
 
     ensure_ray()
-    concurrency, num_cpus_per_actor = actor_resources(concurrency, num_cpus_per_actor)
+    gpus = actor_gpus(device, concurrency or 1)
+    concurrency, num_cpus_per_actor = actor_resources(
+        concurrency, num_cpus_per_actor, gpus_only=gpus > 0
+    )
     gpus = actor_gpus(device, concurrency)
     t0 = time.monotonic()
     # The path within its file system, read through that file system: a resolved

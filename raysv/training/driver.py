@@ -16,6 +16,7 @@ its Ray Train entry point (a ``raysv.training.worker`` objective) and a
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -70,8 +71,13 @@ def worker_resources(train) -> tuple[dict, int]:
         # Leave one CPU for Ray Data's featurisation tasks, or the input pipeline starves.
         # A GPU worker needs little CPU (its step runs on the GPU): two each, and every
         # other CPU featurises, which is what a GPU's appetite for batches needs.
+        nodes = [
+            float(n["Resources"].get("CPU", 0.0))
+            for n in ray.nodes()
+            if n.get("Alive") and n["Resources"].get("CPU", 0.0) > 0
+        ] or [total]
         cpw = (
-            max(0.25, (total - 1.0) / train.num_workers)
+            worker_cpus(nodes, train.num_workers)
             if not train.use_gpu
             else max(1.0, min(2.0, (total - 1.0) / train.num_workers))
         )
@@ -84,6 +90,25 @@ def worker_resources(train) -> tuple[dict, int]:
     if train.use_gpu:
         res["GPU"] = 1
     return res, max(1, int(cpw))
+
+
+def worker_cpus(node_cpus: list[float], workers: int) -> float:
+    """CPUs per CPU training worker: the most that still places ``workers`` workers on
+    nodes with ``node_cpus`` CPUs, each node keeping one CPU for Ray Data's
+    featurisation, and at most (total - 1) / workers; at least 0.25.
+
+    One node of 2 CPUs: 1 worker gets 1 CPU, 2 get 0.5 each. Two nodes of 3: 1 worker
+    gets 2, not (6 - 1) / 1 = 5, which no node has (the job would wait forever).
+    """
+    total = sum(node_cpus)
+    spare = [max(0.0, c - 1.0) for c in node_cpus]
+
+    def fits(c: float) -> bool:
+        return sum(int(s / c + 1e-9) for s in spare) >= workers
+
+    cands = sorted({s / k for s in spare if s > 0 for k in range(1, workers + 1)}, reverse=True)
+    best = next((c for c in cands if fits(c)), 0.0)
+    return max(0.25, math.floor(min(best, (total - 1.0) / workers) * 1e4) / 1e4)
 
 
 def one_line(exc: BaseException) -> str:

@@ -201,6 +201,28 @@ def test_pretrain_job_succeeds_on_both_nodes_with_its_outputs_and_logs(cluster, 
     print(f"pretrain job: {seconds:.0f} s, {s['steps']} steps")
 
 
+def test_iterate_job_runs_its_rounds_on_the_cluster(cluster, pretrain_job, tiny_corpus, tmp_path):
+    """``jobs/iterate.py`` from the Stage I job's encoder: embedding actors, k-means
+    shards and Stage II training on the two-node cluster. (It hung before the embedding
+    actors left a whole CPU free on each node for Ray Data's read task.)"""
+    assert pretrain_job[2] == "SUCCEEDED"
+    out = str(tmp_path / "iterate")
+    init = os.path.join(pretrain_job[1], "best_model.pt")
+    job = submit(
+        cluster,
+        f"python jobs/iterate.py --config configs/iterate_smoke.yaml --data {tiny_corpus} "
+        f"--init {init} --out {out}",
+    )
+    status = wait(cluster, job, timeout=900)
+    logs = cli_logs(cluster, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    with open(os.path.join(out, "summary.json")) as f:
+        s = json.load(f)
+    assert [r["round"] for r in s["rounds"]] == [1, 2]
+    assert all(os.path.isdir(r["labels"]) for r in s["rounds"])
+    assert f"run folder: {out}" in logs
+
+
 def test_pretrain_job_stopped_and_submitted_again_resumes(
     cluster, pretrain_job, tiny_corpus, tmp_path
 ):

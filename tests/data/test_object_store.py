@@ -393,3 +393,67 @@ def test_an_s3_path_in_a_corpus_dialogues_file_only_when_allowed(s3, tmp_path):
     assert rows[far]["duration_s"] == pytest.approx(1.25)
     dialogues = {d["dialogue_id"]: d["num_utts"] for d in pq.read_table(man.dialogues).to_pylist()}
     assert dialogues == {"d1": 2, "d2": 3}
+
+
+def test_an_s3_output_holding_a_users_object_is_not_replaced(s3):
+    """On S3 as on disk: a rerun replaces only what the earlier output's marker
+    accounts for; a user's object beside it makes the rerun refuse, and it stays. An
+    --out that is an object (not a prefix) is refused. The marker is written before the
+    records are copied up: a new prefix never holds records without a marker."""
+    out = f"s3://{BUCKET}/u/out"
+    with outputs.staged(out, "raysv test") as tmp:
+        fs.write_table(pa.table({"utt_id": _ids(0, 2)}), f"{tmp}/a.parquet")
+        fs.write_bytes(f"{tmp}/_skipped-1.jsonl", b"{}\n")
+        outputs.commit(tmp, out, "raysv test", 2)
+    assert s3.keys("u/out/_skipped-1.jsonl") == ["u/out/_skipped-1.jsonl"]
+    s3.client.put_object(Bucket=BUCKET, Key="u/out/notes.txt", Body=b"mine")
+    with (
+        pytest.raises(OutputError, match=r"holds 1 object\(s\) raysv test did not write.*notes"),
+        outputs.staged(out, "raysv test"),
+    ):
+        pass
+    assert s3.client.get_object(Bucket=BUCKET, Key="u/out/notes.txt")["Body"].read() == b"mine"
+    assert fs.read_table(out).column("utt_id").to_pylist() == _ids(0, 2)
+
+    s3.client.put_object(Bucket=BUCKET, Key="u/file", Body=b"x")
+    with (
+        pytest.raises(OutputError, match="is an object, not a prefix"),
+        outputs.staged(f"s3://{BUCKET}/u/file", "raysv test"),
+    ):
+        pass
+
+    # the marker first: if copying the records up fails (a kill, the network), readers
+    # already read the new parts and a rerun is not refused
+    fresh = f"s3://{BUCKET}/u/fresh"
+    resolve = fs.resolve
+
+    class NoCopy:
+        def __init__(self, store):
+            self.store = store
+
+        def copy_file(self, *args):
+            raise OSError("connection lost")
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+    def failing(uri):
+        store, path = resolve(uri)
+        return (NoCopy(store), path) if uri == fresh else (store, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fs, "resolve", failing)
+        with (
+            pytest.raises(OSError, match="connection lost"),
+            outputs.staged(fresh, "raysv test") as tmp,
+        ):
+            fs.write_table(pa.table({"utt_id": _ids(5, 1)}), f"{tmp}/a.parquet")
+            fs.write_bytes(f"{tmp}/_centroids.npy", b"new")
+            outputs.commit(tmp, fresh, "raysv test", 1)
+    assert fs.read_table(fresh).column("utt_id").to_pylist() == _ids(5, 1)
+    _write = [k for k in s3.keys("u/fresh/") if k.endswith("_centroids.npy")]
+    assert _write == [f"u/fresh/{tmp.rsplit('/', 1)[1]}/_centroids.npy"]  # not copied up yet
+    with outputs.staged(fresh, "raysv test") as tmp:  # the rerun goes through
+        fs.write_table(pa.table({"utt_id": _ids(7, 1)}), f"{tmp}/a.parquet")
+        outputs.commit(tmp, fresh, "raysv test", 1)
+    assert fs.read_table(fresh).column("utt_id").to_pylist() == _ids(7, 1)

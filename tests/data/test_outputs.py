@@ -8,6 +8,7 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -324,3 +325,40 @@ def test_a_kill_between_commits_renames_loses_nothing(tmp_path):
         raise RuntimeError("this run fails too")
     assert sorted(os.listdir(tmp_path)) == ["labels"]
     assert fs.read_table(out).column("utt_id").to_pylist() == ["u0", "u1", "u2"]
+
+
+def _write_output(out: str, command: str, ids: list[str]) -> None:
+    with outputs.staged(out, command) as tmp:
+        pq.write_table(pa.table({"utt_id": ids}), os.path.join(tmp, "part-0.parquet"))
+        with open(os.path.join(tmp, "_skipped-1.jsonl"), "w") as f:
+            f.write("{}\n")
+        outputs.commit(tmp, out, command, len(ids))
+
+
+def test_a_users_file_inside_an_earlier_output_is_never_deleted(tmp_path, monkeypatch):
+    """Replacing an earlier output deletes only what that output's marker accounts for
+    (its files, its _* records): a user's file, or another output put inside it, makes
+    the rerun refuse in one line, and both stay. file:// URIs name the same folder;
+    the current folder can't be an output (it is replaced whole)."""
+    out = str(tmp_path / "emb")
+    _write_output(out, "raysv embed", ["a", "b"])
+    assert outputs.read_marker(out)["files"] == ["part-0.parquet"]
+    _write_output(out, "raysv embed", ["c"])  # its own output: replaced whole
+    assert pq.read_table(os.path.join(out, "part-0.parquet")).column("utt_id").to_pylist() == ["c"]
+    (tmp_path / "emb" / "notes.txt").write_text("mine")
+    _write_output(str(tmp_path / "emb" / "labels"), "raysv cluster", ["x"])
+    with pytest.raises(OutputError, match=r"holds 2 file\(s\) raysv embed did not write.*labels"):
+        _write_output(out, "raysv embed", ["d"])
+    assert (tmp_path / "emb" / "notes.txt").read_text() == "mine"
+    assert outputs.complete(str(tmp_path / "emb" / "labels"))
+    assert pq.read_table(os.path.join(out, "part-0.parquet")).column("utt_id").to_pylist() == ["c"]
+
+    uri = f"file://{tmp_path / 'viaurl'}"
+    _write_output(uri, "raysv embed", ["u"])
+    assert outputs.complete(uri) and outputs.complete(str(tmp_path / "viaurl"))
+    assert not os.path.exists("file:")  # nothing under the current folder
+
+    monkeypatch.chdir(tmp_path / "viaurl")
+    with pytest.raises(OutputError, match="can't be the current folder"):
+        _write_output(".", "raysv embed", ["v"])
+    assert outputs.complete(str(tmp_path / "viaurl"))

@@ -63,3 +63,29 @@ def test_unreadable_audio_is_skipped_and_listed_not_fatal(tiny_corpus, tmp_path,
         from raysv.embedding.extract import embed_manifest
 
         embed_manifest(man.utterances, str(tmp_path / "emb2"), BaselineEmbedder, {"n_mels": 24})
+
+
+def test_embedding_actors_leave_a_cpu_free_wherever_they_land():
+    """The actors take all but one CPU per node in total, so wherever Ray places them
+    some node keeps Ray Data's one-CPU I/O task room (two 3-CPU nodes: 6 actors of
+    5/6 CPU left half a CPU on each node: a job that waited forever)."""
+    import itertools
+
+    import pytest
+
+    from raysv.embedding.extract import IO_CPUS, actor_cpus
+    from raysv.errors import ConfigError
+
+    for nodes, conc in [([2.0], 2), ([3.0, 3.0], 6), ([4.0, 2.0], 6), ([16.0, 2.0], 18)]:
+        cpus = actor_cpus(nodes, conc)
+        # every placement of the actors that fits the nodes leaves some node a free CPU
+        for counts in itertools.product(range(conc + 1), repeat=len(nodes)):
+            fits = all(k * cpus <= n + 1e-9 for k, n in zip(counts, nodes, strict=True))
+            if sum(counts) == conc and fits:
+                free = [n - k * cpus for k, n in zip(counts, nodes, strict=True)]
+                assert max(free) >= IO_CPUS - 1e-9, (nodes, counts, cpus)
+    assert actor_cpus([2.0], 2) == 0.5  # one node: as before, all but the I/O CPU
+    assert actor_cpus([3.0, 3.0], 6) == 0.6666
+    assert actor_cpus([16.0, 2.0], 18) == 0.8888  # not sized by the small node
+    with pytest.raises(ConfigError, match="can't keep a CPU free"):
+        actor_cpus([1.0, 1.0], 2)

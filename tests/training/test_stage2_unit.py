@@ -155,3 +155,19 @@ def test_the_objectives_first_epoch_is_gated_when_the_gate_closes_at_once():
         resolve(_cfg(**{"gate.name": "lgl"})), {"n_classes": 3}, "cpu", lambda m: m
     )
     assert late.initial_state().tau is None and late.initial_state().epoch == 0
+
+
+def test_training_workers_fit_on_a_node_and_leave_each_node_a_cpu():
+    """A CPU training worker's default share: placeable on the cluster's nodes with one
+    CPU left on each for featurisation (two 3-CPU nodes, one worker: 2 CPUs, not the 5
+    no node has, which left a round of ``raysv iterate`` waiting forever)."""
+    from raysv.training.driver import worker_cpus
+
+    for nodes, workers in [([2.0], 1), ([2.0], 2), ([3.0, 3.0], 1), ([3.0, 3.0], 2), ([16.0], 4)]:
+        c = worker_cpus(nodes, workers)
+        assert sum(int((n - 1.0) / c + 1e-9) for n in nodes) >= workers, (nodes, workers, c)
+        assert c * workers <= sum(nodes) - 1.0 + 1e-9
+    assert worker_cpus([2.0], 1) == 1.0 and worker_cpus([2.0], 2) == 0.5  # one node: as before
+    assert worker_cpus([3.0, 3.0], 1) == 2.0
+    assert worker_cpus([2.0, 16.0], 1) == 15.0  # the big node hosts it
+    assert worker_cpus([1.0], 1) == 0.25  # the floor
