@@ -162,3 +162,23 @@ def test_the_docs_site_builds_in_strict_mode(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     assert os.path.isfile(tmp_path / "site" / "index.html")
+
+
+def test_the_table_formats_page_is_the_schemas():
+    """docs/data.md's table of Parquet columns lists exactly the columns of
+    raysv/data/schema.py, with their required-ness."""
+    from raysv.data import schema
+
+    tables = {
+        "utterances": schema.UTTERANCES,
+        "dialogues": schema.DIALOGUES,
+        "trials": schema.TRIALS,
+        "embeddings": schema.embeddings_schema(4),
+        "pseudo labels": schema.PSEUDO_LABELS,
+    }
+    with open(os.path.join(ROOT, "docs", "data.md"), encoding="utf-8") as f:
+        text = f.read()
+    rows = re.findall(r"^\| ([a-z ]+) \| `(\w+)` \| ([^|]+) \|", text, re.M)
+    documented = {(t, c): "required" in kind for t, c, kind in rows if t in tables}
+    expected = {(t, f.name): not f.nullable for t, sch in tables.items() for f in sch}
+    assert documented == expected
