@@ -25,7 +25,7 @@ selection (as checkpoint selection does); test trials never.
 for each k of a geometric grid, and the largest k whose mean cosine
 silhouette is within 3 % of the best (:data:`TOLERANCE`). On weak Stage I
 embeddings the silhouette curve is flat and this rule under-clusters (see the
-README's automatic-k table); give k when you can.
+automatic-k table in docs/benchmarks.md); give k when you can.
 
 Cost, on the driver: merging, one faiss k-means to at most :data:`NODES`
 groups and an average-linkage pass over them (O(NODES^2 d), seconds);
@@ -53,7 +53,7 @@ MIN_PER_CLUSTER = 5  # the grid never asks for fewer points per cluster than thi
 # coarsest split) and 0.360 at k = 34, so "the best" picked k = 2; the largest
 # k within 3 % picks 34. Splitting a speaker over two clusters costs pseudo
 # labels less than merging speakers (purification and the loss gate act on
-# the former), so ties go to more clusters. A heuristic: see the README's table.
+# the former), so ties go to more clusters. A heuristic: see docs/benchmarks.md's table.
 TOLERANCE = 0.03
 # The merging rule's settings (see the module docstring for what they were measured on).
 FALSE_ACCEPTS = 0.02  # the dev non-target trials whose score may reach the merge threshold

@@ -98,7 +98,7 @@ def build_card(
     dev: dict | None,
     frontend: dict,
 ) -> dict:
-    """The card as a JSON-able dict (see the README's "Exporting the encoder")."""
+    """The card as a JSON-able dict (see docs/export.md)."""
     import raysv
 
     return {

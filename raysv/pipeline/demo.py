@@ -138,7 +138,9 @@ class DemoConfig:
         allow_outside_paths: import audio that the corpus folder's files name outside it.
     """
 
-    out: str = setting("runs/demo", why="convenience: a run folder under ./runs (README)")
+    out: str = setting(
+        "runs/demo", why="convenience: a run folder under ./runs (README quick start)"
+    )
     data: str | None = setting(
         None, why="null: generate a corpus (synth), so the demo needs no data of yours"
     )
@@ -150,7 +152,7 @@ class DemoConfig:
     n_mels: int = setting(
         40,
         ge=1,
-        why="the smaller of DESIGN.md's 40 or 80 log-mel bins, as in the README's baseline figures",
+        why="the smaller of DESIGN.md's 40 or 80 log-mel bins, as in docs/benchmarks.md's baseline figures",
     )
     tracking_uri: str | None = setting(
         None, why="null: MLFLOW_TRACKING_URI, else a SQLite store under out (no server needed)"
@@ -170,7 +172,9 @@ class DemoConfig:
         why="two rounds of a few minutes each on 2 CPU cores, k, p, S and tau from the corpus "
         "(auto), with the supervised reference",
     )
-    report: bool = setting(True, why="the demo ends with the HTML report of every stage (README)")
+    report: bool = setting(
+        True, why="the demo ends with the HTML report of every stage (README quick start)"
+    )
     allow_outside_paths: bool = setting(
         False,
         why="a corpus folder's text files may not name audio outside it unless you say so "

@@ -213,7 +213,7 @@ class IterateConfig:
     head_init: bool = setting(
         True,
         why="first loss ~4.8 instead of ~12.7, train accuracy 65 % instead of 1 % after "
-        "epoch 1 (README, one 40-speaker run)",
+        "epoch 1 (docs/stage2.md, one 40-speaker run)",
     )
     tracking_uri: str | None = setting(
         None, why="null: MLFLOW_TRACKING_URI, else a SQLite store under out (no server needed)"

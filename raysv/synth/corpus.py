@@ -83,7 +83,7 @@ class SynthConfig:
         20,
         ge=2,
         why="the benchmark corpus's 100 speakers x 20 utterances: 1.67 h, 22.6 s to render on "
-        "2 processes (README)",
+        "2 processes (docs/data.md)",
     )
     sessions_per_speaker: int = setting(
         3,
@@ -132,7 +132,7 @@ class SynthConfig:
         ge=0,
         hint="0: all cores",
         why="0: all cores; every utterance has its own seed, so any count gives the same "
-        "corpus (README)",
+        "corpus (docs/data.md)",
     )
 
     def __post_init__(self):

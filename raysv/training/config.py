@@ -71,7 +71,7 @@ class PretrainData:
         2,
         ge=2,
         hint="positives need a partner",
-        why="the dialogue paper's M = 2 (positives need a partner); README: M = 4 raises "
+        why="the dialogue paper's M = 2 (positives need a partner); docs/stage1.md: M = 4 raises "
         "rejection's AUC ceiling",
     )
     short_dialogues: Literal["repeat", "drop"] = setting(
@@ -82,7 +82,7 @@ class PretrainData:
     crop_seconds: float = setting(
         2.0,
         ge=0.1,
-        why="within the papers' 1.8-4 s, at the short end for CPU-scale runs (the README's "
+        why="within the papers' 1.8-4 s, at the short end for CPU-scale runs (docs/stage1.md's "
         "Stage I measurements)",
     )
     n_mels: int = setting(
@@ -106,7 +106,7 @@ class ModelSpec:
     name: str = setting("ecapa", why="ECAPA-TDNN, the LGL paper's encoder, at a size set by kwargs")
     kwargs: dict[str, Any] = setting(
         factory=lambda: {"channels": 64, "embed_dim": 128},
-        why="small, for CPUs (the README's Stage I measurements); the LGL paper's C = 512, "
+        why="small, for CPUs (docs/stage1.md's Stage I measurements); the LGL paper's C = 512, "
         "192-d is ecapa_c512",
     )
 
@@ -266,7 +266,8 @@ class TrainSpec:
         "two per GPU worker",
     )
     amp: bool = setting(
-        True, why="bf16 autocast is the GPU path that ran on an H100 (README); ignored on CPU"
+        True,
+        why="bf16 autocast is the GPU path that ran on an H100 (docs/benchmarks.md); ignored on CPU",
     )
     seed: int = setting(0, ge=0, why="any fixed seed: reproducible runs")
     max_failures: int = setting(

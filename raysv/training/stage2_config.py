@@ -72,7 +72,7 @@ class Stage2Data:
     analysis: bool = setting(
         True,
         why="analysis only, never trains: the reliable-label shares are the evidence the "
-        "README reports",
+        "docs/stage2.md reports",
     )
     head_init: str | None = setting(
         None, why="null: a random head; raysv iterate passes the round's clustering input"

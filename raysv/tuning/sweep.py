@@ -122,7 +122,7 @@ class SweepConfig:
     out: str = setting("runs/tune", why="convenience: a run folder under ./runs")
     stage: Literal["pretrain", "train", "round"] = setting(
         "pretrain",
-        why="Stage I's rejection T x t is the README's first sweep; train sweeps Stage II",
+        why="Stage I's rejection T x t is docs/sweeps.md's first sweep; train sweeps Stage II",
     )
     base: dict[str, Any] = setting(factory=dict, why="empty: the stage's own defaults")
     grid: dict[str, list] = setting(
