@@ -88,6 +88,7 @@ def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
 
 
+@pytest.mark.slow  # ~1 min: in .ci/run's second step
 def test_worker_failure_restarts_from_checkpoint(tiny_corpus, tmp_path, ray_local, capsys):
     out = str(tmp_path / "fail")
     s = _run(
@@ -235,6 +236,7 @@ def test_bad_input_fails_before_workers(tiny_corpus, tmp_path, capsys):
     assert "data.mode=utterance (SimCLR) takes loss ntxent" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~1.5 min: in .ci/run's second step
 def test_audio_gone_bad_during_training_stops_at_the_limit_and_resumes(
     tiny_corpus, tmp_path, ray_local, capsys
 ):
