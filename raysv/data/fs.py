@@ -7,6 +7,7 @@ raysv never branches on the kind of storage.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -170,7 +171,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # unique per call, also across threads
     try:
         with open(tmp, "wb") as f:
             f.write(data)

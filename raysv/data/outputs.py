@@ -375,19 +375,7 @@ def write_json_atomic(path: str, obj, **kwargs) -> None:
     """
     from raysv.data import fs
 
-    if not fs.is_local(path):
-        fs.write_bytes(path, json.dumps(obj, **{"indent": 1, **kwargs}).encode())
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, **{"indent": 1, **kwargs})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    fs.write_bytes(path, json.dumps(obj, **{"indent": 1, **kwargs}).encode())
 
 
 def read_json(path: str) -> dict | None:
