@@ -19,11 +19,27 @@ from raysv.errors import ConfigError
 log = logging.getLogger("raysv")
 
 
-class RayShards(Shards):
-    """Shards held by Ray actors (started by :func:`start_shards`)."""
+# Calls that change a shard's state (its training rows, its labels, what it keeps):
+# recorded per shard and replayed, in order, on a restarted actor.
+STATEFUL = ("subsample", "final_assign", "drop_far")
+RESTARTS_PER_SHARD = 3  # a shard that dies more often is failing for a reason of its own
 
-    def __init__(self, actors: list):
+
+class RayShards(Shards):
+    """Shards held by Ray actors (started by :func:`start_shards`).
+
+    A shard actor that dies (its process or node lost) is started again from
+    ``start``, re-reads its files and replays its state-changing calls
+    (:data:`STATEFUL`: the seeded subsample, the final assignment, what
+    purification dropped), then the call it died in runs again; every call is a
+    pure function of that state, so the result equals an uninterrupted run's.
+    """
+
+    def __init__(self, actors: list, start=None):
         self.actors = list(actors)
+        self.start = start  # start(i) -> a new actor for shard i; None: no recovery
+        self.replay: list[list[tuple]] = [[] for _ in self.actors]
+        self.restarts = [0] * len(self.actors)
 
     def each(self, method: str, *args, per_shard: list[tuple] | None = None) -> list:
         import ray
@@ -33,9 +49,43 @@ class RayShards(Shards):
         extra = per_shard if per_shard is not None else [()] * len(self.actors)
         if len(extra) != len(self.actors):
             raise ValueError(f"{len(extra)} per-shard arguments for {len(self.actors)} shards")
-        return ray.get(
-            [getattr(a, method).remote(*args, *e) for a, e in zip(self.actors, extra, strict=True)]
-        )
+        refs = [
+            getattr(a, method).remote(*args, *e) for a, e in zip(self.actors, extra, strict=True)
+        ]
+        out = [self._get(i, ref, method, args + tuple(extra[i])) for i, ref in enumerate(refs)]
+        if method in STATEFUL:
+            for i, e in enumerate(extra):
+                self.replay[i].append((method, args + tuple(e)))
+        return out
+
+    def _get(self, i: int, ref, method: str, call_args: tuple):
+        """Shard ``i``'s result, restarting its actor (and replaying) if it died."""
+        import ray
+        from ray.exceptions import ActorDiedError
+
+        while True:
+            try:
+                return ray.get(ref)
+            except ActorDiedError as exc:
+                if self.start is None or self.restarts[i] >= RESTARTS_PER_SHARD:
+                    raise
+                self.restarts[i] += 1
+                log.warning(
+                    "k-means shard %d of %d lost (%s); starting it again (%d/%d) and "
+                    "replaying its %d state call(s)",
+                    i + 1,
+                    len(self.actors),
+                    type(exc).__name__,
+                    self.restarts[i],
+                    RESTARTS_PER_SHARD,
+                    len(self.replay[i]),
+                )
+                ray.kill(self.actors[i])  # gone already; makes sure it stays so
+                self.actors[i] = actor = self.start(i)
+                ray.get(actor.count.remote())  # reads its files
+                for name, a in self.replay[i]:
+                    ray.get(getattr(actor, name).remote(*a))
+                ref = getattr(actor, method).remote(*call_args)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -117,4 +167,5 @@ def start_shards(
     actor_cls = ray.remote(**opts)(EmbeddingShard)
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(groups))
     log.info("k-means: %d shard(s), %d faiss thread(s) each", len(groups), threads)
-    return RayShards([actor_cls.remote(group, normalise, threads, use_gpu) for group in groups])
+    start = lambda i: actor_cls.remote(groups[i], normalise, threads, use_gpu)  # noqa: E731
+    return RayShards([start(i) for i in range(len(groups))], start)

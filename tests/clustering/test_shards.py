@@ -61,6 +61,62 @@ def test_ray_shards_and_in_memory_shards_give_identical_results(tmp_path, ray_lo
     ]
 
 
+def _kill_once(method: str, nth: int):
+    """Ray shards that, before the ``nth`` call of ``method``, SIGKILL the process of
+    shard 1's actor (a real death, as when its node is lost)."""
+    from raysv.clustering.ray_shards import RayShards
+
+    class KillOnce(RayShards):
+        seen, killed = 0, None
+
+        def each(self, name, *args, per_shard=None):
+            import os
+            import signal
+
+            import ray
+
+            if name == method:
+                self.seen += 1
+                if self.seen == nth:
+                    pid = ray.get(self.actors[1].__ray_call__.remote(lambda _s: os.getpid()))
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed = pid
+            return super().each(name, *args, per_shard=per_shard)
+
+    return KillOnce
+
+
+@pytest.mark.parametrize("method, nth", [("stats", 3), ("labels_table", 1)])
+def test_a_killed_shard_actor_is_started_again_and_the_results_do_not_change(
+    method, nth, tmp_path, ray_local
+):
+    """Issue #23: a shard actor lost mid-iterations, or after the final assignment and
+    purification (its labels and kept rows live only in that actor), is started again,
+    replays its state and the run ends as an uninterrupted one does."""
+    from raysv.clustering.ray_shards import start_shards
+
+    x, _ = _skewed(n=3000, k=12, seed=4)
+    files = embedding_files(_write_shards(x, str(tmp_path / "emb"), parts=5))
+    spec = KMeansSpec(iterations=6, seed=3, init="kmeans++", max_points_per_centroid=100)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "mem").mkdir()
+    started = start_shards(files, 2, normalise=False, device="cpu")
+    with _kill_once(method, nth)(started.actors, started.start) as on_ray:
+        first = on_ray.actors[1]
+        ray_res, ray_assigned, ray_pur = _run(on_ray, 12, spec, tmp_path / "ray")
+        assert on_ray.killed is not None and on_ray.restarts == [0, 1]
+        assert on_ray.actors[1] is not first
+    in_mem = LocalShards.from_files(split_files(files, 2))
+    mem_res, mem_assigned, mem_pur = _run(in_mem, 12, spec, tmp_path / "mem")
+    np.testing.assert_array_equal(ray_res.centroids, mem_res.centroids)
+    for (rc, ro), (mc, mo) in zip(ray_assigned, mem_assigned, strict=True):
+        np.testing.assert_array_equal(rc, mc)
+        assert ro == mo
+    assert ray_pur == mem_pur
+    for part in ("part-00000.parquet", "part-00001.parquet"):
+        assert pq.read_table(tmp_path / "ray" / part).equals(pq.read_table(tmp_path / "mem" / part))
+
+
 @pytest.mark.parametrize("drop_fraction", [0.0, 0.25])
 def test_in_memory_purification_equals_one_process_purify(drop_fraction, tmp_path):
     x, _ = _skewed(n=2000, k=8, seed=2)
