@@ -69,6 +69,44 @@ def record_epoch(out: str, metrics: dict) -> None:
         f.write(json.dumps({**keep, "time": time.time()}, default=float) + "\n")
 
 
+ESTIMATE_FILE = "_estimate.json"
+
+
+def record_estimate(out: str, per_step_s: float, steps_per_epoch: int, epochs_left: int) -> None:
+    """Rank 0, once per invocation: seconds per step timed on the first steps, and the
+    steps left (:class:`raysv.training.stream.StepTimer`)."""
+    rec = {
+        "per_step_s": per_step_s,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs_left": epochs_left,
+        "time": time.time(),
+    }
+    tmp = os.path.join(out, f".{ESTIMATE_FILE}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(rec, f)
+    os.replace(tmp, os.path.join(out, ESTIMATE_FILE))
+
+
+def duration(seconds: float) -> str:
+    """``"40 s"``, ``"3.5 min"``, ``"2.1 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_line(label: str, rec: dict) -> str:
+    """``"Stage I: about 3.2 min of training steps (0.41 s/step x 12 steps x 40 epochs ...)"``."""
+    steps = int(rec["steps_per_epoch"]) * int(rec["epochs_left"])
+    total = float(rec["per_step_s"]) * steps
+    return (
+        f"{label}: about {duration(total)} of training steps ({rec['per_step_s']:.2f} s/step, "
+        f"timed on the first steps, x {rec['steps_per_epoch']} steps x {rec['epochs_left']} "
+        "epochs); dev scoring after each epoch comes on top"
+    )
+
+
 def epoch_line(label: str, rec: dict, epochs: int, per_epoch_s: float | None) -> str:
     """``"Stage I epoch 3/30: loss 1.52, dev EER 30.2 % (6 s/epoch, ~3 min left)"``."""
     done = int(rec["epoch"]) + 1
@@ -96,6 +134,8 @@ class EpochFollower:
         self.offset = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         self.t0 = time.time()
         self.done = 0
+        self.estimate_path = os.path.join(out, ESTIMATE_FILE)
+        self.estimated = False  # this invocation's estimate shown
         self._lock = threading.Lock()  # the thread and a final poll() never read twice
 
     def __enter__(self):
@@ -120,6 +160,8 @@ class EpochFollower:
             self._poll()
 
     def _poll(self) -> None:
+        if not self.estimated and not self.done:
+            self._estimate()
         if not os.path.exists(self.path):
             return
         with open(self.path) as f:
@@ -141,3 +183,14 @@ class EpochFollower:
             else:  # from the epochs themselves
                 per_epoch = (now - self.first) / (self.done - 1)
             self.log.info(epoch_line(self.label, rec, self.epochs, per_epoch))
+
+    def _estimate(self) -> None:
+        """Log the estimate rank 0 recorded in this invocation (an older one is stale)."""
+        try:
+            with open(self.estimate_path) as f:
+                rec = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return
+        if rec.get("time", 0) >= self.t0 - 1:
+            self.estimated = True
+            self.log.info(estimate_line(self.label, rec))

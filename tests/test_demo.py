@@ -62,9 +62,16 @@ def demo_run(tmp_path_factory, ray_local):
     return out
 
 
-def test_demo_runs_logs_and_resumes(demo_run, capsys):
-    assert main(["demo", "--out", demo_run, *TINY_DEMO, "--json"]) == 0
+def test_demo_runs_logs_and_resumes(demo_run, capsys, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="raysv"):
+        assert main(["demo", "--out", demo_run, *TINY_DEMO, "--json"]) == 0
     s = cli_json(capsys.readouterr().out)
+    # Each training stage gives an estimate of its duration from its first steps.
+    said = [r.getMessage() for r in caplog.records]
+    for label in ("Stage I", "Stage II (round1)"):
+        assert any(m.startswith(f"{label}: about ") and "s/step" in m for m in said), said
     for split in ("dev", "test"):
         r = s["baseline"][split]
         assert 0 <= r["eer"] <= 100 and r["n_target"] > 0 and r["n_nontarget"] > 0

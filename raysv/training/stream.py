@@ -6,6 +6,10 @@ functions of :mod:`raysv.training.data`.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from raysv.data import fs
@@ -113,6 +117,12 @@ class EpochStream:
     def __init__(self, shard, steps: int, **iter_kwargs):
         self.shard, self.steps, self.kwargs = shard, steps, iter_kwargs
         self._it = None
+        self._timer: StepTimer | None = None
+
+    def time_steps(self, on_timed: Callable[[float], None], skip: int = 1, steps: int = 3):
+        """Call ``on_timed(seconds per step)`` once, after the ``skip + steps``-th batch of
+        this invocation is asked for (the first ``skip`` include the pipeline's start)."""
+        self._timer = StepTimer(on_timed, skip, steps)
 
     def epoch(self):
         """Yield the next epoch's batches (fewer than ``steps`` only where the stream ends)."""
@@ -124,11 +134,56 @@ class EpochStream:
                 self.shard.iter_torch_batches(**kwargs), self.kwargs["batch_size"]
             )
         for _ in range(self.steps):
+            if self._timer is not None:
+                self._timer.tick()
             try:
                 batch = next(self._it)
             except StopIteration:
-                return
+                break
             yield batch
+        if self._timer is not None:  # a first epoch shorter than the timing: what it had
+            self._timer.end()
+
+
+class StepTimer:
+    """Times the batches handed out (so data and compute) to give a first estimate.
+
+    ``tick()`` is called when a batch is asked for, i.e. when the previous step
+    is done; after ``skip`` warm-up steps, the mean of the next ``steps`` goes to
+    ``on_timed`` once. Errors of the callback are logged, never raised: an
+    estimate must not stop a run.
+    """
+
+    def __init__(self, on_timed: Callable[[float], None], skip: int, steps: int):
+        self.on_timed, self.skip, self.steps = on_timed, skip, steps
+        self.ticks: list[float] = []
+        self.done = False
+
+    def tick(self) -> None:
+        if self.done:
+            return
+        self.ticks.append(time.monotonic())
+        if len(self.ticks) == self.skip + self.steps + 1:
+            self._report(self.skip)
+
+    def end(self) -> None:
+        """The first epoch ended (only its steps are timed: dev scoring follows it)."""
+        if self.done:
+            return
+        self.ticks.append(time.monotonic())  # the last step is done
+        if len(self.ticks) >= self.skip + 2:
+            self._report(self.skip)
+        elif len(self.ticks) >= 2:  # too short to skip the warm-up: an upper bound
+            self._report(0)
+        self.done = True
+
+    def _report(self, first: int) -> None:
+        self.done = True
+        per_step = (self.ticks[-1] - self.ticks[first]) / (len(self.ticks) - 1 - first)
+        try:
+            self.on_timed(per_step)
+        except Exception as exc:  # noqa: BLE001 - progress only
+            logging.getLogger("raysv").warning("no duration estimate: %s", exc)
 
 
 def worker_stream(steps: int, per_worker_batch: int, device) -> EpochStream:

@@ -136,6 +136,11 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
     # [3] one pass of the data for all epochs, cut into epochs by step count
     stream = worker_stream(run["steps_per_epoch"], cfg.train.per_worker_batch, device)
     dev = load_dev(run, cfg) if rank == 0 else None
+    if rank == 0:  # a first estimate of the stage's duration, from its first steps
+        from raysv.progress import record_estimate
+
+        left = cfg.train.epochs - st.epoch
+        stream.time_steps(lambda s: record_estimate(run["out"], s, run["steps_per_epoch"], left))
     if rank == 0 and ckpt is None and obj.score_initial and dev is not None:
         # The initial encoder is the candidate to beat: a round never ends worse on dev.
         st.init_dev_eer = st.best_eer = dev_metrics(obj.encoder(), dev, device)["dev_eer"]
