@@ -48,3 +48,77 @@ def test_pretrain_benchmark_quick(tmp_path, capsys):
     assert 0 < s["workers1_step_cpu_s"] <= s["workers1_step_s"] + 1e-3
     assert 0 < s["plain_step_cpu_s"] <= s["plain_step_s"] + 1e-3
     assert s["workers2_samples_per_s"] > 0
+
+
+def test_cluster_bench_sizes_are_parsed_and_checked():
+    from raysv.bench.cluster import check_sizes, parse_sizes
+    from raysv.errors import ConfigError
+
+    assert parse_sizes("100k, 1M,10M") == [100_000, 1_000_000, 10_000_000]
+    assert parse_sizes("2500,1.5k") == [2500, 1500] and parse_sizes("none") == []
+    for bad in ("10x", "0", "1.5", "1,,2"):
+        with pytest.raises(ConfigError, match="not a number of points"):
+            parse_sizes(bad)
+    assert check_sizes([10_000_000, 100_000, 1_000_000], 1_000_000, 1000) == [
+        100_000,
+        1_000_000,
+        10_000_000,
+    ]
+    with pytest.raises(ConfigError, match="multiple of 1000000"):
+        check_sizes([2_500_000], 1_000_000, 1000)
+    with pytest.raises(ConfigError, match="fewer than k = 1000"):
+        check_sizes([500], 1_000_000, 1000)
+
+
+def test_bench_sizes_refused_before_any_work(tmp_path, capsys):
+    """--sizes belongs to bench cluster, and sizes it can't make are refused in one line."""
+    assert main(["bench", "featurize", "--sizes", "1k", "--out", str(tmp_path)]) == 2
+    assert "--sizes is an option of raysv bench cluster only" in capsys.readouterr().err
+    assert main(["bench", "cluster", "--quick", "--sizes", "75k", "--out", str(tmp_path)]) == 2
+    assert "must be a multiple of 50000" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_cluster_bench_scaling_on_repeated_files(tmp_path):
+    """The scaling runs: below the main N its first rows, at it the main pairs reused,
+    above it its files repeated; there faiss.Kmeans (the whole matrix) and raysv's real
+    cluster command (a fresh process with its own local Ray) ran on the same files,
+    20 iterations each; faiss's objective over all points is one copy's times the
+    copies. (The two objectives are not compared: at k = 10 one random start may
+    land in a poor minimum, e.g. faiss's seed 1 here.)"""
+    from raysv.bench import cluster as bench
+
+    x = bench._data(2000, 8, 10)
+    main_folder = bench._write(x, str(tmp_path / "emb"))
+    data = bench._size_folders(x, {2000: main_folder}, [500, 2000, 6000], str(tmp_path))
+    assert bench._read_into_one_array(data[500][0]).shape == (500, 8)
+    folder, copies, how = data[6000]
+    parts = sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))
+    assert copies == 3 and len(parts) == 48 and how == "the main data's files 3 times"
+    assert os.path.isfile(os.path.join(folder, "_SUCCESS"))
+    six = bench._read_into_one_array(folder)
+    assert six.shape == (6000, 8) and (six[4000:] == six[:2000]).all()
+    del data[500]
+    # the main comparison's pairs (made up here) are reused, not rerun
+    main_pair = (
+        [{"kmeans_s": 4.0, "load_s": 1.0, "total_s": 5.0, "driver_peak_mb": 200.0,
+          "objective_all": 110.0, "iterations": 20}],
+        [{"read_s": 0.1, "train_s": 2.0, "objective_all": 100.0, "iterations": 20}],
+    )  # fmt: skip
+    rows = bench._scaling(data, 8, 10, str(tmp_path), {main_folder: main_pair})
+    assert [r["n"] for r in rows] == [2000, 6000]
+    reused, repeated = rows
+    assert reused["time_ratio_raysv_over_faiss"] == 2.0
+    assert reused["time_ratio_excluding_shard_load"] == 1.5
+    assert reused["objective_ratio_raysv_over_faiss"] == 1.1
+    assert "raysv_error" not in repeated and "faiss_skipped" not in repeated, repeated
+    assert repeated["iterations_faiss_raysv"] == [20, 20]
+    assert repeated["faiss_train_s"] > 0 and repeated["raysv_kmeans_s"] > 0
+    assert repeated["time_ratio_raysv_over_faiss"] == pytest.approx(
+        repeated["raysv_kmeans_s"] / repeated["faiss_train_s"], rel=0.05
+    )
+    assert repeated["objective_ratio_raysv_over_faiss"] > 0  # each side's own seed-1 minimum
+    # faiss's objective over repeated rows: one copy's times the copies, as over all rows
+    over_all, from_one_copy = (bench._faiss(folder, 8, 10, 1, c)["objective_all"] for c in (1, 3))
+    assert from_one_copy == pytest.approx(over_all, rel=1e-5)
+    assert not os.path.exists(tmp_path / "out_6000")  # raysv's output removed after

@@ -9,7 +9,9 @@ import platform
 import time
 
 
-def run(name: str, out_dir: str, quick: bool = False) -> dict:
+def run(name: str, out_dir: str, quick: bool = False, **options) -> dict:
+    """Run benchmark ``name`` and write its JSON under ``out_dir``; ``options`` go to
+    the benchmark (``cluster``: ``sizes``)."""
     from raysv.bench import (
         autok,
         cluster,
@@ -38,7 +40,7 @@ def run(name: str, out_dir: str, quick: bool = False) -> dict:
         "demo": demo.run,
         "tune": tune.run,
     }[name]
-    result = fn(quick=quick)
+    result = fn(quick=quick, **options)
     result["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -17,12 +17,29 @@ shards' initial read and the driver's small O(k*d) work are not in it).
 The two sides run alternately ``REPEATS`` times (once with --quick), in ABBA
 order; ratios are taken per back-to-back pair, medians reported. faiss's side also times
 reading the same Parquet files into one matrix (``time_ratio_from_files``).
+
+Scaling (``scaling``, ``scaling_time_ratio_raysv_over_faiss``): the same
+comparison at each N of ``sizes`` (default 100k, 1M, 10M; --quick: 5k, 50k,
+200k), so that Ray's fixed costs at small N and the scaling at large N both
+show. Below the main N the data are its first N rows (16 new files); at the
+main N the main comparison's pairs are reused; above it (a multiple of it)
+the main N's 16 files repeated N / main N times under new names (hard links
+where the file system allows, else copies), so no side holds more distinct
+points than the main N. Each other N is one back-to-back pair with seed 1,
+alternating which side goes first. faiss.Kmeans gets the whole N x d matrix
+in memory (read file by file into one array: 7.7 GB at 10M x 192; skipped,
+and said so in the result, when the machine has less memory available);
+raysv's shards read the files themselves (at 10M they hold 7.7 GB between
+them, about twice that while decoding). The objective over all points of
+repeated data is faiss's objective over one copy times the copies (exact:
+the rows are the same); raysv computes its own over every row.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,18 +82,90 @@ def _write(x: np.ndarray, folder: str, parts: int = 16) -> str:
             pa.table({"utt_id": [f"u{i}" for i in idx], "embedding": emb}),
             os.path.join(folder, f"p{p:03d}.parquet"),
         )
+    _mark_complete(folder)
     return folder
 
 
+def _mark_complete(folder: str) -> None:
+    """An empty completion marker (another tool's, see :mod:`raysv.data.outputs`): raysv
+    cluster reads every .parquet file of the folder."""
+    with open(os.path.join(folder, "_SUCCESS"), "w"):
+        pass
+
+
+def _repeat(folder: str, out: str, copies: int) -> str:
+    """``out``: the .parquet files of ``folder`` ``copies`` times under new names (hard
+    links where possible), copy by copy in name order (copy 0's files sort first)."""
+    os.makedirs(out, exist_ok=True)
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))
+    for c in range(copies):
+        for name in names:
+            src, dst = os.path.join(folder, name), os.path.join(out, f"c{c:03d}_{name}")
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+    _mark_complete(out)
+    return out
+
+
 REPEATS = 3
+SIZES = (100_000, 1_000_000, 10_000_000)  # the scaling runs' N (--sizes)
+QUICK_SIZES = (5_000, 50_000, 200_000)
 
 
-def _faiss(folder: str, d: int, k: int, seed: int = 1) -> dict:
-    """faiss.Kmeans in this process, from the same Parquet files: read, train, objective."""
+def parse_sizes(text: str) -> list[int]:
+    """``--sizes``: ``"100k,1M,10M"`` -> ``[100000, 1000000, 10000000]``; ``"none"``: no
+    scaling runs."""
+    from raysv.errors import ConfigError
+
+    if text.strip().lower() in ("", "none"):
+        return []
+    sizes = []
+    for bit in text.split(","):
+        b = bit.strip().lower()
+        scale = {"k": 1_000, "m": 1_000_000}.get(b[-1:], 1)
+        try:
+            value = float(b[:-1] if scale > 1 else b) * scale
+        except ValueError:
+            value = 0.0
+        if value < 1 or value != int(value):
+            raise ConfigError(
+                f"--sizes: {bit.strip()!r} is not a number of points (e.g. 100k,1M,10M or none)"
+            )
+        sizes.append(int(value))
+    return sizes
+
+
+def check_sizes(sizes: list[int], n: int, k: int) -> list[int]:
+    """The scaling runs' sizes, sorted; refused before any work where they can't be made
+    from the main ``n`` points (above ``n``: a multiple of it) or hold fewer than ``k``."""
+    from raysv.errors import ConfigError
+
+    for size in sizes:
+        if size < k:
+            raise ConfigError(f"--sizes: {size} points are fewer than k = {k}")
+        if size > n and size % n:
+            raise ConfigError(
+                f"--sizes: {size} is above the benchmark's {n} points, so it must be a "
+                f"multiple of {n} (their files repeated)"
+            )
+    return sorted(set(sizes))
+
+
+def _faiss(folder: str, d: int, k: int, seed: int = 1, copies: int = 0) -> dict:
+    """faiss.Kmeans in this process, from the same Parquet files: read, train, objective.
+
+    ``copies`` > 0 (the scaling runs): the files are read one at a time into one
+    array (no second copy of the data while decoding); where they are ``copies``
+    copies of the same rows (:func:`_repeat`), the objective over all points is
+    ``copies`` times that over the first copy.
+    """
     import faiss
 
     t0 = time.perf_counter()
-    x = _read_matrix(folder)  # what faiss.Kmeans needs first: the whole matrix here
+    # what faiss.Kmeans needs first: the whole matrix here
+    x = _read_matrix(folder) if copies == 0 else _read_into_one_array(folder)
     out = {"read_s": time.perf_counter() - t0}
     t0, cpu0 = time.perf_counter(), time.process_time()
     km = faiss.Kmeans(d, k, niter=20, seed=seed, early_stop_threshold=-1.0)
@@ -88,8 +177,41 @@ def _faiss(folder: str, d: int, k: int, seed: int = 1) -> dict:
     out["iterations"] = len(km.iteration_stats)
     index = faiss.IndexFlatL2(d)
     index.add(km.centroids)
-    out["objective_all"] = float(index.search(x, 1)[0].astype(np.float64).sum())
+    one = x if copies <= 1 else x[: x.shape[0] // copies]
+    out["objective_all"] = float(index.search(one, 1)[0].astype(np.float64).sum()) * max(copies, 1)
     return out
+
+
+def _read_into_one_array(folder: str) -> np.ndarray:
+    """``(n, d) float32`` of the folder's .parquet files in name order, read one file at
+    a time into one preallocated array (peak: the matrix plus one file)."""
+    import pyarrow.parquet as pq
+
+    from raysv.evaluation.scoring import embedding_matrix
+
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".parquet"))
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    x = None
+    start = 0
+    for f, r in zip(files, rows, strict=True):
+        part = embedding_matrix(pq.read_table(f, columns=["utt_id", "embedding"]), f, False)[1]
+        if x is None:
+            x = np.empty((sum(rows), part.shape[1]), dtype=np.float32)
+        x[start : start + r] = part
+        start += r
+    return x
+
+
+def _mem_available() -> int | None:
+    """Bytes of memory available (Linux's MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _read_matrix(folder: str) -> np.ndarray:
@@ -117,8 +239,11 @@ def _ours(folder: str, out: str, k: int, device: str = "cpu", seed: int = 1) -> 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
+    """The benchmark; ``sizes``: N of the scaling runs (default ``SIZES``, --quick
+    ``QUICK_SIZES``; empty: none)."""
     n, d, k = (50_000, 32, 50) if quick else (1_000_000, 192, 1000)
+    sizes = check_sizes(list(QUICK_SIZES if quick else SIZES) if sizes is None else sizes, n, k)
     res: dict = {
         "benchmark": "cluster",
         "data": f"{n} x {d}, k = {k}, 20 iterations (no early stop), 256 points per centroid, "
@@ -129,6 +254,7 @@ def run(quick: bool = False) -> dict:
         x = _data(n, d, k)
         folder = _write(x, f"{tmp}/emb")
         small = _write(x[: n // 10], f"{tmp}/emb_small")
+        size_data = _size_folders(x, {n: folder, n // 10: small}, sizes, tmp)
         del x
         # The two sides alternate, REPEATS times: this machine's speed drifts by up to
         # 1.8x over minutes (the same faiss search took 2.0 to 3.6 s per iteration in
@@ -143,6 +269,7 @@ def run(quick: bool = False) -> dict:
                 base.append(_faiss(folder, d, k, seed=r + 1))
         ours_small = _ours(small, f"{tmp}/out_small", k)
         gpu = _gpu(folder, f"{tmp}/out_gpu", k) if _has_cuda() else None
+        scaling = _scaling(size_data, d, k, tmp, {folder: (ours, base)})
     med = lambda rows, key: float(np.median([r[key] for r in rows]))  # noqa: E731
     med_per_it = lambda rows, key: float(np.median([r[key] / r["iterations"] for r in rows]))  # noqa: E731
     pair = lambda f: round(float(np.median([f(o, b) for o, b in zip(ours, base, strict=True)])), 3)  # noqa: E731
@@ -191,6 +318,17 @@ def run(quick: bool = False) -> dict:
     res["driver_peak_ratio_10x_n"] = round(
         ours[0]["driver_peak_mb"] / ours_small["driver_peak_mb"], 3
     )
+    # The same comparison from small N (Ray's fixed costs) to large N (scaling).
+    res["scaling_time_ratio_raysv_over_faiss"] = {
+        str(r["n"]): r.get("time_ratio_raysv_over_faiss") for r in scaling
+    }
+    res["scaling_time_ratio_excluding_shard_load"] = {
+        str(r["n"]): r.get("time_ratio_excluding_shard_load") for r in scaling
+    }
+    res["scaling_objective_ratio_raysv_over_faiss"] = {
+        str(r["n"]): r.get("objective_ratio_raysv_over_faiss") for r in scaling
+    }
+    res["scaling"] = scaling
     if gpu:
         res.update(gpu)
         res["gpu_time_ratio_raysv_over_faiss_cpu"] = round(
@@ -200,6 +338,114 @@ def run(quick: bool = False) -> dict:
             gpu["raysv_gpu_objective_all"] / res["faiss_objective_all"], 4
         )
     return res
+
+
+def _size_folders(x: np.ndarray, known: dict, sizes: list[int], tmp: str) -> dict:
+    """``{N: (folder, copies, how)}`` for the scaling runs, from the main rows ``x``
+    (``known``: folders already written, by row count)."""
+    n = x.shape[0]
+    out = {}
+    for size in sizes:
+        if size in known:
+            how = "the main data" if size == n else f"the main data's first {size} rows"
+            out[size] = (known[size], 1, how)
+        elif size < n:
+            how = f"the main data's first {size} rows"
+            out[size] = (_write(x[:size], f"{tmp}/emb_{size}"), 1, how)
+        else:
+            copies = size // n
+            out[size] = (
+                _repeat(known[n], f"{tmp}/emb_{size}", copies),
+                copies,
+                f"the main data's files {copies} times",
+            )
+    return out
+
+
+def _scaling(data: dict, d: int, k: int, tmp: str, measured: dict) -> list[dict]:
+    """One row per N of ``data`` (:func:`_size_folders`): faiss.Kmeans's train time vs
+    raysv's k-means time on the same files, their ratio and objective ratio.
+
+    ``measured``: ``{folder: (raysv runs, faiss runs)}`` already made (the main
+    comparison's pairs), reused; any other N is one pair with seed 1, the side
+    that goes first alternating from one N to the next. A side that can't run
+    (faiss: not enough memory for the matrix; raysv: its command failed) is
+    reported as such, and the other sizes still run.
+    """
+    rows, turn = [], 0
+    for size, (folder, copies, how) in sorted(data.items()):
+        row: dict = {"n": size, "data": how}
+        if folder in measured:
+            ours, base = measured[folder]
+            row["pairs"] = f"the main comparison's {len(ours)}"
+        else:
+            need, free = size * d * 4 * 1.1 + 2**30, _mem_available()
+            if free is not None and need > free:
+                row["faiss_skipped"] = (
+                    f"its {size} x {d} matrix needs about {need / 2**30:.1f} GiB; "
+                    f"{free / 2**30:.1f} GiB available"
+                )
+            raysv_first = turn % 2 == 1
+            turn += 1
+            ours = []
+            if raysv_first:
+                ours = _ours_or_error(folder, f"{tmp}/out_{size}", k, row)
+            base = [] if "faiss_skipped" in row else [_faiss(folder, d, k, 1, copies)]
+            if not raysv_first:
+                ours = _ours_or_error(folder, f"{tmp}/out_{size}", k, row)
+            row["pairs"] = f"one (seed 1), {'raysv' if raysv_first else 'faiss'} first"
+        rows.append(_scaling_row(row, ours, base))
+    return rows
+
+
+def _ours_or_error(folder: str, out: str, k: int, row: dict) -> list[dict]:
+    """``[`` :func:`_ours` with seed 1 ``]``; a failure (e.g. out of memory at 10M) goes
+    into ``row`` and gives ``[]``."""
+    try:
+        return [_ours(folder, out, k, seed=1)]
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        lines = str(exc).strip().splitlines()
+        row["raysv_error"] = lines[-1] if lines else type(exc).__name__
+        return []
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # at 10M, 10M rows of pseudo labels
+
+
+def _scaling_row(row: dict, ours: list[dict], base: list[dict]) -> dict:
+    """``row`` with the medians (over pairs) of times and ratios."""
+    med = lambda rows, f: round(float(np.median([f(r) for r in rows])), 3)  # noqa: E731
+    pair = lambda f: round(  # noqa: E731
+        float(np.median([f(o, b) for o, b in zip(ours, base, strict=True)])), 3
+    )
+    if base:
+        row["faiss_read_s"] = med(base, lambda b: b["read_s"])
+        row["faiss_train_s"] = med(base, lambda b: b["train_s"])
+    if ours:
+        row["raysv_kmeans_s"] = med(ours, lambda o: o["kmeans_s"])
+        row["raysv_shard_load_s"] = med(ours, lambda o: o["load_s"])
+        row["raysv_kmeans_s_excluding_shard_load"] = med(
+            ours, lambda o: o["kmeans_s"] - o["load_s"]
+        )
+        row["raysv_total_s"] = med(ours, lambda o: o["total_s"])  # the whole cluster() call
+        row["raysv_driver_peak_mb"] = med(ours, lambda o: o["driver_peak_mb"])
+    if ours and base:
+        row["time_ratio_raysv_over_faiss"] = pair(lambda o, b: o["kmeans_s"] / b["train_s"])
+        row["time_ratio_excluding_shard_load"] = pair(
+            lambda o, b: (o["kmeans_s"] - o["load_s"]) / b["train_s"]
+        )
+        row["objective_ratio_raysv_over_faiss"] = round(
+            float(
+                np.median(
+                    [
+                        o["objective_all"] / b["objective_all"]
+                        for o, b in zip(ours, base, strict=True)
+                    ]
+                )
+            ),
+            4,
+        )
+        row["iterations_faiss_raysv"] = [base[0]["iterations"], ours[0]["iterations"]]
+    return row
 
 
 def _has_cuda() -> bool:

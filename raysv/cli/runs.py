@@ -185,12 +185,25 @@ def bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick", action="store_true", help="a small configuration (seconds, for tests)"
     )
+    p.add_argument(
+        "--sizes",
+        help="cluster only: N of the raysv/faiss scaling runs, a comma list such as "
+        "100k,1M (default 100k,1M,10M; --quick 5k,50k,200k; none: no scaling runs)",
+    )
 
 
 def bench(a: argparse.Namespace) -> dict:
     from raysv import bench as benchmarks
 
-    return benchmarks.run(a.name, a.out, quick=a.quick)
+    options = {}
+    if a.sizes is not None:
+        from raysv.bench.cluster import parse_sizes
+        from raysv.errors import ConfigError
+
+        if a.name != "cluster":
+            raise ConfigError("--sizes is an option of raysv bench cluster only")
+        options["sizes"] = parse_sizes(a.sizes)
+    return benchmarks.run(a.name, a.out, quick=a.quick, **options)
 
 
 def config_args(p: argparse.ArgumentParser) -> None:
