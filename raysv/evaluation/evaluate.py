@@ -72,6 +72,7 @@ def evaluate(
     top_k: int = 300,
     keep_scores: bool = False,
     model: str | None = None,
+    centre: np.ndarray | None = None,
 ) -> dict:
     """Score ``trials_uri`` with embeddings; returns EER/minDCF and skipped counts.
 
@@ -80,10 +81,13 @@ def evaluate(
     Trial entries are matched to the manifest's paths (or to utt_ids when no
     manifest is given). The AS-norm cohort is another embeddings table.
     ``model``: an exported model folder whose card's centre is subtracted (embeddings
-    of that model: ``raysv embed --model``), the rule of ``raysv verify``.
+    of that model: ``raysv embed --model``), the rule of ``raysv verify``. ``centre``
+    ``(d,)``: a centre given directly (the pipeline's: the mean embedding of the
+    training utterances, :func:`centre_of`), the same rule.
     """
-    centre = None
     if model is not None:
+        if centre is not None:
+            raise RaysvError("a model's centre or a given one, not both")
         from raysv.export.card import read_card
 
         centre = np.asarray(read_card(model)["scoring"]["centre"], dtype=np.float32)
@@ -162,3 +166,24 @@ def evaluate_clusters(labels_uri: str, manifest_uri: str) -> dict:
     if kept.any() and not kept.all():
         out["kept"] = clustering_report(clusters[kept], spk[kept])
     return out
+
+
+def centre_of(
+    embeddings_uri: str,
+    max_rows: int | None = None,
+    seed: int = 0,
+    only: set[str] | None = None,
+) -> np.ndarray:
+    """``(d,) float32``: the mean embedding of a table (its rows whose utt_id is in
+    ``only``, where given; at most ``max_rows`` seeded rows): the scoring centre of
+    the pipeline, taken over training utterances, so that a threshold learnt on dev
+    holds for any pair (issue #24)."""
+    ids, emb = embedding_matrix(fs.read_table(embeddings_uri), embeddings_uri)
+    if only is not None:
+        emb = emb[[i for i, u in enumerate(ids) if u in only]]
+    if emb.shape[0] == 0:
+        raise RaysvError(f"{embeddings_uri}: no embeddings to take a scoring centre from")
+    if max_rows is not None and emb.shape[0] > max_rows:
+        rows = np.random.default_rng(seed).choice(emb.shape[0], size=max_rows, replace=False)
+        emb = emb[np.sort(rows)]
+    return emb.astype(np.float64).mean(axis=0).astype(np.float32)

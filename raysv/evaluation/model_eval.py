@@ -54,9 +54,24 @@ def embed_features(
 
 
 def evaluate_model(
-    model, trials: pa.Table, feats: dict[str, np.ndarray], device: str = "cpu"
+    model,
+    trials: pa.Table,
+    feats: dict[str, np.ndarray],
+    device: str = "cpu",
+    centre_feats: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """EER/minDCF of ``model`` on resolved ``trials`` (entries are utt_ids in ``feats``)."""
+    """EER/minDCF of ``model`` on resolved ``trials`` (entries are utt_ids in ``feats``).
+
+    Scored ``cos(a - c, b - c)`` with ``c`` the mean embedding of ``centre_feats``
+    (training utterances: the centre of every raysv score, issue #24, so a dev
+    threshold holds for any pair); without them, ``c`` is the mean of the scored
+    utterances (for callers with no training audio at hand).
+    """
     ids, emb = embed_features(model, feats, device)
-    scores = score_trials(trials, ids, emb, center=True)
+    if centre_feats:
+        _, train = embed_features(model, centre_feats, device)
+        centre = train.astype(np.float64).mean(axis=0).astype(np.float32)
+        scores = score_trials(trials, ids, emb, centre=centre)
+    else:
+        scores = score_trials(trials, ids, emb, center=True)
     return verification_report(scores, trials.column("label").to_numpy())

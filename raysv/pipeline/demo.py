@@ -192,10 +192,11 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo pipeline; returns the summary (also written to ``out/summary.json``)."""
+    from raysv.data import fs
     from raysv.data.corpus import prepare_corpus, refuse_stale
     from raysv.embedding.baseline import BaselineEmbedder
     from raysv.embedding.extract import embed_manifest
-    from raysv.evaluation.evaluate import evaluate
+    from raysv.evaluation.evaluate import centre_of, evaluate
     from raysv.synth.corpus import synthesize_replacing
     from raysv.tracking import mlflow_tracking as tracking
 
@@ -231,9 +232,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     log.info("[4/6] baseline: scoring trials")
     results = {}
+    # centred on the mean of the training utterances' embeddings, as every raysv score
+    train_ids = set(fs.read_table(manifests.train, ["utt_id"]).column("utt_id").to_pylist())
+    centre = centre_of(summary["embed"]["out"], only=train_ids)
     for split, trials in manifests.trials.items():
         results[split] = evaluate(
-            trials, summary["embed"]["out"], manifests.utterances, center=True
+            trials, summary["embed"]["out"], manifests.utterances, centre=centre
         )
     summary["baseline"] = {
         s: {k: v for k, v in r.items() if k != "skipped_examples"} for s, r in results.items()

@@ -339,7 +339,7 @@ def _embed_and_score(
     from raysv.clustering.auto_k import merge_threshold
     from raysv.embedding.extract import embed_manifest
     from raysv.embedding.torch_embedder import TorchEmbedder
-    from raysv.evaluation.evaluate import evaluate
+    from raysv.evaluation.evaluate import centre_of, evaluate
 
     done = _json(os.path.join(folder, "_scores.json"))
     for part in ("pool", "eval"):
@@ -351,8 +351,10 @@ def _embed_and_score(
     ):
         return done
     scores = {}
+    # The centre of every score: the mean embedding of the training pool (issue #24).
+    centre = centre_of(os.path.join(folder, "pool"))
     for s, uri in trials.items():
-        r = evaluate(uri, os.path.join(folder, "eval"), split["eval"], center=True)
+        r = evaluate(uri, os.path.join(folder, "eval"), split["eval"], centre=centre)
         scores[s] = {k: v for k, v in r.items() if k != "skipped_examples"}
         if s == "dev":  # calibrates automatic k; test trials never do
             # plain cosine, as the clustering compares the pool's embeddings (not centred)

@@ -97,13 +97,23 @@ def plot_metrics(stages, folder: str) -> str:
 
 
 def _scores(stages, it: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    from raysv.evaluation.evaluate import evaluate
+    from raysv.evaluation.evaluate import centre_of, evaluate
 
     trials = it.get("trials", {}).get("test") or it.get("trials", {}).get("dev")
     out = []
     for name, _, folder in stages:
         if folder and trials and os.path.isdir(folder):
-            r = evaluate(trials, folder, it.get("eval_manifest"), center=True, keep_scores=True)
+            # centred as iterate scored them: on the mean of the training pool beside them
+            pool = os.path.join(os.path.dirname(folder), "pool")
+            centre = centre_of(pool) if os.path.isdir(pool) else None
+            r = evaluate(
+                trials,
+                folder,
+                it.get("eval_manifest"),
+                center=centre is None,
+                keep_scores=True,
+                centre=centre,
+            )
             out.append((name, r["scores"], r["labels"]))
     return out
 

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -30,7 +31,7 @@ from raysv.config import to_dict
 from raysv.data.outputs import write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
-from raysv.errors import ConfigError
+from raysv.errors import ConfigError, ManifestError
 from raysv.training import data as tdata
 from raysv.training import unreadable
 
@@ -58,6 +59,26 @@ def trial_inputs(trials_uri: str, utts: pa.Table, folder: str, split: str) -> di
     pq.write_table(trials, paths["trials"])
     pq.write_table(sub.select(["utt_id", "path", "start_s", "end_s"]), paths["utts"])
     return paths
+
+
+CENTRE_UTTERANCES = 200  # training utterances whose mean embedding centres dev/test scores
+
+
+def centre_inputs(train_utts: pa.Table, folder: str, seed: int = 0) -> str:
+    """Write a seeded sample of at most :data:`CENTRE_UTTERANCES` training rows
+    (``centre_utts.parquet``): the mean of their embeddings is the scoring centre
+    of dev scoring and the final evaluation (issue #24; ``raysv export`` takes its
+    card's centre the same way, from more rows). Training audio only: never a
+    trial's."""
+    n = train_utts.num_rows
+    if n == 0:
+        raise ManifestError("no training utterances to take a scoring centre from")
+    rows = np.arange(n)
+    if n > CENTRE_UTTERANCES:
+        rows = np.sort(np.random.default_rng(seed).choice(n, CENTRE_UTTERANCES, replace=False))
+    path = os.path.join(folder, "centre_utts.parquet")
+    pq.write_table(train_utts.take(rows).select(["utt_id", "path", "start_s", "end_s"]), path)
+    return path
 
 
 def worker_resources(train) -> tuple[dict, int]:
@@ -210,8 +231,13 @@ def _evaluate(
             pq.read_table(inputs[split]["trials"]),
             trial_features(pq.read_table(inputs[split]["utts"]), n_mels, max_seconds),
         )
+    if "centre" not in cache:
+        centre = inputs.get("centre")
+        cache["centre"] = (
+            trial_features(pq.read_table(centre), n_mels, max_seconds) if centre else None
+        )
     trials, feats = cache[split]
-    r = evaluate_model(encoder, trials, feats)
+    r = evaluate_model(encoder, trials, feats, centre_feats=cache["centre"])
     return {k: r[k] for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
 
 
@@ -300,6 +326,7 @@ def train_stage(
             "out": out,
             "dev_utts": inputs.get("dev", {}).get("utts"),
             "dev_trials": inputs.get("dev", {}).get("trials"),
+            "centre_utts": inputs.get("centre"),
             "mlflow_run_id": run_id,
             "tracking_uri": tracking_uri,
             "torch_threads": threads,

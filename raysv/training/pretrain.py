@@ -27,6 +27,7 @@ from raysv.models.checkpoint import encoder_spec, save_encoder
 from raysv.training import data as tdata
 from raysv.training.config import PretrainConfig
 from raysv.training.driver import (
+    centre_inputs,
     check_encoder,
     evaluate_encoders,
     last_state,
@@ -129,6 +130,7 @@ def prepare_inputs(cfg: PretrainConfig) -> dict:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) is larger than the data ({table.num_rows} {unit})"
         )
+    res["centre"] = centre_inputs(train_utts, folder, cfg.train.seed)
     res.update(
         table=table,
         unit=unit,

@@ -34,6 +34,7 @@ from raysv.errors import ConfigError, RaysvError
 from raysv.training import data as tdata
 from raysv.training.config import ModelSpec
 from raysv.training.driver import (
+    centre_inputs,
     check_encoder,
     evaluate_encoders,
     last_state,
@@ -197,6 +198,7 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
             f"train.batch_size ({cfg.train.batch_size}) is larger than the data "
             f"({table.num_rows} labelled utterances)"
         )
+    res["centre"] = centre_inputs(train_utts, folder, cfg.train.seed)
     res.update(
         table=table,
         unit="utterances",

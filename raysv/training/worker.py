@@ -211,16 +211,20 @@ def worker_tally(cfg, run: dict, rank: int, st: State) -> unreadable.Tally:
 
 
 def load_dev(run: dict, cfg):
-    """``(trials, features)`` of the dev trials, or None without them (rank 0)."""
+    """``(trials, features, centre features or None)`` of the dev trials, or None
+    without them (rank 0); the centre's are training utterances' (issue #24)."""
     if not run.get("dev_utts"):
         return None
     import pyarrow.parquet as pq
 
     from raysv.evaluation.model_eval import trial_features
 
-    utts = pq.read_table(run["dev_utts"])
+    def feats(path: str):
+        return trial_features(pq.read_table(path), cfg.data.n_mels, cfg.data.eval_max_seconds)
+
     trials = pq.read_table(run["dev_trials"])
-    return trials, trial_features(utts, cfg.data.n_mels, cfg.data.eval_max_seconds)
+    centre = feats(run["centre_utts"]) if run.get("centre_utts") else None
+    return trials, feats(run["dev_utts"]), centre
 
 
 def dev_metrics(encoder: nn.Module, dev, device) -> dict:
@@ -229,7 +233,7 @@ def dev_metrics(encoder: nn.Module, dev, device) -> dict:
         return {}
     from raysv.evaluation.model_eval import evaluate_model
 
-    r = evaluate_model(encoder, dev[0], dev[1], str(device))
+    r = evaluate_model(encoder, dev[0], dev[1], str(device), centre_feats=dev[2])
     return {
         "dev_eer": r["eer"],
         "dev_min_dcf_0.01": r["min_dcf_0.01"],
