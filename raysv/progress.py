@@ -135,7 +135,7 @@ class EpochFollower:
         self.t0 = time.time()
         self.done = 0
         self.estimate_path = os.path.join(out, ESTIMATE_FILE)
-        self.estimated = False  # this invocation's estimate shown
+        self.estimate: dict | None = None  # this invocation's, once shown
         self._lock = threading.Lock()  # the thread and a final poll() never read twice
 
     def __enter__(self):
@@ -160,7 +160,7 @@ class EpochFollower:
             self._poll()
 
     def _poll(self) -> None:
-        if not self.estimated and not self.done:
+        if self.estimate is None and not self.done:
             self._estimate()
         if not os.path.exists(self.path):
             return
@@ -178,8 +178,10 @@ class EpochFollower:
                 continue
             self.done += 1
             now = rec.get("time", time.time())
-            if self.done == 1:  # includes the workers' start: a rough first estimate
+            if self.done == 1:  # since the start, workers' start included: rough
                 self.first, per_epoch = now, now - self.t0
+                if self.estimate:  # better: the timed steps (dev scoring not included)
+                    per_epoch = self.estimate["per_step_s"] * self.estimate["steps_per_epoch"]
             else:  # from the epochs themselves
                 per_epoch = (now - self.first) / (self.done - 1)
             self.log.info(epoch_line(self.label, rec, self.epochs, per_epoch))
@@ -192,5 +194,5 @@ class EpochFollower:
         except (OSError, json.JSONDecodeError):
             return
         if rec.get("time", 0) >= self.t0 - 1:
-            self.estimated = True
+            self.estimate = rec
             self.log.info(estimate_line(self.label, rec))

@@ -84,5 +84,7 @@ def test_the_estimate_is_shown_once_before_the_epoch_lines_and_never_a_stale_one
         "Stage I", {"per_step_s": 0.5, "steps_per_epoch": 12, "epochs_left": 4}
     )
     assert "about 24 s of training steps (0.50 s/step" in said[0] and len(said) == 2, said
-    assert said[1].startswith("Stage I epoch 1/4")
+    # the first epoch's time left comes from the timed steps (0.5 s x 12 a epoch), not
+    # from the time since the follower started (which includes the workers' start)
+    assert said[1].startswith("Stage I epoch 1/4") and "(6 s/epoch, ~18 s left)" in said[1]
     assert [duration(s) for s in (40, 210, 3 * 3600)] == ["40 s", "3.5 min", "3.0 h"]
