@@ -72,14 +72,22 @@ def record_epoch(out: str, metrics: dict) -> None:
 ESTIMATE_FILE = "_estimate.json"
 
 
-def record_estimate(out: str, per_step_s: float, steps_per_epoch: int, epochs_left: int) -> None:
+def record_estimate(
+    out: str,
+    per_step_s: float,
+    steps_per_epoch: int,
+    epochs_left: int,
+    token: str | None = None,
+) -> None:
     """Rank 0, once per invocation: seconds per step timed on the first steps, and the
-    steps left (:class:`raysv.training.stream.StepTimer`)."""
+    steps left (:class:`raysv.training.stream.StepTimer`); ``token`` names the
+    invocation (the driver shows only its own invocation's estimate)."""
     rec = {
         "per_step_s": per_step_s,
         "steps_per_epoch": steps_per_epoch,
         "epochs_left": epochs_left,
         "time": time.time(),
+        "token": token,
     }
     tmp = os.path.join(out, f".{ESTIMATE_FILE}.{os.getpid()}")
     with open(tmp, "w") as f:
@@ -126,7 +134,9 @@ def epoch_line(label: str, rec: dict, epochs: int, per_epoch_s: float | None) ->
 class EpochFollower:
     """Context manager: log each epoch line that rank 0 records while the block runs."""
 
-    def __init__(self, out: str, label: str, epochs: int, every_s: float = 1.0):
+    def __init__(
+        self, out: str, label: str, epochs: int, every_s: float = 1.0, token: str | None = None
+    ):
         self.path = os.path.join(out, EPOCHS_FILE)
         self.label, self.epochs, self.every_s = label, epochs, every_s
         self.log = logging.getLogger("raysv")
@@ -136,6 +146,7 @@ class EpochFollower:
         self.done = 0
         self.estimate_path = os.path.join(out, ESTIMATE_FILE)
         self.estimate: dict | None = None  # this invocation's, once shown
+        self.token = token  # this invocation's (else: by time, on this machine's clock)
         self._lock = threading.Lock()  # the thread and a final poll() never read twice
 
     def __enter__(self):
@@ -193,6 +204,7 @@ class EpochFollower:
                 rec = json.load(f)
         except (OSError, json.JSONDecodeError):
             return
-        if rec.get("time", 0) >= self.t0 - 1:
+        fresh = rec.get("token") == self.token if self.token else rec.get("time", 0) >= self.t0 - 1
+        if fresh:
             self.estimate = rec
             self.log.info(estimate_line(self.label, rec))

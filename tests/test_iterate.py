@@ -110,6 +110,14 @@ def test_two_rounds_report_eer_nmi_and_gate_per_round(full_run):
     evald = set(pq.read_table(os.path.join(out, "inputs/eval.parquet"))["utt_id"].to_pylist())
     labelled = set(pq.read_table(os.path.join(out, "round1/labels"))["utt_id"].to_pylist())
     assert labelled == pool and not (pool & evald)
+    # The scoring centre that selects each round's model: training rows only (#24), and
+    # the round's scores say how many pool embeddings their centre averaged.
+    for r in ("round1", "round2"):
+        centre = pq.read_table(os.path.join(out, r, "train/inputs/centre_utts.parquet"))
+        ids = set(centre["utt_id"].to_pylist())
+        assert ids and ids <= labelled and not (ids & evald), r
+    scores = json.loads(Path(out, "round1/embeddings/_scores.json").read_text())
+    assert scores["dev"]["centre_rows"] == scores["test"]["centre_rows"] == len(pool)
 
 
 def test_mlflow_has_a_parent_run_and_a_nested_run_per_round(full_run):

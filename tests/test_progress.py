@@ -62,6 +62,12 @@ def test_a_first_epoch_shorter_than_the_timing_still_gives_an_estimate():
     time.sleep(0.05)
     timer.end()  # two steps in all: the second is timed
     assert len(got) == 1 and 0.04 <= got[0] < 0.2, got
+    ran_out = StepTimer(got.append, skip=1, steps=3)  # the stream ends after 3 steps
+    for _ in range(4):  # the 4th tick asks for a batch there is none of
+        ran_out.tick()
+        time.sleep(0.05)
+    ran_out.end(last_step_done=False)  # no phantom step: steps 2 and 3 are timed
+    assert len(got) == 2 and 0.04 <= got[1] < 0.2, got
     failing = StepTimer(lambda s: 1 / 0, skip=0, steps=1)  # a failing estimate is logged only
     failing.tick()
     failing.tick()
@@ -73,11 +79,13 @@ def test_the_estimate_is_shown_once_before_the_epoch_lines_and_never_a_stale_one
     stale = {"per_step_s": 9.0, "steps_per_epoch": 10, "epochs_left": 3, "time": 100.0}
     (tmp_path / "_estimate.json").write_text(json.dumps(stale))  # an earlier invocation's
     level = caplog.at_level(logging.INFO, logger="raysv")
-    with level, EpochFollower(out, "Stage I", 4, every_s=0.05) as follower:
+    with level, EpochFollower(out, "Stage I", 4, every_s=0.05, token="now") as follower:
         follower.poll()
-        record_estimate(out, 0.5, 12, 4)
+        record_estimate(out, 0.9, 12, 4, token="before")  # fresh clock, other invocation
         follower.poll()
-        record_estimate(out, 0.7, 12, 4)  # shown once: not this one
+        record_estimate(out, 0.5, 12, 4, token="now")
+        follower.poll()
+        record_estimate(out, 0.7, 12, 4, token="now")  # shown once: not this one
         record_epoch(out, {"epoch": 0, "loss": 2.0})
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Stage I")]
     assert said[0] == estimate_line(

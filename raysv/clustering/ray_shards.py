@@ -14,7 +14,7 @@ import numpy as np
 
 from raysv.clustering.sharded import split_files
 from raysv.clustering.shards import EmbeddingShard, Shards
-from raysv.errors import ConfigError
+from raysv.errors import ConfigError, RaysvError
 
 log = logging.getLogger("raysv")
 
@@ -23,6 +23,7 @@ log = logging.getLogger("raysv")
 # recorded per shard and replayed, in order, on a restarted actor.
 STATEFUL = ("subsample", "final_assign", "drop_far")
 RESTARTS_PER_SHARD = 3  # a shard that dies more often is failing for a reason of its own
+RESTART_TIMEOUT_S = 300.0  # to place a restarted shard and read its files
 
 
 class RayShards(Shards):
@@ -59,14 +60,17 @@ class RayShards(Shards):
         return out
 
     def _get(self, i: int, ref, method: str, call_args: tuple):
-        """Shard ``i``'s result, restarting its actor (and replaying) if it died."""
+        """Shard ``i``'s result, restarting its actor (and replaying) if it died, its
+        result was lost with a node, or it died again while being restarted."""
         import ray
-        from ray.exceptions import ActorDiedError
+        from ray.exceptions import ObjectLostError, RayActorError
 
         while True:
             try:
+                if ref is None:
+                    ref = self._restart(i, method, call_args)
                 return ray.get(ref)
-            except ActorDiedError as exc:
+            except (RayActorError, ObjectLostError) as exc:
                 if self.start is None or self.restarts[i] >= RESTARTS_PER_SHARD:
                     raise
                 self.restarts[i] += 1
@@ -80,12 +84,29 @@ class RayShards(Shards):
                     RESTARTS_PER_SHARD,
                     len(self.replay[i]),
                 )
-                ray.kill(self.actors[i])  # gone already; makes sure it stays so
-                self.actors[i] = actor = self.start(i)
-                ray.get(actor.count.remote())  # reads its files
-                for name, a in self.replay[i]:
-                    ray.get(getattr(actor, name).remote(*a))
-                ref = getattr(actor, method).remote(*call_args)
+                ref = None
+
+    def _restart(self, i: int, method: str, call_args: tuple):
+        """A new actor for shard ``i`` with its files read and its state replayed;
+        returns the ref of ``method`` called on it. Waits at most
+        :data:`RESTART_TIMEOUT_S` for the actor to be placed and read its files."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        ray.kill(self.actors[i])  # gone already, or unreachable: make sure it stays so
+        self.actors[i] = actor = self.start(i)
+        try:
+            ray.get(actor.count.remote(), timeout=RESTART_TIMEOUT_S)  # reads its files
+        except GetTimeoutError:
+            ray.kill(actor)
+            raise RaysvError(
+                f"k-means shard {i + 1} of {len(self.actors)} was lost and could not be "
+                f"started again within {RESTART_TIMEOUT_S:.0f} s (no room on the cluster "
+                "for its CPUs/GPU, e.g. its node is gone and none replaced it)"
+            ) from None
+        for name, a in self.replay[i]:
+            ray.get(getattr(actor, name).remote(*a))
+        return getattr(actor, method).remote(*call_args)
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -168,22 +168,36 @@ def evaluate_clusters(labels_uri: str, manifest_uri: str) -> dict:
     return out
 
 
-def centre_of(
-    embeddings_uri: str,
-    max_rows: int | None = None,
-    seed: int = 0,
-    only: set[str] | None = None,
-) -> np.ndarray:
-    """``(d,) float32``: the mean embedding of a table (its rows whose utt_id is in
-    ``only``, where given; at most ``max_rows`` seeded rows): the scoring centre of
-    the pipeline, taken over training utterances, so that a threshold learnt on dev
-    holds for any pair (issue #24)."""
-    ids, emb = embedding_matrix(fs.read_table(embeddings_uri), embeddings_uri)
-    if only is not None:
-        emb = emb[[i for i, u in enumerate(ids) if u in only]]
-    if emb.shape[0] == 0:
+def centre_of(embeddings_uri: str, only: set[str] | None = None, count: bool = False):
+    """``(d,) float32``: the mean embedding of a table or folder of parts (its rows
+    whose utt_id is in ``only``, where given): the scoring centre of the pipeline,
+    taken over training utterances, so that a threshold learnt on dev holds for any
+    pair (issue #24). Streamed a batch at a time: memory O(d), not O(rows).
+    ``count``: return ``(centre, rows averaged)``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    keep = pa.array(sorted(only), pa.string()) if only is not None else None
+    total, n = None, 0
+    files = fs.parquet_files(embeddings_uri)
+    for f in files:
+        store, path = fs.resolve(f)
+        try:
+            batches = pq.ParquetFile(store.open_input_file(path)).iter_batches(
+                columns=["utt_id", "embedding"], batch_size=65536
+            )
+            for b in batches:
+                if keep is not None:
+                    b = b.filter(pc.is_in(b.column("utt_id"), keep))
+                if b.num_rows == 0:
+                    continue
+                _, x = embedding_matrix(pa.Table.from_batches([b]), f)
+                part = x.astype(np.float64).sum(axis=0)
+                total = part if total is None else total + part
+                n += x.shape[0]
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise RaysvError(f"{f}: cannot read as Parquet embeddings: {exc}") from exc
+    if n == 0:
         raise RaysvError(f"{embeddings_uri}: no embeddings to take a scoring centre from")
-    if max_rows is not None and emb.shape[0] > max_rows:
-        rows = np.random.default_rng(seed).choice(emb.shape[0], size=max_rows, replace=False)
-        emb = emb[np.sort(rows)]
-    return emb.astype(np.float64).mean(axis=0).astype(np.float32)
+    centre = (total / n).astype(np.float32)
+    return (centre, n) if count else centre

@@ -25,6 +25,28 @@ def trial_features(utts: pa.Table, n_mels: int, max_seconds: float) -> dict[str,
     }
 
 
+def readable_features(utts: pa.Table, n_mels: int, max_seconds: float) -> dict[str, np.ndarray]:
+    """:func:`trial_features` of the rows whose audio reads; an unreadable row (an
+    :class:`~raysv.errors.AudioError`) is left out with a warning, as training skips
+    it (for the scoring centre's training sample: a bad file costs its row only)."""
+    import logging
+
+    from raysv.errors import AudioError, ManifestError
+
+    out = {}
+    for i in range(utts.num_rows):
+        row = utts.slice(i, 1)
+        try:
+            out.update(trial_features(row, n_mels, max_seconds))
+        except AudioError as exc:
+            logging.getLogger("raysv").warning(
+                "scoring centre: skipped %s (%s)", row.column("path")[0].as_py(), exc
+            )
+    if not out:
+        raise ManifestError("no training utterance of the scoring centre's sample could be read")
+    return out
+
+
 def embed_features(
     model, feats: dict[str, np.ndarray], device: str = "cpu", batch: int = 32
 ) -> tuple[list[str], np.ndarray]:

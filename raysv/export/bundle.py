@@ -25,7 +25,8 @@ COMMAND = "raysv export"
 def run_paths(checkpoint: str) -> dict:
     """Files a training run keeps beside its ``best_model.pt`` (those that exist):
     ``summary``, ``manifest_summary``, ``train`` (training manifest), ``dev_trials``,
-    ``dev_utts`` (trials resolved to utt_ids and their utterances)."""
+    ``dev_utts`` (trials resolved to utt_ids and their utterances), ``centre_utts``
+    (the training rows whose mean centred the run's dev scoring)."""
     run = os.path.dirname(os.path.abspath(checkpoint))
     cands = {
         "summary": os.path.join(run, "summary.json"),
@@ -35,6 +36,8 @@ def run_paths(checkpoint: str) -> dict:
         "dev_utts": os.path.join(run, "inputs", "dev_utts.parquet"),
         "test_trials": os.path.join(run, "inputs", "test_trials.parquet"),
         "test_utts": os.path.join(run, "inputs", "test_utts.parquet"),
+        # the training rows whose mean centred the run's own dev scoring (issue #24)
+        "centre_utts": os.path.join(run, "inputs", "centre_utts.parquet"),
     }
     return {k: v for k, v in cands.items() if os.path.isfile(v)}
 
@@ -163,7 +166,9 @@ def export_model(
 
     ``centre_manifest``: utterances whose mean embedding is the scoring centre (at most
     ``centre_utterances``, seeded draw); default: the run's training manifest beside
-    the checkpoint; none found: the centre is zero (plain cosine), recorded as such.
+    the checkpoint, else the run's ``inputs/centre_utts.parquet`` (any training run
+    since the one-convention change); none found: the centre is zero (plain cosine),
+    recorded as such.
     ``dev_trials``/``dev_utts``: resolved dev trials and their utterances for the
     thresholds (default: the run's ``inputs/dev_*.parquet``).
     """
@@ -206,13 +211,14 @@ def export_model(
         "(shorter than one bucket: repeated); applied before the graph "
         "(raysv.export.frontend.prepare_wave)",
     }
-    centre_src = centre_manifest or found.get("train")
+    centre_src = centre_manifest or found.get("train") or found.get("centre_utts")
     if centre_src:
         rows = read_rows(centre_src, centre_utterances, seed)
         _, emb, bad = embed_rows(forward, rows, max_seconds, frontend.BUCKET_SECONDS)
         centre = emb.mean(axis=0)
+        source = "training manifest" if found.get("train") else "the run's centre sample"
         centre_from = {
-            "source": "training manifest" if not centre_manifest else "--centre-manifest",
+            "source": "--centre-manifest" if centre_manifest else source,
             "utterances": int(emb.shape[0]),
             "unreadable": bad,
             "seed": seed,

@@ -346,16 +346,19 @@ def _embed_and_score(
         embed_manifest(
             split[part], os.path.join(folder, part), TorchEmbedder, {"checkpoint": checkpoint}
         )
-    if done is not None and (
-        "dev" not in trials or done.get("dev", {}).get("merge_false_accepts") == false_accepts
+    if (
+        done is not None
+        and ("dev" not in trials or done.get("dev", {}).get("merge_false_accepts") == false_accepts)
+        and all("centre_rows" in done.get(s, {}) for s in trials)  # scored on today's rule
     ):
         return done
     scores = {}
     # The centre of every score: the mean embedding of the training pool (issue #24).
-    centre = centre_of(os.path.join(folder, "pool"))
+    centre, rows = centre_of(os.path.join(folder, "pool"), count=True)
     for s, uri in trials.items():
         r = evaluate(uri, os.path.join(folder, "eval"), split["eval"], centre=centre)
         scores[s] = {k: v for k, v in r.items() if k != "skipped_examples"}
+        scores[s]["centre_rows"] = rows  # pool embeddings averaged into the centre
         if s == "dev":  # calibrates automatic k; test trials never do
             # plain cosine, as the clustering compares the pool's embeddings (not centred)
             plain = evaluate(uri, os.path.join(folder, "eval"), split["eval"], keep_scores=True)

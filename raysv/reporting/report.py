@@ -106,6 +106,8 @@ def _scores(stages, it: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
             # centred as iterate scored them: on the mean of the training pool beside them
             pool = os.path.join(os.path.dirname(folder), "pool")
             centre = centre_of(pool) if os.path.isdir(pool) else None
+            if centre is None:  # a folder from before one convention (issue #24)
+                log.warning("%s: no training pool beside it; centred on the trials' mean", folder)
             r = evaluate(
                 trials,
                 folder,

@@ -65,11 +65,12 @@ CENTRE_UTTERANCES = 200  # training utterances whose mean embedding centres dev/
 
 
 def centre_inputs(train_utts: pa.Table, folder: str, seed: int = 0) -> str:
-    """Write a seeded sample of at most :data:`CENTRE_UTTERANCES` training rows
-    (``centre_utts.parquet``): the mean of their embeddings is the scoring centre
-    of dev scoring and the final evaluation (issue #24; ``raysv export`` takes its
-    card's centre the same way, from more rows). Training audio only: never a
-    trial's."""
+    """Write a seeded sample of at most :data:`CENTRE_UTTERANCES` of the rows the
+    stage trains on (``centre_utts.parquet``; ``train_utts`` has ``utt_id``, ``path``,
+    ``start_s``, ``end_s``): the mean of their embeddings is the scoring centre of
+    dev scoring and the final evaluation (issue #24; ``raysv export`` takes its
+    card's centre the same way, from more rows). Pass only training rows: this
+    centre takes part in model selection, so no trial's audio may be in it."""
     n = train_utts.num_rows
     if n == 0:
         raise ManifestError("no training utterances to take a scoring centre from")
@@ -196,7 +197,7 @@ def build_trainer(
     )
 
 
-def fit(trainer, out: str, label: str, epochs: int):
+def fit(trainer, out: str, label: str, epochs: int, token: str | None = None):
     """``trainer.fit()``, logging a line per epoch as rank 0 records it (``label``
     ``epoch i/epochs`` with the time left, :class:`raysv.progress.EpochFollower`).
 
@@ -211,7 +212,7 @@ def fit(trainer, out: str, label: str, epochs: int):
 
     failed = getattr(ray.train, "WorkerGroupError", ())  # Train V2's
     try:
-        with EpochFollower(out, label, epochs):
+        with EpochFollower(out, label, epochs, token=token):
             return trainer.fit()
     except failed as exc:
         for err in exc.worker_failures.values():
@@ -224,7 +225,7 @@ def fit(trainer, out: str, label: str, epochs: int):
 def _evaluate(
     encoder, inputs: dict, split: str, n_mels: int, max_seconds: float, cache: dict
 ) -> dict:
-    from raysv.evaluation.model_eval import evaluate_model, trial_features
+    from raysv.evaluation.model_eval import evaluate_model, readable_features, trial_features
 
     if split not in cache:
         cache[split] = (
@@ -234,7 +235,7 @@ def _evaluate(
     if "centre" not in cache:
         centre = inputs.get("centre")
         cache["centre"] = (
-            trial_features(pq.read_table(centre), n_mels, max_seconds) if centre else None
+            readable_features(pq.read_table(centre), n_mels, max_seconds) if centre else None
         )
     trials, feats = cache[split]
     r = evaluate_model(encoder, trials, feats, centre_feats=cache["centre"])
@@ -360,7 +361,7 @@ def train_stage(
             cfg.train.epochs,
             run["steps_per_epoch"],
         )
-        result = fit(trainer, out, label, cfg.train.epochs)
+        result = fit(trainer, out, label, cfg.train.epochs, run["token"])
         summary = finish(result)
         if summary.get("stopped"):  # an objective's early stop: what it has is saved
             from raysv.training.worker import TrainingStopped

@@ -198,7 +198,9 @@ def prepare_inputs(cfg: Stage2Config) -> dict:
             f"train.batch_size ({cfg.train.batch_size}) is larger than the data "
             f"({table.num_rows} labelled utterances)"
         )
-    res["centre"] = centre_inputs(train_utts, folder, cfg.train.seed)
+    # the rows trained on: data.utterances may hold test-trial audio that only the
+    # dev trials' hold-out above leaves in (iterate passes its whole manifest)
+    res["centre"] = centre_inputs(table, folder, cfg.train.seed)
     res.update(
         table=table,
         unit="utterances",

@@ -138,8 +138,10 @@ class EpochStream:
                 self._timer.tick()
             try:
                 batch = next(self._it)
-            except StopIteration:
-                break
+            except StopIteration:  # no step followed that tick
+                if self._timer is not None:
+                    self._timer.end(last_step_done=False)
+                return
             yield batch
         if self._timer is not None:  # a first epoch shorter than the timing: what it had
             self._timer.end()
@@ -166,11 +168,14 @@ class StepTimer:
         if len(self.ticks) == self.skip + self.steps + 1:
             self._report(self.skip)
 
-    def end(self) -> None:
-        """The first epoch ended (only its steps are timed: dev scoring follows it)."""
+    def end(self, last_step_done: bool = True) -> None:
+        """The first epoch ended (only its steps are timed: dev scoring follows it);
+        ``last_step_done`` False where the stream ran out at the last tick (that tick
+        ended the last step: no other is added)."""
         if self.done:
             return
-        self.ticks.append(time.monotonic())  # the last step is done
+        if last_step_done:
+            self.ticks.append(time.monotonic())  # the last step is done
         if len(self.ticks) >= self.skip + 2:
             self._report(self.skip)
         elif len(self.ticks) >= 2:  # too short to skip the warm-up: an upper bound

@@ -140,7 +140,10 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
         from raysv.progress import record_estimate
 
         left = cfg.train.epochs - st.epoch
-        stream.time_steps(lambda s: record_estimate(run["out"], s, run["steps_per_epoch"], left))
+        token = run.get("token")
+        stream.time_steps(
+            lambda s: record_estimate(run["out"], s, run["steps_per_epoch"], left, token)
+        )
     if rank == 0 and ckpt is None and obj.score_initial and dev is not None:
         # The initial encoder is the candidate to beat: a round never ends worse on dev.
         st.init_dev_eer = st.best_eer = dev_metrics(obj.encoder(), dev, device)["dev_eer"]
@@ -217,14 +220,13 @@ def load_dev(run: dict, cfg):
         return None
     import pyarrow.parquet as pq
 
-    from raysv.evaluation.model_eval import trial_features
+    from raysv.evaluation.model_eval import readable_features, trial_features
 
-    def feats(path: str):
-        return trial_features(pq.read_table(path), cfg.data.n_mels, cfg.data.eval_max_seconds)
-
+    n_mels, max_s = cfg.data.n_mels, cfg.data.eval_max_seconds
     trials = pq.read_table(run["dev_trials"])
-    centre = feats(run["centre_utts"]) if run.get("centre_utts") else None
-    return trials, feats(run["dev_utts"]), centre
+    dev = trial_features(pq.read_table(run["dev_utts"]), n_mels, max_s)
+    centre = run.get("centre_utts")
+    return trials, dev, readable_features(pq.read_table(centre), n_mels, max_s) if centre else None
 
 
 def dev_metrics(encoder: nn.Module, dev, device) -> dict:

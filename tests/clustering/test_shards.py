@@ -86,13 +86,16 @@ def _kill_once(method: str, nth: int):
     return KillOnce
 
 
-@pytest.mark.parametrize("method, nth", [("stats", 3), ("labels_table", 1)])
+@pytest.mark.parametrize(
+    "method, nth", [("stats", 3), ("final_assign", 1), ("drop_far", 1), ("labels_table", 1)]
+)
 def test_a_killed_shard_actor_is_started_again_and_the_results_do_not_change(
     method, nth, tmp_path, ray_local
 ):
-    """Issue #23: a shard actor lost mid-iterations, or after the final assignment and
-    purification (its labels and kept rows live only in that actor), is started again,
-    replays its state and the run ends as an uninterrupted one does."""
+    """Issue #23: a shard actor lost mid-iterations, in a call that changes its state
+    (the final assignment, purification's drop), or after them (its labels and kept
+    rows live only in that actor), is started again, replays its state and the run
+    ends as an uninterrupted one does."""
     from raysv.clustering.ray_shards import start_shards
 
     x, _ = _skewed(n=3000, k=12, seed=4)

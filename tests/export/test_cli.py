@@ -243,3 +243,27 @@ def test_embed_with_the_model_then_evaluate_scores_as_verify(
     bad = ["embed", "--model", model, "--audio", str(audio), "--out", str(tmp_path / "e3")]
     assert main([*bad, "--checkpoint", str(run / "best_model.pt")]) == 2
     assert "drop --checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_without_a_training_manifest_takes_the_centre_its_dev_scoring_used(
+    run, tmp_path, capsys
+):
+    """A Stage II or iterate round's run folder has no manifests/train.parquet but keeps
+    inputs/centre_utts.parquet (the training rows whose mean centred its dev scoring):
+    export centres on those, not on zero (issue #24)."""
+    import shutil
+
+    other = tmp_path / "round"
+    os.makedirs(other / "inputs")
+    for name in ("dev_trials", "dev_utts"):
+        shutil.copy(run / "inputs" / f"{name}.parquet", other / "inputs")
+    centre = pq.read_table(run / "manifests" / "train.parquet").slice(0, 5)
+    pq.write_table(centre, other / "inputs" / "centre_utts.parquet")
+    shutil.copy(run / "best_model.pt", other / "best_model.pt")
+    out = str(tmp_path / "m")
+    assert main(["export", "--checkpoint", str(other / "best_model.pt"), "--out", out]) == 0
+    capsys.readouterr()
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    frm = card["scoring"]["centre_from"]
+    assert frm["source"] == "the run's centre sample" and frm["utterances"] == 5
+    assert np.linalg.norm(card["scoring"]["centre"]) > 0
