@@ -114,9 +114,11 @@ def test_cluster_bench_scaling_on_repeated_files(tmp_path):
     assert "raysv_error" not in repeated and "faiss_skipped" not in repeated, repeated
     assert repeated["iterations_faiss_raysv"] == [20, 20]
     assert repeated["faiss_train_s"] > 0 and repeated["raysv_kmeans_s"] > 0
-    assert repeated["time_ratio_raysv_over_faiss"] == pytest.approx(
-        repeated["raysv_kmeans_s"] / repeated["faiss_train_s"], rel=0.05
-    )
+    # the ratio is of the unrounded times; the times are shown to 1 ms (faiss may train
+    # these 6000 rows in ~10 ms, where 1 ms of rounding is 5 %): equal within rounding
+    k, f, half = repeated["raysv_kmeans_s"], repeated["faiss_train_s"], 0.0005
+    low, high = (k - half) / (f + half), (k + half) / max(f - half, 1e-9)
+    assert low * 0.999 <= repeated["time_ratio_raysv_over_faiss"] <= high * 1.001, repeated
     assert repeated["objective_ratio_raysv_over_faiss"] > 0  # each side's own seed-1 minimum
     # faiss's objective over repeated rows: one copy's times the copies, as over all rows
     over_all, from_one_copy = (bench._faiss(folder, 8, 10, 1, c)["objective_all"] for c in (1, 3))
