@@ -1,6 +1,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from raysv.cli import main
@@ -124,3 +125,21 @@ def test_cluster_bench_scaling_on_repeated_files(tmp_path):
     over_all, from_one_copy = (bench._faiss(folder, 8, 10, 1, c)["objective_all"] for c in (1, 3))
     assert from_one_copy == pytest.approx(over_all, rel=1e-5)
     assert not os.path.exists(tmp_path / "out_6000")  # raysv's output removed after
+
+
+def test_cluster_bench_same_start_compares_the_algorithms(tmp_path):
+    """The same-start comparison: faiss.Kmeans's own initial centroids, then the same
+    iterations on every point on both sides (raysv's real cluster command in a fresh
+    process): equal objectives, where independent starts land in different minima."""
+    from raysv.bench import cluster as bench
+
+    x = bench._data(4000, 8, 10)
+    folder = bench._write(x, str(tmp_path / "emb"))
+    faiss_side = bench._faiss_same_start(folder, 8, 10, 3, str(tmp_path / "start.npy"))
+    start = np.load(faiss_side["start"])
+    assert start.shape == (10, 8)
+    # the start is faiss's pick of rows of the data (before any iteration)
+    assert all((np.abs(x - c).max(axis=1) == 0).any() for c in start)
+    ours = bench._ours(folder, str(tmp_path / "out"), 10, seed=3, initial=faiss_side["start"])
+    assert ours["iterations"] == bench.SAME_START_ITERATIONS
+    assert ours["objective_all"] == pytest.approx(faiss_side["objective_all"], rel=1e-5)

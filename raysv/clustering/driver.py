@@ -138,6 +138,7 @@ def cluster(
     manifest: str | None = None,
     plots: bool = False,
     merge_threshold: float | None = None,
+    initial: np.ndarray | None = None,
 ) -> dict:
     """Cluster ``embeddings`` into ``k`` groups and write the pseudo-label table under ``out``.
 
@@ -152,12 +153,17 @@ def cluster(
     (cluster-size histogram) and ``_objective.png`` (objective per iteration)
     under ``out``. ``device``: where the shards search (see
     :func:`start_shards`; ``"auto"`` uses GPUs where the Ray cluster has them).
+    ``initial (k, d)``: start the iterations from these centroids instead of
+    ``spec.init``'s pick (faiss's ``Clustering.centroids`` given before ``train``;
+    the benchmark compares both sides from the same start with it).
     """
     check_auto_purification(drop_fraction, min_cluster_size)  # before any work
     t0 = time.monotonic()
     spec = spec or KMeansSpec()
     if k != "auto" and not isinstance(k, int):
         raise ConfigError(f"k must be a number of clusters or auto, got {k!r}")
+    if initial is not None and k == "auto":
+        raise ConfigError("initial centroids need a given k, not k = auto")
     files = embedding_files(embeddings)  # a complete embeddings output, before any work
     with outputs.staged(out, "raysv cluster") as tmp:
         summary = _cluster_into(
@@ -174,6 +180,7 @@ def cluster(
             round_,
             plots,
             merge_threshold,
+            initial,
         )
         outputs.commit(tmp, out, "raysv cluster", summary["embeddings"], {"k": summary["k"]})
     if manifest:  # analysis only: reads the committed table
@@ -236,6 +243,7 @@ def _cluster_work(
     round_,
     plots,
     merge_threshold,
+    initial=None,
 ) -> dict:
     """:func:`_cluster_into`: the parts into ``tmp``, the ``_*`` files into the local
     folder ``records``."""
@@ -244,7 +252,7 @@ def _cluster_work(
         auto = choose_k_from(embeddings, records, spec.seed, merge_threshold, final=out)
         k = auto["k"]
     with start_shards(files, shards, normalise=spec.spherical, device=device) as held:
-        res = sharded_kmeans(held, k, spec)
+        res = sharded_kmeans(held, k, spec, initial=initial)
         assigned = held.final_assign(res.centroids)
         sizes = np.sum([c for c, _ in assigned], axis=0)
         rule = purification_rule(int(sizes.sum()), k, round_, drop_fraction, min_cluster_size)
