@@ -260,3 +260,9 @@ def test_raysv_config_lists_a_commands_settings_as_a_run_would_use_them(capsys):
     assert capsys.readouterr().err.strip() == (
         "raysv config: error: cluster.shards must be >= 1 (or null: automatic), got 0"
     )
+
+
+def test_the_demo_config_file_holds_the_built_in_defaults():
+    """configs/demo.yaml says its values are the defaults: it must not drift from them
+    (it kept 10 dev/test speakers and 1000 trials after the defaults moved to 25/3000)."""
+    assert load_config(DemoConfig, os.path.join(ROOT, "configs", "demo.yaml")) == DemoConfig()
