@@ -143,3 +143,16 @@ def test_cluster_bench_same_start_compares_the_algorithms(tmp_path):
     ours = bench._ours(folder, str(tmp_path / "out"), 10, seed=3, initial=faiss_side["start"])
     assert ours["iterations"] == bench.SAME_START_ITERATIONS
     assert ours["objective_all"] == pytest.approx(faiss_side["objective_all"], rel=1e-5)
+
+
+def test_cluster_bench_objective_seeds_run_both_sides_per_seed(tmp_path):
+    """The extra objective seeds: each seed's own faiss.Kmeans and raysv run (different
+    seeds give different minima on these blobs), objectives over all points."""
+    from raysv.bench import cluster as bench
+
+    x = bench._data(4000, 8, 10)
+    folder = bench._write(x, str(tmp_path / "emb"))
+    rows = bench._objective_seeds(folder, 8, 10, [4, 5, 6])
+    assert [r["seed"] for r in rows] == [4, 5, 6]
+    assert all(r["faiss"] > 0 and r["raysv"] > 0 for r in rows)
+    assert len({round(r["faiss"], 3) for r in rows}) > 1  # the seeds were used
