@@ -37,7 +37,8 @@ the rows are the same); raysv computes its own over every row.
 Objective over more seeds (``objective_ratio_median_all_seeds``): one random
 start is luck (on these blobs the ratio ranges over +-5 % by seed), so beside the
 pairs' seeds 1-3, seeds up to ``OBJECTIVE_SEEDS`` run both sides in this process
-(raysv over in-memory shards: the same code as its actors) for the objective.
+(raysv over in-memory shards holding the same files as its actors would, so
+the same results as ``raysv cluster --seed s``) for the objective.
 
 Same start (``objective_ratio_same_start``): from independent seeded starts
 each side lands in its own local minimum, so per seed the objective ratio
@@ -45,7 +46,10 @@ measures the start more than the algorithm; raysv is also run from faiss's
 initial centroids for each seed (``faiss.Kmeans(niter=0)``); as the two sides'
 training samples (256 points per centroid, each drawn its own way) lead to
 different minima too, both then iterate ``SAME_START_ITERATIONS`` times on
-every point. That ratio should be 1 to float32 rounding.
+every point. The first iteration's objectives then agree (to faiss's float32
+sum); later ones agree until the first empty cluster is split, where the two
+sides' rules pick different clusters to split. Both sides' per-iteration
+objectives and split counts are kept in the result.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ with open("/proc/self/status") as f:
     peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]
 h = s["history"]
 mean = lambda key: sum(r[key] for r in h) / len(h)
-print(json.dumps({"kmeans_s": s["kmeans_seconds"], "load_s": s["shard_load_seconds"], "total_s": total, "objective_all": s["objective_all_points"], "driver_peak_mb": peak, "iter_s": mean("seconds"), "assign_s": mean("assign_seconds"), "sums_s": mean("sums_seconds"), "cpu_s": sum(r["shard_cpu_seconds"] for r in h), "shards": s["shards"], "iterations": s["iterations"]}))
+print(json.dumps({"history_objective": [r["objective"] for r in h], "history_splits": [r["empty_reseeded"] for r in h], "kmeans_s": s["kmeans_seconds"], "load_s": s["shard_load_seconds"], "total_s": total, "objective_all": s["objective_all_points"], "driver_peak_mb": peak, "iter_s": mean("seconds"), "assign_s": mean("assign_seconds"), "sums_s": mean("sums_seconds"), "cpu_s": sum(r["shard_cpu_seconds"] for r in h), "shards": s["shards"], "iterations": s["iterations"]}))
 """
 
 
@@ -277,18 +281,26 @@ def _faiss_same_start(folder: str, d: int, k: int, seed: int, path: str) -> dict
     km.train(x, init_centroids=np.load(path))
     index = faiss.IndexFlatL2(d)
     index.add(km.centroids)
-    return {"objective_all": float(index.search(x, 1)[0].astype(np.float64).sum()), "start": path}
+    return {
+        "objective_all": float(index.search(x, 1)[0].astype(np.float64).sum()),
+        "start": path,
+        "history_objective": [float(st["obj"]) for st in km.iteration_stats],
+        "history_splits": [int(st["nsplit"]) for st in km.iteration_stats],
+    }
 
 
-def _objective_seeds(folder: str, d: int, k: int, seeds: list[int]) -> list[dict]:
+def _objective_seeds(folder: str, d: int, k: int, seeds: list[int], shards: int = 2) -> list[dict]:
     """More independent seeds for the objective only, both sides in this process:
-    faiss.Kmeans and raysv's Lloyd iterations over two in-memory shards (the
-    same code as the Ray shard actors, bit-identical results: tests/clustering/
-    test_shards.py), 20 iterations each, objective over all points.
+    faiss.Kmeans and raysv's Lloyd iterations over in-memory shards that hold the
+    folder's files split as ``raysv cluster --shards`` splits them (so the same
+    sample, start and result as the command with that seed: the Ray actors and
+    in-memory shards are bit-identical, tests/clustering/test_shards.py), 20
+    iterations each, objective over all points.
     Returns ``[{"seed", "faiss", "raysv"}]`` (objectives)."""
     import faiss
 
-    from raysv.clustering.sharded import KMeansSpec, sharded_kmeans
+    from raysv.clustering.driver import embedding_files
+    from raysv.clustering.sharded import KMeansSpec, sharded_kmeans, split_files
     from raysv.clustering.shards import LocalShards
 
     x = _read_matrix(folder)
@@ -299,7 +311,7 @@ def _objective_seeds(folder: str, d: int, k: int, seeds: list[int]) -> list[dict
         index.add(centroids)
         return float(index.search(x, 1)[0].astype(np.float64).sum())
 
-    held = LocalShards.from_arrays(np.arange(x.shape[0]), x, 2)
+    held = LocalShards.from_files(split_files(embedding_files(folder), shards))
     rows = []
     from raysv.clustering import sharded
 
@@ -404,7 +416,9 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
             faiss_side = _faiss_same_start(folder, d, k, r + 1, f"{tmp}/start_{r + 1}.npy")
             raysv_side = _ours(folder, f"{tmp}/out", k, seed=r + 1, initial=faiss_side["start"])
             same_start.append((raysv_side, faiss_side))
-        extra_seeds = _objective_seeds(folder, d, k, list(range(reps + 1, OBJECTIVE_SEEDS + 1)))
+        extra_seeds = _objective_seeds(
+            folder, d, k, list(range(reps + 1, OBJECTIVE_SEEDS + 1)), ours[0]["shards"]
+        )
         ours_small = _ours(small, f"{tmp}/out_small", k)
         gpu = _gpu(folder, f"{tmp}/out_gpu", k) if _has_cuda() else None
         scaling = _scaling(size_data, d, k, tmp, {folder: (ours, base)})
@@ -462,6 +476,17 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
     )
     res["objective_ratio_same_start_per_seed"] = [
         round(o["objective_all"] / b["objective_all"], 6) for o, b in same_start
+    ]
+    # per iteration, both sides: equal objectives until the first split (see above)
+    res["same_start_history"] = [
+        {
+            "seed": r + 1,
+            "faiss_objective": b["history_objective"],
+            "raysv_objective": o["history_objective"],
+            "faiss_splits": b["history_splits"],
+            "raysv_splits": o["history_splits"],
+        }
+        for r, (o, b) in enumerate(same_start)
     ]
     res["objective_ratio_same_start"] = float(np.median(res["objective_ratio_same_start_per_seed"]))
     res["driver_peak_mb_n"] = round(ours[0]["driver_peak_mb"], 1)

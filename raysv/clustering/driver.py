@@ -155,15 +155,16 @@ def cluster(
     :func:`start_shards`; ``"auto"`` uses GPUs where the Ray cluster has them).
     ``initial (k, d)``: start the iterations from these centroids instead of
     ``spec.init``'s pick (faiss's ``Clustering.centroids`` given before ``train``;
-    the benchmark compares both sides from the same start with it).
+    the benchmark compares both sides from the same start with it); ``spec.init``
+    is then unused and the summary's ``init`` says ``given``.
     """
     check_auto_purification(drop_fraction, min_cluster_size)  # before any work
     t0 = time.monotonic()
     spec = spec or KMeansSpec()
     if k != "auto" and not isinstance(k, int):
         raise ConfigError(f"k must be a number of clusters or auto, got {k!r}")
-    if initial is not None and k == "auto":
-        raise ConfigError("initial centroids need a given k, not k = auto")
+    if initial is not None:
+        initial = check_initial(initial, k)
     files = embedding_files(embeddings)  # a complete embeddings output, before any work
     with outputs.staged(out, "raysv cluster") as tmp:
         summary = _cluster_into(
@@ -188,6 +189,19 @@ def cluster(
     summary["seconds"] = round(time.monotonic() - t0, 2)
     outputs.write_json_atomic(fs.join(out, "_summary.json"), summary)
     return summary
+
+
+def check_initial(initial, k) -> np.ndarray:
+    """``initial`` as ``(k, d) float32`` centroids, or a ConfigError saying what is wrong
+    (before any shard reads its files; d is checked against the data later)."""
+    if k == "auto":
+        raise ConfigError("initial centroids need a given k, not k = auto")
+    cent = np.array(initial, dtype=np.float32)
+    if cent.ndim != 2 or cent.shape[0] != k:
+        raise ConfigError(f"initial centroids of shape {cent.shape}; need (k, d) = ({k}, d)")
+    if not np.isfinite(cent).all():
+        raise ConfigError("initial centroids hold NaN or infinite values")
+    return cent
 
 
 def check_auto_purification(drop_fraction, min_cluster_size) -> None:
@@ -264,7 +278,7 @@ def _cluster_work(
         "embeddings": pur["rows"],
         "k": k,
         "warnings": [w for w in [kmeans.check_k(k, pur["rows"])] if w],
-        "init": spec.init,
+        "init": spec.init if initial is None else "given",
         "device": resolve_device(device),
         "shards": n_shards,
         "iterations": res.iterations,

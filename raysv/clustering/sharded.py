@@ -198,7 +198,9 @@ def sharded_kmeans(
     if initial is not None:
         cent = np.array(initial, dtype=np.float32)
         if cent.shape != (k, shards.dim()):
-            raise ConfigError(f"initial centroids of shape {cent.shape}; need ({k}, d)")
+            raise ConfigError(
+                f"initial centroids of shape {cent.shape}; need (k, d) = ({k}, {shards.dim()})"
+            )
     else:
         cent = init_centroids(shards, sizes, k, seed, rng, spec.init, spec.init_points_per_centroid)
     if spec.spherical:

@@ -165,6 +165,37 @@ def test_bad_kmeans_settings_fail_before_any_shard_starts():
         KMeansSpec(init="kmeans++", init_points_per_centroid=0)
 
 
+def test_bad_initial_centroids_are_refused_before_any_shard_starts(tmp_path):
+    """cluster(initial=): a start of the wrong shape, with NaN, or with k = auto is one
+    ConfigError before any work (no Ray started: no ray_local fixture), nothing written;
+    with a d that differs from the data's, the message names both."""
+    folder = _write_shards(_skewed(600, 8, 5)[0], str(tmp_path / "emb"))
+    out = str(tmp_path / "labels")
+    good = np.ones((5, 8), np.float32)
+    with pytest.raises(ConfigError, match=re.escape(r"need (k, d) = (5, d)")):
+        cluster(folder, out, 5, initial=good[:4])
+    with pytest.raises(ConfigError, match=re.escape(r"shape (40,); need (k, d)")):
+        cluster(folder, out, 5, initial=good.ravel())
+    bad = good.copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        cluster(folder, out, 5, initial=bad)
+    with pytest.raises(ConfigError, match="need a given k, not k = auto"):
+        cluster(folder, out, "auto", initial=good)
+    assert not os.path.exists(out)
+
+
+def test_initial_centroids_of_another_dimension_name_the_datas(tmp_path):
+    """The in-memory shards: d is known once the shards are read; the message says both."""
+    from raysv.clustering.sharded import sharded_kmeans
+    from raysv.clustering.shards import LocalShards
+
+    x = _skewed(600, 8, 5)[0]
+    held = LocalShards.from_arrays(np.arange(600), x, 2)
+    with pytest.raises(ConfigError, match=re.escape("shape (5, 6); need (k, d) = (5, 8)")):
+        sharded_kmeans(held, 5, KMeansSpec(), initial=np.ones((5, 6), np.float32))
+
+
 def test_unreadable_embedding_files_are_named_not_a_traceback(tmp_path, ray_local, capsys):
     from raysv.cli import main
     from raysv.errors import ManifestError
