@@ -110,6 +110,20 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def check_run_folder(out: str) -> None:
+    """Refuse a run folder (``out`` of the run commands) given as a URI: a run folder
+    holds the MLflow store, the imported manifests and the best model, and is a path on
+    the driver's disk (or a shared mount). Object storage takes the parts that travel:
+    checkpoints (``train.storage_path``) and the embed/cluster outputs."""
+    if "://" in str(out):
+        raise ValueError(
+            f"out={out!r}: a run folder is a local path (or a shared mount), not a URI; "
+            "on object storage put Ray Train's checkpoints with train.storage_path=s3://... "
+            "(a run started again from an empty folder resumes from them) and embeddings "
+            "or pseudo labels with raysv embed / raysv cluster --out s3://..."
+        )
+
+
 def check_ranges(cfg: Any) -> None:
     """Raise :class:`RangeError` for the first field of ``cfg`` outside its declared range."""
     hints = None

@@ -163,3 +163,21 @@ def test_cluster_bench_objective_seeds_are_the_commands_results(tmp_path):
     assert rows[0]["raysv"] == pytest.approx(command["objective_all"], rel=1e-6)
     # faiss's side: that seed's own run (seed 1 here is faiss.Kmeans's seed-1 objective)
     assert rows[0]["faiss"] == pytest.approx(bench._faiss(folder, 8, 10, 1)["objective_all"])
+
+
+def test_cluster_bench_same_sample_isolates_the_split_rule():
+    """Same sample, same start, 20 iterations on the sample (what the command runs):
+    where neither side splits an empty cluster the two end on the same centroids (equal
+    objectives over all points); the sample and start are rows of the data."""
+    from raysv.bench import cluster as bench
+
+    x = bench._data(20000, 16, 10)
+    rows = bench.same_sample_objectives(x, 10, [1, 2, 3, 4, 5])
+    assert [r["seed"] for r in rows] == [1, 2, 3, 4, 5]
+    quiet = [r for r in rows if r["faiss_splits"] == r["raysv_splits"] == 0]
+    assert len(quiet) >= 3, rows  # blobs far apart: a start rarely empties a cluster
+    for r in quiet:
+        assert r["raysv"] == pytest.approx(r["faiss"], rel=1e-6), r
+    # the splits counted are the same events on both sides (the same assignments
+    # up to the first split), so their counts agree when both split once
+    assert all((r["faiss_splits"] > 0) == (r["raysv_splits"] > 0) for r in rows)

@@ -266,3 +266,20 @@ def test_the_demo_config_file_holds_the_built_in_defaults():
     """configs/demo.yaml says its values are the defaults: it must not drift from them
     (it kept 10 dev/test speakers and 1000 trials after the defaults moved to 25/3000)."""
     assert load_config(DemoConfig, os.path.join(ROOT, "configs", "demo.yaml")) == DemoConfig()
+
+
+@pytest.mark.parametrize("command", ["demo", "pretrain", "train", "iterate", "tune"])
+def test_a_run_folder_given_as_a_uri_is_refused_before_anything_is_written(
+    command, tmp_path, capsys, monkeypatch
+):
+    """A run folder is a local path: ``--out s3://...`` used to make a local folder
+    named ``s3:``. Refused in one line that says what object storage takes instead."""
+    from raysv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "--out", "s3://bucket/run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"raysv {command}: error: ")
+    assert "out='s3://bucket/run': a run folder is a local path" in err
+    assert "train.storage_path=s3://" in err and "\n" not in err
+    assert os.listdir(tmp_path) == []

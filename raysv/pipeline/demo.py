@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import replace
 
-from raysv.config import changed_keys, config, setting, to_dict
+from raysv.config import changed_keys, check_run_folder, config, setting, to_dict
 from raysv.data.outputs import claim_run, read_json, write_json_atomic
 from raysv.pipeline.iterate import ClusterSpec, IterateConfig, Schedule
 from raysv.synth.corpus import SynthConfig
@@ -182,6 +182,7 @@ class DemoConfig:
     )
 
     def __post_init__(self):
+        check_run_folder(self.out)
         # a stage key the demo sets itself would be silently replaced: refused instead
         default = {"pretrain": _small_pretrain(), "stage2": _small_stage2()}
         for key, by in SET_BY_DEMO.items():

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from raysv.clustering.auto_schedule import lgl_share
 from raysv.clustering.sharded import KMeansSpec
-from raysv.config import changed_keys, config, setting, to_dict
+from raysv.config import changed_keys, check_run_folder, config, setting, to_dict
 from raysv.data import fs
 from raysv.data.holdout import training_rows, trial_utt_ids
 from raysv.data.outputs import claim_run, write_json_atomic
@@ -227,6 +227,7 @@ class IterateConfig:
     )
 
     def __post_init__(self):
+        check_run_folder(self.out)
         # keys of train that each round sets itself: a value given there would be ignored
         set_train = set_by_rounds(self.train)
         if set_train:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from raysv.audio.augment import AugmentConfig
-from raysv.config import config, setting
+from raysv.config import check_run_folder, config, setting
 
 
 @config
@@ -281,7 +281,9 @@ class TrainSpec:
         2, ge=1, why="the last checkpoint and one before it; the best model travels inside each"
     )
     storage_path: str | None = setting(
-        None, why="null: <out>/ray on the local disk; give s3://... on clusters"
+        None,
+        why="null: <out>/ray on the local disk; give s3://... on clusters "
+        "(checkpoints under <storage_path>/<run_name>: that name there resumes, from any machine)",
     )
     inject_failure_at_epoch: int | None = setting(
         None, ge=0, why="testing aid only: null never fails on purpose"
@@ -433,6 +435,8 @@ class PretrainConfig:
 
     def __post_init__(self):
         from raysv.losses import DIALOGUE_LOSSES, LOSSES
+
+        check_run_folder(self.out)
 
         if self.loss.name not in LOSSES:
             raise ValueError(f"unknown loss {self.loss.name!r}; valid: {', '.join(LOSSES)}")

@@ -167,6 +167,30 @@ def check_encoder(name: str, n_mels: int, kwargs: dict):
     return encoder
 
 
+def checkpoint_folder(train, out: str, name: str) -> str:
+    """Where Ray Train keeps run ``name``'s checkpoints: ``<storage_path>/<name>``, by
+    default ``<out>/ray/<name>`` (a local path or a URI)."""
+    from raysv.data import fs
+
+    return fs.join(train.storage_path or os.path.join(out, "ray"), name)
+
+
+def checkpoints_line(train, out: str, name: str) -> str:
+    """One line on where this run's checkpoints go and whether some are there already
+    (then the run resumes from the last: [4]), e.g. after a kill, or, with
+    ``train.storage_path`` on object storage, from another machine's run of that name."""
+    from raysv.data import fs
+
+    where = checkpoint_folder(train, out, name)
+    try:
+        held = [n for n in fs.list_names(where) if n.startswith("checkpoint_")]
+    except OSError as exc:  # an unreachable store fails again, with Ray's own error, in fit
+        return f"checkpoints go to {where} (cannot list it now: {one_line(exc)})"
+    if held:
+        return f"resuming from the last of {len(held)} checkpoint(s) at {where}"
+    return f"checkpoints go to {where}"
+
+
 def build_trainer(
     loop, loop_config: dict, train, resources: dict, name: str, out: str, dataset, callbacks=()
 ):
@@ -361,6 +385,7 @@ def train_stage(
             cfg.train.epochs,
             run["steps_per_epoch"],
         )
+        log.info("%s: %s", label, checkpoints_line(cfg.train, out, cfg.run_name))
         result = fit(trainer, out, label, cfg.train.epochs, run["token"])
         summary = finish(result)
         if summary.get("stopped"):  # an objective's early stop: what it has is saved

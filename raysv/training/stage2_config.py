@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from raysv.audio.augment import AugmentConfig
-from raysv.config import config, setting
+from raysv.config import check_run_folder, config, setting
 from raysv.training.config import ModelSpec, OptimSpec, TrainSpec
 
 
@@ -212,6 +212,7 @@ class Stage2Config:
     )
 
     def __post_init__(self):
+        check_run_folder(self.out)
         if self.head_warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"head_warmup_epochs ({self.head_warmup_epochs}) must be in [0, train.epochs)"

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
-from raysv.config import config, from_dict, setting, to_dict
+from raysv.config import check_run_folder, config, from_dict, setting, to_dict
 from raysv.data.outputs import claim_run, read_json, write_json_atomic
 from raysv.errors import ConfigError
 
@@ -165,6 +165,7 @@ class SweepConfig:
     experiment: str = setting("raysv-tune", why="one MLflow experiment per command, named so")
 
     def __post_init__(self):
+        check_run_folder(self.out)
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")

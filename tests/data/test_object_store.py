@@ -457,3 +457,39 @@ def test_an_s3_output_holding_a_users_object_is_not_replaced(s3):
         fs.write_table(pa.table({"utt_id": _ids(7, 1)}), f"{tmp}/a.parquet")
         outputs.commit(tmp, fresh, "raysv test", 1)
     assert fs.read_table(fresh).column("utt_id").to_pylist() == _ids(7, 1)
+
+
+# ---------------------------------------------------------------- training on S3
+@pytest.mark.slow  # ~2 min on 2 cores (two CLI runs, each with its own Ray): .ci/run's 2nd step
+def test_checkpoints_in_the_bucket_resume_a_run_on_a_fresh_disk(s3, tiny_corpus, tmp_path):
+    """``train.storage_path=s3://...``: Ray Train writes the checkpoints to the bucket,
+    nothing under the run folder's ``ray/``; the same run started again from another
+    empty run folder (another machine's disk) resumes from the bucket's last checkpoint:
+    the step counter continues and the earlier epochs are not trained again."""
+    smoke = os.path.join(ROOT, "configs", "pretrain_smoke.yaml")
+    store = f"s3://{BUCKET}/ckpt"
+
+    def pretrain(out: str, *extra: str) -> tuple[dict, str]:
+        argv = ["pretrain", "--config", smoke, "--data", tiny_corpus, "--out", out]
+        done = _cli(s3, tmp_path, *argv, "--set", f"train.storage_path={store}", *extra, "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        return cli_json(done.stdout), done.stderr
+
+    first, log = pretrain(str(tmp_path / "a"))
+    assert f"Stage I: checkpoints go to {store}/smoke" in log
+    assert first["steps"] == 2 * first["history"][0]["steps_in_epoch"]
+    assert not os.path.exists(tmp_path / "a" / "ray")  # nothing of Ray Train's locally
+    assert not os.path.exists(tmp_path / "s3:")
+    saved = [k for k in s3.keys("ckpt/smoke/") if k.endswith("/state.pt")]
+    assert len(saved) >= 1, s3.keys("ckpt/")
+
+    second, log = pretrain(str(tmp_path / "b"), "--set", "train.epochs=4")
+    assert re.search(r"Stage I: resuming from the last of \d+ checkpoint\(s\) at " + store, log)
+    per_epoch = first["history"][0]["steps_in_epoch"]
+    assert second["steps"] == 4 * per_epoch
+    assert [e["epoch"] for e in second["history"]] == [0, 1, 2, 3]
+    assert second["history"][:2] == first["history"]  # restored from the bucket, not rerun
+    assert second["history"][2]["step"] == 3 * per_epoch
+    assert os.path.isfile(second["best_model"]) and second["best_model"].startswith(
+        str(tmp_path / "b")
+    )
