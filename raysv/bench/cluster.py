@@ -54,6 +54,7 @@ objectives and split counts are kept in the result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -302,7 +303,6 @@ def same_sample_objectives(
     Returns ``[{"seed", "faiss", "raysv", "ratio", "faiss_splits", "raysv_splits"}]``."""
     import faiss
 
-    from raysv.clustering import sharded
     from raysv.clustering.sharded import KMeansSpec, sharded_kmeans
     from raysv.clustering.shards import LocalShards
 
@@ -315,9 +315,7 @@ def same_sample_objectives(
         return float(index.search(x, 1)[0].astype(np.float64).sum())
 
     rows = []
-    level = sharded.log.level
-    sharded.log.setLevel(logging.WARNING)  # not 20 iteration lines per seed
-    try:
+    with _no_iteration_lines():
         for seed in seeds:
             rng = np.random.default_rng(seed)
             sample = x[np.sort(rng.choice(n, size=min(n, per_centroid * k), replace=False))]
@@ -343,9 +341,22 @@ def same_sample_objectives(
                 }
             )
             log.info("same sample and start, seed %d: raysv / faiss %.4f", seed, o / f)
-    finally:
-        sharded.log.setLevel(level)
     return rows
+
+
+@contextlib.contextmanager
+def _no_iteration_lines():
+    """Without raysv's 20 "k-means iteration" lines per run (the bench logs one per seed)."""
+    from raysv.clustering import sharded
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("k-means iteration")
+
+    sharded.log.addFilter(keep)
+    try:
+        yield
+    finally:
+        sharded.log.removeFilter(keep)
 
 
 def _objective_seeds(folder: str, d: int, k: int, seeds: list[int], shards: int = 2) -> list[dict]:
@@ -372,13 +383,7 @@ def _objective_seeds(folder: str, d: int, k: int, seeds: list[int], shards: int 
 
     held = LocalShards.from_files(split_files(embedding_files(folder), shards))
     rows = []
-    from raysv.clustering import sharded
-
-    def no_iteration_lines(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("k-means iteration")
-
-    sharded.log.addFilter(no_iteration_lines)  # not 20 lines per seed
-    try:
+    with _no_iteration_lines():
         for seed in seeds:
             km = faiss.Kmeans(d, k, niter=20, seed=seed, early_stop_threshold=-1.0)
             km.train(x)
@@ -389,8 +394,6 @@ def _objective_seeds(folder: str, d: int, k: int, seeds: list[int], shards: int 
             log.info(
                 "objective seed %d: raysv / faiss %.4f", seed, rows[-1]["raysv"] / rows[-1]["faiss"]
             )
-    finally:
-        sharded.log.removeFilter(no_iteration_lines)
     return rows
 
 
