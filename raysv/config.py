@@ -115,6 +115,8 @@ def check_run_folder(out: str) -> None:
     holds the MLflow store, the imported manifests and the best model, and is a path on
     the driver's disk (or a shared mount). Object storage takes the parts that travel:
     checkpoints (``train.storage_path``) and the embed/cluster outputs."""
+    if str(out).startswith("file://"):
+        raise ValueError(f"out={out!r}: give a run folder as a plain path, without file://")
     if "://" in str(out):
         raise ValueError(
             f"out={out!r}: a run folder is a local path (or a shared mount), not a URI; "

@@ -178,6 +178,6 @@ def test_cluster_bench_same_sample_isolates_the_split_rule():
     assert len(quiet) >= 3, rows  # blobs far apart: a start rarely empties a cluster
     for r in quiet:
         assert r["raysv"] == pytest.approx(r["faiss"], rel=1e-6), r
-    # the splits counted are the same events on both sides (the same assignments
-    # up to the first split), so their counts agree when both split once
+    # the first split comes at the same iteration on both sides (the same assignments
+    # up to it): a seed splits on one side only if it splits on the other
     assert all((r["faiss_splits"] > 0) == (r["raysv_splits"] > 0) for r in rows)

@@ -283,3 +283,6 @@ def test_a_run_folder_given_as_a_uri_is_refused_before_anything_is_written(
     assert "out='s3://bucket/run': a run folder is a local path" in err
     assert "train.storage_path=s3://" in err and "\n" not in err
     assert os.listdir(tmp_path) == []
+    assert main([command, "--out", "file:///tmp/run"]) == 2
+    assert "give a run folder as a plain path, without file://" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

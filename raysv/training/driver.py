@@ -176,19 +176,25 @@ def checkpoint_folder(train, out: str, name: str) -> str:
 
 
 def checkpoints_line(train, out: str, name: str) -> str:
-    """One line on where this run's checkpoints go and whether some are there already
-    (then the run resumes from the last: [4]), e.g. after a kill, or, with
+    """One line on where this run's checkpoints go and whether Ray Train will resume from
+    those already there ([4]: it does when its checkpoint-manager snapshot,
+    ``checkpoint_manager_snapshot.json``, is there), e.g. after a kill, or, with
     ``train.storage_path`` on object storage, from another machine's run of that name."""
     from raysv.data import fs
+    from raysv.errors import ManifestError
 
     where = checkpoint_folder(train, out, name)
     try:
-        held = [n for n in fs.list_names(where) if n.startswith("checkpoint_")]
-    except OSError as exc:  # an unreachable store fails again, with Ray's own error, in fit
+        names = fs.list_names(where)
+    except (OSError, ManifestError) as exc:  # Ray Train meets it again, with its own error
         return f"checkpoints go to {where} (cannot list it now: {one_line(exc)})"
-    if held:
+    held = [n for n in names if n.startswith("checkpoint_") and n != SNAPSHOT]
+    if SNAPSHOT in names:
         return f"resuming from the last of {len(held)} checkpoint(s) at {where}"
     return f"checkpoints go to {where}"
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's record of a run's checkpoints
 
 
 def build_trainer(

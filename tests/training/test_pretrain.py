@@ -1,5 +1,6 @@
 """``raysv pretrain`` end to end on a local Ray: learning loop, tracking, resume, failures, bad input."""
 
+import logging
 import os
 
 import mlflow
@@ -31,8 +32,11 @@ def first_run(tiny_corpus, tmp_path_factory, ray_local):
     return out
 
 
-def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
-    s = _run(capsys, "--data", tiny_corpus, "--out", first_run)
+def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="raysv"):
+        s = _run(capsys, "--data", tiny_corpus, "--out", first_run)
+    where = os.path.join(first_run, "ray", "smoke")
+    assert f"Stage I: checkpoints go to {where}" in caplog.messages
     assert s["epochs"] == 2 and len(s["history"]) == 2
     steps_per_epoch = s["history"][0]["steps_in_epoch"]
     assert steps_per_epoch >= 1 and s["steps"] == 2 * steps_per_epoch
@@ -79,7 +83,12 @@ def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys):
     }
 
     # A second invocation with the same run name resumes: 2 more epochs, not a fresh start.
-    r = _run(capsys, "--data", tiny_corpus, "--out", first_run, "--set", "train.epochs=4")
+    held = [n for n in os.listdir(where) if os.path.isdir(os.path.join(where, n))]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="raysv"):
+        r = _run(capsys, "--data", tiny_corpus, "--out", first_run, "--set", "train.epochs=4")
+    said = f"Stage I: resuming from the last of {len(held)} checkpoint(s) at {where}"
+    assert held and said in caplog.messages
     assert r["epochs"] == 4 and r["steps"] == 4 * steps_per_epoch
     assert [e["epoch"] for e in r["history"]] == [0, 1, 2, 3]
     assert r["history"][:2] == s["history"]  # the first part is kept as it was
