@@ -202,10 +202,8 @@ def _faiss(folder: str, d: int, k: int, seed: int = 1, copies: int = 0) -> dict:
     st = km.iteration_stats[-1]  # cumulative
     out["search_share"] = st["time_search"] / st["time"]
     out["iterations"] = len(km.iteration_stats)
-    index = faiss.IndexFlatL2(d)
-    index.add(km.centroids)
     one = x if copies <= 1 else x[: x.shape[0] // copies]
-    out["objective_all"] = float(index.search(one, 1)[0].astype(np.float64).sum()) * max(copies, 1)
+    out["objective_all"] = objective_all(one, km.centroids) * max(copies, 1)
     log.info(
         "faiss.Kmeans, %d x %d, seed %d: read %.1f s, train %.1f s (%d iterations), objective %.6g",
         x.shape[0],
@@ -280,14 +278,22 @@ def _faiss_same_start(folder: str, d: int, k: int, seed: int, path: str) -> dict
         max_points_per_centroid=10**9,
     )
     km.train(x, init_centroids=np.load(path))
-    index = faiss.IndexFlatL2(d)
-    index.add(km.centroids)
     return {
-        "objective_all": float(index.search(x, 1)[0].astype(np.float64).sum()),
+        "objective_all": objective_all(x, km.centroids),
         "start": path,
         "history_objective": [float(st["obj"]) for st in km.iteration_stats],
         "history_splits": [int(st["nsplit"]) for st in km.iteration_stats],
     }
+
+
+def objective_all(x: np.ndarray, centroids: np.ndarray) -> float:
+    """faiss's k-means objective of ``centroids (k, d)`` over every row of ``x (n, d)``:
+    the sum of squared L2 distances to the nearest centroid (added up in float64)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return float(index.search(x, 1)[0].astype(np.float64).sum())
 
 
 def same_sample_objectives(
@@ -307,13 +313,6 @@ def same_sample_objectives(
     from raysv.clustering.shards import LocalShards
 
     n, d = x.shape
-    index = faiss.IndexFlatL2(d)
-
-    def over_all(centroids: np.ndarray) -> float:
-        index.reset()
-        index.add(centroids)
-        return float(index.search(x, 1)[0].astype(np.float64).sum())
-
     rows = []
     with _no_iteration_lines():
         for seed in seeds:
@@ -329,7 +328,7 @@ def same_sample_objectives(
                 iterations=20, early_stop=-1.0, seed=seed, max_points_per_centroid=10**9
             )
             ours = sharded_kmeans(held, k, spec, initial=start.copy())
-            f, o = over_all(km.centroids), over_all(ours.centroids)
+            f, o = objective_all(x, km.centroids), objective_all(x, ours.centroids)
             rows.append(
                 {
                     "seed": seed,
@@ -374,13 +373,6 @@ def _objective_seeds(folder: str, d: int, k: int, seeds: list[int], shards: int 
     from raysv.clustering.shards import LocalShards
 
     x = _read_matrix(folder)
-    index = faiss.IndexFlatL2(d)
-
-    def over_all(centroids: np.ndarray) -> float:
-        index.reset()
-        index.add(centroids)
-        return float(index.search(x, 1)[0].astype(np.float64).sum())
-
     held = LocalShards.from_files(split_files(embedding_files(folder), shards))
     rows = []
     with _no_iteration_lines():
@@ -389,7 +381,11 @@ def _objective_seeds(folder: str, d: int, k: int, seeds: list[int], shards: int 
             km.train(x)
             ours = sharded_kmeans(held, k, KMeansSpec(iterations=20, early_stop=-1.0, seed=seed))
             rows.append(
-                {"seed": seed, "faiss": over_all(km.centroids), "raysv": over_all(ours.centroids)}
+                {
+                    "seed": seed,
+                    "faiss": objective_all(x, km.centroids),
+                    "raysv": objective_all(x, ours.centroids),
+                }
             )
             log.info(
                 "objective seed %d: raysv / faiss %.4f", seed, rows[-1]["raysv"] / rows[-1]["faiss"]
