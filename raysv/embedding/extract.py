@@ -223,7 +223,13 @@ def _embed_into(
 
 def write_parquet(ds, folder: str) -> None:
     """Write Ray Data dataset ``ds`` as Parquet files into ``folder`` (a local path or an
-    object-store URI, reached through its pyarrow file system)."""
+    object-store URI, reached through its pyarrow file system), its blocks in order.
+
+    Order is kept (``preserve_order``) so that the same input gives the same files
+    with the same rows in the same order: k-means draws its seeded sample by row
+    position, so a pool written in another order would cluster differently.
+    """
+    ds.context.execution_options.preserve_order = True
     if fs.is_local(folder):
         ds.write_parquet(folder)
         return

@@ -269,7 +269,13 @@ class TrainSpec:
         True,
         why="bf16 autocast is the GPU path that ran on an H100 (docs/benchmarks.md); ignored on CPU",
     )
-    seed: int = setting(0, ge=0, why="any fixed seed: reproducible runs")
+    seed: int = setting(
+        0,
+        ge=0,
+        why="any fixed seed: with one worker a seed reproduces a run (pass order, crops, "
+        "augmentation, shuffle and initialisation are seeded); with several, Ray's split "
+        "varies which rows meet in a batch",
+    )
     max_failures: int = setting(
         2,
         ge=-1,

@@ -77,8 +77,14 @@ def featuriser(spec: InputSpec) -> tuple[Callable, dict]:
             "local_seconds": local_seconds,
             "n_mels": spec.n_mels,
             "augment": spec.augment,
+            "seed": spec.seed,
         }
-    common = {"crop_seconds": spec.crop_seconds, "n_mels": spec.n_mels, "augment": spec.augment}
+    common = {
+        "crop_seconds": spec.crop_seconds,
+        "n_mels": spec.n_mels,
+        "augment": spec.augment,
+        "seed": spec.seed,
+    }
     if spec.mode == "labelled":
         return featurise_labelled, common
     if spec.mode == "dialogue":
@@ -189,6 +195,24 @@ def _augmenter(cfg: AugmentConfig | None) -> Augmenter | None:
     return _AUGMENTERS[key]
 
 
+PASS = "pass"  # the column build_dataset adds: which pass over the shards a row comes from
+
+
+def row_generators(batch: dict, seed: int | None) -> list[np.random.Generator]:
+    """One random generator per row of ``batch`` (``(B,)``): seeded by ``(seed, pass,
+    idx)`` so that a row's crops and augmentation depend on the run's seed, the pass
+    over the data (``batch["pass"]``, 0 where absent) and the row, not on which task
+    featurises it or in which order; ``seed`` None: one fresh generator shared by all."""
+    n = len(batch["idx"])
+    if seed is None:
+        return [np.random.default_rng()] * n
+    passes = batch[PASS] if PASS in batch else np.zeros(n, np.int64)
+    return [
+        np.random.default_rng([int(seed), int(p), int(i)])
+        for p, i in zip(passes, batch["idx"], strict=True)
+    ]
+
+
 def _crop_features(path: str, start, end, seconds: float, rng, aug, n_mels: int) -> np.ndarray:
     n = int(round(seconds * SR))
     wave = features.crop(io.read_crop(path, seconds, rng, io.bound(start), io.bound(end)), n, rng)
@@ -237,13 +261,12 @@ def featurise_dialogues(
     Draws M distinct utterances of each dialogue (with replacement if it has
     fewer), a random crop of each, optional augmentation. ``pick`` holds the
     drawn utterances' positions in the dialogue (for analysis of which speakers
-    a draw mixes). ``seed`` None draws fresh randomness (every epoch differs).
+    a draw mixes). Randomness per row: :func:`row_generators` (``seed`` None: fresh).
     """
-    rng = np.random.default_rng(seed)
     aug = _augmenter(augment)
 
     def one(row) -> tuple[np.ndarray, np.ndarray]:
-        paths, starts, ends = row
+        paths, starts, ends, rng = row
         pick = rng.choice(len(paths), size=m, replace=len(paths) < m)
         feats = [
             _crop_features(paths[j], starts[j], ends[j], crop_seconds, rng, aug, n_mels)
@@ -251,7 +274,8 @@ def featurise_dialogues(
         ]
         return np.stack(feats), pick
 
-    rows = zip(batch["paths"], batch["starts"], batch["ends"], strict=True)
+    rngs = row_generators(batch, seed)
+    rows = zip(batch["paths"], batch["starts"], batch["ends"], rngs, strict=True)
     keep, out = _readable(rows, one, ledger)  # a dialogue with an unreadable file is skipped
     return {
         "feats": _stacked(
@@ -288,20 +312,21 @@ def featurise_pairs(
     seed: int | None = None,
     ledger=None,
 ) -> dict[str, np.ndarray]:
-    """Utterance rows -> ``feats (B, 2, F, n_mels)``: two disjoint segments per utterance."""
-    rng = np.random.default_rng(seed)
+    """Utterance rows -> ``feats (B, 2, F, n_mels)``: two disjoint segments per utterance
+    (randomness per row: :func:`row_generators`)."""
     aug = _augmenter(augment)
     n = int(round(crop_seconds * SR))
 
     def one(row) -> np.ndarray:
-        path, st, en = row
+        path, st, en, rng = row
         wave = io.read_crop(path, 2 * crop_seconds, rng, io.bound(st), io.bound(en))
         segs = two_segments(wave, n, rng)
         if aug is not None:
             segs = tuple(aug(s, rng) for s in segs)
         return np.stack([features.fbank(s, n_mels=n_mels) for s in segs])
 
-    rows = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
+    rngs = row_generators(batch, seed)
+    rows = zip(batch["path"], batch["start_s"], batch["end_s"], rngs, strict=True)
     keep, out = _readable(rows, one, ledger)
     return {
         "feats": _stacked(out, lambda: (0, 2, _frames(crop_seconds, n_mels), n_mels)),
@@ -331,25 +356,25 @@ def featurise_views(
     dialogue (with replacement when it has fewer) -- the dialogue paper's positives --
     and each local view from a random utterance of it; ``pick`` holds the global
     utterances' positions (for the rejection analysis; zeros for utterance rows).
-    Each view is augmented independently. Pure: a batch and a random generator.
+    Each view is augmented independently. Pure: a batch and a random generator per row
+    (:func:`row_generators`).
     """
-    rng = np.random.default_rng(seed)
     aug = _augmenter(augment)
     n_g, n_l = int(round(global_seconds * SR)), int(round(local_seconds * SR))
 
-    def view(wave: np.ndarray, n: int) -> np.ndarray:
+    def view(wave: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         w = features.crop(wave, n, rng)
         return features.fbank(aug(w, rng) if aug is not None else w, n_mels=n_mels)
 
     def one_utterance(row):
-        path, st, en = row
+        path, st, en, rng = row
         wave = io.read_crop(path, 2 * global_seconds, rng, io.bound(st), io.bound(en))
-        g = [view(wave, n_g) for _ in range(n_global)]
-        loc = [view(wave, n_l) for _ in range(n_local)]
+        g = [view(wave, n_g, rng) for _ in range(n_global)]
+        loc = [view(wave, n_l, rng) for _ in range(n_local)]
         return g, loc, np.zeros(n_global, np.int64)
 
     def one_dialogue(row):
-        paths, starts, ends = row
+        paths, starts, ends, rng = row
         pick = rng.choice(len(paths), size=n_global, replace=len(paths) < n_global)
         waves: dict[int, np.ndarray] = {}
 
@@ -360,15 +385,16 @@ def featurise_views(
                 )
             return waves[j]
 
-        g = [view(wave_of(int(j)), n_g) for j in pick]
-        loc = [view(wave_of(int(rng.integers(len(paths)))), n_l) for _ in range(n_local)]
+        g = [view(wave_of(int(j)), n_g, rng) for j in pick]
+        loc = [view(wave_of(int(rng.integers(len(paths)))), n_l, rng) for _ in range(n_local)]
         return g, loc, pick
 
+    rngs = row_generators(batch, seed)
     if rows == "dialogue":
-        it = zip(batch["paths"], batch["starts"], batch["ends"], strict=True)
+        it = zip(batch["paths"], batch["starts"], batch["ends"], rngs, strict=True)
         keep, out = _readable(it, one_dialogue, ledger)
     else:
-        it = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
+        it = zip(batch["path"], batch["start_s"], batch["end_s"], rngs, strict=True)
         keep, out = _readable(it, one_utterance, ledger)
     fg, fl = _frames(global_seconds, n_mels), _frames(local_seconds, n_mels)
     local = [np.stack(l_) if l_ else np.zeros((0, fl, n_mels), np.float32) for _, l_, _ in out]
@@ -388,12 +414,13 @@ def featurise_labelled(
     seed: int | None = None,
     ledger=None,
 ) -> dict[str, np.ndarray]:
-    """Labelled rows -> ``feats (B, F, n_mels)``, ``label (B,)``, ``idx (B,)``: one random crop each."""
-    rng = np.random.default_rng(seed)
+    """Labelled rows -> ``feats (B, F, n_mels)``, ``label (B,)``, ``idx (B,)``: one random crop
+    each (randomness per row: :func:`row_generators`)."""
     aug = _augmenter(augment)
-    rows = zip(batch["path"], batch["start_s"], batch["end_s"], strict=True)
+    rngs = row_generators(batch, seed)
+    rows = zip(batch["path"], batch["start_s"], batch["end_s"], rngs, strict=True)
     keep, feats = _readable(
-        rows, lambda r: _crop_features(r[0], r[1], r[2], crop_seconds, rng, aug, n_mels), ledger
+        rows, lambda r: _crop_features(r[0], r[1], r[2], crop_seconds, r[3], aug, n_mels), ledger
     )
     return {
         "feats": _stacked(feats, lambda: (0, _frames(crop_seconds, n_mels), n_mels)),

@@ -210,6 +210,8 @@ def build_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from raysv.training.stream import data_config
+
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -224,6 +226,7 @@ def build_trainer(
             callbacks=list(callbacks),
         ),
         datasets={"train": dataset},
+        dataset_config=data_config(train.num_workers),
     )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from raysv.data import fs
 from raysv.training import unreadable
-from raysv.training.data import InputSpec, featuriser
+from raysv.training.data import PASS, InputSpec, featuriser
 
 
 def build_dataset(shards: str, spec: InputSpec, ledger=None):
@@ -38,17 +38,23 @@ def build_dataset(shards: str, spec: InputSpec, ledger=None):
 
     # One execution streams every epoch: the shard files are listed once per epoch,
     # each epoch in its own seeded random order, and workers cut the stream into
-    # epochs of a fixed step count (:class:`EpochStream`). Blocks leave only roughly
-    # in file order (parallel reads), so an epoch sees nearly, not exactly, every row
-    # once; on a tiny corpus (tens of rows) neighbouring epochs mix noticeably.
-    # (``preserve_order`` would make it exact, but with it a 2-worker run lost a
-    # worker to a crash in Ray 2.60 on this machine; not pursued.) Restarting the
+    # epochs of a fixed step count (:class:`EpochStream`). With one training worker
+    # blocks arrive in the planned order (:func:`data_config`); with several, only
+    # roughly (parallel reads), so an epoch sees nearly, not exactly, every row
+    # once; on a tiny corpus (tens of rows) neighbouring epochs mix noticeably. Restarting the
     # pipeline every epoch cost ~2 s on 2 CPUs (executor start, read, split).
+    # Every row carries the pass it was read in (column ``pass``): with ``idx`` and the
+    # seed it seeds the row's crops and augmentation (:func:`~raysv.training.data.row_generators`),
+    # so a run's input depends on its seed, not on which task featurised a row.
     files = sorted(fs.walk_files(shards, (".parquet",))) if fs.is_dir(shards) else [shards]
     rng = np.random.default_rng(spec.seed)
     passes = max(1, spec.epochs) + spec.spare_epochs
-    order = [f for _ in range(passes) for f in rng.permutation(files)]
-    ds = ray.data.read_parquet(order).repartition(target_num_rows_per_block=spec.batch_rows)  # [1]
+    order = [{"file": str(f), PASS: p} for p in range(passes) for f in rng.permutation(files)]
+    ds = (
+        ray.data.from_items(order, override_num_blocks=len(order))
+        .map_batches(read_passes, batch_size=1, batch_format="pyarrow")  # [1]
+        .repartition(target_num_rows_per_block=spec.batch_rows)
+    )
     fn, kwargs = featuriser(spec)
     return ds.map_batches(  # [2]
         fn,
@@ -57,6 +63,18 @@ def build_dataset(shards: str, spec: InputSpec, ledger=None):
         batch_format="numpy",
         num_cpus=spec.task_cpus,
     )
+
+
+def read_passes(items):
+    """Ray Data map: ``items`` (a table of ``file``, ``pass``) -> the rows of those Parquet
+    shard files, each with its ``pass`` column (int64)."""
+    import pyarrow as pa
+
+    tables = []
+    for f, p in zip(items["file"].to_pylist(), items[PASS].to_pylist(), strict=True):
+        t = fs.read_table(f)
+        tables.append(t.append_column(PASS, pa.array(np.full(t.num_rows, p, np.int64))))
+    return pa.concat_tables(tables)
 
 
 def exact_batches(batches, size: int):
@@ -191,12 +209,14 @@ class StepTimer:
             logging.getLogger("raysv").warning("no duration estimate: %s", exc)
 
 
-def worker_stream(steps: int, per_worker_batch: int, device) -> EpochStream:
+def worker_stream(
+    steps: int, per_worker_batch: int, device, seed: int | None = None
+) -> EpochStream:
     """This Ray Train worker's :class:`EpochStream` over its ``"train"`` shard.
 
     Batches of ``per_worker_batch`` rows on ``device``, two prefetched, rows mixed
     across blocks by a local shuffle buffer of one batch (a larger one would move
-    more rows across epoch boundaries).
+    more rows across epoch boundaries), seeded by ``seed`` (None: unseeded).
     """
     import ray.train
 
@@ -207,8 +227,27 @@ def worker_stream(steps: int, per_worker_batch: int, device) -> EpochStream:
         drop_last=True,
         prefetch_batches=2,
         local_shuffle_buffer_size=per_worker_batch,
+        local_shuffle_seed=seed,
         device=device,
     )
+
+
+def data_config(num_workers: int):
+    """Ray Train's ``DataConfig`` for a stage's training stream: Ray's default ingest
+    options, with the blocks' order kept (``preserve_order``) when one worker trains.
+
+    With one worker a run is then reproducible: its rows arrive in the order the seeded
+    pass plan lists them, and each row's randomness is seeded too
+    (:func:`build_dataset`). With several workers Ray's split hands blocks to whichever
+    worker asks first, so which rows meet in a batch varies between runs; order is not
+    preserved there (with ``preserve_order`` a 2-worker run lost a worker to a crash in
+    Ray 2.60 on this machine).
+    """
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = num_workers == 1
+    return ray.train.DataConfig(execution_options=options)
 
 
 # ---- the unreadable-row ledger of a run (raysv.training.unreadable): its Ray calls

@@ -134,7 +134,12 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
     if ckpt is not None:
         st = _restore(ckpt, obj)
     # [3] one pass of the data for all epochs, cut into epochs by step count
-    stream = worker_stream(run["steps_per_epoch"], cfg.train.per_worker_batch, device)
+    stream = worker_stream(
+        run["steps_per_epoch"],
+        cfg.train.per_worker_batch,
+        device,
+        seed=1000 * cfg.train.seed + rank,
+    )
     dev = load_dev(run, cfg) if rank == 0 else None
     if rank == 0:  # a first estimate of the stage's duration, from its first steps
         from raysv.progress import record_estimate

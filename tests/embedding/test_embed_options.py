@@ -1,12 +1,20 @@
 """``raysv embed --normalise --average-sessions`` on a local Ray: unit rows, per-session means."""
 
+import sys
+import time
+
 import numpy as np
 import pyarrow.parquet as pq
+import ray.cloudpickle
 
 from raysv.cli import main
 from raysv.data.corpus import prepare_corpus
+from raysv.embedding.baseline import BaselineEmbedder
 from raysv.evaluation.scoring import embedding_matrix
 from tests.conftest import cli_json
+
+# FirstBatchLate below is defined in this test module: ship it to the actors by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_normalised_embeddings_and_session_means(tiny_corpus, tmp_path, ray_local, capsys):
@@ -29,6 +37,42 @@ def test_normalised_embeddings_and_session_means(tiny_corpus, tmp_path, ray_loca
         members = [u for u, x in session_of.items() if x == sid]
         assert counts[sid] == len(members)
         assert np.allclose(mean, emb[[row[u] for u in members]].mean(axis=0), atol=1e-5)
+
+
+class FirstBatchLate(BaselineEmbedder):
+    """The baseline embedder, with the batch holding the manifest's first row held back
+    a second: the other actor's batches finish first."""
+
+    def __init__(self, first: str, **kwargs):
+        super().__init__(**kwargs)
+        self.first = first
+
+    def __call__(self, batch):
+        if self.first in set(batch["utt_id"].tolist()):
+            time.sleep(1.0)
+        return super().__call__(batch)
+
+
+def test_embeddings_are_written_in_the_manifests_order_whichever_actor_ends_first(
+    tiny_corpus, tmp_path, ray_local
+):
+    """k-means draws its seeded sample by row position: a pool written in the order batches
+    happened to finish clustered differently from run to run (a seed did not reproduce
+    Stage II). The rows keep the manifest's order, however the actors' batches end."""
+    from raysv.embedding.extract import embed_manifest
+
+    man, _ = prepare_corpus(tiny_corpus, str(tmp_path / "m"))
+    ids = pq.read_table(man.utterances, columns=["utt_id"]).column("utt_id").to_pylist()
+    s = embed_manifest(
+        man.utterances,
+        str(tmp_path / "emb"),
+        FirstBatchLate,
+        {"first": ids[0], "n_mels": 24},
+        concurrency=2,
+        batch_size=4,
+    )
+    assert s["rows"] == len(ids)
+    assert pq.read_table(str(tmp_path / "emb")).column("utt_id").to_pylist() == ids
 
 
 def test_unreadable_audio_is_skipped_and_listed_not_fatal(tiny_corpus, tmp_path, ray_local, capsys):

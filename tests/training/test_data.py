@@ -72,6 +72,34 @@ def test_featurise_dialogues_shapes_and_randomness(small_manifest):
     assert sorted(out["pick"][0]) == [0, 1, 2] and set(out["pick"][1]) <= {0, 1}
 
 
+def test_a_rows_randomness_depends_on_seed_pass_and_row_not_on_its_batch(small_manifest):
+    """Rows featurised in another batch, order or task get the same crops and augmentation
+    (what makes a seeded run reproducible); another pass or seed gives others."""
+    utts, _ = small_manifest
+    t = tdata.utterance_table(utts)
+    batch = {
+        c: np.asarray(t.column(c).to_pylist(), dtype=object) for c in ("path", "start_s", "end_s")
+    }
+    batch["idx"] = t.column("idx").to_numpy()
+    batch["pass"] = np.full(7, 3)
+    aug = tdata.AugmentConfig(prob=1.0, reverb_prob=0.5)
+    kw = {"crop_seconds": 0.4, "n_mels": 24, "augment": aug}
+    whole = tdata.featurise_pairs(batch, **kw, seed=5)["feats"]
+    back = [6, 4, 2, 0]  # another batch: some rows, in reverse order
+    part = tdata.featurise_pairs({k: v[back] for k, v in batch.items()}, **kw, seed=5)["feats"]
+    np.testing.assert_array_equal(part, whole[back])
+    lab = {**{k: v[back] for k, v in batch.items()}, "label": np.zeros(4, np.int64)}
+    one = tdata.featurise_labelled(lab, **kw, seed=5)["feats"]
+    np.testing.assert_array_equal(
+        tdata.featurise_labelled({k: v[:1] for k, v in lab.items()}, **kw, seed=5)["feats"],
+        one[:1],
+    )
+    other_pass = tdata.featurise_pairs({**batch, "pass": np.full(7, 4)}, **kw, seed=5)["feats"]
+    other_seed = tdata.featurise_pairs(batch, **kw, seed=6)["feats"]
+    for other in (other_pass, other_seed):
+        assert all(not np.allclose(other[i], whole[i]) for i in range(7))
+
+
 def test_two_segments_never_overlap():
     rng = np.random.default_rng(0)
     wave = np.arange(10000, dtype=np.float32)
@@ -212,6 +240,7 @@ def test_input_spec_picks_the_pure_featuriser_of_its_mode():
         "crop_seconds": 1.5,
         "n_mels": 40,
         "augment": None,
+        "seed": 0,  # the run's seed: each row's randomness is seeded (row_generators)
     }
     assert tdata.featuriser(tdata.InputSpec("utterance", 1.0, 24))[0] is tdata.featurise_pairs
     assert tdata.featuriser(tdata.InputSpec("labelled", 2.0, 80))[0] is tdata.featurise_labelled

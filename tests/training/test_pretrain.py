@@ -82,6 +82,17 @@ def test_pretrain_trains_tracks_and_resumes(first_run, tiny_corpus, capsys, capl
         "best_model.pt",
     }
 
+    # A seed reproduces a run (one worker): the same corpus, config and seed in another
+    # folder give the same losses, dev EERs and test EER, to the bit (seeded pass order,
+    # per-row crops, shuffle buffer and initialisation; per-row augmentation:
+    # test_data's test_a_rows_randomness_depends_on_seed_pass_and_row_not_on_its_batch).
+    a = _run(capsys, "--data", tiny_corpus, "--out", first_run + "_again")
+    fields = ("loss", "dev_eer", "rej_w_mean", "rej_temperature")
+    assert [[e[k] for k in fields] for e in a["history"]] == [
+        [e[k] for k in fields] for e in s["history"]
+    ]
+    assert a["final"]["best.test.eer"] == s["final"]["best.test.eer"]
+
     # A second invocation with the same run name resumes: 2 more epochs, not a fresh start.
     held = [n for n in os.listdir(where) if os.path.isdir(os.path.join(where, n))]
     caplog.clear()
