@@ -52,10 +52,12 @@ def _configure_ray_data() -> None:
     - progress bars and per-read INFO logs off (our own progress logging is enough);
     - the V1 datasources: Ray 2.60's V2 Parquet reader starts every read with a
       file-listing task that took 1-5 s even for a few dozen local files, and
-      packs small files into ONE block. Training re-reads its shards every
-      epoch, so that cost each epoch several seconds and left featurisation
-      one task wide (measured with ``raysv bench input``: 6.1 s vs 0.8 s an
-      epoch for 56 dialogues on 2 CPUs).
+      packs small files into ONE block. When training re-read its shards with
+      ``read_parquet`` every epoch, that cost each epoch several seconds and left
+      featurisation one task wide (measured with ``raysv bench input``: 6.1 s vs
+      0.8 s an epoch for 56 dialogues on 2 CPUs); training now reads its shards
+      in its own tasks (:func:`raysv.training.stream.build_dataset`), embedding
+      and clustering inputs still through Ray's reader.
     """
     from ray.data import DataContext
 

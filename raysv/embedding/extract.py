@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -223,18 +224,56 @@ def _embed_into(
 
 def write_parquet(ds, folder: str) -> None:
     """Write Ray Data dataset ``ds`` as Parquet files into ``folder`` (a local path or an
-    object-store URI, reached through its pyarrow file system), its blocks in order.
+    object-store URI, reached through its pyarrow file system), rows in the dataset's order.
 
-    Order is kept (``preserve_order``) so that the same input gives the same files
-    with the same rows in the same order: k-means draws its seeded sample by row
-    position, so a pool written in another order would cluster differently.
+    The same input gives the same files with the same rows in the same order
+    (k-means draws its seeded sample by row position: a pool written in another
+    order clusters differently). Blocks reach the write tasks in order
+    (``preserve_order``), and each task writes its blocks as one file named by its
+    task index with ``pq.write_table`` (:class:`OrderedParquetSink`): Ray's own
+    Parquet writer writes with pyarrow threads, which can reorder rows in a file.
     """
     ds.context.execution_options.preserve_order = True
-    if fs.is_local(folder):
-        ds.write_parquet(folder)
-        return
-    store, path = fs.resolve(folder)
-    ds.write_parquet(path, filesystem=store)
+    ds.write_datasink(OrderedParquetSink(folder))
+
+
+@functools.cache
+def _ordered_sink_class() -> type:
+    """:class:`OrderedParquetSink`'s class, a ``ray.data.Datasink`` (built on first use:
+    importing this module does not import Ray)."""
+    from ray.data import Datasink
+
+    class OrderedParquetSink(Datasink):
+        """Writes each write task's blocks, in order, to one Parquet file
+        ``part-<task index>.parquet`` in ``folder`` (a retried task rewrites its own file)."""
+
+        def __init__(self, folder: str):
+            self.folder = folder
+
+        def get_name(self) -> str:
+            return "OrderedParquet"
+
+        def write(self, blocks, ctx) -> None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            from ray.data.block import BlockAccessor
+
+            tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+            tables = [t for t in tables if t.num_rows]
+            if not tables:
+                return
+            table = pa.concat_tables(tables, promote_options="default")
+            store, path = fs.resolve(self.folder)
+            store.create_dir(path, recursive=True)
+            pq.write_table(table, f"{path}/part-{ctx.task_idx:06d}.parquet", filesystem=store)
+
+    return OrderedParquetSink
+
+
+def OrderedParquetSink(folder: str):  # noqa: N802 - builds the class's instance
+    """A Ray Data datasink writing each write task's blocks, in order, to one Parquet file
+    named by the task's index in ``folder`` (see :func:`write_parquet`)."""
+    return _ordered_sink_class()(folder)
 
 
 def _rows(folder: str) -> int:
@@ -279,14 +318,15 @@ class SessionTagger:
 def _session_mean(group):
     """All rows of one session (pyarrow) -> one row: ``utt_id`` = the session id, mean embedding.
 
-    Utterances without a session form a session of their own.
+    Utterances without a session form a session of their own. Rows are taken in
+    ``utt_id`` order (a group's rows arrive in any order; a float sum depends on it).
     """
     import pyarrow as pa
 
     from raysv.data.schema import embeddings_table
     from raysv.evaluation.scoring import embedding_matrix
 
-    _, emb = embedding_matrix(group)
+    _, emb = embedding_matrix(group.sort_by("utt_id"))
     out = embeddings_table([group.column("session_id")[0].as_py()], emb.mean(axis=0)[None])
     return out.append_column("n_utts", pa.array([group.num_rows], pa.int32()))
 

@@ -26,13 +26,18 @@ def build_dataset(shards: str, spec: InputSpec, ledger=None):
     skipped as unreadable (:func:`~raysv.training.data.spare_epochs`), so the last epochs are not cut
     short. ``ledger`` counts those rows (:mod:`raysv.training.unreadable`).
 
-    # [1] metadata rows only, streamed from Parquet (the driver never holds the table);
-    #     the shard files are read in a new random order every epoch (no all-to-all
-    #     barrier, unlike randomize_block_order) and workers add a local shuffle buffer;
+    # [1] metadata rows only, streamed from Parquet (the driver never holds the table):
+    #     one read task per (shard file, pass), the files in a new seeded order every
+    #     pass (no all-to-all barrier, unlike randomize_block_order), and workers add a
+    #     local shuffle buffer; each row is tagged with its pass (``read_passes``);
     # [2] decoding and features run in stateless tasks; audio never touches the driver.
-    # Ray Data's Parquet reader packs small files into one block (the table is only
-    # metadata), and one block is one featurisation task: blocks are re-cut to
-    # ``batch_rows`` rows first, so featurisation runs on every free CPU.
+    # A shard file is one block (up to 20000 metadata rows), and one block is one
+    # featurisation task: blocks are re-cut to ``batch_rows`` rows first, so
+    # featurisation runs on every free CPU.
+    #
+    # A resumed run (or a worker group restarted by Ray Train) streams its remaining
+    # epochs from pass 0 again, so their crops and augmentation are those of the first
+    # epochs: reproducible, though not what an uninterrupted run draws for them.
     """
     import ray.data
 
