@@ -28,13 +28,14 @@ def build_dataset(shards: str, spec: InputSpec, ledger=None):
     short. ``ledger`` counts those rows (:mod:`raysv.training.unreadable`).
 
     # [1] metadata rows only, streamed from Parquet (the driver never holds the table):
-    #     one read task per (shard file, pass), the files in a new seeded order every
-    #     pass (no all-to-all barrier, unlike randomize_block_order), and workers add a
-    #     local shuffle buffer; each row is tagged with its pass (``read_passes``);
+    #     read tasks of whole shard files (about READ_ROWS rows each), the files in a
+    #     new seeded order every pass (no all-to-all barrier, unlike
+    #     randomize_block_order), and workers add a local shuffle buffer; each row is
+    #     tagged with its pass (``read_passes``);
     # [2] decoding and features run in stateless tasks; audio never touches the driver.
-    # A shard file is one block (up to 20000 metadata rows), and one block is one
-    # featurisation task: blocks are re-cut to ``batch_rows`` rows first, so
-    # featurisation runs on every free CPU.
+    # A read task's output is one block, and one block is one featurisation task:
+    # blocks are re-cut to ``batch_rows`` rows first, so featurisation runs on every
+    # free CPU.
     #
     # A resumed run (or a worker group restarted by Ray Train) streams its remaining
     # epochs from pass 0 again, so their crops and augmentation are those of the first
