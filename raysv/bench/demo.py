@@ -83,7 +83,8 @@ def aggregate(tables: list[dict]) -> dict:
 
 def quick_demo(cfg):
     """``cfg`` (a DemoConfig) shrunk to test the plumbing in minutes, not to measure:
-    4 / 3 / 3 speakers x 8 utterances, 1 Stage I epoch, 1 round of 2 epochs."""
+    4 / 3 / 3 speakers x 8 utterances, 1 Stage I epoch, 1 round of 4 epochs (the
+    gate closes at epoch 3: 1 head-only + 2 warm-up epochs)."""
     synth = replace(
         cfg.synth,
         train_speakers=4,
@@ -100,7 +101,7 @@ def quick_demo(cfg):
         stage2=replace(
             st2,
             rounds=1,
-            train=replace(st2.train, train=replace(st2.train.train, epochs=2, batch_size=8)),
+            train=replace(st2.train, train=replace(st2.train.train, epochs=4, batch_size=8)),
         ),
     )
 

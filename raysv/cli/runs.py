@@ -178,7 +178,7 @@ def report(a: argparse.Namespace) -> dict:
 def bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "name",
-        choices="featurize synth input pretrain pretrain_gpu stream cluster embed export autok demo tune".split(),  # noqa: SIM905
+        choices="featurize synth input pretrain pretrain_gpu stage1 stream cluster embed export autok demo tune".split(),  # noqa: SIM905
         help="benchmark to run",
     )
     p.add_argument("--out", default="bench/results", help="folder for the JSON result")

@@ -241,6 +241,11 @@ class TrainSpec:
             of the rows read is skipped, the run stops with an error naming files
             (0: stop at the first; 1: never). Spare passes over the data stand in for the
             skipped rows, so every epoch keeps its step count.
+        max_minutes: a time budget: the run ends normally after the first epoch that
+            brings its training time (the epochs' steps and input, summed over resumes;
+            not the dev scoring or checkpoints) to this many minutes, even if ``epochs``
+            are left. Schedules (learning rate, DINO's momentum and temperature) still
+            span ``epochs``: set ``epochs`` to about what the budget fits.
     """
 
     epochs: int = setting(
@@ -306,6 +311,14 @@ class TrainSpec:
         le=1,
         why="a few files gone bad pass with a warning, a vanished mount or corrupted copy "
         "stops the run; not tuned",
+    )
+
+    max_minutes: float | None = setting(
+        None,
+        gt=0,
+        hint="or null: no budget",
+        why="null: a run trains its epochs; a budget compares objectives at equal "
+        "wall-clock (raysv bench stage1) or caps a sweep's trial",
     )
 
     def __post_init__(self):

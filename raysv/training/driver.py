@@ -383,7 +383,7 @@ def train_stage(
             callbacks,
         )
         log.info(
-            "%s: %s on %d %s with %d worker(s) x %s: %d epochs of %d steps "
+            "%s: %s on %d %s with %d worker(s) x %s: %d epochs of %d steps%s "
             "(a line per epoch, with the time left)",
             label,
             what,
@@ -393,6 +393,9 @@ def train_stage(
             resources,
             cfg.train.epochs,
             run["steps_per_epoch"],
+            f", or fewer: {cfg.train.max_minutes:g} min of training at most"
+            if cfg.train.max_minutes
+            else "",
         )
         log.info("%s: %s", label, checkpoints_line(cfg.train, out, cfg.run_name))
         result = fit(trainer, out, label, cfg.train.epochs, run["token"])

@@ -334,5 +334,7 @@ def _finish(cfg: PretrainConfig, inputs: dict, result, out: str) -> dict:
         "history": st["history"],
         "final": final,
         "best_model": os.path.join(out, "best_model.pt"),
+        "train_seconds": round(float(st.get("seconds", 0.0)), 1),
+        **({"out_of_time": True} if st.get("out_of_time") else {}),
         **({"stopped": st["stopped"]} if st.get("stopped") else {}),
     }

@@ -305,6 +305,8 @@ def _finish(cfg: Stage2Config, inputs: dict, result, out: str) -> dict:
         "history": st["history"],
         "final": final,
         "best_model": best_path,
+        "train_seconds": round(float(st.get("seconds", 0.0)), 1),
+        **({"out_of_time": True} if st.get("out_of_time") else {}),
     }
 
 

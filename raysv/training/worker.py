@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from raysv.config import from_dict
 from raysv.errors import RaysvError
 from raysv.models.checkpoint import load_training_state, plain_values
 from raysv.training import unreadable
-from raysv.training.distributed import world
+from raysv.training.distributed import all_reduce_sum, world
 from raysv.training.stream import worker_stream
 
 
@@ -51,6 +52,8 @@ class State:
     init_dev_eer: float | None = None  # the starting encoder's, when it is scored
     best_epoch: int = -1  # -1: no trained epoch beat the starting encoder (or none ran)
     stopped: str | None = None  # why the objective stopped the run early (one line)
+    seconds: float = 0.0  # wall-clock seconds of the epochs run so far (all invocations)
+    out_of_time: bool = False  # train.max_minutes was spent: the run ended early, normally
 
 
 class TrainingStopped(RaysvError):
@@ -154,10 +157,14 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
         st.init_dev_eer = st.best_eer = dev_metrics(obj.encoder(), dev, device)["dev_eer"]
         st.best_model = encoder_state(obj.encoder())
     tally = worker_tally(cfg, run, rank, st)
-    while st.epoch < cfg.train.epochs and not st.stopped:
+    while st.epoch < cfg.train.epochs and not st.stopped and not st.out_of_time:
         maybe_fail(cfg, st.epoch, run)
+        t_epoch = time.monotonic()
         stats = obj.train_epoch(stream, st, tally)
         metrics = {"epoch": st.epoch, "step": st.step, **stats, **obj.end_epoch(st)}
+        st.seconds += time.monotonic() - t_epoch
+        st.out_of_time = out_of_time(st.seconds, cfg.train.max_minutes, device)
+        metrics["train_seconds"] = st.seconds
         seen = tally.flush(check_now=False)
         metrics["unreadable_rows"] = seen["rows"]
         st.unreadable, st.unreadable_token = seen, run.get("token")
@@ -178,8 +185,18 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
             ray.train.report(metrics, checkpoint=checkpoint)  # [4]
             if rank == 0:  # after report: a kill before the checkpoint lands re-runs the epoch,
                 log_epoch(run, metrics)  # and log_epoch logs each epoch once
-        if st.epoch < cfg.train.epochs and not st.stopped:  # else the summary reports it
+        if st.epoch < cfg.train.epochs and not (st.stopped or st.out_of_time):  # else the summary
             tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept
+
+
+def out_of_time(seconds: float, max_minutes: float | None, device) -> bool:
+    """Whether ``seconds`` of epochs have spent the time budget ``max_minutes`` (None: no
+    budget) on any rank: every rank gets the same answer (its clock differs a little),
+    so all stop after the same epoch."""
+    if not max_minutes:
+        return False
+    over = torch.tensor([float(seconds >= 60.0 * max_minutes)], device=device)
+    return bool(all_reduce_sum(over).item() > 0)
 
 
 def _save(path: str, obj: Objective, st: State) -> None:

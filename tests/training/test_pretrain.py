@@ -127,7 +127,7 @@ def test_worker_failure_restarts_from_checkpoint(tiny_corpus, tmp_path, ray_loca
     assert s["steps"] == 2 * s["history"][0]["steps_in_epoch"]
 
 
-def test_simclr_mode(tiny_corpus, tmp_path, ray_local, capsys):
+def test_simclr_mode_within_a_time_budget(tiny_corpus, tmp_path, ray_local, capsys):
     s = _run(
         capsys,
         "--data",
@@ -139,11 +139,16 @@ def test_simclr_mode(tiny_corpus, tmp_path, ray_local, capsys):
         "--set",
         "loss.name=ntxent",
         "--set",
-        "train.epochs=1",
+        "train.epochs=3",
         "--set",
         "train.batch_size=8",
+        "--set",
+        "train.max_minutes=0.0001",  # a time budget that the first epoch spends
     )
     assert s["epochs"] == 1 and "rej_w_mean" not in s["history"][0]
+    # the budget ended the run normally after that epoch, with 2 of its 3 epochs left
+    assert s["out_of_time"] and s["train_seconds"] == round(s["history"][0]["train_seconds"], 1)
+    assert s["train_seconds"] > 0 and os.path.isfile(s["best_model"])
     # Evaluation audio is never trained on: the training shards hold no utterance of a
     # dev/test speaker (which speakers those are: the generator's split, analysis only).
     import pyarrow.parquet as pq
