@@ -24,7 +24,7 @@ test EER is reported, never used to choose), epochs, steps, training seconds
 and the mean step time (so DINO's step time against AvA's on the same encoder
 and batch). The objective with the lowest mean dev EER is then taken through the
 demo's two Stage II rounds from its best-dev seed. Runs under
-``runs/bench_stage1`` (a rerun reuses finished runs).
+``runs/bench_stage1/<setting>`` (a rerun of the same setting reuses finished runs).
 
 ``RAYSV_BENCH_STAGE1_MINUTES`` (default 2), ``RAYSV_BENCH_STAGE1_SPEAKERS``
 (100), ``RAYSV_BENCH_STAGE1_SEEDS`` ("0,1,2"), ``RAYSV_BENCH_STAGE1_METHODS``
@@ -79,11 +79,16 @@ def _pretrain(cfg) -> dict:
     """``run_pretrain(cfg)``, or the summary of the finished run in ``cfg.out``."""
     from raysv.data.outputs import read_json
     from raysv.training.pretrain import run_pretrain
+    from raysv.training.worker import TrainingStopped
 
     done = os.path.join(cfg.out, "summary.json")
     if os.path.isfile(done):
         return read_json(done)
-    return run_pretrain(cfg)
+    try:
+        return run_pretrain(cfg)
+    except TrainingStopped as exc:  # e.g. DINO's collapse: its summary says why
+        log.warning("bench stage1: %s", exc)
+        return read_json(done)
 
 
 def _row(name: str, seed: int, s: dict, batch: int) -> dict:
@@ -98,6 +103,7 @@ def _row(name: str, seed: int, s: dict, batch: int) -> dict:
         "steps": s["steps"],
         "train_seconds": s.get("train_seconds"),
         "out_of_time": bool(s.get("out_of_time")),
+        "stopped": s.get("stopped"),  # an objective's early stop (DINO's collapse)
         "step_seconds": float(np.mean(steps)) if steps else None,
         "item_seconds": float(np.mean(steps)) / batch if steps else None,
         "best_model": s["best_model"],
@@ -125,7 +131,9 @@ def run(quick: bool = False) -> dict:
     if quick:  # the plumbing in a few minutes, not a measurement
         base = quick_demo(base)
         synth = replace(base.synth, seed=0)
-    root = os.path.abspath(os.path.join("runs", "bench_stage1" + ("_quick" if quick else "")))
+    # one folder per setting: a rerun reuses finished runs of the same setting only
+    setting = "quick" if quick else f"spk{speakers}_{minutes:g}min"
+    root = os.path.abspath(os.path.join("runs", "bench_stage1", setting))
     corpus = os.path.join(root, "corpus")
     if not os.path.isfile(os.path.join(corpus, "meta", "synth.yaml")):
         synthesize_replacing(synth, corpus)
@@ -176,8 +184,10 @@ def run(quick: bool = False) -> dict:
             "steps": _spread([r["steps"] for r in mine]),
         }
     # chosen by dev EER only: the objective with the lowest mean, its seed with the lowest
-    best = min(methods, key=lambda m: summary[m]["dev_eer"]["mean"])
-    seed_row = min((r for r in rows if r["method"] == best), key=lambda r: r["dev_eer"])
+    # (a run its objective stopped, e.g. a collapsed DINO, is not a candidate)
+    ok = [r for r in rows if not r["stopped"]]
+    best = min({r["method"] for r in ok}, key=lambda m: summary[m]["dev_eer"]["mean"])
+    seed_row = min((r for r in ok if r["method"] == best), key=lambda r: r["dev_eer"])
     st2 = replace(base.stage2, reference=False)
     t0 = time.monotonic()
     it = run_iterate(
@@ -195,7 +205,7 @@ def run(quick: bool = False) -> dict:
     ava = summary.get("ava_rejection", {}).get("step_seconds")
     return {
         "benchmark": "stage1",
-        "training_speakers": speakers,
+        "training_speakers": synth.train_speakers,
         "minutes_per_run": minutes,
         "seeds": seeds,
         "probes": probes,

@@ -393,7 +393,7 @@ def train_stage(
             resources,
             cfg.train.epochs,
             run["steps_per_epoch"],
-            f", or fewer: {cfg.train.max_minutes:g} min of training at most"
+            f", or fewer: training ends after the epoch that reaches {cfg.train.max_minutes:g} min"
             if cfg.train.max_minutes
             else "",
         )

@@ -136,6 +136,10 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
     ckpt = ray.train.get_checkpoint()  # [1]
     if ckpt is not None:
         st = _restore(ckpt, obj)
+        # this invocation's budget decides (a rerun with a larger one, or none, goes on)
+        st.out_of_time = out_of_time(
+            st.seconds, cfg.train.max_minutes, cfg.train.epochs - st.epoch, device
+        )
     # [3] one pass of the data for all epochs, cut into epochs by step count
     stream = worker_stream(
         run["steps_per_epoch"],
@@ -163,8 +167,11 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
         stats = obj.train_epoch(stream, st, tally)
         metrics = {"epoch": st.epoch, "step": st.step, **stats, **obj.end_epoch(st)}
         st.seconds += time.monotonic() - t_epoch
-        st.out_of_time = out_of_time(st.seconds, cfg.train.max_minutes, device)
+        st.out_of_time = out_of_time(
+            st.seconds, cfg.train.max_minutes, cfg.train.epochs - st.epoch - 1, device
+        )
         metrics["train_seconds"] = st.seconds
+        metrics["out_of_time"] = st.out_of_time  # sweeps: the last report of this run
         seen = tally.flush(check_now=False)
         metrics["unreadable_rows"] = seen["rows"]
         st.unreadable, st.unreadable_token = seen, run.get("token")
@@ -189,14 +196,17 @@ def train_worker(config: dict, cfg_cls: type, objective: Callable[..., Objective
             tally.check(seen)  # too many unreadable rows: stop; this epoch's checkpoint is kept
 
 
-def out_of_time(seconds: float, max_minutes: float | None, device) -> bool:
-    """Whether ``seconds`` of epochs have spent the time budget ``max_minutes`` (None: no
-    budget) on any rank: every rank gets the same answer (its clock differs a little),
-    so all stop after the same epoch."""
-    if not max_minutes:
+def out_of_time(seconds: float, max_minutes: float | None, epochs_left: int, device) -> bool:
+    """Whether the run should end early: epochs are left and ``seconds`` of training, as
+    rank 0 counts them, have spent the budget ``max_minutes`` (None: no budget).
+
+    Every rank must call it (an all-reduce) and gets rank 0's answer: the other ranks'
+    clocks also count their wait for rank 0's dev scoring and checkpoint.
+    """
+    if not max_minutes or epochs_left <= 0:
         return False
-    over = torch.tensor([float(seconds >= 60.0 * max_minutes)], device=device)
-    return bool(all_reduce_sum(over).item() > 0)
+    mine = torch.tensor([float(seconds) if world()[0] == 0 else 0.0], device=device)
+    return bool(all_reduce_sum(mine).item() >= 60.0 * max_minutes)
 
 
 def _save(path: str, obj: Objective, st: State) -> None:

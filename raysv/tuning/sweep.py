@@ -539,8 +539,9 @@ def _tracking_uri(out: str, create: bool = True) -> str:
 def _epochs_to_tune(epochs: int):
     """[3] A Ray Train callback that reports rank 0's dev figures of every epoch but the
     last (:func:`tune_metrics`) to the Tune trial it runs in; no checkpoint goes with
-    them (the trial resumes from its own Ray Train checkpoints). The last epoch is
-    reported by the trial once its run has finished (summary written): a scheduler's
+    them (the trial resumes from its own Ray Train checkpoints). The last epoch (the
+    last of ``epochs``, or the one that spends ``train.max_minutes``) is reported by
+    the trial once its run has finished (summary written): a scheduler's
     decision at that report cannot cut the run's final evaluation short."""
     if os.environ.get("RAY_TRAIN_V2_ENABLED", "1") == "0":
         raise ConfigError(
@@ -552,7 +553,8 @@ def _epochs_to_tune(epochs: int):
     class EpochsToTune(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
             m = tune_metrics(metrics[0])  # metrics: one dict per worker, rank 0 first
-            if m["epochs"] < epochs:
+            # a run's last epoch (its epochs done, or its train.max_minutes spent) is not
+            if m["epochs"] < epochs and not metrics[0].get("out_of_time"):
                 super().after_report(run_context, [m], None)
 
     return EpochsToTune()

@@ -169,6 +169,35 @@ def test_simclr_mode_within_a_time_budget(tiny_corpus, tmp_path, ray_local, caps
     )
     assert len(trained) == s["train_utterances"] == n_train
     assert s["held_out_utterances"] > 0
+    # The same run again without a budget goes on to its 3 epochs (the budget is this
+    # invocation's, not the checkpoint's), and was not cut short.
+    again = _run(
+        capsys,
+        "--data",
+        tiny_corpus,
+        "--out",
+        s["out"],
+        "--set",
+        "data.mode=utterance",
+        "--set",
+        "loss.name=ntxent",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.batch_size=8",
+    )
+    assert again["epochs"] == 3 and "out_of_time" not in again
+    assert again["history"][0] == s["history"][0] and again["train_seconds"] > s["train_seconds"]
+
+
+def test_the_time_budget_ends_a_run_only_with_epochs_left():
+    """``worker.out_of_time`` outside a process group (rank 0): spent and epochs left."""
+    from raysv.training.worker import out_of_time
+
+    assert out_of_time(61.0, 1.0, 2, "cpu") and out_of_time(60.0, 1.0, 1, "cpu")
+    assert not out_of_time(59.0, 1.0, 2, "cpu")  # not spent yet
+    assert not out_of_time(600.0, 1.0, 0, "cpu")  # the last epoch: the run ends as planned
+    assert not out_of_time(600.0, None, 2, "cpu")  # no budget
 
 
 def test_a_trial_file_left_in_a_training_manifest_is_not_trained_on(tiny_corpus, tmp_path, caplog):
