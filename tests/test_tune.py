@@ -762,3 +762,23 @@ def test_controllers_left_after_a_sweep_are_killed_and_their_groups_freed(ray_lo
     assert [states[a] for a in sorted(states) if a not in before] == ["DEAD"]
     assert ray.get(older.__ray_ready__.remote())  # the older one still answers
     ray.kill(older)
+
+
+def test_a_runs_last_epoch_reaches_tune_only_after_its_summary(monkeypatch):
+    """The epoch that ends a run (its last, or the one that spends ``train.max_minutes``)
+    is not reported mid-run, where a scheduler could stop the trial during its final
+    evaluation; the trial reports it once the summary is written."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raysv.tuning.sweep import _epochs_to_tune
+
+    sent = []
+    monkeypatch.setattr(TuneReportCallback, "__init__", lambda self: None)  # no Tune session
+    monkeypatch.setattr(
+        TuneReportCallback, "after_report", lambda self, ctx, metrics, ckpt: sent.append(metrics)
+    )
+    cb = _epochs_to_tune(4)
+    for epoch, spent in ((0, False), (1, False), (2, True)):  # the budget ends epoch 2
+        cb.after_report(None, [{"epoch": epoch, "dev_eer": 30.0, "out_of_time": spent}], None)
+    cb.after_report(None, [{"epoch": 3, "dev_eer": 30.0}], None)  # a last epoch
+    assert [m[0]["epochs"] for m in sent] == [1, 2]
