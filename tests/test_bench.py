@@ -181,3 +181,31 @@ def test_cluster_bench_same_sample_isolates_the_split_rule():
     # the first split comes at the same iteration on both sides (the same assignments
     # up to it): a seed splits on one side only if it splits on the other
     assert all((r["faiss_splits"] > 0) == (r["raysv_splits"] > 0) for r in rows)
+
+
+def test_stage1_bench_sets_up_each_objective_on_the_demos_encoder_and_batch():
+    """Each objective of ``raysv bench stage1`` is a valid Stage I config that differs from
+    the demo's only in its data mode, loss and DINO's teacher momentum; the epochs fit
+    the budget with 20 % to spare, so that the budget ends the run."""
+    from dataclasses import replace
+
+    from raysv.bench.stage1 import METHODS, epochs_for, method_config
+    from raysv.pipeline.demo import DemoConfig
+
+    base = DemoConfig().pretrain
+    seen = {}
+    for name in METHODS:
+        cfg = method_config(base, name)
+        seen[name] = (cfg.data.mode, cfg.loss.name, cfg.rejection_active)
+        same = replace(cfg, run_name=base.run_name, data=base.data, loss=base.loss, dino=base.dino)
+        assert same == base, name  # encoder, batch, optimiser, epochs: the demo's
+        assert cfg.dino.teacher_momentum == 0.99
+    assert seen == {
+        "ava_rejection": ("dialogue", "ava", True),
+        "simclr": ("utterance", "ntxent", False),
+        "dino": ("utterance", "dino", False),
+        "dino_dialogue": ("dialogue", "dino", True),
+    }
+    with pytest.raises(ValueError, match="unknown Stage I method 'byol'"):
+        method_config(base, "byol")
+    assert epochs_for(3, 10.0) == 22 and epochs_for(3, 180.0) == 2 and epochs_for(3, 1e4) == 1
