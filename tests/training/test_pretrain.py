@@ -128,23 +128,12 @@ def test_worker_failure_restarts_from_checkpoint(tiny_corpus, tmp_path, ray_loca
 
 
 def test_simclr_mode_within_a_time_budget(tiny_corpus, tmp_path, ray_local, capsys):
-    s = _run(
-        capsys,
-        "--data",
-        tiny_corpus,
-        "--out",
-        str(tmp_path / "simclr"),
-        "--set",
-        "data.mode=utterance",
-        "--set",
-        "loss.name=ntxent",
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        "train.max_minutes=0.0001",  # a time budget that the first epoch spends
-    )
+    simclr = ["--data", tiny_corpus, "--out", str(tmp_path / "simclr")]
+    for setting in ("data.mode=utterance", "loss.name=ntxent", "train.epochs=3"):
+        simclr += ["--set", setting]
+    simclr += ["--set", "train.batch_size=8"]
+    # a time budget that the first epoch spends
+    s = _run(capsys, *simclr, "--set", "train.max_minutes=0.0001")
     assert s["epochs"] == 1 and "rej_w_mean" not in s["history"][0]
     # the budget ended the run normally after that epoch, with 2 of its 3 epochs left
     assert s["out_of_time"] and s["train_seconds"] == round(s["history"][0]["train_seconds"], 1)
@@ -171,21 +160,7 @@ def test_simclr_mode_within_a_time_budget(tiny_corpus, tmp_path, ray_local, caps
     assert s["held_out_utterances"] > 0
     # The same run again without a budget goes on to its 3 epochs (the budget is this
     # invocation's, not the checkpoint's), and was not cut short.
-    again = _run(
-        capsys,
-        "--data",
-        tiny_corpus,
-        "--out",
-        s["out"],
-        "--set",
-        "data.mode=utterance",
-        "--set",
-        "loss.name=ntxent",
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "train.batch_size=8",
-    )
+    again = _run(capsys, *simclr)
     assert again["epochs"] == 3 and "out_of_time" not in again
     assert again["history"][0] == s["history"][0] and again["train_seconds"] > s["train_seconds"]
 
