@@ -58,7 +58,7 @@ def _small_corpus() -> SynthConfig:
 
 def _small_pretrain() -> PretrainConfig:
     # A few minutes on 2 CPU cores: a small ECAPA-TDNN, 1.5 s crops, AvA
-    # with rejection, 40 epochs of ~6 steps over the demo corpus's ~100 dialogues
+    # with rejection, 40 epochs of ~8 steps over the demo corpus's ~140 dialogues
     # (at 20 the best dev EER came in the last four epochs of every seed, 2026-12-02).
     return PretrainConfig(
         run_name="stage1",
