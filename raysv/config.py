@@ -110,19 +110,18 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def check_run_folder(out: str) -> None:
-    """Refuse a run folder (``out`` of the run commands) given as a URI: a run folder
-    holds the MLflow store, the imported manifests and the best model, and is a path on
-    the driver's disk (or a shared mount). Object storage takes the parts that travel:
-    checkpoints (``train.storage_path``) and the embed/cluster outputs."""
+def check_run_folder(out: str, uri: bool = True) -> None:
+    """Check a run folder (``out`` of the run commands): a local path (or a shared mount)
+    or, where ``uri``, an object-store URI (``s3://...``: the run works in a local
+    working copy that it keeps in the bucket, :mod:`raysv.data.run_store`). ``file://``
+    is refused (give the path)."""
     if str(out).startswith("file://"):
         raise ValueError(f"out={out!r}: give a run folder as a plain path, without file://")
-    if "://" in str(out):
+    if "://" in str(out) and not uri:
         raise ValueError(
-            f"out={out!r}: a run folder is a local path (or a shared mount), not a URI; "
-            "on object storage put Ray Train's checkpoints with train.storage_path=s3://... "
-            "(a run started again from an empty folder resumes from them) and embeddings "
-            "or pseudo labels with raysv embed / raysv cluster --out s3://..."
+            f"out={out!r}: a sweep folder is a local path (or a shared mount), not a URI: "
+            "its trials write their run folders on the nodes they run on; the run commands "
+            "(demo, pretrain, train, iterate) take --out s3://..."
         )
 
 

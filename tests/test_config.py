@@ -268,20 +268,29 @@ def test_the_demo_config_file_holds_the_built_in_defaults():
     assert load_config(DemoConfig, os.path.join(ROOT, "configs", "demo.yaml")) == DemoConfig()
 
 
-@pytest.mark.parametrize("command", ["demo", "pretrain", "train", "iterate", "tune"])
-def test_a_run_folder_given_as_a_uri_is_refused_before_anything_is_written(
-    command, tmp_path, capsys, monkeypatch
+def test_a_sweep_folder_given_as_a_uri_is_refused_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
 ):
-    """A run folder is a local path: ``--out s3://...`` used to make a local folder
-    named ``s3:``. Refused in one line that says what object storage takes instead."""
+    """``raysv tune --out s3://...``: a sweep's trials write their run folders where they
+    run, so a sweep folder is a local path (or a shared mount). Refused in one line that
+    names the commands that take a URI (tests/data/test_object_store.py runs them)."""
     from raysv.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main([command, "--out", "s3://bucket/run"]) == 2
+    assert main(["tune", "--out", "s3://bucket/run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"raysv {command}: error: ")
-    assert "out='s3://bucket/run': a run folder is a local path" in err
-    assert "train.storage_path=s3://" in err and "\n" not in err
+    assert err.startswith("raysv tune: error: ")
+    assert "out='s3://bucket/run': a sweep folder is a local path" in err
+    assert "(demo, pretrain, train, iterate) take --out s3://" in err and "\n" not in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["demo", "pretrain", "train", "iterate", "tune"])
+def test_a_run_folder_given_as_a_file_uri_is_refused(command, tmp_path, capsys, monkeypatch):
+    """``file://`` names a local path: refused in one line (give the path), nothing written."""
+    from raysv.cli import main
+
+    monkeypatch.chdir(tmp_path)
     assert os.listdir(tmp_path) == []
     assert main([command, "--out", "file:///tmp/run"]) == 2
     assert "give a run folder as a plain path, without file://" in capsys.readouterr().err

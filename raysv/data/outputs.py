@@ -253,11 +253,16 @@ def commit(tmp: str, out: str, command: str, rows: int, extra: dict | None = Non
     (:func:`check_out` ran before the work). On an object store ``tmp`` is a
     writer prefix inside ``out`` (see the module's docstring).
     """
-    from raysv.data import fs
+    from raysv.data import fs, run_store
 
     out = _local_path(out)
     if not fs.is_local(out):
         return _commit_remote(tmp, out, command, rows, extra)
+    remote = run_store.remote_of(out)
+    if remote is not None and not fs.is_local(tmp):  # staged in the bucket: see staged()
+        marker = _commit_remote(tmp, remote, command, rows, extra)
+        run_store.fetch_output(remote, out)
+        return marker
     names = sorted(  # "_" and "." files are the command's own records, not parts
         n for n in os.listdir(tmp) if n.endswith(".parquet") and not n.startswith(("_", "."))
     )
@@ -326,10 +331,19 @@ def staged(out: str, command: str) -> Iterator[str]:
 
     The caller calls :func:`commit` when its parts are complete; if the body
     raises, the sibling is removed and ``out`` is untouched.
+
+    An ``out`` in the working copy of a run folder on object storage
+    (:mod:`raysv.data.run_store`) is staged in the bucket, where Ray workers on any
+    node can write, and :func:`commit` copies the output into the working copy.
     """
-    from raysv.data import fs
+    from raysv.data import fs, run_store
 
     out = _local_path(out)
+    remote = run_store.remote_of(out)
+    if remote is not None:
+        with staged(remote, command) as tmp:
+            yield tmp
+        return
     if fs.is_local(out) and os.path.abspath(out) in (os.getcwd(), os.path.abspath(os.sep)):
         raise OutputError(
             f"{out}: {command} replaces its output folder whole, so it can't be the current "

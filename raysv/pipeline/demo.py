@@ -23,7 +23,9 @@ import time
 from dataclasses import replace
 
 from raysv.config import changed_keys, check_run_folder, config, setting, to_dict
+from raysv.data import run_store
 from raysv.data.outputs import claim_run, read_json, write_json_atomic
+from raysv.data.run_store import on_object_storage
 from raysv.pipeline.iterate import ClusterSpec, IterateConfig, Schedule
 from raysv.synth.corpus import SynthConfig
 from raysv.training.config import (
@@ -192,6 +194,7 @@ class DemoConfig:
                 raise ValueError(f"{key} is set by the demo from {by}; remove it")
 
 
+@on_object_storage("raysv demo")  # --out s3://...: a working copy kept in the bucket
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo pipeline; returns the summary (also written to ``out/summary.json``)."""
     from raysv.data import fs
@@ -232,6 +235,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         {"n_mels": cfg.n_mels},
         device="cpu",  # numpy features: nothing for a GPU to do
     )
+    run_store.sync()
     log.info("[4/6] baseline: scoring trials")
     results = {}
     # centred on the mean of the training utterances' embeddings, as every raysv score
@@ -342,6 +346,7 @@ def _stages(
             experiment=cfg.experiment,
         )
         s1 = run_pretrain(pcfg)
+        run_store.sync()  # a run folder on object storage: Stage I is in the bucket
     last = s1["history"][-1] if s1["history"] else {}
     res["stage1"] = {
         "epochs": s1["epochs"],

@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 from raysv.clustering.auto_schedule import lgl_share
 from raysv.clustering.sharded import KMeansSpec
 from raysv.config import changed_keys, check_run_folder, config, setting, to_dict
-from raysv.data import fs
+from raysv.data import fs, run_store
 from raysv.data.holdout import training_rows, trial_utt_ids
 from raysv.data.outputs import claim_run, write_json_atomic
+from raysv.data.run_store import on_object_storage
 from raysv.errors import ConfigError
 from raysv.training.stage2_config import GateSpec, Stage2Config
 
@@ -505,6 +506,7 @@ def _round_metrics(r: int, cl: dict, tr: dict, scores: dict) -> dict:
     return m
 
 
+@on_object_storage("raysv iterate")  # --out s3://...: a working copy kept in the bucket
 def run_iterate(cfg: IterateConfig, *, callbacks=()) -> dict:
     """Run R rounds; returns the summary (also ``<out>/summary.json``). ``callbacks``:
     Ray Train callbacks of every round's training run (``raysv tune``'s round trials)."""
@@ -557,6 +559,7 @@ def run_iterate(cfg: IterateConfig, *, callbacks=()) -> dict:
         )
         summary["initial"] = scores
         tracking.log_metrics(_flat_scores(scores), step=0)
+        run_store.sync()
         for r in range(1, cfg.rounds + 1):
             sched = cfg.schedule.at(r)
             rdir = os.path.join(out, f"round{r}")
@@ -637,6 +640,7 @@ def run_iterate(cfg: IterateConfig, *, callbacks=()) -> dict:
                     "train_seconds": tr.get("seconds"),
                 }
             )
+            run_store.sync()  # a run folder on object storage: this round is in the bucket
         if cfg.final_clustering:
             sched = cfg.schedule.at(cfg.rounds + 1)
             cl = _cluster(

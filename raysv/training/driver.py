@@ -167,12 +167,21 @@ def check_encoder(name: str, n_mels: int, kwargs: dict):
     return encoder
 
 
+def storage_folder(train, out: str) -> str:
+    """Ray Train's ``storage_path``: ``train.storage_path``, by default ``<out>/ray``, and
+    in the bucket when ``out`` is the working copy of a run folder on object storage
+    (:mod:`raysv.data.run_store`): a run killed mid-stage resumes from there on any disk."""
+    from raysv.data import run_store
+
+    return train.storage_path or run_store.location(os.path.join(out, "ray"))
+
+
 def checkpoint_folder(train, out: str, name: str) -> str:
     """Where Ray Train keeps run ``name``'s checkpoints: ``<storage_path>/<name>``, by
     default ``<out>/ray/<name>`` (a local path or a URI)."""
     from raysv.data import fs
 
-    return fs.join(train.storage_path or os.path.join(out, "ray"), name)
+    return fs.join(storage_folder(train, out), name)
 
 
 def checkpoints_line(train, out: str, name: str) -> str:
@@ -220,7 +229,7 @@ def build_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=train.storage_path or os.path.join(out, "ray"),
+            storage_path=storage_folder(train, out),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.num_to_keep),
             callbacks=list(callbacks),

@@ -22,6 +22,7 @@ from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
 from raysv.data.outputs import claim_run, write_json_atomic
 from raysv.data.problems import Problems
+from raysv.data.run_store import on_object_storage
 from raysv.errors import ConfigError, ManifestError
 from raysv.models.checkpoint import encoder_spec, save_encoder
 from raysv.training import data as tdata
@@ -266,6 +267,7 @@ def input_spec(cfg: PretrainConfig, epochs: int, spare_epochs: int) -> tdata.Inp
     )
 
 
+@on_object_storage("raysv pretrain")  # --out s3://...: a working copy kept in the bucket
 def run_pretrain(cfg: PretrainConfig, *, callbacks=()) -> dict:
     """Run Stage I; returns the summary (also ``<out>/summary.json``)."""
     from raysv.training.pretrain_worker import train_loop

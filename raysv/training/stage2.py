@@ -29,6 +29,7 @@ from raysv.data import fs, ingest
 from raysv.data.holdout import training_rows
 from raysv.data.outputs import claim_run, ensure_folder, write_json_atomic
 from raysv.data.problems import Problems
+from raysv.data.run_store import on_object_storage
 from raysv.data.schema import conform
 from raysv.errors import ConfigError, RaysvError
 from raysv.training import data as tdata
@@ -233,6 +234,7 @@ def input_spec(cfg: Stage2Config) -> tdata.InputSpec:
     )
 
 
+@on_object_storage("raysv train")  # --out s3://...: a working copy kept in the bucket
 def run_train(cfg: Stage2Config, *, callbacks=()) -> dict:
     """Run Stage II training; returns the summary (also ``<out>/summary.json``)."""
     from raysv.training.stage2_worker import build_classifier, train_loop

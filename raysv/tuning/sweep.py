@@ -165,7 +165,7 @@ class SweepConfig:
     experiment: str = setting("raysv-tune", why="one MLflow experiment per command, named so")
 
     def __post_init__(self):
-        check_run_folder(self.out)
+        check_run_folder(self.out, uri=False)
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")

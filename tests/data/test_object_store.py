@@ -157,14 +157,16 @@ def test_readers_take_only_the_listed_parts_from_s3(s3, tmp_path):
 
 
 # ---------------------------------------------------------------- the real CLI on S3
-def _cli(s3, cwd, *argv: str) -> subprocess.CompletedProcess:
-    """``python -m raysv.cli ...`` with the S3 environment and a local Ray of its own."""
+def _cli(s3, cwd, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m raysv.cli ...`` with the S3 environment (plus ``env``) and a local Ray
+    of its own."""
     return subprocess.run(
         [sys.executable, "-m", "raysv.cli", *argv],
         cwd=cwd,
         env={
             **s3.env,
             "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, s3.env.get("PYTHONPATH")])),
+            **(env or {}),
         },
         capture_output=True,
         text=True,
@@ -494,3 +496,194 @@ def test_checkpoints_in_the_bucket_resume_a_run_on_a_fresh_disk(s3, tiny_corpus,
     assert os.path.isfile(second["best_model"]) and second["best_model"].startswith(
         str(tmp_path / "b")
     )
+
+
+# ---------------------------------------------------------------- run folders on S3
+def _work(monkeypatch, tmp_path, name: str) -> str:
+    """Point RAYSV_WORK_DIR at a fresh folder (another machine's disk); returns it."""
+    root = str(tmp_path / name)
+    monkeypatch.setenv("RAYSV_WORK_DIR", root)
+    return root
+
+
+def _files(folder: str) -> dict:
+    """``{relative path: bytes}`` of the files under ``folder``."""
+    got = {}
+    for base, _, names in os.walk(folder):
+        for n in names:
+            with open(os.path.join(base, n), "rb") as f:
+                got[os.path.relpath(os.path.join(base, n), folder)] = f.read()
+    return got
+
+
+def test_a_run_folder_on_s3_travels_between_working_copies(s3, tmp_path, monkeypatch):
+    """``--out s3://...``: the run writes into a working copy that is pushed to the bucket
+    when it ends; another machine's run of that folder (a fresh working copy) starts from
+    the bucket's copy; a file changed or removed there reaches the first copy on its next
+    run; temporary (hidden) files never travel."""
+    from raysv.data import run_store
+
+    uri = f"s3://{BUCKET}/runs/travel"
+    _work(monkeypatch, tmp_path, "a")
+    with run_store.run_folder(uri, "raysv test") as a:
+        assert a.startswith(str(tmp_path / "a")) and os.path.isdir(a)
+        assert run_store.active() == (a, uri)
+        outputs.claim_run(a, "raysv test")
+        fs.write_bytes(os.path.join(a, "summary.json"), b'{"epochs": 1}')
+        fs.write_bytes(os.path.join(a, "stage1", "best_model.pt"), b"weights-1")
+        fs.write_bytes(os.path.join(a, ".scratch"), b"temporary")
+    assert run_store.active() is None
+    assert s3.keys("runs/travel/") == [
+        "runs/travel/_raysv_run.json",
+        "runs/travel/stage1/best_model.pt",
+        "runs/travel/summary.json",
+    ]
+    _work(monkeypatch, tmp_path, "b")
+    with run_store.run_folder(uri, "raysv test") as b:
+        assert b != a
+        assert {k: v for k, v in _files(b).items() if not k.startswith(".")} == {
+            "_raysv_run.json": _files(a)["_raysv_run.json"],
+            "summary.json": b'{"epochs": 1}',
+            os.path.join("stage1", "best_model.pt"): b"weights-1",
+        }
+        fs.write_bytes(os.path.join(b, "summary.json"), b'{"epochs": 2, "more": true}')
+        os.remove(os.path.join(b, "stage1", "best_model.pt"))
+    kept = [k for k in s3.keys("runs/travel/") if not k.endswith("/")]  # not pyarrow's folders
+    assert kept == ["runs/travel/_raysv_run.json", "runs/travel/summary.json"]
+    _work(monkeypatch, tmp_path, "a")
+    with run_store.run_folder(uri, "raysv test") as again:
+        assert again == a
+        assert _files(a)["summary.json"] == b'{"epochs": 2, "more": true}'
+        assert not os.path.exists(os.path.join(a, "stage1", "best_model.pt"))
+        assert _files(a)[".scratch"] == b"temporary"  # local, never sent
+
+
+def test_a_run_folder_on_s3_is_pushed_when_the_run_fails(s3, tmp_path, monkeypatch):
+    """What a failed run did is in the bucket: the push runs when the body raises."""
+    from raysv.data import run_store
+
+    _work(monkeypatch, tmp_path, "a")
+    failing = run_store.run_folder(f"s3://{BUCKET}/runs/failed", "raysv test")
+    with pytest.raises(RuntimeError, match="stage 2 failed"), failing as a:
+        fs.write_bytes(os.path.join(a, "stage1", "summary.json"), b"{}")
+        raise RuntimeError("stage 2 failed")
+    assert "runs/failed/stage1/summary.json" in s3.keys("runs/failed/")
+
+
+def test_a_prefix_holding_a_users_objects_is_not_taken_for_a_run_folder(s3, tmp_path, monkeypatch):
+    """A prefix with objects but no run marker of ours is refused, naming an object;
+    nothing is written or deleted there, no working copy is made."""
+    from raysv.data import run_store
+    from raysv.training.pretrain import run_pretrain
+
+    root = _work(monkeypatch, tmp_path, "a")
+    s3.client.put_object(Bucket=BUCKET, Key="users/notes.txt", Body=b"mine")
+    refused = r"holds 1 object\(s\) \(e.g. notes.txt\) but no _raysv_run.json"
+    with (
+        pytest.raises(OutputError, match=refused),
+        run_store.run_folder(f"s3://{BUCKET}/users", "raysv test"),
+    ):
+        raise AssertionError("not reached")
+    from raysv.training.config import PretrainConfig
+
+    with pytest.raises(OutputError, match="not a run folder of this raysv"):
+        run_pretrain(PretrainConfig(out=f"s3://{BUCKET}/users"))
+    assert s3.keys("users/") == ["users/notes.txt"]
+    assert not os.path.exists(root)
+
+
+def test_outputs_of_a_run_on_s3_are_staged_in_the_bucket(s3, tmp_path, monkeypatch):
+    """In a working copy, an output folder (what Ray workers write: embeddings, pseudo
+    labels) is staged in the bucket, so that workers on any node can write it, then
+    copied into the working copy; the push does not upload it again, and replacing it
+    leaves only the new output in both places. Ray Train's checkpoints default to the
+    bucket."""
+    from raysv.data import run_store
+    from raysv.training.config import TrainSpec
+    from raysv.training.driver import storage_folder
+
+    uri = f"s3://{BUCKET}/runs/staged"
+    _work(monkeypatch, tmp_path, "a")
+    with run_store.run_folder(uri, "raysv test") as a:
+        emb = os.path.join(a, "round0", "embeddings")
+        with outputs.staged(emb, "raysv embed") as tmp:
+            assert tmp.startswith(f"{uri}/round0/embeddings/w-")
+            fs.write_table(pa.table({"utt_id": _ids(0, 3)}), f"{tmp}/part-0.parquet")
+            outputs.commit(tmp, emb, "raysv embed", 3)
+        assert fs.read_table(emb).column("utt_id").to_pylist() == _ids(0, 3)
+        first = outputs.read_marker(emb)["parts"]
+        assert os.path.isfile(os.path.join(emb, first[0]))
+        assert run_store.push(a, uri) == {"uploaded": 0, "deleted": 0}  # already there
+        with outputs.staged(emb, "raysv embed") as tmp:
+            fs.write_table(pa.table({"utt_id": _ids(5, 2)}), f"{tmp}/part-0.parquet")
+            outputs.commit(tmp, emb, "raysv embed", 2)
+        assert fs.read_table(emb).column("utt_id").to_pylist() == _ids(5, 2)
+        assert fs.read_table(f"{uri}/round0/embeddings").column("utt_id").to_pylist() == _ids(5, 2)
+        assert not os.path.exists(os.path.join(emb, first[0]))
+        assert storage_folder(TrainSpec(), os.path.join(a, "stage1")) == f"{uri}/stage1/ray"
+        assert storage_folder(TrainSpec(), str(tmp_path / "x")) == str(tmp_path / "x" / "ray")
+    new = outputs.read_marker(emb)["parts"][0]  # w-<id>/part-0.parquet
+    assert [k for k in s3.keys("runs/staged/round0/") if not k.endswith("/")] == [
+        "runs/staged/round0/embeddings/_SUCCESS",
+        f"runs/staged/round0/embeddings/{new.split('/')[0]}/{outputs.STAGING}",
+        f"runs/staged/round0/embeddings/{new}",
+    ]
+
+
+@pytest.mark.slow  # ~4 min on 2 cores (three CLI runs, each with its own Ray): .ci/run's 2nd step
+def test_run_folders_on_s3_resume_on_a_fresh_disk(s3, tiny_corpus, tmp_path):
+    """``raysv pretrain`` and ``raysv iterate`` with ``--out s3://...``: the bucket holds
+    the run folders (summaries, best models, the rounds' embeddings and pseudo labels,
+    MLflow's store), Ray Train's checkpoints go straight to ``<out>/ray`` there, nothing
+    lands in a local ``s3:`` folder; the Stage I run started again with more epochs on
+    another disk (a fresh working copy) resumes from the bucket: the step count goes on
+    and the earlier epochs are the same, not trained again."""
+    smoke = os.path.join(ROOT, "configs", "pretrain_smoke.yaml")
+    stage1 = f"s3://{BUCKET}/runs/stage1"
+
+    def run(work: str, *argv: str) -> tuple[dict, str]:
+        done = _cli(s3, tmp_path, *argv, "--json", env={"RAYSV_WORK_DIR": str(tmp_path / work)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return cli_json(done.stdout), done.stderr
+
+    pre = ["pretrain", "--config", smoke, "--data", tiny_corpus, "--out", stage1]
+    first, log = run("a", *pre)
+    assert f"run folder {stage1}, working copy {tmp_path / 'a'}" in log
+    assert f"Stage I: checkpoints go to {stage1}/ray/smoke" in log
+    keys = s3.keys("runs/stage1/")
+    for name in ("summary.json", "best_model.pt", "_raysv_run.json", "mlflow.db"):
+        assert f"runs/stage1/{name}" in keys, keys
+    assert any(k.startswith("runs/stage1/ray/smoke/checkpoint_") for k in keys), keys
+    copy, where = first["out"], first["run_folder"]
+    assert where == stage1
+    assert copy.startswith(str(tmp_path / "a")) and not os.path.exists(os.path.join(copy, "ray"))
+    assert not os.path.exists(tmp_path / "s3:")
+
+    stage2 = f"s3://{BUCKET}/runs/stage2"
+    init = os.path.join(copy, "best_model.pt")
+    it_smoke = os.path.join(ROOT, "configs", "iterate_smoke.yaml")
+    argv = ["iterate", "--config", it_smoke, "--data", tiny_corpus, "--init", init]
+    rounds, _ = run("a", *argv, "--out", stage2, "--set", "rounds=1")
+    assert len(rounds["rounds"]) == 1 and rounds["run_folder"] == stage2
+    keys = s3.keys("runs/stage2/")
+    for name in (
+        "summary.json",
+        "round1/train/best_model.pt",
+        "round0/embeddings/pool/_SUCCESS",
+        "round1/labels/_SUCCESS",
+    ):
+        assert f"runs/stage2/{name}" in keys, keys
+    labels = outputs.read_marker(f"{stage2}/round1/labels")
+    assert fs.read_table(f"{stage2}/round1/labels").num_rows == labels["rows"]
+
+    second, log = run("b", *pre, "--set", "train.epochs=4")
+    assert "Stage I: resuming from the last of" in log and f"at {stage1}/ray/smoke" in log
+    per_epoch = first["history"][0]["steps_in_epoch"]
+    assert second["steps"] == 4 * per_epoch
+    assert [e["epoch"] for e in second["history"]] == [0, 1, 2, 3]
+    assert second["history"][:2] == first["history"]  # restored from the bucket, not rerun
+    assert second["out"].startswith(str(tmp_path / "b"))
+    summary = json.loads(
+        s3.client.get_object(Bucket=BUCKET, Key="runs/stage1/summary.json")["Body"].read()
+    )
+    assert summary["steps"] == 4 * per_epoch
