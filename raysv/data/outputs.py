@@ -341,6 +341,7 @@ def staged(out: str, command: str) -> Iterator[str]:
     out = _local_path(out)
     remote = run_store.remote_of(out)
     if remote is not None:
+        check_out(out, command)  # the working copy's folder too: commit replaces it
         with staged(remote, command) as tmp:
             yield tmp
         return

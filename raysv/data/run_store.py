@@ -12,24 +12,38 @@ the run's home:
    started again on another machine (a fresh disk) continues from what the
    bucket holds, finished stages included.
 2. The command runs on the working copy. Ray Train writes its checkpoints
-   straight to ``<out>/<stage>/ray`` in the bucket (:func:`location`, used
-   where the checkpoint folder defaults to ``<stage out>/ray``), so a run killed
-   mid-stage resumes from the bucket. Outputs that Ray workers write (embedding
-   parts, pseudo-label parts, records of unreadable rows) are staged in the
-   bucket too (:func:`raysv.data.outputs.staged`) and then copied into the
-   working copy, so workers on other nodes never write to the driver's disk.
+   straight to the bucket, under ``ray/`` of each stage's folder there
+   (:func:`location`, used where the checkpoint folder defaults to
+   ``<stage out>/ray``), so a run killed mid-stage resumes from the bucket.
+   Output folders of parts (embeddings, pseudo labels, and the records of
+   unreadable rows that embedding actors write) are staged in the bucket
+   (:func:`raysv.data.outputs.staged`) and then copied into the working copy.
 3. :func:`sync` *pushes* the working copy's new and changed files at each
    stage's end, and once more when the command ends (failed or not): what is
    done is in the bucket.
 
 Sync is by file: a record (``.raysv-sync.json`` in the working copy) holds, per
 file, its local (size, mtime) and the object's (size, mtime) at the last
-transfer. A push uploads files changed locally since then and deletes objects
-whose local file the run removed (only objects it uploaded itself and that no
-one changed since); a pull downloads objects changed in the bucket since then
-(the bucket wins over a local change: two machines writing one run folder at
-once is not supported) and removes local copies of objects deleted from the
-bucket. Names starting with ``.`` (a command's temporary files) are not synced.
+transfer. A push uploads files changed locally since then, and an index of
+their local modification times (``_raysv_files.json``); it deletes nothing (an
+output replaced in the working copy was replaced in the bucket as it was
+written). A pull downloads objects changed in the bucket since then or missing
+locally, with the modification times they had (a corpus's fingerprint counts
+them), and removes local files whose objects were deleted from the bucket and
+that did not change since; the bucket wins over a local change (two machines
+running one run folder at once is not supported). Not synced: names starting
+with ``.`` (a command's temporary files) and ``ray/`` folders (checkpoints,
+read from the bucket). The run marker carries a run id: a working copy made for
+an earlier run at the same URI (the prefix was emptied since) is set aside,
+not mixed in.
+
+Limits. Summaries and MLflow's store name absolute paths in the working copy:
+a run resumed elsewhere needs the same ``RAYSV_WORK_DIR`` (the default is the
+same on machines with the same home folder). On a multi-node cluster, Train
+workers and embedding actors read a stage's inputs (manifests, shards, the
+encoder) from the working copy and rank 0 writes its per-epoch records there,
+so ``RAYSV_WORK_DIR`` must be on a file system every node sees; the bucket
+spares that file system from keeping anything.
 """
 
 from __future__ import annotations
@@ -37,26 +51,34 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pyarrow.fs as pafs
 
 from raysv.data import fs
-from raysv.errors import OutputError
+from raysv.errors import ManifestError, OutputError
 
 log = logging.getLogger("raysv")
 
 RECORD = ".raysv-sync.json"
+INDEX = "_raysv_files.json"  # in the bucket: each file's local (size, mtime_ns) when pushed
 RUN_MARKER = "_raysv_run.json"  # as raysv.data.outputs.RUN_MARKER (imported there: no cycle)
 
 _active: list[tuple[str, str]] = []  # (working copy, URI) of the run this process runs
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line (pyarrow's S3 errors span several)."""
+    return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
 def is_uri(out: str) -> bool:
@@ -104,17 +126,25 @@ def remote_of(path: str) -> str | None:
 
 
 # ---------------------------------------------------------------- listing and transfer
+def _synced(rel: str) -> bool:
+    """Whether relative path ``rel`` travels: not hidden (a command's temporary files),
+    not under a ``ray/`` folder (Ray Train's checkpoints: already in the bucket, and
+    read from there), not the bucket's index of mtimes."""
+    parts = rel.split("/")
+    return rel != INDEX and not any(p.startswith(".") or p == "ray" for p in parts)
+
+
 def _local_files(local: str) -> dict[str, tuple[int, int]]:
-    """``{relative path: (size, mtime_ns)}`` of the files under ``local`` (none hidden)."""
+    """``{relative path: (size, mtime_ns)}`` of the files under ``local`` that travel."""
     found: dict[str, tuple[int, int]] = {}
     for base, dirs, files in os.walk(local):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "ray")
         for name in sorted(files):
-            if name.startswith("."):
-                continue
             path = os.path.join(base, name)
-            st = os.stat(path)
-            found[os.path.relpath(path, local).replace(os.sep, "/")] = (st.st_size, st.st_mtime_ns)
+            rel = os.path.relpath(path, local).replace(os.sep, "/")
+            if _synced(rel):
+                st = os.stat(path)
+                found[rel] = (st.st_size, st.st_mtime_ns)
     return found
 
 
@@ -123,7 +153,7 @@ def _stat(info: pafs.FileInfo) -> tuple[int, int]:
 
 
 def _remote_files(uri: str) -> dict[str, tuple[int, int]]:
-    """``{relative key: (size, mtime_ns)}`` of the objects under ``uri`` (none hidden)."""
+    """``{relative key: (size, mtime_ns)}`` of the objects under ``uri`` that travel."""
     store, base = fs.resolve(uri)
     base = base.rstrip("/")
     infos = store.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -132,7 +162,7 @@ def _remote_files(uri: str) -> dict[str, tuple[int, int]]:
         if info.type != pafs.FileType.File:
             continue
         rel = info.path[len(base) + 1 :]
-        if rel and not any(part.startswith(".") for part in rel.split("/")):
+        if rel and _synced(rel):
             found[rel] = _stat(info)
     return found
 
@@ -143,15 +173,17 @@ def _copy(src_store, src: str, dst_store, dst: str) -> None:
             fout.write(chunk)
 
 
-def _download(store, key: str, path: str) -> tuple[int, int]:
-    """Object ``key`` into local file ``path`` (a temporary file renamed into place);
-    returns the local file's (size, mtime_ns)."""
+def _download(store, key: str, path: str, mtime_ns: int | None = None) -> tuple[int, int]:
+    """Object ``key`` into local file ``path`` (a temporary file renamed into place), with
+    modification time ``mtime_ns`` when given (the time the file had where it was
+    written: a corpus's fingerprint counts it); returns the file's (size, mtime_ns)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(
-        os.path.dirname(path), f".{os.path.basename(path)}.get-{uuid.uuid4().hex[:8]}"
-    )
+    name = f".{os.path.basename(path)}.get-{uuid.uuid4().hex[:8]}"
+    tmp = os.path.join(os.path.dirname(path), name)
     try:
         _copy(store, key, pafs.LocalFileSystem(), tmp)
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -161,76 +193,94 @@ def _download(store, key: str, path: str) -> tuple[int, int]:
 
 
 def _load_record(local: str) -> dict:
+    """The working copy's sync record: ``{"run_id": ..., "files": {rel: {"local": [size,
+    mtime_ns], "remote": [size, mtime_ns]}}}`` (empty when missing or damaged: then
+    every file is compared afresh, a full transfer)."""
     path = os.path.join(local, RECORD)
-    if not os.path.isfile(path):
-        return {}
     try:
         with open(path) as f:
             rec = json.load(f)
     except (OSError, json.JSONDecodeError):
-        return {}  # a damaged record: every file is compared afresh (a full transfer)
-    return rec if isinstance(rec, dict) else {}
+        return {"files": {}}
+    if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict):
+        return {"files": {}}
+    return rec
 
 
 def _save_record(local: str, record: dict) -> None:
-    fs.write_bytes(os.path.join(local, RECORD), json.dumps(record, indent=0).encode())
+    fs.write_bytes(os.path.join(local, RECORD), json.dumps(record).encode())
+
+
+def _index(uri: str) -> dict:
+    """The bucket's index of the files' local (size, mtime_ns) as last pushed."""
+    try:
+        got = json.loads(fs.read_bytes(fs.join(uri, INDEX)))
+    except (ManifestError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
 
 
 # ---------------------------------------------------------------- pull and push
 def pull(uri: str, local: str) -> dict:
     """Bring the working copy ``local`` up to the bucket's copy ``uri`` (see the module's
-    docstring). Returns ``{"downloaded": n, "removed": n}``."""
+    docstring): objects changed in the bucket since the last transfer, or missing
+    locally, are downloaded with the modification times they had when pushed; local
+    files whose object was deleted from the bucket, and that did not change since the
+    last transfer, are removed. Returns ``{"downloaded": n, "removed": n}``."""
     store, base = fs.resolve(uri)
     base = base.rstrip("/")
     os.makedirs(local, exist_ok=True)
     record = _load_record(local)
+    files = record["files"]
     remote = _remote_files(uri)
     here = _local_files(local)
+    index = _index(uri)
     got = removed = 0
     for rel, rstat in sorted(remote.items()):
-        rec = record.get(rel)
-        if rec and tuple(rec["remote"]) == rstat and here.get(rel) is not None:
+        rec = files.get(rel)
+        if rec and tuple(rec["remote"]) == rstat and rel in here:
             continue  # unchanged in the bucket since the last transfer
-        lstat = _download(store, f"{base}/{rel}", os.path.join(local, *rel.split("/")))
-        record[rel] = {"local": list(lstat), "remote": list(rstat)}
+        was = index.get(rel)
+        mtime = (
+            int(was[1]) if isinstance(was, list) and len(was) == 2 and was[0] == rstat[0] else None
+        )
+        lstat = _download(store, f"{base}/{rel}", os.path.join(local, *rel.split("/")), mtime)
+        files[rel] = {"local": list(lstat), "remote": list(rstat)}
         got += 1
-    for rel in sorted(set(record) - set(remote)):
+    for rel in sorted(set(files) - set(remote)):
         lstat = here.get(rel)
-        if lstat is not None and tuple(record[rel]["local"]) == lstat:
-            os.remove(os.path.join(local, *rel.split("/")))  # deleted in the bucket
+        if lstat is not None and tuple(files[rel]["local"]) == lstat:
+            os.remove(os.path.join(local, *rel.split("/")))  # deleted from the bucket
             removed += 1
-        record.pop(rel)
+        files.pop(rel)
     _save_record(local, record)
     return {"downloaded": got, "removed": removed}
 
 
 def push(local: str, uri: str) -> dict:
-    """Upload the working copy's files changed since the last transfer to ``uri`` and
-    delete the objects of files the run removed (see the module's docstring).
-    Returns ``{"uploaded": n, "deleted": n}``."""
+    """Upload the working copy's files that changed since the last transfer to ``uri``,
+    then the index of their modification times. Deletes nothing: an output replaced in
+    the working copy was replaced in the bucket when it was written
+    (:func:`raysv.data.outputs.commit`). Returns ``{"uploaded": n}``."""
     store, base = fs.resolve(uri)
     base = base.rstrip("/")
     record = _load_record(local)
+    files = record["files"]
     here = _local_files(local)
-    sent = deleted = 0
+    sent = 0
     for rel, lstat in sorted(here.items()):
-        rec = record.get(rel)
+        rec = files.get(rel)
         if rec and tuple(rec["local"]) == lstat:
             continue
         key = f"{base}/{rel}"
         _copy(pafs.LocalFileSystem(), os.path.join(local, *rel.split("/")), store, key)
-        record[rel] = {"local": list(lstat), "remote": list(_stat(store.get_file_info(key)))}
+        files[rel] = {"local": list(lstat), "remote": list(_stat(store.get_file_info(key)))}
         sent += 1
-    gone = sorted(set(record) - set(here))
-    if gone:
-        infos = store.get_file_info([f"{base}/{rel}" for rel in gone])
-        for rel, info in zip(gone, infos, strict=True):
-            if info.type == pafs.FileType.File and _stat(info) == tuple(record[rel]["remote"]):
-                store.delete_file(info.path)  # ours, unchanged since we wrote it
-                deleted += 1
-            record.pop(rel)
+    if sent:
+        index = {rel: rec["local"] for rel, rec in sorted(files.items())}
+        fs.write_bytes(fs.join(uri, INDEX), json.dumps(index).encode())
     _save_record(local, record)
-    return {"uploaded": sent, "deleted": deleted}
+    return {"uploaded": sent}
 
 
 def record_transfer(local_path: str) -> None:
@@ -245,16 +295,23 @@ def record_transfer(local_path: str) -> None:
     remote = _remote_files(fs.join(uri, rel_root))
     for rel, lstat in _local_files(local_path).items():
         if rel in remote:
-            record[f"{rel_root}/{rel}"] = {"local": list(lstat), "remote": list(remote[rel])}
+            record["files"][f"{rel_root}/{rel}"] = {
+                "local": list(lstat),
+                "remote": list(remote[rel]),
+            }
     _save_record(local, record)
 
 
 def fetch_output(uri: str, path: str) -> None:
     """Copy the complete output folder at ``uri`` into local ``path`` (replacing an earlier
-    copy whole: the new one is assembled in a hidden sibling, then renamed into place)."""
+    copy whole: the new one is assembled in a hidden sibling, then renamed into place;
+    hidden siblings a killed fetch left are removed first)."""
     store, base = fs.resolve(uri)
     base = base.rstrip("/")
     parent, name = os.path.split(os.path.abspath(path))
+    for kind in ("get", "old"):
+        for p in glob.glob(os.path.join(parent, f".{glob.escape(name)}.{kind}-*")):
+            shutil.rmtree(p, ignore_errors=True)
     tmp = os.path.join(parent, f".{name}.get-{uuid.uuid4().hex[:8]}")
     try:
         for rel in sorted(_remote_files(uri)):
@@ -279,19 +336,18 @@ def sync() -> None:
     if not _active:
         return
     local, uri = _active[-1]
-    done = push(local, uri)
-    if done["uploaded"] or done["deleted"]:
-        log.info(
-            "run folder %s: %d file(s) uploaded, %d object(s) removed",
-            uri,
-            done["uploaded"],
-            done["deleted"],
-        )
+    try:
+        done = push(local, uri)
+    except OSError as exc:
+        raise OutputError(f"{uri}: cannot upload the run folder: {one_line(exc)}") from None
+    if done["uploaded"]:
+        log.info("run folder %s: %d file(s) uploaded", uri, done["uploaded"])
 
 
 # ---------------------------------------------------------------- the run folder
-def _claim(uri: str, command: str) -> None:
-    """Refuse a prefix that holds objects but no run marker of ours; mark a new one."""
+def _claim(uri: str, command: str) -> str:
+    """Refuse a prefix that holds objects but no run marker of ours; mark a new one.
+    Returns the run's id (in the marker: a prefix emptied and used again is another run)."""
     from raysv.data.outputs import RUN_FORMAT, read_json
 
     store, base = fs.resolve(uri)
@@ -300,21 +356,35 @@ def _claim(uri: str, command: str) -> None:
     marker = fs.join(uri, RUN_MARKER)
     rec = read_json(marker)
     if rec is None:
-        entries = fs.list_names(uri)
+        infos = store.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        entries = sorted(  # objects, not the empty folder markers some tools leave
+            i.path[len(base.rstrip("/")) + 1 :] for i in infos if i.type == pafs.FileType.File
+        )
         if entries:
             raise OutputError(
                 f"{uri}: holds {len(entries)} object(s) (e.g. {entries[0]}) but no {RUN_MARKER}: "
                 f"not a run folder of this raysv; give {command} a new or empty --out "
                 "(raysv never deletes what it did not write)"
             )
-        fs.write_bytes(marker, json.dumps({"format": RUN_FORMAT, "command": command}).encode())
-        return
+        run_id = uuid.uuid4().hex
+        body = {"format": RUN_FORMAT, "command": command, "run_id": run_id}
+        fs.write_bytes(marker, json.dumps(body).encode())
+        return run_id
     if not isinstance(rec, dict) or rec.get("format") != RUN_FORMAT:
         found = rec.get("format") if isinstance(rec, dict) else None
         raise OutputError(
             f"{uri}: a run folder of format {found!r}, this raysv reads {RUN_FORMAT!r}; "
             f"rerun {command} into a new --out"
         )
+    return str(rec.get("run_id"))
+
+
+def _set_aside(local: str) -> str:
+    """Rename a working copy of an earlier run at the same URI out of the way (kept, not
+    deleted: it may hold the only copy of what that run did after its last push)."""
+    aside = f"{local}.earlier-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    os.rename(local, aside)
+    return aside
 
 
 @contextlib.contextmanager
@@ -328,9 +398,23 @@ def run_folder(out: str, command: str) -> Iterator[str]:
     if _active:
         raise OutputError(f"{out}: a run folder on object storage inside another one")
     uri = str(out).rstrip("/")
-    _claim(uri, command)
     local = work_copy(uri)
-    got = pull(uri, local)
+    try:
+        run_id = _claim(uri, command)
+        if os.path.isdir(local) and _load_record(local).get("run_id") not in (None, run_id):
+            log.warning(
+                "%s: the working copy %s is of an earlier run at this URI (the bucket's "
+                "prefix was emptied since): kept as %s, starting from the bucket",
+                command,
+                local,
+                _set_aside(local),
+            )
+        got = pull(uri, local)
+    except OSError as exc:
+        raise OutputError(f"{uri}: cannot read the run folder: {one_line(exc)}") from None
+    record = _load_record(local)
+    record["run_id"] = run_id
+    _save_record(local, record)
     log.info(
         "%s: run folder %s, working copy %s (%d file(s) from the bucket); results are "
         "uploaded at each stage's end, checkpoints go straight to the bucket",
@@ -340,11 +424,17 @@ def run_folder(out: str, command: str) -> Iterator[str]:
         got["downloaded"],
     )
     _active.append((local, uri))
+    failed = True
     try:
         yield local
+        failed = False
     finally:
         try:
             sync()
+        except OutputError as exc:
+            if not failed:
+                raise
+            log.error("%s: after the failure below, %s", command, exc)  # the failure wins
         finally:
             _active.pop()
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -519,9 +520,11 @@ def _files(folder: str) -> dict:
 def test_a_run_folder_on_s3_travels_between_working_copies(s3, tmp_path, monkeypatch):
     """``--out s3://...``: the run writes into a working copy that is pushed to the bucket
     when it ends; another machine's run of that folder (a fresh working copy) starts from
-    the bucket's copy; a file changed or removed there reaches the first copy on its next
-    run; temporary (hidden) files never travel."""
+    the bucket's copy, files with the times they had (a corpus's fingerprint counts
+    them); a file changed there, or deleted from the bucket, reaches the first copy on
+    its next run; temporary (hidden) files and ``ray/`` folders never travel."""
     from raysv.data import run_store
+    from raysv.data.corpus import fingerprint
 
     uri = f"s3://{BUCKET}/runs/travel"
     _work(monkeypatch, tmp_path, "a")
@@ -531,10 +534,14 @@ def test_a_run_folder_on_s3_travels_between_working_copies(s3, tmp_path, monkeyp
         outputs.claim_run(a, "raysv test")
         fs.write_bytes(os.path.join(a, "summary.json"), b'{"epochs": 1}')
         fs.write_bytes(os.path.join(a, "stage1", "best_model.pt"), b"weights-1")
+        fs.write_bytes(os.path.join(a, "corpus", "wav", "s1", "u1.wav"), b"RIFF-audio")
         fs.write_bytes(os.path.join(a, ".scratch"), b"temporary")
+        fs.write_bytes(os.path.join(a, "stage1", "ray", "state.pt"), b"ray's")
     assert run_store.active() is None
     assert s3.keys("runs/travel/") == [
+        "runs/travel/_raysv_files.json",
         "runs/travel/_raysv_run.json",
+        "runs/travel/corpus/wav/s1/u1.wav",
         "runs/travel/stage1/best_model.pt",
         "runs/travel/summary.json",
     ]
@@ -545,17 +552,51 @@ def test_a_run_folder_on_s3_travels_between_working_copies(s3, tmp_path, monkeyp
             "_raysv_run.json": _files(a)["_raysv_run.json"],
             "summary.json": b'{"epochs": 1}',
             os.path.join("stage1", "best_model.pt"): b"weights-1",
+            os.path.join("corpus", "wav", "s1", "u1.wav"): b"RIFF-audio",
         }
+        corpus = os.path.join("corpus", "wav", "s1", "u1.wav")
+        assert os.stat(os.path.join(b, corpus)).st_mtime_ns == (
+            os.stat(os.path.join(a, corpus)).st_mtime_ns
+        )
+        assert fingerprint(os.path.join(b, "corpus")) == fingerprint(os.path.join(a, "corpus"))
         fs.write_bytes(os.path.join(b, "summary.json"), b'{"epochs": 2, "more": true}')
-        os.remove(os.path.join(b, "stage1", "best_model.pt"))
-    kept = [k for k in s3.keys("runs/travel/") if not k.endswith("/")]  # not pyarrow's folders
-    assert kept == ["runs/travel/_raysv_run.json", "runs/travel/summary.json"]
+    s3.client.delete_object(Bucket=BUCKET, Key="runs/travel/stage1/best_model.pt")
     _work(monkeypatch, tmp_path, "a")
     with run_store.run_folder(uri, "raysv test") as again:
         assert again == a
         assert _files(a)["summary.json"] == b'{"epochs": 2, "more": true}'
         assert not os.path.exists(os.path.join(a, "stage1", "best_model.pt"))
         assert _files(a)[".scratch"] == b"temporary"  # local, never sent
+
+
+def test_an_emptied_prefix_is_a_new_run_and_the_old_copy_is_kept(s3, tmp_path, monkeypatch):
+    """A prefix emptied and used again is another run: the working copy of the earlier
+    one (which may hold what it did after its last push) is set aside, not mixed in."""
+    from raysv.data import run_store
+
+    uri = f"s3://{BUCKET}/runs/again"
+    root = _work(monkeypatch, tmp_path, "a")
+    with run_store.run_folder(uri, "raysv test") as a:
+        fs.write_bytes(os.path.join(a, "stage1", "summary.json"), b"{}")
+    fs.write_bytes(os.path.join(a, "stage1", "best_model.pt"), b"after the last push")
+    for key in s3.keys("runs/again/"):
+        s3.client.delete_object(Bucket=BUCKET, Key=key)
+    with run_store.run_folder(uri, "raysv test") as fresh:
+        assert fresh == a and not os.path.exists(os.path.join(fresh, "stage1"))
+    (aside,) = [n for n in os.listdir(root) if ".earlier-" in n]
+    assert _files(os.path.join(root, aside))[os.path.join("stage1", "best_model.pt")] == (
+        b"after the last push"
+    )
+
+
+def test_a_bucket_that_is_not_there_is_one_line(s3, tmp_path, monkeypatch):
+    """Storage errors name the URI in one line, not a traceback of pyarrow's."""
+    from raysv.data import run_store
+
+    _work(monkeypatch, tmp_path, "a")
+    with pytest.raises(OutputError) as err, run_store.run_folder("s3://nobucket/run", "raysv t"):
+        raise AssertionError("not reached")
+    assert str(err.value).startswith("s3://nobucket/run: ") and "\n" not in str(err.value)
 
 
 def test_a_run_folder_on_s3_is_pushed_when_the_run_fails(s3, tmp_path, monkeypatch):
@@ -613,7 +654,7 @@ def test_outputs_of_a_run_on_s3_are_staged_in_the_bucket(s3, tmp_path, monkeypat
         assert fs.read_table(emb).column("utt_id").to_pylist() == _ids(0, 3)
         first = outputs.read_marker(emb)["parts"]
         assert os.path.isfile(os.path.join(emb, first[0]))
-        assert run_store.push(a, uri) == {"uploaded": 0, "deleted": 0}  # already there
+        assert run_store.push(a, uri) == {"uploaded": 0}  # already there
         with outputs.staged(emb, "raysv embed") as tmp:
             fs.write_table(pa.table({"utt_id": _ids(5, 2)}), f"{tmp}/part-0.parquet")
             outputs.commit(tmp, emb, "raysv embed", 2)
@@ -636,7 +677,7 @@ def test_run_folders_on_s3_resume_on_a_fresh_disk(s3, tiny_corpus, tmp_path):
     the run folders (summaries, best models, the rounds' embeddings and pseudo labels,
     MLflow's store), Ray Train's checkpoints go straight to ``<out>/ray`` there, nothing
     lands in a local ``s3:`` folder; the Stage I run started again with more epochs on
-    another disk (a fresh working copy) resumes from the bucket: the step count goes on
+    another disk (its working copy gone) resumes from the bucket: the step count goes on
     and the earlier epochs are the same, not trained again."""
     smoke = os.path.join(ROOT, "configs", "pretrain_smoke.yaml")
     stage1 = f"s3://{BUCKET}/runs/stage1"
@@ -676,13 +717,15 @@ def test_run_folders_on_s3_resume_on_a_fresh_disk(s3, tiny_corpus, tmp_path):
     labels = outputs.read_marker(f"{stage2}/round1/labels")
     assert fs.read_table(f"{stage2}/round1/labels").num_rows == labels["rows"]
 
-    second, log = run("b", *pre, "--set", "train.epochs=4")
+    shutil.rmtree(copy)  # another machine's disk: the same RAYSV_WORK_DIR, empty
+    second, log = run("a", *pre, "--set", "train.epochs=4")
+    assert f"working copy {copy} (" in log
     assert "Stage I: resuming from the last of" in log and f"at {stage1}/ray/smoke" in log
     per_epoch = first["history"][0]["steps_in_epoch"]
     assert second["steps"] == 4 * per_epoch
     assert [e["epoch"] for e in second["history"]] == [0, 1, 2, 3]
     assert second["history"][:2] == first["history"]  # restored from the bucket, not rerun
-    assert second["out"].startswith(str(tmp_path / "b"))
+    assert second["out"] == copy and second["run_folder"] == stage1
     summary = json.loads(
         s3.client.get_object(Bucket=BUCKET, Key="runs/stage1/summary.json")["Body"].read()
     )
