@@ -441,13 +441,18 @@ def claim_run(folder: str, command: str) -> str:
             )
         write_json_atomic(path, {"format": RUN_FORMAT, "command": command})
         return folder
+    check_run_format(rec, folder, command)
+    return folder
+
+
+def check_run_format(rec, where: str, command: str) -> None:
+    """Refuse a run marker ``rec`` (read at ``where``) of another format than this raysv's."""
     if not isinstance(rec, dict) or rec.get("format") != RUN_FORMAT:
         found = rec.get("format") if isinstance(rec, dict) else None
         raise OutputError(
-            f"{folder}: a run folder of format {found!r}, this raysv reads {RUN_FORMAT!r}; "
+            f"{where}: a run folder of format {found!r}, this raysv reads {RUN_FORMAT!r}; "
             f"rerun {command} into a new --out (or resume it with the raysv that wrote it)"
         )
-    return folder
 
 
 def ensure_folder(path: str, command: str = "raysv") -> str:

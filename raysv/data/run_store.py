@@ -348,7 +348,7 @@ def sync() -> None:
 def _claim(uri: str, command: str) -> str:
     """Refuse a prefix that holds objects but no run marker of ours; mark a new one.
     Returns the run's id (in the marker: a prefix emptied and used again is another run)."""
-    from raysv.data.outputs import RUN_FORMAT, read_json
+    from raysv.data.outputs import RUN_FORMAT, check_run_format, read_json
 
     store, base = fs.resolve(uri)
     if store.get_file_info(base).type == pafs.FileType.File:
@@ -370,12 +370,7 @@ def _claim(uri: str, command: str) -> str:
         body = {"format": RUN_FORMAT, "command": command, "run_id": run_id}
         fs.write_bytes(marker, json.dumps(body).encode())
         return run_id
-    if not isinstance(rec, dict) or rec.get("format") != RUN_FORMAT:
-        found = rec.get("format") if isinstance(rec, dict) else None
-        raise OutputError(
-            f"{uri}: a run folder of format {found!r}, this raysv reads {RUN_FORMAT!r}; "
-            f"rerun {command} into a new --out"
-        )
+    check_run_format(rec, uri, command)
     return str(rec.get("run_id"))
 
 
