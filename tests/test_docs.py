@@ -151,6 +151,79 @@ def test_the_checker_catches_what_disappeared():
     assert command_lines(text) == [(2, "raysv cluster --embeddings e    --out o --k 4 --bogus")]
 
 
+# Dotted names in backticks that look like config keys but are not (an MLflow metric):
+# each must stay a non-key (checked below), so that the list cannot hide a real key.
+NOT_KEYS = {"gate.gate_tau"}
+FILE_SUFFIXES = (
+    "json", "jsonl", "yaml", "yml", "onnx", "ts", "py", "parquet", "png", "html", "db", "pt",
+    "npz", "npy", "txt", "sh", "md",
+)  # fmt: skip
+KEY_SPAN = re.compile(r"`([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)(?:=[^`]*)?`")
+
+
+def _all_config_keys() -> set[str]:
+    """Every dotted key of every command's config tree (mappings as ``key.*``)."""
+    from raysv.reference import COMMANDS
+
+    return set().union(*(_config_keys(c) for c in COMMANDS))
+
+
+def config_key_problems(where: str, text: str, keys: set[str]) -> list[str]:
+    """Backticked dotted names in prose whose first part is a config section (``train``,
+    ``optim``, ``schedule``, ...) but that are no key of any command's config (a key
+    may be written from any level: ``train.epochs`` for ``stage2.train.train.epochs``)."""
+    sections = {k.split(".")[0] for k in keys}
+    problems = []
+    for n, line in enumerate(text.splitlines(), 1):
+        for span in KEY_SPAN.findall(line):
+            if span.split(".")[0] not in sections or span.endswith(FILE_SUFFIXES):
+                continue
+            if span in NOT_KEYS or _documented_key(span, keys):
+                continue
+            problems.append(f"{where}:{n}: `{span}` is no config key")
+    return problems
+
+
+def _documented_key(span: str, keys: set[str]) -> bool:
+    for key in keys:
+        if key == span or key.endswith("." + span):
+            return True
+        if key.endswith(".*"):  # a mapping (a sweep's base, grid, space): anything under it
+            base = key[:-2]
+            for tail in (base, base.rsplit(".", 1)[-1]):
+                if span.startswith(tail + "."):
+                    return True
+    return False
+
+
+def test_every_config_key_named_in_the_docs_exists():
+    """A key named in prose (``train.storage_path``, ``schedule.tau``) that no config
+    has any more fails here, naming the file and line (docs/config.md is generated)."""
+    keys = _all_config_keys()
+    assert not any(_documented_key(k, keys) for k in NOT_KEYS)  # still not keys
+    problems, seen = [], 0
+    for path in DOC_FILES:
+        if path.endswith("config.md"):
+            continue
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        seen += len(KEY_SPAN.findall(text))
+        problems += config_key_problems(os.path.relpath(path, ROOT), text, keys)
+    assert seen > 50, "no key spans found: has the docs' format changed?"
+    assert not problems, "\n".join(problems)
+
+
+def test_the_key_checker_catches_a_vanished_key():
+    keys = _all_config_keys()
+    text = "Set `train.storage_path` or `schedule.tau=auto`, not `train.no_such_key`;\n" + (
+        "`raysv.training.data`, `model.json` and `optim.lr_warp` aside.\n"
+    )
+    assert config_key_problems("D", text, keys) == [
+        "D:1: `train.no_such_key` is no config key",
+        "D:2: `optim.lr_warp` is no config key",
+    ]
+
+
 def test_the_docs_site_builds_in_strict_mode(tmp_path):
     """``mkdocs build --strict``: a broken link, or a page missing from the nav, fails."""
     done = subprocess.run(
