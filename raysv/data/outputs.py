@@ -259,7 +259,12 @@ def commit(tmp: str, out: str, command: str, rows: int, extra: dict | None = Non
     if not fs.is_local(out):
         return _commit_remote(tmp, out, command, rows, extra)
     remote = run_store.remote_of(out)
-    if remote is not None and not fs.is_local(tmp):  # staged in the bucket: see staged()
+    if remote is not None:  # in a run folder on object storage: staged in the bucket
+        if fs.is_local(tmp):  # parts reaching the bucket file by file could be read mixed
+            raise OutputError(
+                f"{out}: staged in {tmp}, a local folder, while the run folder is on object "
+                "storage: stage it with raysv.data.outputs.staged"
+            )
         marker = _commit_remote(tmp, remote, command, rows, extra)
         run_store.fetch_output(remote, out)
         return marker

@@ -661,6 +661,11 @@ def test_outputs_of_a_run_on_s3_are_staged_in_the_bucket(s3, tmp_path, monkeypat
         assert fs.read_table(emb).column("utt_id").to_pylist() == _ids(5, 2)
         assert fs.read_table(f"{uri}/round0/embeddings").column("utt_id").to_pylist() == _ids(5, 2)
         assert not os.path.exists(os.path.join(emb, first[0]))
+        stray = str(tmp_path / "stray")  # staged beside the working copy: refused
+        os.makedirs(stray)
+        with pytest.raises(OutputError, match="a local folder, while the run folder is on object"):
+            outputs.commit(stray, emb, "raysv embed", 0)
+        assert fs.read_table(emb).column("utt_id").to_pylist() == _ids(5, 2)  # untouched
         assert storage_folder(TrainSpec(), os.path.join(a, "stage1")) == f"{uri}/stage1/ray"
         assert storage_folder(TrainSpec(), str(tmp_path / "x")) == str(tmp_path / "x" / "ray")
     new = outputs.read_marker(emb)["parts"][0]  # w-<id>/part-0.parquet
