@@ -345,8 +345,9 @@ def sync() -> None:
 
 
 # ---------------------------------------------------------------- the run folder
-def _claim(uri: str, command: str) -> str:
-    """Refuse a prefix that holds objects but no run marker of ours; mark a new one.
+def _claim(uri: str, command: str, create: bool = True) -> str:
+    """Refuse a prefix that holds objects but no run marker of ours; mark a new one
+    (unless not ``create``: then a prefix without a marker is refused).
     Returns the run's id (in the marker: a prefix emptied and used again is another run)."""
     from raysv.data.outputs import RUN_FORMAT, check_run_format, read_json
 
@@ -360,6 +361,8 @@ def _claim(uri: str, command: str) -> str:
         entries = sorted(  # objects, not the empty folder markers some tools leave
             i.path[len(base.rstrip("/")) + 1 :] for i in infos if i.type == pafs.FileType.File
         )
+        if not create:
+            raise OutputError(f"{uri}: no run folder of raysv there (no {RUN_MARKER})")
         if entries:
             raise OutputError(
                 f"{uri}: holds {len(entries)} object(s) (e.g. {entries[0]}) but no {RUN_MARKER}: "
@@ -383,10 +386,11 @@ def _set_aside(local: str) -> str:
 
 
 @contextlib.contextmanager
-def run_folder(out: str, command: str) -> Iterator[str]:
+def run_folder(out: str, command: str, create: bool = True) -> Iterator[str]:
     """Yield the local folder a run command writes into: ``out`` itself when it is a
     local path, else the working copy of the URI ``out`` (pulled from the bucket first,
-    pushed at :func:`sync` and when the body ends, failed or not)."""
+    pushed at :func:`sync` and when the body ends, failed or not). ``create``: false for
+    a command that reads an existing run folder (``raysv report``)."""
     if not is_uri(out):
         yield out
         return
@@ -395,7 +399,7 @@ def run_folder(out: str, command: str) -> Iterator[str]:
     uri = str(out).rstrip("/")
     local = work_copy(uri)
     try:
-        run_id = _claim(uri, command)
+        run_id = _claim(uri, command, create)
         if os.path.isdir(local) and _load_record(local).get("run_id") not in (None, run_id):
             log.warning(
                 "%s: the working copy %s is of an earlier run at this URI (the bucket's "

@@ -365,7 +365,16 @@ def _sweep_report(summary: dict, folder: str, log_to_mlflow: bool) -> dict:
 
 
 def write_report(run: str, out: str | None = None, log_to_mlflow: bool = True) -> dict:
-    """Write ``report.html`` and its PNGs for run folder ``run``; returns their paths."""
+    """Write ``report.html`` and its PNGs for run folder ``run``; returns their paths.
+
+    ``run`` may be a run folder on object storage (``s3://...``): the report is made
+    in its working copy (:mod:`raysv.data.run_store`) and, by default, uploaded to
+    ``<run>/report``."""
+    from raysv.data import run_store
+
+    if run_store.is_uri(run):
+        with run_store.run_folder(run, "raysv report", create=False) as local:
+            return {**write_report(local, out, log_to_mlflow), "run_folder": run.rstrip("/")}
     import matplotlib
 
     matplotlib.use("Agg")

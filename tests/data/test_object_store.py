@@ -589,6 +589,16 @@ def test_an_emptied_prefix_is_a_new_run_and_the_old_copy_is_kept(s3, tmp_path, m
     )
 
 
+def test_a_report_of_a_prefix_without_a_run_is_refused(s3, tmp_path, monkeypatch, capsys):
+    """``raysv report s3://...`` reads a run folder; a prefix without one is refused in one
+    line and nothing is written there."""
+    _work(monkeypatch, tmp_path, "a")
+    assert main(["report", f"s3://{BUCKET}/runs/none"]) == 2
+    err = capsys.readouterr().err
+    assert f"s3://{BUCKET}/runs/none: no run folder of raysv there" in err
+    assert s3.keys("runs/none") == []
+
+
 def test_a_bucket_that_is_not_there_is_one_line(s3, tmp_path, monkeypatch):
     """Storage errors name the URI in one line, not a traceback of pyarrow's."""
     from raysv.data import run_store
@@ -721,6 +731,10 @@ def test_run_folders_on_s3_resume_on_a_fresh_disk(s3, tiny_corpus, tmp_path):
         assert f"runs/stage2/{name}" in keys, keys
     labels = outputs.read_marker(f"{stage2}/round1/labels")
     assert fs.read_table(f"{stage2}/round1/labels").num_rows == labels["rows"]
+    report, _ = run("a", "report", stage2)  # a report of the run in the bucket, put there
+    assert report["run_folder"] == stage2 and "runs/stage2/report/report.html" in s3.keys(
+        "runs/stage2/report/"
+    )
 
     shutil.rmtree(copy)  # another machine's disk: the same RAYSV_WORK_DIR, empty
     second, log = run("a", *pre, "--set", "train.epochs=4")
