@@ -165,7 +165,8 @@ def tune(a: argparse.Namespace) -> dict:
 
 def report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "run", help="run folder of raysv iterate, demo or tune (a path, or s3://... for a run there)"
+        "run",
+        help="run folder of raysv iterate, demo or tune (a path, or s3://... for a run there)",
     )
     p.add_argument("--out", help="report folder (default: RUN/report)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
