@@ -57,3 +57,8 @@ def raysv_cause(exc: BaseException) -> RaysvError | None:
             return e
         todo += [cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__]
     return None
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message as one line (pyarrow's and torch's errors span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -65,20 +65,15 @@ from collections.abc import Callable, Iterator
 import pyarrow.fs as pafs
 
 from raysv.data import fs
-from raysv.errors import ManifestError, OutputError
+from raysv.data.outputs import RUN_MARKER  # outputs imports this module only in functions
+from raysv.errors import ManifestError, OutputError, one_line
 
 log = logging.getLogger("raysv")
 
 RECORD = ".raysv-sync.json"
 INDEX = "_raysv_files.json"  # in the bucket: each file's local (size, mtime_ns) when pushed
-RUN_MARKER = "_raysv_run.json"  # as raysv.data.outputs.RUN_MARKER (imported there: no cycle)
 
 _active: list[tuple[str, str]] = []  # (working copy, URI) of the run this process runs
-
-
-def one_line(exc: BaseException) -> str:
-    """``exc`` as one line (pyarrow's S3 errors span several)."""
-    return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
 def is_uri(out: str) -> bool:
@@ -267,20 +262,22 @@ def push(local: str, uri: str) -> dict:
     record = _load_record(local)
     files = record["files"]
     here = _local_files(local)
-    sent = 0
-    for rel, lstat in sorted(here.items()):
-        rec = files.get(rel)
-        if rec and tuple(rec["local"]) == lstat:
-            continue
-        key = f"{base}/{rel}"
-        _copy(pafs.LocalFileSystem(), os.path.join(local, *rel.split("/")), store, key)
-        files[rel] = {"local": list(lstat), "remote": list(_stat(store.get_file_info(key)))}
-        sent += 1
+    sent = [
+        rel
+        for rel, lstat in sorted(here.items())
+        if tuple(files.get(rel, {}).get("local", ())) != lstat
+    ]
+    for rel in sent:
+        _copy(pafs.LocalFileSystem(), os.path.join(local, *rel.split("/")), store, f"{base}/{rel}")
+    # the objects' sizes and times, asked for together once they are all up
+    infos = store.get_file_info([f"{base}/{rel}" for rel in sent]) if sent else []
+    for rel, info in zip(sent, infos, strict=True):
+        files[rel] = {"local": list(here[rel]), "remote": list(_stat(info))}
     if sent:
         index = {rel: rec["local"] for rel, rec in sorted(files.items())}
         fs.write_bytes(fs.join(uri, INDEX), json.dumps(index).encode())
     _save_record(local, record)
-    return {"uploaded": sent}
+    return {"uploaded": len(sent)}
 
 
 def record_transfer(local_path: str) -> None:

@@ -31,7 +31,7 @@ from raysv.config import to_dict
 from raysv.data.outputs import write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
-from raysv.errors import ConfigError, ManifestError
+from raysv.errors import ConfigError, ManifestError, one_line
 from raysv.training import data as tdata
 from raysv.training import unreadable
 
@@ -131,10 +131,6 @@ def worker_cpus(node_cpus: list[float], workers: int) -> float:
     cands = sorted({s / k for s in spare if s > 0 for k in range(1, workers + 1)}, reverse=True)
     best = next((c for c in cands if fits(c)), 0.0)
     return max(0.25, math.floor(min(best, (total - 1.0) / workers) * 1e4) / 1e4)
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def check_encoder(name: str, n_mels: int, kwargs: dict):

@@ -23,7 +23,7 @@ from raysv.data.holdout import training_rows
 from raysv.data.outputs import claim_run, write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.run_store import on_object_storage
-from raysv.errors import ConfigError, ManifestError
+from raysv.errors import ConfigError, ManifestError, one_line
 from raysv.models.checkpoint import encoder_spec, save_encoder
 from raysv.training import data as tdata
 from raysv.training.config import PretrainConfig
@@ -32,7 +32,6 @@ from raysv.training.driver import (
     check_encoder,
     evaluate_encoders,
     last_state,
-    one_line,
     train_stage,
     trial_inputs,
 )

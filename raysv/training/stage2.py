@@ -31,7 +31,7 @@ from raysv.data.outputs import claim_run, ensure_folder, write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.run_store import on_object_storage
 from raysv.data.schema import conform
-from raysv.errors import ConfigError, RaysvError
+from raysv.errors import ConfigError, RaysvError, one_line
 from raysv.training import data as tdata
 from raysv.training.config import ModelSpec
 from raysv.training.driver import (
@@ -39,7 +39,6 @@ from raysv.training.driver import (
     check_encoder,
     evaluate_encoders,
     last_state,
-    one_line,
     train_stage,
     trial_inputs,
 )
