@@ -151,10 +151,52 @@ def init_centroids(
     return kmeans.kmeans_plus_plus(sample, k, rng)
 
 
+def draw_start(
+    shards: Shards, k: int, spec: KMeansSpec, initial: np.ndarray | None = None
+) -> tuple[list[int], np.ndarray, np.random.Generator]:
+    """The seeded draws of a k-means run: its training sample and initial centroids.
+
+    Like faiss, iterate on at most ``spec.max_points_per_centroid * k`` points: a
+    sample drawn in each shard in proportion to its rows (each row is in it with
+    probability ``budget / n``; faiss: the first ``budget`` rows of a random
+    permutation), then ``spec.init``'s centroids from that sample (``random``: k
+    of its rows, each with probability ``k / budget``; faiss: the first k of
+    another permutation), unless ``initial (k, d)`` is given. Both sides' draws
+    are uniform; they differ in how the random numbers are made.
+
+    Returns ``(rows per shard's sample, centroids (k, d) float32, the generator
+    that goes on to choose clusters to split)``.
+    """
+    sizes = shards.counts()
+    n = int(sum(sizes))
+    budget = k * spec.max_points_per_centroid
+    if budget < n:
+        log.info(
+            "k-means on a sample of %d of %d embeddings (%d per centroid)",
+            budget,
+            n,
+            spec.max_points_per_centroid,
+        )
+        targets = [int(round(budget * m / n)) for m in sizes]
+    else:
+        targets = list(sizes)  # all rows (resets a sample left by an earlier call)
+    sizes = shards.subsample(targets, spec.seed + 1000)
+    rng = np.random.default_rng(spec.seed)
+    if initial is None:
+        init = spec.init, spec.init_points_per_centroid
+        return sizes, init_centroids(shards, sizes, k, spec.seed, rng, *init), rng
+    cent = np.array(initial, dtype=np.float32)
+    if cent.shape != (k, shards.dim()):
+        raise ConfigError(
+            f"initial centroids of shape {cent.shape}; need (k, d) = ({k}, {shards.dim()})"
+        )
+    return sizes, cent, rng
+
+
 def sharded_kmeans(
     shards: Shards, k: int, spec: KMeansSpec, initial: np.ndarray | None = None
 ) -> KMeansResult:
-    """Lloyd iterations over the shards; seeded init from a sample (see :func:`init_centroids`).
+    """Lloyd iterations over the shards from a seeded sample and start (:func:`draw_start`).
 
     Per iteration the driver receives k x d sums and k counts per actor. The
     objective is the sum of squared L2 distances to the nearest centroid
@@ -171,7 +213,7 @@ def sharded_kmeans(
     ``initial (k, d)``: start from these centroids instead of ``spec.init``'s
     (faiss's ``Clustering.centroids`` given before ``train``; the parity tests use it).
     """
-    iterations, seed, early_stop = spec.iterations, spec.seed, spec.early_stop
+    iterations, early_stop = spec.iterations, spec.early_stop
     t0 = time.monotonic()
     sizes = shards.counts()  # waits for the shards to be read
     load_seconds = time.monotonic() - t0
@@ -179,30 +221,8 @@ def sharded_kmeans(
     warning = kmeans.check_k(k, n)
     if warning:
         log.warning("k-means: %s", warning)
-    # Like faiss: iterate on at most max_points_per_centroid * k points, sampled
-    # across shards in proportion to their sizes; the final assignment uses all.
-    budget = k * spec.max_points_per_centroid
-    if budget < n:
-        log.info(
-            "k-means on a sample of %d of %d embeddings (%d per centroid)",
-            budget,
-            n,
-            spec.max_points_per_centroid,
-        )
-        targets = [int(round(budget * m / n)) for m in sizes]
-    else:
-        targets = list(sizes)  # all rows (resets a sample left by an earlier call)
-    sizes = shards.subsample(targets, seed + 1000)
+    sizes, cent, rng = draw_start(shards, k, spec, initial)
     n = int(sum(sizes))
-    rng = np.random.default_rng(seed)
-    if initial is not None:
-        cent = np.array(initial, dtype=np.float32)
-        if cent.shape != (k, shards.dim()):
-            raise ConfigError(
-                f"initial centroids of shape {cent.shape}; need (k, d) = ({k}, {shards.dim()})"
-            )
-    else:
-        cent = init_centroids(shards, sizes, k, seed, rng, spec.init, spec.init_points_per_centroid)
     if spec.spherical:
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     history = []

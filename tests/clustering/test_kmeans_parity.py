@@ -7,14 +7,16 @@ is faiss's (tested on its own); from independent seeded starts the median
 all-points objective over 5 seeds is within 1 % of faiss.Kmeans's.
 """
 
+import itertools
+
 import faiss
 import numpy as np
 import pytest
 
 from raysv.clustering import kmeans
 from raysv.clustering.driver import cluster
-from raysv.clustering.sharded import KMeansSpec, sharded_kmeans
-from raysv.clustering.shards import LocalShards
+from raysv.clustering.sharded import KMeansSpec, draw_start, sharded_kmeans
+from raysv.clustering.shards import EmbeddingShard, LocalShards
 from tests.clustering.test_kmeans import _write_shards
 
 
@@ -96,6 +98,42 @@ def test_an_empty_cluster_is_split_as_faiss_splits():
 
 def _uniform(n, d, seed):
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def test_the_sample_and_the_start_are_uniform_draws_over_uneven_shards():
+    """What remains different from faiss by design is how the random numbers are made,
+    not what is drawn: over 2000 seeds, each of 600 rows held by shards of 50, 150 and
+    400 rows is in the training sample (200 rows) and among the initial centroids
+    (k = 20) as often as a uniform draw puts it there (faiss: a random permutation's
+    first rows). An equal share per shard, or a sample taken from the first rows,
+    fails this (the start's check alone: a chi-square p of ~0)."""
+    from scipy.stats import chisquare
+
+    n, k, seeds = 600, 20, 2000
+    x = np.stack([np.arange(n), np.zeros(n)], axis=1).astype(np.float32)  # row = its x[:, 0]
+    cuts = [0, 50, 200, n]
+    shards = LocalShards(
+        [EmbeddingShard.from_arrays(np.arange(a, b), x[a:b]) for a, b in itertools.pairwise(cuts)]
+    )
+    in_sample, in_start = np.zeros(n), np.zeros(n)
+    for seed in range(seeds):
+        spec = KMeansSpec(seed=seed, max_points_per_centroid=10)  # a sample of 10 k = 200 rows
+        sizes, cent, _ = draw_start(shards, k, spec)
+        assert sizes == [17, 50, 133]  # in proportion to the shards' rows
+        for shard in shards.shards:
+            in_sample[shard.train[:, 0].astype(int)] += 1
+        rows = cent[:, 0].astype(int)
+        assert len(set(rows)) == k  # k distinct rows of the sample
+        in_start[rows] += 1
+    # each row is in the sample with probability 200/600 (to rounding per shard: 17/50,
+    # 50/150, 133/400): stratified, so far tighter than a chi-square would allow
+    share = np.repeat(np.array(sizes) / np.diff(cuts), np.diff(cuts)) * seeds
+    assert np.abs(in_sample - share).max() < 5 * np.sqrt(seeds * 0.25)
+    assert chisquare(in_sample, share * in_sample.sum() / share.sum()).pvalue > 1e-3
+    assert in_start.sum() == seeds * k
+    assert chisquare(in_start).pvalue > 1e-3  # each row k / n of the time
+    per_shard = [in_start[a:b].sum() / (seeds * k) for a, b in itertools.pairwise(cuts)]
+    np.testing.assert_allclose(per_shard, np.diff(cuts) / n, atol=0.01)
 
 
 def _skewed_overlapping(n, d, components, seed):
