@@ -209,3 +209,43 @@ def test_stage1_bench_sets_up_each_objective_on_the_demos_encoder_and_batch():
     with pytest.raises(ValueError, match="unknown Stage I method 'byol'"):
         method_config(base, "byol")
     assert epochs_for(3, 10.0) == 22 and epochs_for(3, 180.0) == 2 and epochs_for(3, 1e4) == 1
+
+
+def test_the_unpaired_objective_ratio_and_its_interval():
+    """Objectives of independent seeded starts compared as two samples: the ratio of
+    medians and of means with bootstrap intervals that hold the ratio, narrow as the
+    samples grow, and do not depend on the order (the pairing) of either side."""
+    from raysv.bench.cluster import unpaired_ratio
+
+    rng = np.random.default_rng(1)
+    theirs = 100 * (1 + 0.03 * rng.standard_normal(30))
+    ours = 102 * (1 + 0.03 * rng.standard_normal(30))
+    r = unpaired_ratio(list(ours), list(theirs))
+    assert r["median_ratio"] == pytest.approx(np.median(ours) / np.median(theirs), abs=1e-4)
+    assert r["mean_ratio"] == pytest.approx(ours.mean() / theirs.mean(), abs=1e-4)
+    for key in ("median", "mean"):
+        lo, hi = r[f"{key}_ratio_95"]
+        assert lo < r[f"{key}_ratio"] < hi and hi - lo < 0.06
+    assert r["seeds"] == [30, 30]
+    assert unpaired_ratio(list(ours[::-1]), list(theirs)) == r  # no pairing
+    more = unpaired_ratio(
+        list(102 * (1 + 0.03 * rng.standard_normal(300))),
+        list(100 * (1 + 0.03 * rng.standard_normal(300))),
+    )
+    width = lambda v: v["mean_ratio_95"][1] - v["mean_ratio_95"][0]  # noqa: E731
+    assert width(more) < width(r) / 2 and more["mean_ratio_95"][0] > 1.0
+    with pytest.raises(ValueError, match="two or more"):
+        unpaired_ratio([1.0], [1.0, 2.0])
+
+
+def test_the_cluster_bench_seed_count_is_checked(monkeypatch):
+    from raysv.bench.cluster import OBJECTIVE_SEEDS, REPEATS, objective_seeds
+    from raysv.errors import ConfigError
+
+    assert objective_seeds() == OBJECTIVE_SEEDS
+    monkeypatch.setenv("RAYSV_BENCH_CLUSTER_SEEDS", "40")
+    assert objective_seeds() == 40
+    for bad in ("x", "2.5", str(REPEATS - 1)):
+        monkeypatch.setenv("RAYSV_BENCH_CLUSTER_SEEDS", bad)
+        with pytest.raises(ConfigError, match="RAYSV_BENCH_CLUSTER_SEEDS"):
+            objective_seeds()

@@ -36,9 +36,13 @@ the rows are the same); raysv computes its own over every row.
 
 Objective over more seeds (``objective_ratio_median_all_seeds``): one random
 start is luck (on these blobs the ratio ranges over +-5 % by seed), so beside the
-pairs' seeds 1-3, seeds up to ``OBJECTIVE_SEEDS`` run both sides in this process
-(raysv over in-memory shards holding the same files as its actors would, so
-the same results as ``raysv cluster --seed s``) for the objective.
+pairs' seeds 1-3, seeds up to ``OBJECTIVE_SEEDS`` (``RAYSV_BENCH_CLUSTER_SEEDS``)
+run both sides in this process (raysv over in-memory shards holding the same
+files as its actors would, so the same results as ``raysv cluster --seed s``)
+for the objective. Seed s of one side shares no random numbers with seed s of
+the other, so beside the median of per-seed ratios the two sides' objectives are
+compared as two samples (``objective_unpaired``: ratio of medians and of means,
+each with a bootstrap interval; :func:`unpaired_ratio`).
 
 Same start (``objective_ratio_same_start``): from independent seeded starts
 each side lands in its own local minimum, so per seed the objective ratio
@@ -135,7 +139,24 @@ def _repeat(folder: str, out: str, copies: int) -> str:
 
 
 REPEATS = 3
-OBJECTIVE_SEEDS = 9  # the objective's median over seeds 1-9: the pairs' 1-3, then in-process
+OBJECTIVE_SEEDS = 9  # the objective over seeds 1-9: the pairs' 1-3, then in-process
+
+
+def objective_seeds() -> int:
+    """How many seeds the objective is compared over: ``RAYSV_BENCH_CLUSTER_SEEDS`` or
+    :data:`OBJECTIVE_SEEDS` (at least the pairs' ``REPEATS``)."""
+    from raysv.errors import ConfigError
+
+    text = os.environ.get("RAYSV_BENCH_CLUSTER_SEEDS", "").strip()
+    if not text:
+        return OBJECTIVE_SEEDS
+    if not text.isdigit() or int(text) < REPEATS:
+        raise ConfigError(
+            f"RAYSV_BENCH_CLUSTER_SEEDS must be a whole number >= {REPEATS}; got {text!r}"
+        )
+    return int(text)
+
+
 SAME_START_ITERATIONS = 5  # from the same start on every point: 5 x (1M x 1000 x 192) searches
 SIZES = (100_000, 1_000_000, 10_000_000)  # the scaling runs' N (--sizes)
 QUICK_SIZES = (5_000, 50_000, 200_000)
@@ -283,6 +304,34 @@ def _faiss_same_start(folder: str, d: int, k: int, seed: int, path: str) -> dict
         "start": path,
         "history_objective": [float(st["obj"]) for st in km.iteration_stats],
         "history_splits": [int(st["nsplit"]) for st in km.iteration_stats],
+    }
+
+
+def unpaired_ratio(ours: list[float], theirs: list[float], draws: int = 10_000) -> dict:
+    """Two samples of objectives from independent seeded starts, compared as samples.
+
+    Seed s of raysv and seed s of faiss share no random numbers, so per-seed ratios
+    pair unrelated draws (their median depends on the pairing). Instead: median(ours)
+    / median(theirs) and mean / mean, each with a 95 % bootstrap interval (``draws``
+    resamples of each side apart, seeded: the same figures for the same inputs in
+    any order).
+    ``ours (n,)``, ``theirs (m,)``: objectives. Returns ``{"median_ratio",
+    "median_ratio_95", "mean_ratio", "mean_ratio_95", "seeds"}``."""
+    a, b = np.sort(np.asarray(ours, np.float64)), np.sort(np.asarray(theirs, np.float64))
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"need two or more objectives per side; got {a.size} and {b.size}")
+    rng = np.random.default_rng(0)
+    ra = a[rng.integers(0, a.size, (draws, a.size))]
+    rb = b[rng.integers(0, b.size, (draws, b.size))]
+    med = np.median(ra, axis=1) / np.median(rb, axis=1)
+    mean = ra.mean(axis=1) / rb.mean(axis=1)
+    band = lambda v: [round(float(q), 4) for q in np.quantile(v, [0.025, 0.975])]  # noqa: E731
+    return {
+        "median_ratio": round(float(np.median(a) / np.median(b)), 4),
+        "median_ratio_95": band(med),
+        "mean_ratio": round(float(a.mean() / b.mean()), 4),
+        "mean_ratio_95": band(mean),
+        "seeds": [int(a.size), int(b.size)],
     }
 
 
@@ -436,6 +485,7 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
         "raysv's default shards",
     }
     reps = 1 if quick else REPEATS
+    seeds = objective_seeds()
     log.info(
         "k-means benchmark: %d x %d, k = %d: %d raysv/faiss pairs, %d from the same start, "
         "scaling at N = %s",
@@ -451,7 +501,7 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
         folder = _write(x, f"{tmp}/emb")
         small = _write(x[: n // 10], f"{tmp}/emb_small")
         size_data = _size_folders(x, {n: folder, n // 10: small}, sizes, tmp)
-        same_sample = same_sample_objectives(x, k, list(range(1, OBJECTIVE_SEEDS + 1)))
+        same_sample = same_sample_objectives(x, k, list(range(1, seeds + 1)))
         del x
         # The two sides alternate, REPEATS times: this machine's speed drifts by up to
         # 1.8x over minutes (the same faiss search took 2.0 to 3.6 s per iteration in
@@ -476,7 +526,7 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
             raysv_side = _ours(folder, f"{tmp}/out", k, seed=r + 1, initial=faiss_side["start"])
             same_start.append((raysv_side, faiss_side))
         extra_seeds = _objective_seeds(
-            folder, d, k, list(range(reps + 1, OBJECTIVE_SEEDS + 1)), ours[0]["shards"]
+            folder, d, k, list(range(reps + 1, seeds + 1)), ours[0]["shards"]
         )
         ours_small = _ours(small, f"{tmp}/out_small", k)
         gpu = _gpu(folder, f"{tmp}/out_gpu", k) if _has_cuda() else None
@@ -529,6 +579,15 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
         round(r["raysv"] / r["faiss"], 4) for r in extra_seeds
     ]
     res["objective_ratio_median_all_seeds"] = float(np.median(res["objective_ratio_all_seeds"]))
+    # the same seeds' objectives as two samples (seed s of each side shares nothing)
+    res["objectives_all_seeds"] = [
+        {"seed": r + 1, "faiss": b["objective_all"], "raysv": o["objective_all"]}
+        for r, (o, b) in enumerate(zip(ours, base, strict=True))
+    ] + extra_seeds
+    res["objective_unpaired"] = unpaired_ratio(
+        [r["raysv"] for r in res["objectives_all_seeds"]],
+        [r["faiss"] for r in res["objectives_all_seeds"]],
+    )
     res["same_start"] = (
         f"faiss.Kmeans's initial centroids (niter=0) for seeds 1-{reps}, then "
         f"{SAME_START_ITERATIONS} iterations on all {n} points on both sides"
