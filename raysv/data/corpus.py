@@ -338,13 +338,24 @@ def refuse_stale(summary: dict, run_dir: str, outputs: tuple[str, ...]) -> None:
     result paths (relative) that later steps would reuse. Results made from the
     old import must not be mixed with the new one (a stale embedding pool, for
     one, could still hold audio the new import holds out).
+
+    In a run folder on object storage (``run_dir`` its working copy) the results are
+    looked for in the bucket too (checkpoints, ``ray/``, are only there) and the
+    message names the bucket's paths: removing them there removes them here.
     """
+    from raysv.data.run_store import location
+
     if summary.get("reused", True):
         return
-    found = [o for o in outputs if os.path.exists(os.path.join(run_dir, o))]
+
+    def made(name: str) -> bool:
+        path = os.path.join(run_dir, name)
+        return os.path.exists(path) or (location(path) != path and fs.exists(location(path)))
+
+    found = [o for o in outputs if made(o)]
     if found:
         raise ManifestError(
-            f"{summary['data']}: the corpus changed since {run_dir} was started, and "
-            f"{os.path.join(run_dir, found[0])} was made from the old import; use a new --out "
-            f"(or remove {', '.join(found)} there to redo those steps)"
+            f"{summary['data']}: the corpus changed since {location(run_dir)} was started, and "
+            f"{location(os.path.join(run_dir, found[0]))} was made from the old import; use a "
+            f"new --out (or remove {', '.join(found)} there to redo those steps)"
         )

@@ -621,6 +621,28 @@ def test_a_run_folder_on_s3_is_pushed_when_the_run_fails(s3, tmp_path, monkeypat
     assert "runs/failed/stage1/summary.json" in s3.keys("runs/failed/")
 
 
+def test_results_of_an_old_import_are_found_in_the_bucket_too(s3, tmp_path, monkeypatch):
+    """A corpus imported again over a run on s3 is refused when the run's results are in
+    the bucket, checkpoints included (they are only there), and the message names the
+    bucket's paths (removing them there is what redoes the steps)."""
+    from raysv.data import run_store
+    from raysv.data.corpus import refuse_stale
+
+    _work(monkeypatch, tmp_path, "a")
+    uri = f"s3://{BUCKET}/runs/stale"
+    changed = {"reused": False, "data": "/corpora/mine"}
+    with run_store.run_folder(uri, "raysv test") as a:
+        refuse_stale(changed, a, ("ray", "summary.json"))  # nothing made yet: goes on
+        fs.write_bytes(f"{uri}/ray/checkpoint_000000/model.pt", b"as Ray Train writes it")
+        assert not os.path.exists(os.path.join(a, "ray"))
+        with pytest.raises(ManifestError) as err:
+            refuse_stale(changed, a, ("ray", "summary.json"))
+        assert f"the corpus changed since {uri} was started, and {uri}/ray was made" in str(
+            err.value
+        )
+        refuse_stale({**changed, "reused": True}, a, ("ray",))  # the same import: goes on
+
+
 def test_a_prefix_holding_a_users_objects_is_not_taken_for_a_run_folder(s3, tmp_path, monkeypatch):
     """A prefix with objects but no run marker of ours is refused, naming an object;
     nothing is written or deleted there, no working copy is made."""
