@@ -36,7 +36,8 @@ the rows are the same); raysv computes its own over every row.
 
 Objective over more seeds (``objective_ratio_median_all_seeds``): one random
 start is luck (on these blobs the ratio ranges over +-5 % by seed), so beside the
-pairs' seeds 1-3, seeds up to ``OBJECTIVE_SEEDS`` (``RAYSV_BENCH_CLUSTER_SEEDS``)
+pairs' seeds 1-3, seeds up to ``OBJECTIVE_SEEDS`` (``RAYSV_BENCH_CLUSTER_SEEDS``,
+which sets the same-sample comparison's seeds too)
 run both sides in this process (raysv over in-memory shards holding the same
 files as its actors would, so the same results as ``raysv cluster --seed s``)
 for the objective. Seed s of one side shares no random numbers with seed s of
@@ -143,17 +144,18 @@ OBJECTIVE_SEEDS = 9  # the objective over seeds 1-9: the pairs' 1-3, then in-pro
 
 
 def objective_seeds() -> int:
-    """How many seeds the objective is compared over: ``RAYSV_BENCH_CLUSTER_SEEDS`` or
-    :data:`OBJECTIVE_SEEDS` (at least the pairs' ``REPEATS``)."""
+    """How many seeds the objective is compared over, from independent starts and from
+    the same sample and start: ``RAYSV_BENCH_CLUSTER_SEEDS`` or :data:`OBJECTIVE_SEEDS`
+    (at least 2; the pairs' seeds are always among them)."""
+    import re
+
     from raysv.errors import ConfigError
 
     text = os.environ.get("RAYSV_BENCH_CLUSTER_SEEDS", "").strip()
     if not text:
         return OBJECTIVE_SEEDS
-    if not text.isdigit() or int(text) < REPEATS:
-        raise ConfigError(
-            f"RAYSV_BENCH_CLUSTER_SEEDS must be a whole number >= {REPEATS}; got {text!r}"
-        )
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 2:
+        raise ConfigError(f"RAYSV_BENCH_CLUSTER_SEEDS must be a whole number >= 2; got {text!r}")
     return int(text)
 
 
@@ -307,29 +309,49 @@ def _faiss_same_start(folder: str, d: int, k: int, seed: int, path: str) -> dict
     }
 
 
-def unpaired_ratio(ours: list[float], theirs: list[float], draws: int = 10_000) -> dict:
+def unpaired_ratio(ours: list[float], theirs: list[float], draws: int = 9999) -> dict:
     """Two samples of objectives from independent seeded starts, compared as samples.
 
     Seed s of raysv and seed s of faiss share no random numbers, so per-seed ratios
     pair unrelated draws (their median depends on the pairing). Instead: median(ours)
-    / median(theirs) and mean / mean, each with a 95 % bootstrap interval (``draws``
-    resamples of each side apart, seeded: the same figures for the same inputs in
-    any order).
+    / median(theirs) and mean / mean, each with a two-sample BCa bootstrap interval
+    (scipy.stats.bootstrap, ``draws`` resamples of each side apart, seeded: the same
+    figures for the same inputs in any order). Approximate with few seeds: in a
+    simulation (3 % normal spread, 200 repetitions) the mean's 95 % interval held
+    the true ratio 92 % of the time at 9 seeds per side and 96 % at 30.
     ``ours (n,)``, ``theirs (m,)``: objectives. Returns ``{"median_ratio",
     "median_ratio_95", "mean_ratio", "mean_ratio_95", "seeds"}``."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
     a, b = np.sort(np.asarray(ours, np.float64)), np.sort(np.asarray(theirs, np.float64))
     if a.size < 2 or b.size < 2:
         raise ValueError(f"need two or more objectives per side; got {a.size} and {b.size}")
-    rng = np.random.default_rng(0)
-    ra = a[rng.integers(0, a.size, (draws, a.size))]
-    rb = b[rng.integers(0, b.size, (draws, b.size))]
-    med = np.median(ra, axis=1) / np.median(rb, axis=1)
-    mean = ra.mean(axis=1) / rb.mean(axis=1)
-    band = lambda v: [round(float(q), 4) for q in np.quantile(v, [0.025, 0.975])]  # noqa: E731
+
+    def band(stat) -> list[float]:
+        with warnings.catch_warnings():  # BCa on ties (a median's resamples) may degenerate
+            warnings.simplefilter("ignore")
+            for method in ("BCa", "percentile"):
+                ci = bootstrap(
+                    (a, b),
+                    stat,
+                    n_resamples=draws,
+                    method=method,
+                    paired=False,
+                    vectorized=True,
+                    random_state=0,
+                ).confidence_interval
+                if np.isfinite(ci.low) and np.isfinite(ci.high):
+                    break
+        return [round(float(ci.low), 4), round(float(ci.high), 4)]
+
+    median = lambda x, y, axis=-1: np.median(x, axis=axis) / np.median(y, axis=axis)  # noqa: E731
+    mean = lambda x, y, axis=-1: np.mean(x, axis=axis) / np.mean(y, axis=axis)  # noqa: E731
     return {
-        "median_ratio": round(float(np.median(a) / np.median(b)), 4),
-        "median_ratio_95": band(med),
-        "mean_ratio": round(float(a.mean() / b.mean()), 4),
+        "median_ratio": round(float(median(a, b)), 4),
+        "median_ratio_95": band(median),
+        "mean_ratio": round(float(mean(a, b)), 4),
         "mean_ratio_95": band(mean),
         "seeds": [int(a.size), int(b.size)],
     }

@@ -116,12 +116,20 @@ class KMeansSpec:
 def _gather_sample(
     shards: Shards, sizes: list[int], m: int, rng: np.random.Generator, seed: int
 ) -> np.ndarray:
-    """``(m, d)`` training points sampled across shards in proportion to their sizes."""
+    """``(m, d)`` training points sampled across shards in proportion to their sizes
+    ``sizes`` (training rows per shard; ``m`` <= their sum).
+
+    How many come from each shard is a multinomial draw (each point picks its shard);
+    where that asks a shard for more rows than it has, which happens when one shard
+    is small beside ``m``, the counts are drawn again without replacement (a
+    multivariate hypergeometric), so that always ``m`` distinct rows come back."""
     n = int(sum(sizes))
     per = np.bincount(
         rng.choice(len(shards), size=m, p=np.asarray(sizes) / n), minlength=len(shards)
     )
-    return shards.sample(list(per), seed)
+    if np.any(per > np.asarray(sizes)):
+        per = rng.multivariate_hypergeometric(np.asarray(sizes, dtype=np.int64), m)
+    return shards.sample([int(c) for c in per], seed)
 
 
 def init_centroids(
@@ -156,15 +164,19 @@ def draw_start(
 ) -> tuple[list[int], np.ndarray, np.random.Generator]:
     """The seeded draws of a k-means run: its training sample and initial centroids.
 
-    Like faiss, iterate on at most ``spec.max_points_per_centroid * k`` points: a
-    sample drawn in each shard in proportion to its rows (each row is in it with
-    probability ``budget / n``; faiss: the first ``budget`` rows of a random
-    permutation), then ``spec.init``'s centroids from that sample (``random``: k
-    of its rows, each with probability ``k / budget``; faiss: the first k of
-    another permutation), unless ``initial (k, d)`` is given. Both sides' draws
-    are uniform; they differ in how the random numbers are made.
+    Like faiss, iterate on about ``spec.max_points_per_centroid * k`` points
+    (``budget``): each shard keeps ``round(budget * rows / n)`` of its rows, drawn
+    without replacement (so each row is in the sample with probability about
+    ``budget / n``; faiss: the first ``budget`` rows of a random permutation); this
+    sets the shards' training rows. Then ``spec.init``'s centroids from that
+    sample (``random``: k distinct rows of it, each with probability k / its size;
+    faiss: the first k rows of another permutation — the same chance per row,
+    though raysv's split of k over the shards is a multinomial draw, so the set of
+    k rows is not exactly a uniform k-subset), unless ``initial (k, d)`` is given.
+    The two sides differ in how the random numbers are made, not in each row's
+    chance (tests/clustering/test_kmeans_parity.py).
 
-    Returns ``(rows per shard's sample, centroids (k, d) float32, the generator
+    Returns ``(training rows per shard, centroids (k, d) float32, the generator
     that goes on to choose clusters to split)``.
     """
     sizes = shards.counts()
