@@ -37,10 +37,10 @@ import pyarrow.compute as pc
 
 from raysv.data import fs, ingest
 from raysv.data.holdout import held_out_mask
-from raysv.data.outputs import write_json_atomic
+from raysv.data.outputs import read_json, write_json_atomic
 from raysv.data.problems import Problems
 from raysv.data.trials import parse_trials, resolve_trials
-from raysv.errors import ManifestError
+from raysv.errors import ManifestError, OutputError, one_line
 from raysv.progress import Progress
 
 log = logging.getLogger("raysv")
@@ -331,31 +331,51 @@ def prepare_corpus(
     return man, {**summary, "reused": False}
 
 
+STALE_MARKER = "_raysv_stale_results.json"  # in a run folder: results a refusal named
+
+
 def refuse_stale(summary: dict, run_dir: str, outputs: tuple[str, ...]) -> None:
-    """Refuse to go on in ``run_dir`` when the corpus was just imported again over results.
+    """Refuse to go on in ``run_dir`` when the corpus was imported again over results.
 
     ``summary`` is :func:`prepare_corpus`'s; ``outputs`` are the run folder's
     result paths (relative) that later steps would reuse. Results made from the
     old import must not be mixed with the new one (a stale embedding pool, for
-    one, could still hold audio the new import holds out).
+    one, could still hold audio the new import holds out). The refusal sticks: the
+    new import is already in place, so the next start would find it unchanged; the
+    results named are kept in :data:`STALE_MARKER` and refused again while any of
+    them is there (the marker goes once none is).
 
     In a run folder on object storage (``run_dir`` its working copy) the results are
     looked for in the bucket too (checkpoints, ``ray/``, are only there) and the
-    message names the bucket's paths: removing them there removes them here.
+    message names the bucket's paths: removing them there removes them from the
+    working copy at the next start (a folder left empty there counts as removed).
     """
-    from raysv.data.run_store import location
-
-    if summary.get("reused", True):
-        return
+    from raysv.data.run_store import location, remove_file
 
     def made(name: str) -> bool:
         path = os.path.join(run_dir, name)
-        return os.path.exists(path) or (location(path) != path and fs.exists(location(path)))
+        if os.path.isfile(path) or any(files for _, _, files in os.walk(path)):
+            return True
+        where = location(path)
+        try:
+            return where != path and fs.exists(where)
+        except OSError as exc:
+            raise OutputError(f"{where}: cannot read the run folder: {one_line(exc)}") from None
 
-    found = [o for o in outputs if made(o)]
-    if found:
-        raise ManifestError(
-            f"{summary['data']}: the corpus changed since {location(run_dir)} was started, and "
-            f"{location(os.path.join(run_dir, found[0]))} was made from the old import; use a "
-            f"new --out (or remove {', '.join(found)} there to redo those steps)"
-        )
+    marker = os.path.join(run_dir, STALE_MARKER)
+    if not summary.get("reused", True):
+        named = list(outputs)
+    else:
+        earlier = read_json(marker)
+        named = earlier.get("outputs", []) if isinstance(earlier, dict) else []
+    found = [o for o in named if made(o)]
+    if not found:
+        if os.path.exists(marker):
+            remove_file(marker)  # ours (in the bucket too): the results it named are gone
+        return
+    write_json_atomic(marker, {"data": summary["data"], "outputs": found})
+    raise ManifestError(
+        f"{summary['data']}: the corpus changed since {location(run_dir)} was started, and "
+        f"{location(os.path.join(run_dir, found[0]))} was made from the old import; use a "
+        f"new --out (or remove {', '.join(found)} there to redo those steps)"
+    )

@@ -640,7 +640,35 @@ def test_results_of_an_old_import_are_found_in_the_bucket_too(s3, tmp_path, monk
         assert f"the corpus changed since {uri} was started, and {uri}/ray was made" in str(
             err.value
         )
-        refuse_stale({**changed, "reused": True}, a, ("ray",))  # the same import: goes on
+    # Started again: still refused (the refusal sticks), until the results named are
+    # deleted in the bucket, as the message says; the next start then goes on.
+    with run_store.run_folder(uri, "raysv test") as a:
+        fs.write_bytes(os.path.join(a, "stage1", "summary.json"), b"{}")
+    stale = pytest.raises(ManifestError, match=f"{uri}/ray was made from the old import")
+    with run_store.run_folder(uri, "raysv test") as a, stale:
+        refuse_stale({**changed, "reused": True}, a, ("ray", "stage1"))
+    for key in s3.keys("runs/stale/ray/") + s3.keys("runs/stale/stage1/"):
+        s3.client.delete_object(Bucket=BUCKET, Key=key)
+    with run_store.run_folder(uri, "raysv test") as a:
+        refuse_stale({**changed, "reused": True}, a, ("ray", "stage1"))  # goes on
+        assert not os.path.exists(os.path.join(a, "stage1", "summary.json"))
+    assert not any("_raysv_stale_results" in key for key in s3.keys("runs/stale/"))
+
+
+def test_a_store_lost_while_checking_for_old_results_is_one_line(s3, tmp_path, monkeypatch):
+    """The object store stops answering while a run looks for results of an old import
+    there (the endpoint now a closed port on loopback): one line naming the path, not
+    pyarrow's traceback."""
+    from raysv.data import run_store
+    from raysv.data.corpus import refuse_stale
+
+    _work(monkeypatch, tmp_path, "a")
+    uri = f"s3://{BUCKET}/runs/lost"
+    with pytest.raises(OutputError) as err, run_store.run_folder(uri, "raysv test") as a:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens
+        refuse_stale({"reused": False, "data": "/corpora/mine"}, a, ("ray",))
+    assert str(err.value).startswith(f"{uri}/ray: cannot read the run folder: ")
+    assert "\n" not in str(err.value)
 
 
 def test_a_prefix_holding_a_users_objects_is_not_taken_for_a_run_folder(s3, tmp_path, monkeypatch):

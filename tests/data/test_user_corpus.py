@@ -199,12 +199,23 @@ def test_results_of_an_old_import_are_not_mixed_with_a_new_one(tmp_path):
     _, s = prepare_corpus(str(data), str(run / "manifests"))
     refuse_stale(s, str(run), ("stage1",))  # a fresh run folder: nothing to mix
     (run / "stage1").mkdir()
+    (run / "stage1" / "summary.json").write_text("{}")
     _, s = prepare_corpus(str(data), str(run / "manifests"))
     refuse_stale(s, str(run), ("stage1",))  # unchanged corpus: its results stand
     _audio(str(data / "unlabeled" / "late.wav"), seed=5)
     _, s = prepare_corpus(str(data), str(run / "manifests"))
     with pytest.raises(ManifestError, match=r"corpus changed since .*stage1 was made from the old"):
         refuse_stale(s, str(run), ("stage1",))
+    # Started again: the new import is in place now (reused), and still refused.
+    _, s = prepare_corpus(str(data), str(run / "manifests"))
+    assert s["reused"] is True
+    with pytest.raises(ManifestError, match=r"stage1 was made from the old import"):
+        refuse_stale(s, str(run), ("stage1",))
+    # The results removed (an empty folder left behind counts as removed): it goes on.
+    (run / "stage1" / "summary.json").unlink()
+    refuse_stale(s, str(run), ("stage1",))
+    assert not (run / "_raysv_stale_results.json").exists()  # its own marker, gone
+    refuse_stale(s, str(run), ("stage1",))
 
 
 def test_a_run_folder_inside_the_corpus_does_not_change_its_fingerprint(tmp_path):
