@@ -257,3 +257,22 @@ def test_the_cluster_bench_seed_count_is_checked(monkeypatch):
         monkeypatch.setenv("RAYSV_BENCH_CLUSTER_SEEDS", bad)
         with pytest.raises(ConfigError, match="RAYSV_BENCH_CLUSTER_SEEDS"):
             objective_seeds()
+
+
+def test_raysv_and_faiss_starts_cover_as_many_blobs(tmp_path):
+    """The draws alone (issue #19): over 300 seeds, raysv's initial centroids (its
+    training sample, then k rows of it, over two shards) fall in as many of the k blobs
+    as faiss.Kmeans's own pick does, and both as many as a uniform draw of k rows."""
+    from raysv.bench import cluster as bench
+
+    d, k = 16, 50
+    folder = bench._write(bench._data(20_000, d, k), str(tmp_path / "emb"))
+    rows = bench.init_coverage(folder, d, k, list(range(1, 301)))
+    s = bench.coverage_summary(rows, k)
+    assert s["seeds"] == 300 and s["difference_se"] > 0
+    assert abs(s["difference"]) < 3 * s["difference_se"]
+    # about 20 000 / 50 rows a blob: near the equal-blob expectation, 31.8 of 50
+    for side in ("faiss", "raysv"):
+        assert abs(s[f"{side}_mean"] - s["uniform_expectation"]) < 3 * s[f"{side}_sd"] / np.sqrt(
+            300
+        )

@@ -45,6 +45,10 @@ the other, so beside the median of per-seed ratios the two sides' objectives are
 compared as two samples (``objective_unpaired``: ratio of medians and of means,
 each with a bootstrap interval; :func:`unpaired_ratio`).
 
+The draws alone (``init_coverage``): how many of the k blobs each side's initial
+centroids fall in, for ``COVERAGE_SEEDS`` seeds (no iterations, about a second a
+seed), compared as two samples.
+
 Same start (``objective_ratio_same_start``): from independent seeded starts
 each side lands in its own local minimum, so per seed the objective ratio
 measures the start more than the algorithm; raysv is also run from faiss's
@@ -95,6 +99,8 @@ print(json.dumps({"history_objective": [r["objective"] for r in h], "history_spl
 
 
 def _data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
+    """``(n, d)`` rows of k Gaussian blobs (centres ~ N(0, 9), unit noise), each row's
+    blob uniform at random (the centres: :func:`_centres`)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((k, d)).astype(np.float32) * 3
     lab = rng.integers(0, k, n)
@@ -141,6 +147,7 @@ def _repeat(folder: str, out: str, copies: int) -> str:
 
 REPEATS = 3
 OBJECTIVE_SEEDS = 9  # the objective over seeds 1-9: the pairs' 1-3, then in-process
+COVERAGE_SEEDS = 200  # the initial centroids' blob coverage: ~1 s a seed at 1M (no iterations)
 
 
 def objective_seeds() -> int:
@@ -306,6 +313,60 @@ def _faiss_same_start(folder: str, d: int, k: int, seed: int, path: str) -> dict
         "start": path,
         "history_objective": [float(st["obj"]) for st in km.iteration_stats],
         "history_splits": [int(st["nsplit"]) for st in km.iteration_stats],
+    }
+
+
+def _centres(d: int, k: int, seed: int = 0) -> np.ndarray:
+    """``(k, d)``: the blob centres that :func:`_data` with this seed draws first."""
+    return np.random.default_rng(seed).standard_normal((k, d)).astype(np.float32) * 3
+
+
+def init_coverage(folder: str, d: int, k: int, seeds: list[int], shards: int = 2) -> list[dict]:
+    """How many of the k blobs of :func:`_data` (seed 0) under ``folder`` each side's
+    initial centroids fall in, per seed: faiss.Kmeans's pick (``niter=0``: its training
+    sample and start, as drawn for ``niter=20``) and raysv's (:func:`draw_start` on the
+    files split as the command splits them). On these blobs a run's objective depends
+    on its start mostly through this count and the splits that follow, and two
+    uniform draws of k rows cover the same number of blobs on average
+    (k(1 - (1 - 1/k)^k) for equal blobs). Cheap: no iterations.
+    Returns ``[{"seed", "faiss", "raysv"}]`` (blobs covered)."""
+    import faiss
+
+    from raysv.clustering.driver import embedding_files
+    from raysv.clustering.sharded import KMeansSpec, draw_start, split_files
+    from raysv.clustering.shards import LocalShards
+
+    blobs = faiss.IndexFlatL2(d)
+    blobs.add(_centres(d, k))
+    covered = lambda c: len(set(blobs.search(c, 1)[1][:, 0].tolist()))  # noqa: E731
+    x = _read_matrix(folder)
+    held = LocalShards.from_files(split_files(embedding_files(folder), shards))
+    rows = []
+    with _no_iteration_lines():
+        for seed in seeds:
+            km = faiss.Kmeans(d, k, niter=0, seed=seed)
+            km.train(x)
+            _, ours, _ = draw_start(held, k, KMeansSpec(seed=seed))
+            rows.append({"seed": seed, "faiss": covered(km.centroids), "raysv": covered(ours)})
+    return rows
+
+
+def coverage_summary(rows: list[dict], k: int) -> dict:
+    """Mean and spread of :func:`init_coverage`'s counts per side, the difference of the
+    means (raysv - faiss) with its standard error, and the uniform draw's expectation."""
+    f = np.array([r["faiss"] for r in rows], np.float64)
+    o = np.array([r["raysv"] for r in rows], np.float64)
+    return {
+        "seeds": len(rows),
+        "faiss_mean": round(float(f.mean()), 2),
+        "faiss_sd": round(float(f.std(ddof=1)), 2),
+        "raysv_mean": round(float(o.mean()), 2),
+        "raysv_sd": round(float(o.std(ddof=1)), 2),
+        "difference": round(float(o.mean() - f.mean()), 2),
+        "difference_se": round(
+            float(np.hypot(f.std(ddof=1), o.std(ddof=1)) / np.sqrt(len(rows))), 2
+        ),
+        "uniform_expectation": round(k * (1 - (1 - 1 / k) ** k), 2),
     }
 
 
@@ -550,6 +611,9 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
         extra_seeds = _objective_seeds(
             folder, d, k, list(range(reps + 1, seeds + 1)), ours[0]["shards"]
         )
+        coverage = init_coverage(
+            folder, d, k, list(range(1, COVERAGE_SEEDS + 1)), ours[0]["shards"]
+        )
         ours_small = _ours(small, f"{tmp}/out_small", k)
         gpu = _gpu(folder, f"{tmp}/out_gpu", k) if _has_cuda() else None
         scaling = _scaling(size_data, d, k, tmp, {folder: (ours, base)})
@@ -629,6 +693,9 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict:
         for r, (o, b) in enumerate(same_start)
     ]
     res["objective_ratio_same_start"] = float(np.median(res["objective_ratio_same_start_per_seed"]))
+    # the draws alone: blobs the initial centroids fall in, per seed and side
+    res["init_coverage"] = coverage_summary(coverage, k)
+    res["init_coverage_per_seed"] = coverage
     # the same sample and start, 20 iterations on the sample (what the command runs)
     res["same_sample"] = same_sample
     res["objective_ratio_same_sample_median"] = float(np.median([r["ratio"] for r in same_sample]))
