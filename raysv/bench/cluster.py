@@ -151,9 +151,9 @@ COVERAGE_SEEDS = 200  # the initial centroids' blob coverage: ~1 s a seed at 1M 
 
 
 def objective_seeds() -> int:
-    """How many seeds the objective is compared over, from independent starts and from
-    the same sample and start: ``RAYSV_BENCH_CLUSTER_SEEDS`` or :data:`OBJECTIVE_SEEDS`
-    (at least 2; the pairs' seeds are always among them)."""
+    """Seeds 1..s of the objective's comparisons: from independent starts (never fewer
+    than the pairs' seeds, which are always among them) and from the same sample and
+    start (exactly s): ``RAYSV_BENCH_CLUSTER_SEEDS`` or :data:`OBJECTIVE_SEEDS`; >= 2."""
     import re
 
     from raysv.errors import ConfigError

@@ -124,6 +124,8 @@ def _gather_sample(
     is small beside ``m``, the counts are drawn again without replacement (a
     multivariate hypergeometric), so that always ``m`` distinct rows come back."""
     n = int(sum(sizes))
+    if m > n:
+        raise ConfigError(f"k-means: {m} starting points asked of {n} training rows")
     per = np.bincount(
         rng.choice(len(shards), size=m, p=np.asarray(sizes) / n), minlength=len(shards)
     )
@@ -190,6 +192,15 @@ def draw_start(
             spec.max_points_per_centroid,
         )
         targets = [int(round(budget * m / n)) for m in sizes]
+        # rounding per shard can leave fewer than k rows (a budget of about k): add the
+        # missing ones where the rounding cut most (only then: the usual draws stay)
+        short = k - sum(targets)
+        if short > 0:
+            cut = [
+                budget * m / n - t if t < m else -1.0 for m, t in zip(sizes, targets, strict=True)
+            ]
+            for i in np.argsort(cut)[::-1][:short]:
+                targets[i] += 1
     else:
         targets = list(sizes)  # all rows (resets a sample left by an earlier call)
     sizes = shards.subsample(targets, spec.seed + 1000)

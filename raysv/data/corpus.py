@@ -331,49 +331,60 @@ def prepare_corpus(
     return man, {**summary, "reused": False}
 
 
-STALE_MARKER = "_raysv_stale_results.json"  # in a run folder: results a refusal named
+IMPORT_RECORD = "_raysv_import.json"  # in a run folder: the import each command's results are of
 
 
-def refuse_stale(summary: dict, run_dir: str, outputs: tuple[str, ...]) -> None:
-    """Refuse to go on in ``run_dir`` when the corpus was imported again over results.
+def refuse_stale(summary: dict, run_dir: str, outputs: tuple[str, ...], command: str) -> None:
+    """Refuse to go on in ``run_dir`` when ``command``'s results there were made from
+    another import of the corpus than the current one.
 
-    ``summary`` is :func:`prepare_corpus`'s; ``outputs`` are the run folder's
-    result paths (relative) that later steps would reuse. Results made from the
-    old import must not be mixed with the new one (a stale embedding pool, for
-    one, could still hold audio the new import holds out). The refusal sticks: the
-    new import is already in place, so the next start would find it unchanged; the
-    results named are kept in :data:`STALE_MARKER` and refused again while any of
-    them is there (the marker goes once none is).
+    ``summary`` is :func:`prepare_corpus`'s; ``outputs`` are the run folder's result
+    paths (relative) that ``command``'s later steps would reuse. Results made from an
+    earlier import must not be mixed with the new one (a stale embedding pool, for
+    one, could still hold audio the new import holds out). :data:`IMPORT_RECORD`
+    keeps, per command, the import (fingerprint) its results are of; it changes only
+    when the check passes (no result there, or the same import), so a refusal sticks
+    across starts — also when a start is stopped or fails during the check — until
+    the results named are removed. A run folder from before the record (none there)
+    whose import is unchanged is taken as it is.
 
     In a run folder on object storage (``run_dir`` its working copy) the results are
     looked for in the bucket too (checkpoints, ``ray/``, are only there) and the
     message names the bucket's paths: removing them there removes them from the
-    working copy at the next start (a folder left empty there counts as removed).
+    working copy at the next start. Hidden names (a killed step's temporary files)
+    and empty folders do not count as results.
     """
-    from raysv.data.run_store import location, remove_file
+    from raysv.data.run_store import holds_objects, location
 
     def made(name: str) -> bool:
         path = os.path.join(run_dir, name)
-        if os.path.isfile(path) or any(files for _, _, files in os.walk(path)):
+        if os.path.isfile(path) and not name.startswith("."):
             return True
+        for _, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if any(not f.startswith(".") for f in files):
+                return True
         where = location(path)
         try:
-            return where != path and fs.exists(where)
+            return where != path and holds_objects(where)
         except OSError as exc:
             raise OutputError(f"{where}: cannot read the run folder: {one_line(exc)}") from None
 
-    marker = os.path.join(run_dir, STALE_MARKER)
-    if not summary.get("reused", True):
-        named = list(outputs)
-    else:
-        earlier = read_json(marker)
-        named = earlier.get("outputs", []) if isinstance(earlier, dict) else []
-    found = [o for o in named if made(o)]
-    if not found:
-        if os.path.exists(marker):
-            remove_file(marker)  # ours (in the bucket too): the results it named are gone
+    record_path = os.path.join(run_dir, IMPORT_RECORD)
+    record = read_json(record_path)
+    record = record if isinstance(record, dict) else {}
+    current = {
+        "fingerprint": summary.get("fingerprint"),
+        "allow_outside": summary.get("allow_outside", False),
+    }
+    if record.get(command) == current or (command not in record and summary.get("reused", True)):
+        if record.get(command) != current:
+            write_json_atomic(record_path, {**record, command: current})
         return
-    write_json_atomic(marker, {"data": summary["data"], "outputs": found})
+    found = [o for o in outputs if made(o)]
+    if not found:
+        write_json_atomic(record_path, {**record, command: current})
+        return
     raise ManifestError(
         f"{summary['data']}: the corpus changed since {location(run_dir)} was started, and "
         f"{location(os.path.join(run_dir, found[0]))} was made from the old import; use a "

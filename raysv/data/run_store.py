@@ -299,25 +299,19 @@ def record_transfer(local_path: str) -> None:
     _save_record(local, record)
 
 
-def remove_file(path: str) -> None:
-    """Remove a file of ours: local ``path``, and its object when it lies in the active
-    working copy (push never deletes, so a pull would bring the object back)."""
-    if os.path.exists(path):
-        os.remove(path)
-    remote = remote_of(path)
-    if remote is None:
-        return
-    local, _ = _active[-1]
-    store, key = fs.resolve(remote)
-    try:
-        if store.get_file_info(key).type == pafs.FileType.File:
-            store.delete_file(key)
-    except OSError as exc:
-        raise OutputError(f"{remote}: cannot remove it: {one_line(exc)}") from None
-    record = _load_record(local)
-    rel = os.path.relpath(os.path.abspath(path), local).replace(os.sep, "/")
-    if record["files"].pop(rel, None) is not None:
-        _save_record(local, record)
+def holds_objects(uri: str) -> bool:
+    """Whether ``uri`` is an object, or a prefix holding an object, that is not hidden
+    (the empty "folder" objects that consoles and pyarrow leave are not files)."""
+    store, base = fs.resolve(uri)
+    base = base.rstrip("/")
+    if store.get_file_info(base).type == pafs.FileType.File:
+        return True
+    infos = store.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return any(
+        i.type == pafs.FileType.File
+        and not any(p.startswith(".") for p in i.path[len(base) + 1 :].split("/"))
+        for i in infos
+    )
 
 
 def fetch_output(uri: str, path: str) -> None:

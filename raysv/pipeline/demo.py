@@ -221,7 +221,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     manifests, ingest_summary = prepare_corpus(
         data, os.path.join(out, "manifests"), allow_outside=cfg.allow_outside_paths
     )
-    refuse_stale(ingest_summary, out, ("embeddings", "stage1", "stage2", "summary.json"))
+    refuse_stale(ingest_summary, out, ("embeddings", "stage1", "stage2", "summary.json"), "demo")
     summary["ingest"] = ingest_summary
     if not manifests.trials:
         from raysv.errors import ManifestError

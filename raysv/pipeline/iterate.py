@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import fields, replace
 from typing import Literal
@@ -308,7 +309,13 @@ def _manifests(cfg: IterateConfig, out: str) -> tuple[str, dict[str, str], str |
         man, imported = prepare_corpus(
             cfg.data, os.path.join(out, "manifests"), allow_outside=cfg.allow_outside_paths
         )
-        refuse_stale(imported, out, ("inputs", "round0", "round1", "reference", "summary.json"))
+        # every round's folder, also of an earlier run with more rounds (inputs/ is
+        # written again at each start)
+        rounds = {f"round{r}" for r in range(cfg.rounds + 1)}
+        if os.path.isdir(out):
+            rounds |= {e for e in os.listdir(out) if re.fullmatch(r"round[0-9]+", e)}
+        results = ("reference", "final_labels", "summary.json", "mlflow_run_id")
+        refuse_stale(imported, out, (*sorted(rounds), *results), "iterate")
         return man.utterances, dict(man.trials), man.train
     if not cfg.utterances:
         raise ConfigError("give data (a corpus folder) or utterances (a manifest) to iterate on")

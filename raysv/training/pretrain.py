@@ -51,7 +51,9 @@ def _manifests(cfg: PretrainConfig, out: str) -> dict:
         man, imported = prepare_corpus(
             d.data, os.path.join(out, "manifests"), allow_outside=d.allow_outside_paths
         )
-        refuse_stale(imported, out, ("ray", "summary.json", "best_model.pt"))
+        refuse_stale(
+            imported, out, ("ray", "summary.json", "best_model.pt", "mlflow_run_id"), "pretrain"
+        )
         truth = os.path.join(d.data, "meta", "dialogues_truth.parquet")
         return {
             "utterances": man.utterances,

@@ -146,6 +146,11 @@ def test_a_small_shard_never_leaves_the_start_short_of_k():
     for seed in range(200):
         _, cent, _ = draw_start(shards, 400, KMeansSpec(seed=seed))
         assert cent.shape == (400, 2) and len(set(cent[:, 0].tolist())) == 400, seed
+    # a sample of about k rows (1 per centroid) that rounding per shard left short
+    thirds = LocalShards.from_arrays(np.arange(300), x[:300], 3)
+    for seed in range(20):
+        sizes, cent, _ = draw_start(thirds, 100, KMeansSpec(seed=seed, max_points_per_centroid=1))
+        assert sum(sizes) == 100 and len(set(cent[:, 0].tolist())) == 100, seed
 
 
 def _skewed_overlapping(n, d, components, seed):

@@ -624,35 +624,42 @@ def test_a_run_folder_on_s3_is_pushed_when_the_run_fails(s3, tmp_path, monkeypat
 def test_results_of_an_old_import_are_found_in_the_bucket_too(s3, tmp_path, monkeypatch):
     """A corpus imported again over a run on s3 is refused when the run's results are in
     the bucket, checkpoints included (they are only there), and the message names the
-    bucket's paths (removing them there is what redoes the steps)."""
+    bucket's paths. The refusal sticks across starts (also when a start failed while
+    checking) until the results are deleted in the bucket, as the message says; an
+    empty "folder" object left there does not count."""
     from raysv.data import run_store
     from raysv.data.corpus import refuse_stale
 
     _work(monkeypatch, tmp_path, "a")
     uri = f"s3://{BUCKET}/runs/stale"
-    changed = {"reused": False, "data": "/corpora/mine"}
+    first = {"reused": False, "data": "/corpora/mine", "fingerprint": "A"}
+    new = {**first, "fingerprint": "B"}
     with run_store.run_folder(uri, "raysv test") as a:
-        refuse_stale(changed, a, ("ray", "summary.json"))  # nothing made yet: goes on
+        refuse_stale(first, a, ("ray", "summary.json"), "pretrain")  # nothing made yet
         fs.write_bytes(f"{uri}/ray/checkpoint_000000/model.pt", b"as Ray Train writes it")
         assert not os.path.exists(os.path.join(a, "ray"))
+        refuse_stale({**first, "reused": True}, a, ("ray", "summary.json"), "pretrain")
         with pytest.raises(ManifestError) as err:
-            refuse_stale(changed, a, ("ray", "summary.json"))
+            refuse_stale(new, a, ("ray", "summary.json"), "pretrain")
         assert f"the corpus changed since {uri} was started, and {uri}/ray was made" in str(
             err.value
         )
-    # Started again: still refused (the refusal sticks), until the results named are
-    # deleted in the bucket, as the message says; the next start then goes on.
-    with run_store.run_folder(uri, "raysv test") as a:
-        fs.write_bytes(os.path.join(a, "stage1", "summary.json"), b"{}")
     stale = pytest.raises(ManifestError, match=f"{uri}/ray was made from the old import")
-    with run_store.run_folder(uri, "raysv test") as a, stale:
-        refuse_stale({**changed, "reused": True}, a, ("ray", "stage1"))
-    for key in s3.keys("runs/stale/ray/") + s3.keys("runs/stale/stage1/"):
+    with run_store.run_folder(uri, "raysv test") as a, stale:  # started again: refused
+        fs.write_bytes(os.path.join(a, ".summary.json.tmp-1"), b"a killed step's leftover")
+        refuse_stale({**new, "reused": True}, a, ("ray", "summary.json"), "pretrain")
+    for key in s3.keys("runs/stale/ray/"):
         s3.client.delete_object(Bucket=BUCKET, Key=key)
+    s3.client.put_object(Bucket=BUCKET, Key="runs/stale/ray/checkpoint_000000/", Body=b"")
     with run_store.run_folder(uri, "raysv test") as a:
-        refuse_stale({**changed, "reused": True}, a, ("ray", "stage1"))  # goes on
-        assert not os.path.exists(os.path.join(a, "stage1", "summary.json"))
-    assert not any("_raysv_stale_results" in key for key in s3.keys("runs/stale/"))
+        refuse_stale({**new, "reused": True}, a, ("ray", "summary.json"), "pretrain")  # goes on
+        refuse_stale({**new, "reused": True}, a, ("ray", "summary.json"), "pretrain")
+        # another command's results in the same folder are checked apart: iterate's
+        # were made from import A (its record says so), pretrain's now are of B
+        refuse_stale({**first, "reused": True}, a, ("round0",), "iterate")
+        fs.write_bytes(os.path.join(a, "round0", "_summary.json"), b"{}")
+        with pytest.raises(ManifestError, match="round0 was made from the old import"):
+            refuse_stale({**new, "reused": True}, a, ("round0",), "iterate")
 
 
 def test_a_store_lost_while_checking_for_old_results_is_one_line(s3, tmp_path, monkeypatch):
@@ -666,7 +673,7 @@ def test_a_store_lost_while_checking_for_old_results_is_one_line(s3, tmp_path, m
     uri = f"s3://{BUCKET}/runs/lost"
     with pytest.raises(OutputError) as err, run_store.run_folder(uri, "raysv test") as a:
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens
-        refuse_stale({"reused": False, "data": "/corpora/mine"}, a, ("ray",))
+        refuse_stale({"reused": False, "data": "/corpora/mine"}, a, ("ray",), "pretrain")
     assert str(err.value).startswith(f"{uri}/ray: cannot read the run folder: ")
     assert "\n" not in str(err.value)
 

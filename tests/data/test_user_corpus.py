@@ -197,25 +197,46 @@ def test_results_of_an_old_import_are_not_mixed_with_a_new_one(tmp_path):
     user_corpus(data)
     run = tmp_path / "run"
     _, s = prepare_corpus(str(data), str(run / "manifests"))
-    refuse_stale(s, str(run), ("stage1",))  # a fresh run folder: nothing to mix
+    refuse_stale(s, str(run), ("stage1",), "demo")  # a fresh run folder: nothing to mix
     (run / "stage1").mkdir()
     (run / "stage1" / "summary.json").write_text("{}")
     _, s = prepare_corpus(str(data), str(run / "manifests"))
-    refuse_stale(s, str(run), ("stage1",))  # unchanged corpus: its results stand
+    refuse_stale(s, str(run), ("stage1",), "demo")  # unchanged corpus: its results stand
     _audio(str(data / "unlabeled" / "late.wav"), seed=5)
     _, s = prepare_corpus(str(data), str(run / "manifests"))
     with pytest.raises(ManifestError, match=r"corpus changed since .*stage1 was made from the old"):
-        refuse_stale(s, str(run), ("stage1",))
+        refuse_stale(s, str(run), ("stage1",), "demo")
     # Started again: the new import is in place now (reused), and still refused.
     _, s = prepare_corpus(str(data), str(run / "manifests"))
     assert s["reused"] is True
     with pytest.raises(ManifestError, match=r"stage1 was made from the old import"):
-        refuse_stale(s, str(run), ("stage1",))
-    # The results removed (an empty folder left behind counts as removed): it goes on.
+        refuse_stale(s, str(run), ("stage1",), "demo")
+    # The results removed (an empty folder, or a killed step's hidden temporary file,
+    # left behind counts as removed): it goes on, and on the next start too.
     (run / "stage1" / "summary.json").unlink()
-    refuse_stale(s, str(run), ("stage1",))
-    assert not (run / "_raysv_stale_results.json").exists()  # its own marker, gone
-    refuse_stale(s, str(run), ("stage1",))
+    (run / "stage1" / ".summary.json.tmp-1").write_text("{")
+    refuse_stale(s, str(run), ("stage1",), "demo")
+    (run / "stage1" / "summary.json").write_text("{}")  # made from the new import
+    refuse_stale(s, str(run), ("stage1",), "demo")
+
+
+def test_a_run_folder_from_before_the_import_record_is_taken_as_it_is(tmp_path):
+    """No record yet (a run folder of an earlier raysv) and an unchanged import: its
+    results stand; a changed import with results there is refused."""
+    data = tmp_path / "corpus"
+    user_corpus(data)
+    run = tmp_path / "run"
+    prepare_corpus(str(data), str(run / "manifests"))
+    (run / "stage1").mkdir()
+    (run / "stage1" / "summary.json").write_text("{}")
+    _, s = prepare_corpus(str(data), str(run / "manifests"))
+    refuse_stale(s, str(run), ("stage1",), "demo")
+    assert json.loads((run / "_raysv_import.json").read_text())["demo"]["fingerprint"]
+    (run / "_raysv_import.json").unlink()
+    _audio(str(data / "unlabeled" / "late.wav"), seed=5)
+    _, s = prepare_corpus(str(data), str(run / "manifests"))
+    with pytest.raises(ManifestError, match=r"stage1 was made from the old import"):
+        refuse_stale(s, str(run), ("stage1",), "demo")
 
 
 def test_a_run_folder_inside_the_corpus_does_not_change_its_fingerprint(tmp_path):
