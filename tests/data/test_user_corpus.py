@@ -252,3 +252,27 @@ def test_a_run_folder_inside_the_corpus_does_not_change_its_fingerprint(tmp_path
     _audio(str(data / "unlabeled" / "late.wav"), seed=5)
     _, changed = prepare_corpus(str(data), str(data / "manifests"))
     assert own["reused"] is False and changed["reused"] is False
+
+
+def test_iterate_refuses_every_round_of_an_old_import(tmp_path):
+    """raysv iterate's results of an earlier import are refused round by round: also
+    rounds past this run's count (an earlier run with more rounds), final labels and
+    the MLflow run id; what the message names is what must go."""
+    from raysv.pipeline.iterate import IterateConfig, _manifests
+
+    data = tmp_path / "corpus"
+    user_corpus(data)
+    out = tmp_path / "run"
+    cfg = IterateConfig(out=str(out), data=str(data), rounds=1)
+    _manifests(cfg, str(out))  # the first import: nothing made yet
+    for name in ("round3", "final_labels"):
+        (out / name).mkdir()
+        (out / name / "_summary.json").write_text("{}")
+    (out / "mlflow_run_id").write_text("0123")
+    _audio(str(data / "unlabeled" / "late.wav"), seed=5)
+    for left in ("round3", "final_labels", "mlflow_run_id"):
+        with pytest.raises(ManifestError, match=f"{left} was made from the old import"):
+            _manifests(cfg, str(out))
+        path = out / left
+        path.unlink() if path.is_file() else (path / "_summary.json").unlink()
+    _manifests(cfg, str(out))  # all removed: it goes on
