@@ -342,6 +342,7 @@ def init_coverage(folder: str, d: int, k: int, seeds: list[int], shards: int = 2
     x = _read_matrix(folder)
     held = LocalShards.from_files(split_files(embedding_files(folder), shards))
     rows = []
+    log.info("initial centroids of %d seeds on both sides: blobs covered", len(seeds))
     with _no_iteration_lines():
         for seed in seeds:
             km = faiss.Kmeans(d, k, niter=0, seed=seed)
@@ -477,11 +478,12 @@ def same_sample_objectives(
 
 @contextlib.contextmanager
 def _no_iteration_lines():
-    """Without raysv's 20 "k-means iteration" lines per run (the bench logs one per seed)."""
+    """Without raysv's per-run k-means lines (20 "k-means iteration" lines and the
+    sample's size), in loops over seeds that log one line per seed themselves."""
     from raysv.clustering import sharded
 
     def keep(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("k-means iteration")
+        return not str(record.msg).startswith(("k-means iteration", "k-means on a sample"))
 
     sharded.log.addFilter(keep)
     try:
